@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -79,6 +80,31 @@ func (m M) Missing(want []uint32) []uint32 {
 		}
 	}
 	return missing
+}
+
+// UnmarshalYAML decodes PCR indices written plainly (4:) or quoted ("4":), as JSON-minded editors do.
+func (m *M) UnmarshalYAML(node *yaml.Node) error {
+	if node.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: measurements must be a mapping from PCR index to reference value", node.Line)
+	}
+	out := make(M, len(node.Content)/2)
+	for i := 0; i+1 < len(node.Content); i += 2 {
+		key, value := node.Content[i], node.Content[i+1]
+		idx, err := strconv.ParseUint(key.Value, 10, 32)
+		if err != nil {
+			return fmt.Errorf("line %d: PCR index %q is not a number", key.Line, key.Value)
+		}
+		if _, dup := out[uint32(idx)]; dup {
+			return fmt.Errorf("line %d: PCR %d is listed twice", key.Line, idx)
+		}
+		var meas Measurement
+		if err := value.Decode(&meas); err != nil {
+			return err
+		}
+		out[uint32(idx)] = meas
+	}
+	*m = out
+	return nil
 }
 
 // Digest is a SHA-256 PCR value, encoded as hex in YAML and JSON.

@@ -35,6 +35,12 @@ func TestYAMLRoundTrip(t *testing.T) {
 	assert.Equal(t, m, again)
 }
 
+func TestYAMLQuotedIndices(t *testing.T) {
+	var m M
+	require.NoError(t, yaml.Unmarshal([]byte(`"9": {expected: "`+oneHex+`", warnOnly: true}`), &m))
+	assert.True(t, m[9].WarnOnly)
+}
+
 func TestJSONRoundTrip(t *testing.T) {
 	in := `{"9":{"expected":"` + oneHex + `","warnOnly":false}}`
 	var m M
@@ -53,7 +59,9 @@ func TestDecodeRejectsBadValues(t *testing.T) {
 		"too short":      {yaml: "4:\n  expected: abcd\n", wantErr: "must be 32 bytes (64 hex digits), got 2 bytes"},
 		"too long":       {yaml: "4:\n  expected: " + oneHex + "00\n", wantErr: "got 33 bytes"},
 		"not a scalar":   {yaml: "4:\n  expected: [1, 2]\n", wantErr: "must be a hex string"},
-		"negative index": {yaml: "-1:\n  expected: " + oneHex + "\n", wantErr: "cannot unmarshal"},
+		"negative index": {yaml: "-1:\n  expected: " + oneHex + "\n", wantErr: `PCR index "-1" is not a number`},
+		"duplicate":      {yaml: "4:\n  expected: " + oneHex + "\n\"4\":\n  expected: " + oneHex + "\n", wantErr: "PCR 4 is listed twice"},
+		"not a mapping":  {yaml: "[1, 2]\n", wantErr: "must be a mapping"},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {

@@ -1,0 +1,58 @@
+# Entry points. `make run` and `make test` are the two commands in README.md; .ci/run calls `make test`.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+BAZEL := bazel/bazel
+WORKSPACE_DIR ?= workspace
+CLI := out/constellation
+
+.PHONY: setup build run test lint go-test bazel-test check-generated generate clean
+
+## setup: install what a fresh machine lacks (Bazel in a chroot, Go modules); idempotent
+setup:
+	bazel/setup.sh
+	go mod download
+
+## build: build the constellation CLI with Bazel into out/
+build: setup
+	$(BAZEL) build --stamp //cli/cmd/constellation
+	mkdir -p out
+	install -m 0755 bazel-bin/cli/cmd/constellation/constellation_/constellation $(CLI)
+
+## run: the main job: build the CLI and write (or re-check) a local cluster configuration
+run: build
+	@if [ -f $(WORKSPACE_DIR)/constellation-conf.yaml ]; then \
+		echo "$(WORKSPACE_DIR)/constellation-conf.yaml exists; checking it instead of overwriting it."; \
+	else \
+		$(CLI) -C $(WORKSPACE_DIR) config generate local; \
+	fi
+	$(CLI) -C $(WORKSPACE_DIR) config validate
+
+## test: every check CI runs: lint, generated files, go test, bazel test
+test: setup lint check-generated go-test bazel-test
+
+## lint: gofmt, go vet, staticcheck, go.mod tidiness
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	go tool staticcheck ./...
+	go mod tidy -diff
+
+go-test:
+	go test -race -count=1 ./...
+
+bazel-test:
+	$(BAZEL) test //...
+
+## check-generated: fail when BUILD files or MODULE.bazel's use_repo calls are stale
+check-generated: setup
+	bazel/check-generated.sh
+	bazel/check-generated.sh --self-test
+
+## generate: regenerate BUILD files (gazelle) and MODULE.bazel's use_repo calls
+generate: setup
+	$(BAZEL) run //:gazelle
+	$(BAZEL) mod tidy
+
+clean:
+	rm -rf out
+	$(BAZEL) clean

@@ -1,0 +1,197 @@
+// Package config defines constellation-conf.yaml: the versioned, validated cluster configuration that the
+// CLI generates, the user edits, and every later command reads.
+//
+// Field documentation lives in the jsonschema_description tags. They feed both the JSON Schema and the
+// comments of a generated file, so the two cannot drift apart.
+package config
+
+import (
+	"fmt"
+
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/versions"
+)
+
+const (
+	// FileName is the configuration's name in the workspace.
+	FileName = "constellation-conf.yaml"
+	// Version1 is the current schema version.
+	Version1 = "v1"
+)
+
+// Roles of a node group.
+const (
+	RoleControlPlane = "control-plane"
+	RoleWorker       = "worker"
+)
+
+// Default node group names.
+const (
+	DefaultControlPlaneGroup = "control_plane_default"
+	DefaultWorkerGroup       = "worker_default"
+)
+
+// Config is the content of constellation-conf.yaml.
+type Config struct {
+	Version           string               `yaml:"version" jsonschema:"enum=v1" jsonschema_description:"Schema version of this file. This CLI reads v1."`
+	Name              string               `yaml:"name" jsonschema:"pattern=^[a-z][a-z0-9-]*[a-z0-9]$,minLength=2,maxLength=20" jsonschema_description:"Name of the cluster: 2 to 20 lower-case letters, digits and '-', starting with a letter and not ending with '-'. It prefixes every resource the cluster creates."`
+	KubernetesVersion string               `yaml:"kubernetesVersion" jsonschema_description:"Kubernetes version to install, e.g. v1.33.13 (or v1.33 for the newest supported patch)."`
+	Provider          ProviderConfig       `yaml:"provider" jsonschema_description:"Where the nodes run. Set exactly one provider."`
+	Attestation       AttestationConfig    `yaml:"attestation" jsonschema_description:"How nodes prove what they booted before they get keys or join the cluster."`
+	NodeGroups        map[string]NodeGroup `yaml:"nodeGroups" jsonschema_description:"Groups of nodes by name. At least one control-plane node is required."`
+}
+
+// ProviderConfig holds the settings of exactly one provider.
+type ProviderConfig struct {
+	Local *LocalConfig `yaml:"local,omitempty" jsonschema_description:"Nodes as namespaces on this machine, each with its own vTPM, containerd and kubelet."`
+	QEMU  *QEMUConfig  `yaml:"qemu,omitempty" jsonschema_description:"Nodes as libvirt/QEMU VMs with OVMF firmware and a swtpm vTPM."`
+	AWS   *AWSConfig   `yaml:"aws,omitempty" jsonschema_description:"Nodes as AMD SEV-SNP confidential EC2 instances."`
+	GCP   *GCPConfig   `yaml:"gcp,omitempty" jsonschema_description:"Nodes as AMD SEV-SNP confidential Compute Engine instances."`
+	Azure *AzureConfig `yaml:"azure,omitempty" jsonschema_description:"Nodes as AMD SEV-SNP confidential Azure VMs."`
+}
+
+// LocalConfig configures the local provider.
+type LocalConfig struct {
+	BridgeCIDR string `yaml:"bridgeCIDR" jsonschema_description:"Private IPv4 prefix of the bridge the provider creates; nodes get addresses from it. It must not overlap a network this machine uses."`
+}
+
+// QEMUConfig configures the qemu provider.
+type QEMUConfig struct {
+	LibvirtURI  string `yaml:"libvirtURI" jsonschema_description:"libvirt connection URI."`
+	Firmware    string `yaml:"firmware" jsonschema_description:"Path to the OVMF firmware code image on this machine."`
+	Accelerator string `yaml:"accelerator" jsonschema:"enum=auto,enum=kvm,enum=tcg" jsonschema_description:"auto uses KVM when it can run the guest and TCG (software emulation) otherwise."`
+	VCPUs       int    `yaml:"vcpus" jsonschema:"minimum=1" jsonschema_description:"Virtual CPUs per node."`
+	MemoryMiB   int    `yaml:"memoryMiB" jsonschema:"minimum=1024" jsonschema_description:"Memory per node in MiB."`
+}
+
+// AWSConfig configures the aws provider.
+type AWSConfig struct {
+	Region                 string `yaml:"region" jsonschema_description:"AWS region with SEV-SNP instances, e.g. eu-west-1."`
+	IAMProfileControlPlane string `yaml:"iamProfileControlPlane" jsonschema_description:"Name of the IAM instance profile for control-plane nodes."`
+	IAMProfileWorkerNodes  string `yaml:"iamProfileWorkerNodes" jsonschema_description:"Name of the IAM instance profile for worker nodes."`
+}
+
+// GCPConfig configures the gcp provider.
+type GCPConfig struct {
+	Project               string `yaml:"project" jsonschema_description:"GCP project ID."`
+	Region                string `yaml:"region" jsonschema_description:"GCP region, e.g. europe-west3."`
+	ServiceAccountKeyPath string `yaml:"serviceAccountKeyPath" jsonschema_description:"Path of the service account key file, relative to the workspace."`
+}
+
+// AzureConfig configures the azure provider.
+type AzureConfig struct {
+	SubscriptionID       string `yaml:"subscription" jsonschema_description:"Azure subscription ID (a UUID)."`
+	TenantID             string `yaml:"tenant" jsonschema_description:"Azure tenant ID (a UUID)."`
+	Location             string `yaml:"location" jsonschema_description:"Azure location with confidential VMs, e.g. westeurope."`
+	ResourceGroup        string `yaml:"resourceGroup" jsonschema_description:"Resource group for the cluster's resources."`
+	UserAssignedIdentity string `yaml:"userAssignedIdentity" jsonschema_description:"Resource ID of the user-assigned identity the nodes use."`
+}
+
+// AttestationConfig selects the attestation variant and its reference values.
+type AttestationConfig struct {
+	Variant      string         `yaml:"variant" jsonschema_description:"Attestation variant: qemu-vtpm (local, qemu), aws-sev-snp, gcp-sev-snp or azure-sev-snp."`
+	Measurements measurements.M `yaml:"measurements" jsonschema_description:"Expected PCR values by PCR index. Fill them in with 'constellation config fetch-measurements' or 'constellation image measure'; a node is only trusted when every enforced PCR matches."`
+	SEVSNP       *SEVSNPConfig  `yaml:"sevSNP,omitempty" jsonschema_description:"Minimum firmware versions (TCB) of an SEV-SNP report. Only for the *-sev-snp variants."`
+}
+
+// SEVSNPConfig holds the minimum acceptable SEV-SNP TCB versions.
+type SEVSNPConfig struct {
+	BootloaderVersion uint8 `yaml:"bootloaderVersion" jsonschema_description:"Minimum bootloader SVN."`
+	TEEVersion        uint8 `yaml:"teeVersion" jsonschema_description:"Minimum TEE (PSP OS) SVN."`
+	SNPVersion        uint8 `yaml:"snpVersion" jsonschema_description:"Minimum SNP firmware SVN."`
+	MicrocodeVersion  uint8 `yaml:"microcodeVersion" jsonschema_description:"Minimum CPU microcode SVN."`
+}
+
+// NodeGroup is a set of identical nodes.
+type NodeGroup struct {
+	Role            string `yaml:"role" jsonschema:"enum=control-plane,enum=worker" jsonschema_description:"control-plane or worker."`
+	Zone            string `yaml:"zone,omitempty" jsonschema_description:"Availability zone (cloud providers only), e.g. eu-west-1a."`
+	InstanceType    string `yaml:"instanceType,omitempty" jsonschema_description:"Machine type (cloud providers only); it must support the attestation variant's confidential computing technology."`
+	StateDiskSizeGB int    `yaml:"stateDiskSizeGB" jsonschema:"minimum=10" jsonschema_description:"Size of each node's encrypted state disk in GB."`
+	InitialCount    int    `yaml:"initialCount" jsonschema:"minimum=0" jsonschema_description:"Number of nodes the group starts with."`
+}
+
+// Default returns a configuration for provider with every default filled in. For cloud providers, the
+// account-specific fields (project, region, identities) are left empty for the user.
+func Default(provider cloudprovider.Provider) (*Config, error) {
+	v, err := variant.Default(provider)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{
+		Version:           Version1,
+		Name:              "constell",
+		KubernetesVersion: versions.DefaultKubernetes,
+		Attestation: AttestationConfig{
+			Variant:      v.String(),
+			Measurements: measurements.M{},
+		},
+	}
+	if v.IsSEVSNP() {
+		cfg.Attestation.SEVSNP = &SEVSNPConfig{}
+	}
+
+	cp := NodeGroup{Role: RoleControlPlane, StateDiskSizeGB: 10, InitialCount: 1}
+	worker := NodeGroup{Role: RoleWorker, StateDiskSizeGB: 10, InitialCount: 1}
+	switch provider {
+	case cloudprovider.Local:
+		cfg.Provider.Local = &LocalConfig{BridgeCIDR: "10.42.0.0/24"}
+	case cloudprovider.QEMU:
+		cfg.Provider.QEMU = &QEMUConfig{
+			LibvirtURI:  "qemu:///system",
+			Firmware:    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+			Accelerator: "auto",
+			VCPUs:       2,
+			MemoryMiB:   2048,
+		}
+	case cloudprovider.AWS:
+		cfg.Provider.AWS = &AWSConfig{}
+		cp.InstanceType, worker.InstanceType = "m6a.xlarge", "m6a.xlarge"
+		cp.StateDiskSizeGB, worker.StateDiskSizeGB = 30, 30
+	case cloudprovider.GCP:
+		cfg.Provider.GCP = &GCPConfig{ServiceAccountKeyPath: "gcpServiceAccountKey.json"}
+		cp.InstanceType, worker.InstanceType = "n2d-standard-4", "n2d-standard-4"
+		cp.StateDiskSizeGB, worker.StateDiskSizeGB = 30, 30
+	case cloudprovider.Azure:
+		cfg.Provider.Azure = &AzureConfig{}
+		cp.InstanceType, worker.InstanceType = "Standard_DC4as_v5", "Standard_DC4as_v5"
+		cp.StateDiskSizeGB, worker.StateDiskSizeGB = 30, 30
+	default:
+		return nil, fmt.Errorf("no default configuration for provider %q", provider)
+	}
+	cfg.NodeGroups = map[string]NodeGroup{DefaultControlPlaneGroup: cp, DefaultWorkerGroup: worker}
+	return cfg, nil
+}
+
+// GetProvider returns the provider whose section is set, or cloudprovider.Unknown if not exactly one is.
+func (c *Config) GetProvider() cloudprovider.Provider {
+	var set []cloudprovider.Provider
+	p := c.Provider
+	if p.Local != nil {
+		set = append(set, cloudprovider.Local)
+	}
+	if p.QEMU != nil {
+		set = append(set, cloudprovider.QEMU)
+	}
+	if p.AWS != nil {
+		set = append(set, cloudprovider.AWS)
+	}
+	if p.GCP != nil {
+		set = append(set, cloudprovider.GCP)
+	}
+	if p.Azure != nil {
+		set = append(set, cloudprovider.Azure)
+	}
+	if len(set) != 1 {
+		return cloudprovider.Unknown
+	}
+	return set[0]
+}
+
+// GetAttestationVariant returns the configured variant. It fails only for a configuration that does not
+// validate.
+func (c *Config) GetAttestationVariant() (variant.Variant, error) {
+	return variant.FromString(c.Attestation.Variant)
+}
