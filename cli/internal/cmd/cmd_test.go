@@ -141,7 +141,7 @@ func TestConfigValidate(t *testing.T) {
 			wantStderr: `field "provider.local.bridgeCIRD" (line `,
 		},
 		"missing file": {wantCode: 1, wantStderr: "constellation config generate"},
-		"valid json": {content: validData, args: []string{"-o", "json"}, wantStdout: `"valid": true`},
+		"valid json":   {content: validData, args: []string{"-o", "json"}, wantStdout: `"valid": true`},
 		"typo json": {
 			content: typo, args: []string{"-o", "json"}, wantCode: 1,
 			wantProblems: []validationProblem{{Field: "provider.local.bridgeCIRD", Message: `unknown field; did you mean "bridgeCIDR"?`}},
