@@ -7,8 +7,10 @@ CLI := out/constellation
 
 .PHONY: setup build run test lint go-test bazel-test check-generated generate clean
 
-## setup: install what a fresh machine lacks (Bazel in a chroot, Go modules); idempotent
+## setup: install what a fresh machine lacks (swtpm, Bazel in a chroot, Go modules); idempotent
 setup:
+	@command -v swtpm >/dev/null || { echo "installing swtpm"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm >/dev/null; }
 	bazel/setup.sh
 	go mod download
 
@@ -32,7 +34,7 @@ test: setup lint check-generated go-test bazel-test
 
 ## lint: gofmt, go vet, staticcheck, go.mod tidiness
 lint:
-	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	go tool staticcheck ./...
 	go mod tidy -diff

@@ -18,8 +18,12 @@ GAZELLE_VERSION=v0.54.0
 BUILDTOOLS_VERSION=v0.0.0-20260904073137-eaa4d125b423
 # Debian's bazel-bootstrap; the version is checked after install so a mirror bump is noticed.
 BAZEL_DEB_VERSION_PREFIX=7.7.1
-CHROOT_PACKAGES="bazel-bootstrap bazel-rules-shell gcc g++ git python3 ca-certificates"
-STAMP_INPUTS="forky|$CHROOT_PACKAGES|$RULES_GO_VERSION|$GAZELLE_VERSION|$BUILDTOOLS_VERSION|$(cd "$here/modules" && find . -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)"
+CHROOT_BASE_PACKAGES="bazel-bootstrap bazel-rules-shell gcc g++ git python3 ca-certificates"
+# Tools that tests run inside the chroot (Bazel tests see the chroot's /usr): swtpm for real vTPMs.
+CHROOT_TEST_PACKAGES="swtpm"
+CHROOT_PACKAGES="$CHROOT_BASE_PACKAGES $CHROOT_TEST_PACKAGES"
+CHROOT_STAMP="forky|$CHROOT_BASE_PACKAGES"
+MODULES_STAMP="$RULES_GO_VERSION|$GAZELLE_VERSION|$BUILDTOOLS_VERSION|$(cd "$here/modules" && find . -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)"
 
 log() { printf '[bazel-setup] %s\n' "$*" >&2; }
 
@@ -70,7 +74,8 @@ in_chroot() {
 
 build_chroot() {
   local stamp="$BAZEL_CHROOT/.constellation-stamp"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$STAMP_INPUTS" ]; then
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$CHROOT_STAMP" ]; then
+    install_chroot_packages "$BAZEL_CHROOT"
     return
   fi
   local tmp="$BAZEL_CACHE/chroot.tmp"
@@ -89,15 +94,7 @@ build_chroot() {
   cp /etc/resolv.conf "$tmp/etc/resolv.conf"
   # The mirror's testing Release files may be past Valid-Until; signatures are still checked.
   echo 'Acquire::Check-Valid-Until "false";' >"$tmp/etc/apt/apt.conf.d/99constellation-no-valid-until"
-  log "installing Bazel and toolchains in the chroot"
-  # shellcheck disable=SC2086
-  in_chroot "$tmp" env DEBIAN_FRONTEND=noninteractive sh -c \
-    "apt-get update -qq && apt-get install -y -qq --no-install-recommends $CHROOT_PACKAGES" \
-    >"$BAZEL_CACHE/chroot-apt.log" 2>&1 || {
-    log "apt-get in the chroot failed; see $BAZEL_CACHE/chroot-apt.log"
-    tail -20 "$BAZEL_CACHE/chroot-apt.log" >&2
-    exit 1
-  }
+  install_chroot_packages "$tmp"
   local have
   have=$(in_chroot "$tmp" dpkg-query -W -f '${Version}' bazel-bootstrap)
   case "$have" in
@@ -107,14 +104,34 @@ build_chroot() {
     exit 1
     ;;
   esac
-  echo "$STAMP_INPUTS" >"$tmp/.constellation-stamp"
+  echo "$CHROOT_STAMP" >"$tmp/.constellation-stamp"
   rm -rf "$BAZEL_CHROOT"
   mv "$tmp" "$BAZEL_CHROOT"
 }
 
+# install_chroot_packages installs CHROOT_PACKAGES into the chroot at $1 unless its stamp says they are there,
+# so adding a package does not rebuild the chroot.
+install_chroot_packages() {
+  local root=$1 stamp="$1/.constellation-packages"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$CHROOT_PACKAGES" ]; then
+    return
+  fi
+  log "installing packages in the chroot: $CHROOT_PACKAGES"
+  # shellcheck disable=SC2086
+  in_chroot "$root" env DEBIAN_FRONTEND=noninteractive sh -c \
+    "apt-get update -qq && apt-get install -y -qq --no-install-recommends $CHROOT_PACKAGES" \
+    >"$BAZEL_CACHE/chroot-apt.log" 2>&1 || {
+    log "apt-get in the chroot failed; see $BAZEL_CACHE/chroot-apt.log"
+    tail -20 "$BAZEL_CACHE/chroot-apt.log" >&2
+    exit 1
+  }
+  echo "$CHROOT_PACKAGES" >"$stamp"
+}
+
 go_module_dir() {
   local mod=$1
-  GOFLAGS=-mod=mod go mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+  # Outside any module, so the repository's go.mod is neither read nor changed.
+  (cd / && GOFLAGS= go mod download -json "$mod") | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
 }
 
 # copy_module copies a Go module's source into the chroot as a Bazel module. Module zips drop executable
@@ -144,7 +161,7 @@ stand_in_module() {
 
 prepare_modules() {
   local stamp="$MODULES_DIR/.constellation-stamp"
-  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$STAMP_INPUTS" ]; then
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$MODULES_STAMP" ]; then
     return
   fi
   log "preparing Bazel modules (rules_go $RULES_GO_VERSION, gazelle $GAZELLE_VERSION)"
@@ -181,13 +198,14 @@ prepare_modules() {
   cp -r "$here/modules/buildozer" "$MODULES_DIR/buildozer"
   # A static binary, so it runs inside the chroot whatever its libc.
   (
-    export GOBIN="$MODULES_DIR/buildozer" CGO_ENABLED=0 GOFLAGS=-mod=mod
+    export GOBIN="$MODULES_DIR/buildozer" CGO_ENABLED=0 GOFLAGS=
+    cd /
     go install "github.com/bazelbuild/buildtools/buildozer@$BUILDTOOLS_VERSION"
   )
 
   mkdir -p "$REGISTRY_DIR"
   echo '{}' >"$REGISTRY_DIR/bazel_registry.json"
-  echo "$STAMP_INPUTS" >"$stamp"
+  echo "$MODULES_STAMP" >"$stamp"
 }
 
 write_system_bazelrc() {

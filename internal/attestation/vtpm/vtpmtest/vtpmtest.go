@@ -1,0 +1,86 @@
+// Package vtpmtest boots measured test nodes on real swtpm vTPMs: it extends PCRs as firmware would and
+// records the matching event log, and computes the reference values such a boot must produce.
+package vtpmtest
+
+import (
+	"crypto/sha256"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/internal/tpm/swtpm/swtpmtest"
+)
+
+// Event is one measurement of a test boot; its digest is SHA-256 of Data.
+type Event struct {
+	PCR  uint32
+	Type eventlog.EventType
+	Data string
+}
+
+// Boot is a typical boot: the firmware's boot-chain events, the kernel command line and two UKI sections.
+var Boot = []Event{
+	{4, eventlog.EvEFIAction, "Calling EFI Application from Boot Option"},
+	{4, eventlog.EvSeparator, "\x00\x00\x00\x00"},
+	{4, eventlog.EvEFIBootServicesApp, "uki.efi"},
+	{9, eventlog.EvIPL, "console=ttyS0 root=/dev/vda2"},
+	{11, eventlog.EvIPL, ".linux"},
+	{11, eventlog.EvIPL, ".initrd"},
+}
+
+// WithEvent returns a copy of events where the event at index i is replaced.
+func WithEvent(events []Event, i int, ev Event) []Event {
+	out := append([]Event(nil), events...)
+	out[i] = ev
+	return out
+}
+
+// Node is a measured swtpm.
+type Node struct {
+	TPM transport.TPMCloser
+	// Address is the TPM's address for tpm.Open.
+	Address string
+	// EventLog records the boot's extends.
+	EventLog []byte
+}
+
+// NewNode starts an swtpm and measures events into it.
+func NewNode(t testing.TB, events []Event) *Node {
+	t.Helper()
+	p := swtpmtest.Start(t)
+	tp, err := tpm.Open(p.Address())
+	if err != nil {
+		t.Fatalf("opening swtpm: %v", err)
+	}
+	t.Cleanup(func() { _ = tp.Close() })
+	b := eventlog.NewBuilder()
+	for _, ev := range events {
+		digest := sha256.Sum256([]byte(ev.Data))
+		if err := tpm.Extend(tp, ev.PCR, digest[:]); err != nil {
+			t.Fatalf("measuring test boot: %v", err)
+		}
+		b.Add(ev.PCR, ev.Type, digest, []byte(ev.Data))
+	}
+	return &Node{TPM: tp, Address: p.Address(), EventLog: b.Bytes()}
+}
+
+// ReferenceValues returns what a node that measured events shows in the default enforced PCRs (PCR 15 as on
+// a fresh node), computed from the events alone, as an admin's precomputation would.
+func ReferenceValues(events []Event) measurements.M {
+	pcrs := map[uint32][]byte{}
+	for _, idx := range measurements.DefaultEnforced {
+		pcrs[idx] = make([]byte, sha256.Size)
+	}
+	for _, ev := range events {
+		digest := sha256.Sum256([]byte(ev.Data))
+		pcrs[ev.PCR] = eventlog.ExtendSHA256(pcrs[ev.PCR], digest[:])
+	}
+	m := measurements.M{}
+	for _, idx := range measurements.DefaultEnforced {
+		m[idx] = measurements.Measurement{Expected: pcrs[idx]}
+	}
+	return m
+}

@@ -1,0 +1,190 @@
+// Package swtpm runs swtpm vTPM processes: one per local node, and one per test that needs a real TPM.
+package swtpm
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ErrNotInstalled is returned when the swtpm binary is missing.
+var ErrNotInstalled = errors.New("swtpm is not installed (Debian: apt-get install swtpm)")
+
+const (
+	socketName  = "tpm.sock"
+	ctrlName    = "ctrl.sock"
+	stateSubdir = "state"
+	// startTimeout bounds how long swtpm may take to create its socket.
+	startTimeout = 10 * time.Second
+	stopTimeout  = 5 * time.Second
+)
+
+// Process is a running swtpm.
+type Process struct {
+	dir    string
+	cmd    *exec.Cmd
+	done   chan struct{}
+	stderr *lockedBuffer
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start runs swtpm with its state in dir (created if missing). The TPM keeps its state in dir across
+// restarts: starting again on the same dir gives the same endorsement seed, hence the same keys.
+// The TPM starts up by itself (startup-clear), so it is usable as soon as Start returns.
+func Start(ctx context.Context, dir string) (*Process, error) {
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		return nil, ErrNotInstalled
+	}
+	stateDir := filepath.Join(dir, stateSubdir)
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating swtpm state directory: %w", err)
+	}
+	sock, ctrl := filepath.Join(dir, socketName), filepath.Join(dir, ctrlName)
+	for _, stale := range []string{sock, ctrl} {
+		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	p := &Process{dir: dir, done: make(chan struct{}), stderr: &lockedBuffer{}}
+	// Not exec.CommandContext: the process must outlive the start context; Stop ends it.
+	p.cmd = exec.Command(bin, "socket", "--tpm2",
+		"--tpmstate", "dir="+stateDir,
+		"--server", "type=unixio,path="+sock,
+		"--ctrl", "type=unixio,path="+ctrl,
+		"--flags", "not-need-init,startup-clear",
+	)
+	p.cmd.Stdout = p.stderr
+	p.cmd.Stderr = p.stderr
+	// Its own process group, so a Ctrl-C in a terminal reaches the CLI, which then stops it in order.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting swtpm: %w", err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+
+	deadline := time.NewTimer(startTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return p, nil
+		}
+		select {
+		case <-p.done:
+			return nil, fmt.Errorf("swtpm exited during start-up: %s", p.stderr.String())
+		case <-ctx.Done():
+			_ = p.Stop()
+			return nil, fmt.Errorf("starting swtpm: %w", ctx.Err())
+		case <-deadline.C:
+			_ = p.Stop()
+			return nil, fmt.Errorf("swtpm did not create %s within %s: %s", sock, startTimeout, p.stderr.String())
+		case <-tick.C:
+		}
+	}
+}
+
+// SocketPath is the TPM command socket, for tpm.OpenSocket.
+func (p *Process) SocketPath() string {
+	return filepath.Join(p.dir, socketName)
+}
+
+// Address is the TPM address for tpm.Open.
+func (p *Process) Address() string {
+	return "swtpm:" + p.SocketPath()
+}
+
+// Stop terminates swtpm (SIGTERM, then SIGKILL after a grace period) and waits for it. It is safe to call
+// more than once.
+func (p *Process) Stop() error {
+	p.stopOnce.Do(func() {
+		select {
+		case <-p.done:
+			return
+		default:
+		}
+		// The control channel's shutdown saves the TPM state and exits; some swtpm versions do not react
+		// to SIGTERM while idle. Signals are the fallback.
+		if err := p.shutdown(); err != nil {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		select {
+		case <-p.done:
+		case <-time.After(stopTimeout):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+			p.stopErr = fmt.Errorf("swtpm did not stop within %s and was killed", stopTimeout)
+		}
+		for _, sock := range []string{p.SocketPath(), filepath.Join(p.dir, ctrlName)} {
+			_ = os.Remove(sock)
+		}
+	})
+	return p.stopErr
+}
+
+// cmdShutdown is CMD_SHUTDOWN of swtpm's control protocol (big-endian command code, 4-byte result).
+const cmdShutdown = 0x00000003
+
+func (p *Process) shutdown() error {
+	conn, err := net.DialTimeout("unix", filepath.Join(p.dir, ctrlName), time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	var cmd [4]byte
+	binary.BigEndian.PutUint32(cmd[:], cmdShutdown)
+	if _, err := conn.Write(cmd[:]); err != nil {
+		return err
+	}
+	var result [4]byte
+	if _, err := io.ReadFull(conn, result[:]); err != nil {
+		return err
+	}
+	if code := binary.BigEndian.Uint32(result[:]); code != 0 {
+		return fmt.Errorf("swtpm shutdown returned %#x", code)
+	}
+	return nil
+}
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} {
+	return p.done
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// swtpm is quiet; cap what a misbehaving one can make us hold.
+	if b.buf.Len() > 64<<10 {
+		return len(p), nil
+	}
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,39 @@
+// Package swtpmtest starts real swtpm vTPMs for tests.
+package swtpmtest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/constellation-go/constellation/internal/tpm/swtpm"
+)
+
+// Start runs an swtpm for the duration of the test. Without swtpm installed the test is skipped with the
+// reason, except under CI (CI set), where a missing swtpm is a failure: CI installs it.
+func Start(t testing.TB) *swtpm.Process {
+	t.Helper()
+	// Unix socket paths are limited to 108 bytes; Bazel's test directories are longer, so use /tmp.
+	dir, err := os.MkdirTemp("", "swtpm-")
+	if err != nil {
+		t.Fatalf("creating swtpm directory: %v", err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	p, err := swtpm.Start(context.Background(), dir)
+	if errors.Is(err, swtpm.ErrNotInstalled) {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%v: CI must install it", err)
+		}
+		t.Skipf("skipping: %v", err)
+	}
+	if err != nil {
+		t.Fatalf("starting swtpm: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.Stop(); err != nil {
+			t.Errorf("stopping swtpm: %v", err)
+		}
+	})
+	return p
+}
