@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build run test lint go-test bazel-test check-generated generate clean
+.PHONY: setup build run test lint go-test bazel-test check-generated generate bench clean
 
 ## setup: install what a fresh machine lacks (swtpm, Bazel in a chroot, Go modules); idempotent
 setup:
@@ -54,6 +54,10 @@ check-generated: setup
 generate: setup
 	$(BAZEL) run //:gazelle
 	$(BAZEL) mod tidy
+
+## bench: print the performance figures (attestation, aTLS)
+bench: setup
+	bench/attestation.sh
 
 clean:
 	rm -rf out

@@ -37,6 +37,8 @@ type Issuer struct {
 
 	mu sync.Mutex
 	ak *loadedAK
+	// pcrs seen at the last quote: PCRs rarely change, so most quotes need no PCR read at all.
+	lastPCRs map[uint32][]byte
 }
 
 // IssuerOption configures an Issuer.
@@ -135,8 +137,9 @@ func (i *Issuer) Issue(ctx context.Context, userData, nonce []byte) ([]byte, err
 	return json.Marshal(doc)
 }
 
-// quote quotes the PCRs and reads their values. A PCR can change between the two; then the values do not
-// match the quote's digest and the quote is taken again.
+// quote quotes the PCRs and returns them with the values the quote's signed digest covers. The values of the
+// last quote are reused while they match that digest; otherwise (and if a PCR changes between quoting and
+// reading) the PCRs are read and the quote is taken again.
 func (i *Issuer) quote(extraData []byte) (*Quote, error) {
 	for range maxQuoteAttempts {
 		rsp, err := tpm2.Quote{
@@ -148,10 +151,6 @@ func (i *Issuer) quote(extraData []byte) (*Quote, error) {
 		if err != nil {
 			return nil, fmt.Errorf("quoting PCRs: %w", err)
 		}
-		values, err := tpm.ReadPCRs(i.tpm, i.pcrs)
-		if err != nil {
-			return nil, err
-		}
 		attest, err := rsp.Quoted.Contents()
 		if err != nil {
 			return nil, fmt.Errorf("decoding own quote: %w", err)
@@ -160,8 +159,19 @@ func (i *Issuer) quote(extraData []byte) (*Quote, error) {
 		if err != nil {
 			return nil, fmt.Errorf("decoding own quote: %w", err)
 		}
+		quoted := func(values map[uint32][]byte) *Quote {
+			return &Quote{Quoted: rsp.Quoted.Bytes(), Signature: tpm2.Marshal(rsp.Signature), PCRs: values}
+		}
+		if i.lastPCRs != nil && bytes.Equal(info.PCRDigest.Buffer, pcrDigest(i.pcrs, i.lastPCRs)) {
+			return quoted(i.lastPCRs), nil
+		}
+		values, err := tpm.ReadPCRs(i.tpm, i.pcrs)
+		if err != nil {
+			return nil, err
+		}
+		i.lastPCRs = values
 		if bytes.Equal(info.PCRDigest.Buffer, pcrDigest(i.pcrs, values)) {
-			return &Quote{Quoted: rsp.Quoted.Bytes(), Signature: tpm2.Marshal(rsp.Signature), PCRs: values}, nil
+			return quoted(values), nil
 		}
 	}
 	return nil, fmt.Errorf("PCRs kept changing while quoting (%d attempts)", maxQuoteAttempts)

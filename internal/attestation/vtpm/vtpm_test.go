@@ -39,7 +39,7 @@ type node struct {
 
 var boot = vtpmtest.Boot
 
-func newNode(t *testing.T, events []vtpmtest.Event) *node {
+func newNode(t testing.TB, events []vtpmtest.Event) *node {
 	t.Helper()
 	vn := vtpmtest.NewNode(t, events)
 	n := &node{tpm: vn.TPM, log: vn.EventLog, refs: vtpmtest.ReferenceValues(events)}
@@ -469,4 +469,23 @@ func forgeSHA1Quote(t *testing.T, f *fixture) []byte {
 	d.Quote.Quoted = rsp.Quoted.Bytes()
 	d.Quote.Signature = tpm2.Marshal(rsp.Signature)
 	return encode(t, d)
+}
+
+// A PCR extended between two documents must show in the second: the issuer's cache of PCR values must not
+// hide the change.
+func TestIssuerSeesPCRChanges(t *testing.T) {
+	n := newNode(t, boot)
+	nonce := newNonce(t)
+	v := newValidator(t, ValidatorConfig{Measurements: n.refs})
+	first, err := n.issuer.Issue(context.Background(), nil, nonce)
+	require.NoError(t, err)
+	_, err = v.Validate(context.Background(), first, nonce)
+	require.NoError(t, err)
+
+	require.NoError(t, tpm.Extend(n.tpm, measurements.PCRClusterID, measurements.ClusterIDEvent([]byte("cluster"))))
+	second, err := n.issuer.Issue(context.Background(), nil, nonce)
+	require.NoError(t, err)
+	assert.Equal(t, []byte(measurements.PCR15ForCluster([]byte("cluster"))), decode(t, second).Quote.PCRs[15])
+	_, err = v.Validate(context.Background(), second, nonce)
+	assert.ErrorIs(t, err, attestation.ErrMeasurementMismatch)
 }

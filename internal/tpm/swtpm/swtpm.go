@@ -83,7 +83,9 @@ func Start(ctx context.Context, dir string) (*Process, error) {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		// The socket file appears when swtpm binds, before it listens: only a connection proves it is ready.
+		if conn, err := net.Dial("unix", sock); err == nil {
+			_ = conn.Close()
 			return p, nil
 		}
 		select {

@@ -1,0 +1,62 @@
+package choose
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/attestation/snp"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/measurements"
+)
+
+func fullMeasurements() measurements.M {
+	m := measurements.M{}
+	for _, idx := range measurements.DefaultEnforced {
+		m[idx] = measurements.Measurement{Expected: bytes.Repeat([]byte{byte(idx)}, 32)}
+	}
+	return m
+}
+
+func TestValidator(t *testing.T) {
+	testCases := map[string]struct {
+		v       variant.Variant
+		cfg     ValidatorConfig
+		wantErr string
+	}{
+		"qemu-vtpm":             {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: fullMeasurements()}},
+		"aws-sev-snp":           {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Milan"}}},
+		"gcp-sev-snp":           {v: variant.GCPSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Milan"}}},
+		"azure-sev-snp":         {v: variant.AzureSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Genoa"}}},
+		"snp without a product": {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "names no product"},
+		"missing references":    {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: measurements.M{}}, wantErr: "no reference value for an enforced PCR"},
+		"no variant":            {v: variant.Variant{}, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "no validator"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			val, err := Validator(tc.v, tc.cfg)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.True(t, val.Variant().Equal(tc.v))
+		})
+	}
+	_, err := Validator(variant.QEMUVTPM, ValidatorConfig{Measurements: measurements.M{}})
+	assert.ErrorIs(t, err, vtpm.ErrMissingReference)
+}
+
+func TestIssuer(t *testing.T) {
+	iss, err := Issuer(variant.QEMUVTPM, nil, "/nonexistent")
+	require.NoError(t, err)
+	assert.True(t, iss.Variant().Equal(variant.QEMUVTPM))
+	for _, v := range []variant.Variant{variant.AWSSEVSNP, variant.GCPSEVSNP, variant.AzureSEVSNP, {}} {
+		_, err := Issuer(v, nil, "")
+		assert.ErrorIs(t, err, ErrIssuerUnavailable, v.String())
+	}
+}

@@ -1,0 +1,114 @@
+package vtpm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/measurements"
+)
+
+// seedFile holds a document a real swtpm issued, with its nonce and reference values, so that fuzzing and
+// benchmarks of validation need no TPM. Regenerate it with UPDATE_SEED=1 go test -run TestUpdateSeed.
+var seedFile = filepath.Join("testdata", "seed.json")
+
+type seed struct {
+	Document     json.RawMessage `json:"document"`
+	Nonce        []byte          `json:"nonce"`
+	UserData     []byte          `json:"userData"`
+	Measurements measurements.M  `json:"measurements"`
+}
+
+func loadSeed(tb testing.TB) seed {
+	tb.Helper()
+	raw, err := os.ReadFile(seedFile)
+	require.NoError(tb, err)
+	var s seed
+	require.NoError(tb, json.Unmarshal(raw, &s))
+	return s
+}
+
+func TestUpdateSeed(t *testing.T) {
+	if os.Getenv("UPDATE_SEED") == "" {
+		t.Skip("set UPDATE_SEED=1 to regenerate testdata/seed.json")
+	}
+	n := newNode(t, boot)
+	nonce := sha256.Sum256([]byte("seed nonce"))
+	userData := sha256.Sum256([]byte("seed user data"))
+	doc, err := n.issuer.Issue(context.Background(), userData[:], nonce[:])
+	require.NoError(t, err)
+	out, err := json.MarshalIndent(seed{Document: doc, Nonce: nonce[:], UserData: userData[:], Measurements: n.refs}, "", " ")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(seedFile, out, 0o644))
+}
+
+func seedValidator(tb testing.TB, s seed) *Validator {
+	tb.Helper()
+	v, err := NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: s.Measurements, RequireEventLog: true})
+	require.NoError(tb, err)
+	return v
+}
+
+// The committed document still validates: a regression test for the whole validation path.
+func TestSeedDocumentValidates(t *testing.T) {
+	s := loadSeed(t)
+	userData, err := seedValidator(t, s).Validate(context.Background(), s.Document, s.Nonce)
+	require.NoError(t, err)
+	assert.Equal(t, s.UserData, userData)
+}
+
+// FuzzValidate feeds arbitrary documents to the validator: it must never panic, and only a document that
+// carries the seed's quote and signature may pass.
+func FuzzValidate(f *testing.F) {
+	s := loadSeed(f)
+	v := seedValidator(f, s)
+	f.Add([]byte(s.Document))
+	f.Add([]byte(`{"version":1}`))
+	f.Add([]byte(`{"version":1,"akPublic":"AAA=","quote":{"quoted":"AAA=","signature":"AAA=","pcrs":{"0":"AAA="}}}`))
+	var want Document
+	require.NoError(f, json.Unmarshal(s.Document, &want))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		userData, err := v.Validate(context.Background(), raw, s.Nonce)
+		if err != nil {
+			return
+		}
+		var got Document
+		require.NoError(t, json.Unmarshal(raw, &got))
+		assert.Equal(t, want.Quote.Quoted, got.Quote.Quoted)
+		assert.Equal(t, want.Quote.Signature, got.Quote.Signature)
+		assert.Equal(t, s.UserData, userData)
+	})
+}
+
+func BenchmarkValidate(b *testing.B) {
+	s := loadSeed(b)
+	v := seedValidator(b, s)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := v.Validate(context.Background(), s.Document, s.Nonce); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "validations/s")
+}
+
+func BenchmarkIssue(b *testing.B) {
+	n := newNode(b, boot)
+	nonce := sha256.Sum256([]byte("nonce"))
+	for b.Loop() {
+		if _, err := n.issuer.Issue(context.Background(), nil, nonce[:]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "documents/s")
+}
