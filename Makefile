@@ -5,12 +5,14 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build run test lint go-test bazel-test check-generated generate bench clean
+.PHONY: setup build run test lint go-test bazel-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (swtpm, Bazel in a chroot, Go modules); idempotent
 setup:
-	@command -v swtpm >/dev/null || { echo "installing swtpm"; apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm >/dev/null; }
+	@missing=""; command -v swtpm >/dev/null || missing="$$missing swtpm"; \
+	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	bazel/setup.sh
 	go mod download
 
@@ -45,15 +47,21 @@ go-test:
 bazel-test:
 	$(BAZEL) test //...
 
-## check-generated: fail when BUILD files or MODULE.bazel's use_repo calls are stale
+## check-generated: fail when BUILD files, MODULE.bazel's use_repo calls or protobuf code are stale
 check-generated: setup
+	bazel/protos.sh --check
 	bazel/check-generated.sh
 	bazel/check-generated.sh --self-test
 
-## generate: regenerate BUILD files (gazelle) and MODULE.bazel's use_repo calls
+## generate: regenerate protobuf code, BUILD files (gazelle) and MODULE.bazel's use_repo calls
 generate: setup
+	bazel/protos.sh
 	$(BAZEL) run //:gazelle
 	$(BAZEL) mod tidy
+
+## protos: regenerate the Go code of the .proto files
+protos:
+	bazel/protos.sh
 
 ## bench: print the performance figures (attestation, aTLS)
 bench: setup

@@ -1,0 +1,61 @@
+package crypto
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/constellation-go/constellation/internal/file"
+)
+
+// MasterSecretFileName is the master secret's name in the CLI workspace; the KeyService reads the same
+// format from its mounted Kubernetes secret.
+const MasterSecretFileName = "constellation-mastersecret.json"
+
+// MasterSecret is the root of every cluster key. Whoever holds it can decrypt every node's state: it is
+// written only with mode 0600 and never logged.
+type MasterSecret struct {
+	Key  []byte `json:"key"`
+	Salt []byte `json:"salt"`
+}
+
+// Validate checks the sizes.
+func (m MasterSecret) Validate() error {
+	var errs []error
+	if len(m.Key) != MasterSecretLength {
+		errs = append(errs, fmt.Errorf("field \"key\": must be %d bytes, got %d", MasterSecretLength, len(m.Key)))
+	}
+	if len(m.Salt) != SaltLength {
+		errs = append(errs, fmt.Errorf("field \"salt\": must be %d bytes, got %d", SaltLength, len(m.Salt)))
+	}
+	return errors.Join(errs...)
+}
+
+// String never prints the secret.
+func (m MasterSecret) String() string {
+	return "MasterSecret{redacted}"
+}
+
+// GoString never prints the secret, even with %#v.
+func (m MasterSecret) GoString() string {
+	return m.String()
+}
+
+// ReadMasterSecret loads and validates a master secret file (JSON, base64 fields, unknown fields refused).
+func ReadMasterSecret(fh file.Handler, name string) (MasterSecret, error) {
+	var m MasterSecret
+	if err := fh.ReadJSON(name, &m); err != nil {
+		return MasterSecret{}, fmt.Errorf("reading master secret: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return MasterSecret{}, fmt.Errorf("master secret %s: %w", name, err)
+	}
+	return m, nil
+}
+
+// WriteMasterSecret writes m with mode 0600. It never overwrites: losing the old secret loses the cluster.
+func WriteMasterSecret(fh file.Handler, name string, m MasterSecret) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	return fh.WriteJSON(name, m, file.OptSecret)
+}

@@ -1,0 +1,64 @@
+package crypto
+
+import (
+	"encoding/base64"
+	"fmt"
+	"io/fs"
+	"testing"
+
+	"github.com/spf13/afero"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/file"
+)
+
+func TestMasterSecretFile(t *testing.T) {
+	mem := afero.NewMemMapFs()
+	fh := file.NewHandler(mem)
+	m := MasterSecret{Key: TestVectorSecret, Salt: TestVectorSalt}
+	require.NoError(t, WriteMasterSecret(fh, MasterSecretFileName, m))
+	info, err := mem.Stat(MasterSecretFileName)
+	require.NoError(t, err)
+	assert.Equal(t, fs.FileMode(0o600), info.Mode().Perm())
+
+	got, err := ReadMasterSecret(fh, MasterSecretFileName)
+	require.NoError(t, err)
+	assert.Equal(t, m, got)
+
+	assert.ErrorIs(t, WriteMasterSecret(fh, MasterSecretFileName, m), file.ErrExists, "never overwrite a master secret")
+}
+
+func TestMasterSecretRejects(t *testing.T) {
+	testCases := map[string]struct {
+		content string
+		want    string
+	}{
+		"short key":     {content: `{"key":"AAAA","salt":"` + b64(TestVectorSalt) + `"}`, want: `field "key": must be 32 bytes, got 3`},
+		"missing salt":  {content: `{"key":"` + b64(TestVectorSecret) + `"}`, want: `field "salt": must be 32 bytes, got 0`},
+		"unknown field": {content: `{"key":"` + b64(TestVectorSecret) + `","salt":"` + b64(TestVectorSalt) + `","pepper":"x"}`, want: "pepper"},
+		"not base64":    {content: `{"key":"!!","salt":"` + b64(TestVectorSalt) + `"}`, want: "illegal base64"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			fh := file.NewHandler(afero.NewMemMapFs())
+			require.NoError(t, fh.Write("ms.json", []byte(tc.content)))
+			_, err := ReadMasterSecret(fh, "ms.json")
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.want)
+		})
+	}
+}
+
+func TestMasterSecretNeverPrinted(t *testing.T) {
+	m := MasterSecret{Key: TestVectorSecret, Salt: TestVectorSalt}
+	for _, format := range []string{"%v", "%+v", "%#v", "%s"} {
+		out := fmt.Sprintf(format, m)
+		assert.NotContains(t, out, "0 1 2 3", format)
+		assert.Equal(t, "MasterSecret{redacted}", out, format)
+	}
+}
+
+func b64(b []byte) string {
+	return base64.StdEncoding.EncodeToString(b)
+}

@@ -1,0 +1,113 @@
+// Package service runs a component's servers: the gRPC API and an HTTP endpoint with /healthz and
+// /metrics (Prometheus). Run returns when the context ends, after stopping both gracefully.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+)
+
+// ShutdownTimeout bounds how long in-flight requests may take to finish after a stop signal.
+const ShutdownTimeout = 10 * time.Second
+
+// Servers is what Run serves.
+type Servers struct {
+	// GRPC and GRPCListener are the API; both may be nil for an HTTP-only service.
+	GRPC         *grpc.Server
+	GRPCListener net.Listener
+	// HTTPListener serves /healthz, /metrics and Handlers.
+	HTTPListener net.Listener
+	// Handlers are further HTTP routes, e.g. an HTTP form of the API.
+	Handlers map[string]http.Handler
+	// Registry holds the service's metrics; Run adds Go and process collectors.
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+}
+
+// NewRegistry returns a metrics registry with the Go runtime and process collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Run serves until ctx ends or a server fails, then stops everything gracefully.
+func Run(ctx context.Context, s Servers) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{Registry: s.Registry}))
+	for pattern, h := range s.Handlers {
+		mux.Handle(pattern, h)
+	}
+	httpSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	errc := make(chan error, 2)
+	running := 1
+	go func() {
+		if err := httpSrv.Serve(s.HTTPListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("HTTP server: %w", err)
+			return
+		}
+		errc <- nil
+	}()
+	if s.GRPC != nil {
+		running++
+		go func() {
+			if err := s.GRPC.Serve(s.GRPCListener); err != nil {
+				errc <- fmt.Errorf("gRPC server: %w", err)
+				return
+			}
+			errc <- nil
+		}()
+		s.Log.Info("serving", "grpc", s.GRPCListener.Addr().String(), "http", s.HTTPListener.Addr().String())
+	} else {
+		s.Log.Info("serving", "http", s.HTTPListener.Addr().String())
+	}
+
+	var firstErr error
+	select {
+	case <-ctx.Done():
+		s.Log.Info("stopping")
+	case firstErr = <-errc:
+		running--
+		s.Log.Error("server failed; stopping", "error", firstErr)
+	}
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	if s.GRPC != nil {
+		stopped := make(chan struct{})
+		go func() {
+			s.GRPC.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-shutdownCtx.Done():
+			s.GRPC.Stop()
+			<-stopped
+		}
+	}
+	if err := httpSrv.Shutdown(shutdownCtx); err != nil {
+		_ = httpSrv.Close()
+	}
+	for ; running > 0; running-- {
+		if err := <-errc; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}

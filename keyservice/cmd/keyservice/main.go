@@ -1,0 +1,76 @@
+// Command keyservice serves GetDataKey to the JoinService and the bootstrapper of the first control plane.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/afero"
+
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/service"
+	"github.com/constellation-go/constellation/keyservice/kms"
+	"github.com/constellation-go/constellation/keyservice/server"
+	"google.golang.org/grpc"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "keyservice:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("keyservice", flag.ContinueOnError)
+	grpcAddr := fs.String("grpc-addr", ":9000", "address of the gRPC API")
+	httpAddr := fs.String("http-addr", ":9001", "address of /healthz and /metrics")
+	kmsURI := fs.String("kms-uri", "kms://"+kms.ClusterKMS, "key backend")
+	secretPath := fs.String("master-secret", "/var/run/constellation/mastersecret/"+crypto.MasterSecretFileName, "master secret file (for kms://cluster-kms)")
+	logLevel, logFormat := service.LogFlags(fs)
+	if err := service.ParseFlags(fs, "KEYSERVICE", args); err != nil {
+		return err
+	}
+	log, err := service.NewLogger(os.Stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var master *crypto.MasterSecret
+	if *kmsURI == "kms://"+kms.ClusterKMS {
+		fh := file.NewHandler(afero.NewBasePathFs(afero.NewOsFs(), filepath.Dir(*secretPath)))
+		m, err := crypto.ReadMasterSecret(fh, filepath.Base(*secretPath))
+		if err != nil {
+			return err
+		}
+		master = &m
+	}
+	backend, err := kms.New(ctx, *kmsURI, master)
+	if err != nil {
+		return err
+	}
+
+	grpcLis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return err
+	}
+	httpLis, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return err
+	}
+	reg := service.NewRegistry()
+	g := grpc.NewServer()
+	server.New(backend, log, reg).Register(g)
+	return service.Run(ctx, service.Servers{
+		GRPC: g, GRPCListener: grpcLis, HTTPListener: httpLis, Registry: reg, Log: log,
+	})
+}

@@ -1,0 +1,79 @@
+package kms
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"net/url"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/crypto"
+)
+
+func vectorSecret() *crypto.MasterSecret {
+	key, salt := make([]byte, 32), make([]byte, 32)
+	for i := range key {
+		key[i], salt[i] = byte(i), byte(32+i)
+	}
+	return &crypto.MasterSecret{Key: key, Salt: salt}
+}
+
+func TestClusterKMS(t *testing.T) {
+	k, err := New(context.Background(), "kms://cluster-kms", vectorSecret())
+	require.NoError(t, err)
+	// The vector of internal/crypto (computed independently).
+	key, err := k.GetDEK(context.Background(), "00000000-0000-0000-0000-000000000001", 32)
+	require.NoError(t, err)
+	assert.Equal(t, "52b5a48496958261b02efae7c81515ce773b479c56d6e5cb625bf7f7710d2684", hex.EncodeToString(key))
+	_, err = k.GetDEK(context.Background(), "x", 65)
+	assert.ErrorIs(t, err, crypto.ErrKeyLength)
+}
+
+type fixedKMS struct{}
+
+func (fixedKMS) GetDEK(context.Context, string, int) ([]byte, error) { return []byte("external"), nil }
+
+func TestNew(t *testing.T) {
+	require.NoError(t, Register("test-external", func(_ context.Context, u *url.URL) (KMS, error) {
+		if u.Query().Get("key") == "" {
+			return nil, errors.New("key parameter missing")
+		}
+		return fixedKMS{}, nil
+	}))
+	assert.Error(t, Register("test-external", nil), "duplicate")
+	assert.Error(t, Register(ClusterKMS, nil), "reserved")
+
+	testCases := map[string]struct {
+		uri     string
+		master  *crypto.MasterSecret
+		wantErr string
+	}{
+		"cluster":              {uri: "kms://cluster-kms", master: vectorSecret()},
+		"cluster trailing /":   {uri: "kms://cluster-kms/", master: vectorSecret()},
+		"user-managed":         {uri: "kms://test-external?key=projects/p/keys/k"},
+		"user-managed refuses": {uri: "kms://test-external", wantErr: "key parameter missing"},
+		"no master secret":     {uri: "kms://cluster-kms", wantErr: "needs the master secret"},
+		"bad master secret":    {uri: "kms://cluster-kms", master: &crypto.MasterSecret{Key: []byte{1}}, wantErr: `field "key"`},
+		"cluster parameters":   {uri: "kms://cluster-kms?salt=x", master: vectorSecret(), wantErr: "takes no parameters"},
+		"unknown backend":      {uri: "kms://vault", wantErr: "known backends are cluster-kms, test-external"},
+		"wrong scheme":         {uri: "https://cluster-kms", wantErr: "expected a URI like kms://cluster-kms"},
+		"not a URI":            {uri: "cluster-kms", wantErr: "expected a URI"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			k, err := New(context.Background(), tc.uri, tc.master)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.NotNil(t, k)
+		})
+	}
+	_, err := New(context.Background(), "kms://vault", nil)
+	assert.ErrorIs(t, err, ErrUnknownBackend)
+}

@@ -1,0 +1,79 @@
+// Command verificationservice returns this node's attestation to anyone who asks with a fresh nonce.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"google.golang.org/grpc"
+
+	"github.com/constellation-go/constellation/internal/attestation/choose"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/service"
+	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/verify/server"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "verificationservice:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("verificationservice", flag.ContinueOnError)
+	grpcAddr := fs.String("grpc-addr", ":30081", "address of the gRPC API")
+	httpAddr := fs.String("http-addr", ":30080", "address of the HTTP API (/), /healthz and /metrics")
+	variantName := fs.String("variant", variant.QEMUVTPM.String(), "attestation variant")
+	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "TPM address (device:<path> or swtpm:<socket>)")
+	eventLog := fs.String("event-log", vtpm.DefaultEventLogPath, "TCG event log to attach")
+	logLevel, logFormat := service.LogFlags(fs)
+	if err := service.ParseFlags(fs, "VERIFICATIONSERVICE", args); err != nil {
+		return err
+	}
+	log, err := service.NewLogger(os.Stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	v, err := variant.FromString(*variantName)
+	if err != nil {
+		return err
+	}
+	t, err := tpm.Open(*tpmAddr)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	issuer, err := choose.Issuer(v, t, *eventLog)
+	if err != nil {
+		return err
+	}
+
+	grpcLis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return err
+	}
+	httpLis, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return err
+	}
+	reg := service.NewRegistry()
+	srv := server.New(issuer, log, reg)
+	g := grpc.NewServer()
+	srv.Register(g)
+	return service.Run(ctx, service.Servers{
+		GRPC: g, GRPCListener: grpcLis, HTTPListener: httpLis, Registry: reg, Log: log,
+		Handlers: map[string]http.Handler{"/{$}": srv},
+	})
+}
