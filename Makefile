@@ -7,7 +7,8 @@ CLI := out/constellation
 
 .PHONY: setup build run test lint go-test bazel-test check-generated generate protos bench clean
 
-## setup: install what a fresh machine lacks (swtpm, Bazel in a chroot, Go modules); idempotent
+## setup: install what a fresh machine lacks (swtpm, protoc, Bazel in a chroot, Go modules, the
+## Kubernetes binaries integration tests run); idempotent and cached
 setup:
 	@missing=""; command -v swtpm >/dev/null || missing="$$missing swtpm"; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
@@ -15,6 +16,7 @@ setup:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	bazel/setup.sh
 	go mod download
+	bazel/kubernetes/build.sh etcd kube-apiserver kube-controller-manager
 
 ## build: build the constellation CLI with Bazel into out/
 build: setup
@@ -63,9 +65,10 @@ generate: setup
 protos:
 	bazel/protos.sh
 
-## bench: print the performance figures (attestation, aTLS)
+## bench: print the performance figures (attestation, aTLS, JoinService)
 bench: setup
 	bench/attestation.sh
+	bench/joinservice.sh
 
 clean:
 	rm -rf out

@@ -5,3 +5,5 @@ BAZEL_CHROOT="$BAZEL_CACHE/forky"
 BAZEL_OUTPUT_ROOT="$BAZEL_CACHE/output-root"
 BAZEL_DISK_CACHE="$BAZEL_CACHE/disk-cache"
 GOMODCACHE_DIR="$(go env GOMODCACHE)"
+# Kubernetes binaries built by bazel/kubernetes/build.sh; tests under Bazel run them from the chroot.
+KUBE_CACHE="${CONSTELLATION_CACHE:-/var/cache/constellation}/kubernetes"

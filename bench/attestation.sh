@@ -8,10 +8,8 @@ benchtime=${1:-3s}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-# per_second prints every "<value> <unit>/s" metric of go test -bench output.
-per_second() {
-  awk '/^Benchmark/ {for (i = 1; i < NF; i++) if ($(i+1) ~ /\/s$/) printf "  %-40s %8.0f %s\n", $1, $i, $(i+1)}'
-}
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 echo "== quote validation (no TPM) and issuing (real swtpm), internal/attestation/vtpm"
 go test -run '^$' -bench 'Validate|Issue' -benchtime "$benchtime" -cpu 1,2 ./internal/attestation/vtpm/ | per_second

@@ -98,10 +98,11 @@ type AttestationConfig struct {
 
 // SEVSNPConfig holds the minimum acceptable SEV-SNP TCB versions.
 type SEVSNPConfig struct {
-	BootloaderVersion uint8 `yaml:"bootloaderVersion" jsonschema_description:"Minimum bootloader SVN."`
-	TEEVersion        uint8 `yaml:"teeVersion" jsonschema_description:"Minimum TEE (PSP OS) SVN."`
-	SNPVersion        uint8 `yaml:"snpVersion" jsonschema_description:"Minimum SNP firmware SVN."`
-	MicrocodeVersion  uint8 `yaml:"microcodeVersion" jsonschema_description:"Minimum CPU microcode SVN."`
+	Product           string `yaml:"product" jsonschema:"enum=Milan,enum=Genoa,enum=Turin" jsonschema_description:"AMD product line of the nodes' CPUs (Milan, Genoa or Turin); its AMD root key anchors the report's certificate chain."`
+	BootloaderVersion uint8  `yaml:"bootloaderVersion" jsonschema_description:"Minimum bootloader SVN."`
+	TEEVersion        uint8  `yaml:"teeVersion" jsonschema_description:"Minimum TEE (PSP OS) SVN."`
+	SNPVersion        uint8  `yaml:"snpVersion" jsonschema_description:"Minimum SNP firmware SVN."`
+	MicrocodeVersion  uint8  `yaml:"microcodeVersion" jsonschema_description:"Minimum CPU microcode SVN."`
 }
 
 // NodeGroup is a set of identical nodes.
@@ -130,7 +131,8 @@ func Default(provider cloudprovider.Provider) (*Config, error) {
 		},
 	}
 	if v.IsSEVSNP() {
-		cfg.Attestation.SEVSNP = &SEVSNPConfig{}
+		// The default instance types of every cloud below run on Milan CPUs.
+		cfg.Attestation.SEVSNP = &SEVSNPConfig{Product: "Milan"}
 	}
 
 	cp := NodeGroup{Role: RoleControlPlane, StateDiskSizeGB: 10, InitialCount: 1}

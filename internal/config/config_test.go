@@ -188,9 +188,18 @@ func TestParseRejects(t *testing.T) {
 		"variant of another provider": {
 			data: mutate(t, func(m map[string]any) {
 				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
 			}),
 			wantField: "attestation.variant", wantMsg: "local nodes cannot produce aws-sev-snp attestations; use qemu-vtpm",
+		},
+		"unknown sev-snp product": {
+			data: mutate(t, func(m map[string]any) {
+				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
+				delete(sub(m, "provider"), "local")
+				sub(m, "attestation")["variant"] = "aws-sev-snp"
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Naples", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
+			}),
+			wantField: "attestation.sevSNP.product", wantMsg: `"Naples" is not one of Milan, Genoa, Turin`,
 		},
 		"sev-snp section on qemu-vtpm": {
 			data: mutate(t, func(m map[string]any) {

@@ -38,6 +38,7 @@ var (
 	nodeGroupNameRe  = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,29}$`)
 	uuidRe           = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 	qemuAccelerators = []string{"auto", "kvm", "tcg"}
+	snpProducts      = []string{"Milan", "Genoa", "Turin"}
 )
 
 const (
@@ -161,6 +162,8 @@ func (c *Config) validateAttestation(v *validator, provider cloudprovider.Provid
 		v.fail("attestation.sevSNP", "must be set for %s (the minimum TCB versions a report must show)", att)
 	case !att.IsSEVSNP() && c.Attestation.SEVSNP != nil:
 		v.fail("attestation.sevSNP", "only applies to SEV-SNP variants, not %s; remove it", att)
+	case c.Attestation.SEVSNP != nil && !slices.Contains(snpProducts, c.Attestation.SEVSNP.Product):
+		v.fail("attestation.sevSNP.product", "%q is not one of %s", c.Attestation.SEVSNP.Product, strings.Join(snpProducts, ", "))
 	}
 }
 

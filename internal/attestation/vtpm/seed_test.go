@@ -5,39 +5,27 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
-	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 )
 
-// seedFile holds a document a real swtpm issued, with its nonce and reference values, so that fuzzing and
-// benchmarks of validation need no TPM. Regenerate it with UPDATE_SEED=1 go test -run TestUpdateSeed.
-var seedFile = filepath.Join("testdata", "seed.json")
-
-type seed struct {
-	Document     json.RawMessage `json:"document"`
-	Nonce        []byte          `json:"nonce"`
-	UserData     []byte          `json:"userData"`
-	Measurements measurements.M  `json:"measurements"`
-}
+type seed = vtpmtest.Seed
 
 func loadSeed(tb testing.TB) seed {
 	tb.Helper()
-	raw, err := os.ReadFile(seedFile)
+	s, err := vtpmtest.LoadSeed()
 	require.NoError(tb, err)
-	var s seed
-	require.NoError(tb, json.Unmarshal(raw, &s))
 	return s
 }
 
 func TestUpdateSeed(t *testing.T) {
 	if os.Getenv("UPDATE_SEED") == "" {
-		t.Skip("set UPDATE_SEED=1 to regenerate testdata/seed.json")
+		t.Skip("set UPDATE_SEED=1 to regenerate vtpmtest/seed.json")
 	}
 	n := newNode(t, boot)
 	nonce := sha256.Sum256([]byte("seed nonce"))
@@ -46,7 +34,7 @@ func TestUpdateSeed(t *testing.T) {
 	require.NoError(t, err)
 	out, err := json.MarshalIndent(seed{Document: doc, Nonce: nonce[:], UserData: userData[:], Measurements: n.refs}, "", " ")
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(seedFile, out, 0o644))
+	require.NoError(t, os.WriteFile(vtpmtest.SeedFile, out, 0o644))
 }
 
 func seedValidator(tb testing.TB, s seed) *Validator {

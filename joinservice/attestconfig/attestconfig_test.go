@@ -1,0 +1,153 @@
+package attestconfig
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"gopkg.in/yaml.v3"
+
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/measurements"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func loadSeed(t *testing.T) vtpmtest.Seed {
+	t.Helper()
+	s, err := vtpmtest.LoadSeed()
+	require.NoError(t, err)
+	return s
+}
+
+func configYAML(t *testing.T, m measurements.M) []byte {
+	t.Helper()
+	out, err := yaml.Marshal(config.AttestationConfig{Variant: "qemu-vtpm", Measurements: m})
+	require.NoError(t, err)
+	return out
+}
+
+func writeConfig(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	require.NoError(t, os.WriteFile(tmp, data, 0o644))
+	require.NoError(t, os.Rename(tmp, path))
+}
+
+func TestReload(t *testing.T) {
+	s := loadSeed(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	writeConfig(t, path, configYAML(t, s.Measurements))
+	v, err := NewValidator(path, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+
+	validate := func() error {
+		_, err := v.Validate(context.Background(), s.Document, s.Nonce)
+		return err
+	}
+	require.NoError(t, validate())
+	assert.ErrorIs(t, v.Reload(), ErrUnchanged)
+
+	// The cluster's reference values change (say, an upgrade to another image): the same node is now refused.
+	other := s.Measurements.Clone()
+	d := sha256.Sum256([]byte("new image"))
+	other[measurements.PCRKernel] = measurements.Measurement{Expected: d[:]}
+	writeConfig(t, path, configYAML(t, other))
+	require.NoError(t, v.Reload())
+	assert.ErrorIs(t, validate(), attestation.ErrMeasurementMismatch)
+
+	// A broken update is refused and the last good config stays in force.
+	writeConfig(t, path, []byte("variant: qemu-vtpm\nmeasurements: {4: {expected: zz}}\n"))
+	assert.Error(t, v.Reload())
+	assert.ErrorIs(t, validate(), attestation.ErrMeasurementMismatch, "still the last good config")
+	// So is a config that lacks an enforced PCR.
+	incomplete := s.Measurements.Clone()
+	delete(incomplete, measurements.PCRUKI)
+	writeConfig(t, path, configYAML(t, incomplete))
+	assert.ErrorContains(t, v.Reload(), "no reference value for an enforced PCR")
+	// And a missing file.
+	require.NoError(t, os.Remove(path))
+	assert.Error(t, v.Reload())
+
+	writeConfig(t, path, configYAML(t, s.Measurements))
+	require.NoError(t, v.Reload())
+	require.NoError(t, validate())
+	assert.Equal(t, "qemu-vtpm", v.Variant().String())
+}
+
+func TestWatch(t *testing.T) {
+	s := loadSeed(t)
+	path := filepath.Join(t.TempDir(), FileName)
+	writeConfig(t, path, configYAML(t, s.Measurements))
+	logs := &syncBuffer{}
+	v, err := NewValidator(path, slog.New(slog.NewTextHandler(logs, nil)))
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		v.Watch(ctx, 10*time.Millisecond)
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	other := s.Measurements.Clone()
+	d := sha256.Sum256([]byte("new image"))
+	other[measurements.PCRKernel] = measurements.Measurement{Expected: d[:]}
+	writeConfig(t, path, configYAML(t, other))
+	assert.Eventually(t, func() bool {
+		_, err := v.Validate(context.Background(), s.Document, s.Nonce)
+		return err != nil
+	}, 5*time.Second, 10*time.Millisecond, "the change takes effect without a restart")
+
+	writeConfig(t, path, []byte("variant: qemu-vtpm\nmeasurements: {4: {expected: zz}}\n"))
+	assert.Eventually(t, func() bool {
+		return strings.Contains(logs.String(), "keeping the last good one")
+	}, 5*time.Second, 10*time.Millisecond, "a broken config is logged")
+}
+
+// syncBuffer is a bytes.Buffer safe for the watcher goroutine and the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestNewValidatorNeedsAGoodFirstConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	_, err := NewValidator(path, slog.New(slog.DiscardHandler))
+	assert.Error(t, err)
+	writeConfig(t, path, []byte("variant: tdx\nmeasurements: {}\n"))
+	_, err = NewValidator(path, slog.New(slog.DiscardHandler))
+	assert.ErrorContains(t, err, `unknown attestation variant "tdx"`)
+	writeConfig(t, path, []byte("variant: qemu-vtpm\nmeasurments: {}\n"))
+	_, err = NewValidator(path, slog.New(slog.DiscardHandler))
+	assert.ErrorContains(t, err, "measurments")
+}

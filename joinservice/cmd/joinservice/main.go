@@ -1,0 +1,209 @@
+// Command joinservice issues join tickets to attested nodes. It runs on every control plane.
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/constellation-go/constellation/internal/atls"
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/service"
+	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/joinservice/attestconfig"
+	"github.com/constellation-go/constellation/joinservice/kubeadm"
+	"github.com/constellation-go/constellation/joinservice/server"
+	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "joinservice:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("joinservice", flag.ContinueOnError)
+	grpcAddr := fs.String("grpc-addr", ":30090", "address of the aTLS gRPC API")
+	httpAddr := fs.String("http-addr", ":30091", "address of /healthz and /metrics")
+	keyServiceAddr := fs.String("keyservice-addr", "keyservice.kube-system.svc.cluster.local:9000", "KeyService address")
+	attestationConfig := fs.String("attestation-config", "/var/run/constellation/attestation/"+attestconfig.FileName, "attestation config (mounted ConfigMap)")
+	reloadInterval := fs.Duration("reload-interval", 5*time.Second, "how often to check the attestation config for changes")
+	pkiDir := fs.String("pki-dir", "/etc/kubernetes/pki", "directory of the cluster CA (kubeadm layout)")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig (default: in-cluster)")
+	apiEndpoint := fs.String("api-endpoint", "", "Kubernetes API endpoint host:port for joining nodes")
+	saltFile := fs.String("measurement-salt", "/var/run/constellation/mastersecret/measurementSalt", "measurement salt file")
+	k8sVersion := fs.String("kubernetes-version", "", "Kubernetes version joining nodes install")
+	componentsFile := fs.String("components", "", "JSON list of components (url, hash, installPath, extract)")
+	logLevel, logFormat := service.LogFlags(fs)
+	if err := service.ParseFlags(fs, "JOINSERVICE", args); err != nil {
+		return err
+	}
+	log, err := service.NewLogger(os.Stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *apiEndpoint == "" || *k8sVersion == "" {
+		return errors.New("--api-endpoint and --kubernetes-version are required")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	ca, caKey, err := loadCA(*pkiDir)
+	if err != nil {
+		return err
+	}
+	salt, err := os.ReadFile(*saltFile)
+	if err != nil {
+		return fmt.Errorf("reading measurement salt: %w", err)
+	}
+	comps, err := loadComponents(*componentsFile)
+	if err != nil {
+		return err
+	}
+	restCfg, err := restConfig(*kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return err
+	}
+	keyConn, err := grpc.NewClient(*keyServiceAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer keyConn.Close()
+	validator, err := attestconfig.NewValidator(*attestationConfig, log)
+	if err != nil {
+		return err
+	}
+	go validator.Watch(ctx, *reloadInterval)
+
+	reg := service.NewRegistry()
+	srv := server.New(server.Config{
+		APIServerEndpoint: *apiEndpoint, DiscoveryHash: kubeadm.DiscoveryHash(ca), MeasurementSalt: salt,
+		KubernetesVersion: *k8sVersion, Components: comps, PKIDir: *pkiDir,
+	}, server.NewKeyServiceClient(keyserviceproto.NewAPIClient(keyConn)), kubeadm.NewTokenIssuer(client),
+		kubeadm.NewCSRSigner(ca, caKey), log, reg)
+	// Only the joining node attests, as the design specifies. A joining node therefore cannot tell a genuine
+	// JoinService from an impostor that hands it a disk key of its choosing; mutual aTLS (the control plane's
+	// vTPM as issuer, validated without PCR 15) would close that and is a planned change.
+	creds, err := atls.NewCredentials(nil, []attestation.Validator{srv.CountingValidator(validator)})
+	if err != nil {
+		return err
+	}
+	g := grpc.NewServer(grpc.Creds(creds))
+	srv.Register(g)
+
+	grpcLis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return err
+	}
+	httpLis, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return err
+	}
+	return service.Run(ctx, service.Servers{GRPC: g, GRPCListener: grpcLis, HTTPListener: httpLis, Registry: reg, Log: log})
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", kubeconfig)
+}
+
+// loadCA reads kubeadm's ca.crt and ca.key.
+func loadCA(dir string) (*x509.Certificate, crypto.Signer, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading cluster CA: %w", err)
+	}
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		return nil, nil, errors.New("ca.crt is not PEM")
+	}
+	ca, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing ca.crt: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading cluster CA key: %w", err)
+	}
+	key, err := parsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing ca.key: %w", err)
+	}
+	return ca, key, nil
+}
+
+func parsePrivateKey(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("not PEM")
+	}
+	switch block.Type {
+	case "RSA PRIVATE KEY":
+		return x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "EC PRIVATE KEY":
+		return x509.ParseECPrivateKey(block.Bytes)
+	case "PRIVATE KEY":
+		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		signer, ok := k.(crypto.Signer)
+		if !ok {
+			return nil, fmt.Errorf("key of type %T cannot sign", k)
+		}
+		return signer, nil
+	}
+	return nil, fmt.Errorf("unsupported PEM block %q", block.Type)
+}
+
+func loadComponents(path string) ([]*components.Component, error) {
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading components: %w", err)
+	}
+	// Each element is decoded with protojson so the file uses the API's field names.
+	var raw struct {
+		Components []json.RawMessage `json:"components"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return nil, fmt.Errorf("decoding components: %w", err)
+	}
+	comps := make([]*components.Component, 0, len(raw.Components))
+	for i, r := range raw.Components {
+		c := &components.Component{}
+		if err := protojson.Unmarshal(r, c); err != nil {
+			return nil, fmt.Errorf("decoding component %d: %w", i, err)
+		}
+		comps = append(comps, c)
+	}
+	return comps, nil
+}
