@@ -12,6 +12,7 @@ CLI := out/constellation
 setup:
 	@missing=""; command -v swtpm >/dev/null || missing="$$missing swtpm"; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
+	command -v containerd >/dev/null || missing="$$missing containerd"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	bazel/setup.sh

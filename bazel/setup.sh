@@ -19,8 +19,9 @@ BUILDTOOLS_VERSION=v0.0.0-20260904073137-eaa4d125b423
 # Debian's bazel-bootstrap; the version is checked after install so a mirror bump is noticed.
 BAZEL_DEB_VERSION_PREFIX=7.7.1
 CHROOT_BASE_PACKAGES="bazel-bootstrap bazel-rules-shell gcc g++ git python3 ca-certificates"
-# Tools that tests run inside the chroot (Bazel tests see the chroot's /usr): swtpm for real vTPMs.
-CHROOT_TEST_PACKAGES="swtpm"
+# Tools that tests run inside the chroot (Bazel tests see the chroot's /usr): swtpm for real vTPMs,
+# containerd for importing images.
+CHROOT_TEST_PACKAGES="swtpm containerd"
 CHROOT_PACKAGES="$CHROOT_BASE_PACKAGES $CHROOT_TEST_PACKAGES"
 CHROOT_STAMP="forky|$CHROOT_BASE_PACKAGES"
 MODULES_STAMP="$RULES_GO_VERSION|$GAZELLE_VERSION|$BUILDTOOLS_VERSION|$(cd "$here/modules" && find . -type f | sort | xargs sha256sum | sha256sum | cut -c1-16)"
