@@ -111,3 +111,23 @@ func Run(ctx context.Context, s Servers) error {
 	}
 	return firstErr
 }
+
+// ListenAndRun listens on grpcAddr (unless s.GRPC is nil) and httpAddr, then runs s until ctx ends.
+func ListenAndRun(ctx context.Context, grpcAddr, httpAddr string, s Servers) error {
+	if s.GRPC != nil {
+		lis, err := net.Listen("tcp", grpcAddr)
+		if err != nil {
+			return fmt.Errorf("listening for gRPC: %w", err)
+		}
+		s.GRPCListener = lis
+	}
+	lis, err := net.Listen("tcp", httpAddr)
+	if err != nil {
+		if s.GRPCListener != nil {
+			_ = s.GRPCListener.Close()
+		}
+		return fmt.Errorf("listening for HTTP: %w", err)
+	}
+	s.HTTPListener = lis
+	return Run(ctx, s)
+}

@@ -94,3 +94,16 @@ func TestRunReportsServerFailure(t *testing.T) {
 	require.Error(t, err)
 	assert.True(t, strings.Contains(err.Error(), "HTTP server"), err.Error())
 }
+
+func TestListenAndRunReportsListenErrors(t *testing.T) {
+	taken := listen(t)
+	defer taken.Close()
+	err := ListenAndRun(context.Background(), "127.0.0.1:0", taken.Addr().String(), Servers{
+		GRPC: grpc.NewServer(), Registry: NewRegistry(), Log: slog.New(slog.DiscardHandler),
+	})
+	assert.ErrorContains(t, err, "listening for HTTP")
+	err = ListenAndRun(context.Background(), taken.Addr().String(), "127.0.0.1:0", Servers{
+		GRPC: grpc.NewServer(), Registry: NewRegistry(), Log: slog.New(slog.DiscardHandler),
+	})
+	assert.ErrorContains(t, err, "listening for gRPC")
+}

@@ -35,10 +35,7 @@ import (
 	jws "k8s.io/cluster-bootstrap/token/jws"
 
 	"github.com/constellation-go/constellation/internal/atls"
-	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
-	"github.com/constellation-go/constellation/internal/attestation/variant"
-	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/kubetest"
@@ -133,14 +130,7 @@ func newJoinEnv(t testing.TB) *joinEnv {
 		MeasurementSalt: []byte("salt"), KubernetesVersion: kubetest.KubernetesVersion, PKIDir: t.TempDir(),
 	}, NewKeyServiceClient(keyserviceproto.NewAPIClient(conn)), kubeadm.NewTokenIssuer(cluster.Client),
 		kubeadm.NewCSRSigner(cluster.CACert, cluster.CAKey), slog.New(slog.DiscardHandler), reg)
-	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
-		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), RequireEventLog: true,
-	})
-	require.NoError(t, err)
-	creds, err := atls.NewCredentials(nil, []attestation.Validator{s.CountingValidator(validator)})
-	require.NoError(t, err)
-	g := grpc.NewServer(grpc.Creds(creds))
-	s.Register(g)
+	g := atlsServer(t, s)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	go func() { _ = g.Serve(lis) }()
@@ -155,26 +145,10 @@ func newJoinEnv(t testing.TB) *joinEnv {
 
 func (e *joinEnv) nodeClient(t testing.TB, events []vtpmtest.Event) joinproto.APIClient {
 	t.Helper()
-	conn, err := e.dialNode(e.nodeCredentials(t, events))
+	conn, err := dialJoinService(e.dial, nodeCredentials(t, events))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
 	return joinproto.NewAPIClient(conn)
-}
-
-// nodeCredentials returns the aTLS credentials of a node booted with events.
-func (e *joinEnv) nodeCredentials(t testing.TB, events []vtpmtest.Event) *atls.Credentials {
-	t.Helper()
-	n := vtpmtest.NewNode(t, events)
-	log := n.EventLog
-	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
-	t.Cleanup(issuer.Close)
-	creds, err := atls.NewCredentials(issuer, nil)
-	require.NoError(t, err)
-	return creds
-}
-
-func (e *joinEnv) dialNode(creds *atls.Credentials) (*grpc.ClientConn, error) {
-	return grpc.NewClient("passthrough:///joinservice", grpc.WithContextDialer(e.dial), grpc.WithTransportCredentials(creds))
 }
 
 // whoAmI authenticates to the API server with a bootstrap token and returns who it is.
@@ -283,7 +257,7 @@ func BenchmarkIssueJoinTicket(b *testing.B) {
 	creds := make([]*atls.Credentials, nodes)
 	csrs := make([][]byte, nodes)
 	for i := range creds {
-		creds[i] = env.nodeCredentials(b, vtpmtest.Boot)
+		creds[i] = nodeCredentials(b, vtpmtest.Boot)
 		csrs[i] = kubeletCSR(b, fmt.Sprintf("worker-%d", i))
 	}
 	for _, concurrency := range []int{1, 8, 64} {
@@ -298,7 +272,7 @@ func BenchmarkIssueJoinTicket(b *testing.B) {
 					defer wg.Done()
 					i := w % nodes
 					for remaining.Add(-1) >= 0 {
-						conn, err := env.dialNode(creds[i])
+						conn, err := dialJoinService(env.dial, creds[i])
 						if err != nil {
 							b.Error(err)
 							return

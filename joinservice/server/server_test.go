@@ -106,6 +106,12 @@ func newFixture(t *testing.T, keys KeyGetter) *fixture {
 		MeasurementSalt: []byte("salt"), KubernetesVersion: "v1.33.13", PKIDir: pki,
 	}, keys, kubeadm.NewTokenIssuer(client), kubeadm.NewCSRSigner(ca, caKey), slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 
+	return &fixture{server: s, client: client, ca: ca, dial: serve(t, atlsServer(t, s)), pkiDir: pki, metrics: s.metrics}
+}
+
+// atlsServer serves s over aTLS, accepting nodes that booted vtpmtest.Boot and have not joined yet.
+func atlsServer(t testing.TB, s *Server) *grpc.Server {
+	t.Helper()
 	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
 		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), RequireEventLog: true,
 	})
@@ -114,11 +120,11 @@ func newFixture(t *testing.T, keys KeyGetter) *fixture {
 	require.NoError(t, err)
 	g := grpc.NewServer(grpc.Creds(creds))
 	s.Register(g)
-	return &fixture{server: s, client: client, ca: ca, dial: serve(t, g), pkiDir: pki, metrics: s.metrics}
+	return g
 }
 
-// joiningNode dials the JoinService as a node booted with events.
-func (f *fixture) joiningNode(t *testing.T, events []vtpmtest.Event) joinproto.APIClient {
+// nodeCredentials returns the aTLS credentials of a node booted with events, attesting with its own swtpm.
+func nodeCredentials(t testing.TB, events []vtpmtest.Event) *atls.Credentials {
 	t.Helper()
 	n := vtpmtest.NewNode(t, events)
 	log := n.EventLog
@@ -126,7 +132,18 @@ func (f *fixture) joiningNode(t *testing.T, events []vtpmtest.Event) joinproto.A
 	t.Cleanup(issuer.Close)
 	creds, err := atls.NewCredentials(issuer, nil)
 	require.NoError(t, err)
-	conn, err := grpc.NewClient("passthrough:///joinservice", grpc.WithContextDialer(f.dial), grpc.WithTransportCredentials(creds))
+	return creds
+}
+
+// dialJoinService connects to the JoinService through dial with a node's credentials.
+func dialJoinService(dial func(context.Context, string) (net.Conn, error), creds *atls.Credentials) (*grpc.ClientConn, error) {
+	return grpc.NewClient("passthrough:///joinservice", grpc.WithContextDialer(dial), grpc.WithTransportCredentials(creds))
+}
+
+// joiningNode dials the JoinService as a node booted with events.
+func (f *fixture) joiningNode(t *testing.T, events []vtpmtest.Event) joinproto.APIClient {
+	t.Helper()
+	conn, err := dialJoinService(f.dial, nodeCredentials(t, events))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
 	return joinproto.NewAPIClient(conn)

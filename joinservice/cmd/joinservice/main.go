@@ -10,7 +10,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -115,15 +114,7 @@ func run(args []string) error {
 	g := grpc.NewServer(grpc.Creds(creds))
 	srv.Register(g)
 
-	grpcLis, err := net.Listen("tcp", *grpcAddr)
-	if err != nil {
-		return err
-	}
-	httpLis, err := net.Listen("tcp", *httpAddr)
-	if err != nil {
-		return err
-	}
-	return service.Run(ctx, service.Servers{GRPC: g, GRPCListener: grpcLis, HTTPListener: httpLis, Registry: reg, Log: log})
+	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{GRPC: g, Registry: reg, Log: log})
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -59,18 +58,10 @@ func run(args []string) error {
 		return err
 	}
 
-	grpcLis, err := net.Listen("tcp", *grpcAddr)
-	if err != nil {
-		return err
-	}
-	httpLis, err := net.Listen("tcp", *httpAddr)
-	if err != nil {
-		return err
-	}
 	reg := service.NewRegistry()
 	g := grpc.NewServer()
 	server.New(backend, log, reg).Register(g)
-	return service.Run(ctx, service.Servers{
-		GRPC: g, GRPCListener: grpcLis, HTTPListener: httpLis, Registry: reg, Log: log,
+	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{
+		GRPC: g, Registry: reg, Log: log,
 	})
 }

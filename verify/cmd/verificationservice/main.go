@@ -5,7 +5,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -60,20 +59,12 @@ func run(args []string) error {
 		return err
 	}
 
-	grpcLis, err := net.Listen("tcp", *grpcAddr)
-	if err != nil {
-		return err
-	}
-	httpLis, err := net.Listen("tcp", *httpAddr)
-	if err != nil {
-		return err
-	}
 	reg := service.NewRegistry()
 	srv := server.New(issuer, log, reg)
 	g := grpc.NewServer()
 	srv.Register(g)
-	return service.Run(ctx, service.Servers{
-		GRPC: g, GRPCListener: grpcLis, HTTPListener: httpLis, Registry: reg, Log: log,
+	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{
+		GRPC: g, Registry: reg, Log: log,
 		Handlers: map[string]http.Handler{"/{$}": srv},
 	})
 }
