@@ -460,12 +460,12 @@ func (c *Cluster) logOutput(t testing.TB) {
 }
 
 // KubeconfigFor returns a kubeconfig for the cluster whose client certificate, signed by the cluster CA,
-// authenticates as user in groups. It panics if the certificate cannot be created, which does not happen
-// with a working crypto/rand.
-func (c *Cluster) KubeconfigFor(user string, groups []string) []byte {
+// authenticates as user in groups.
+func (c *Cluster) KubeconfigFor(t testing.TB, user string, groups []string) []byte {
+	t.Helper()
 	kubeconfig, err := c.kubeconfigFor(user, groups)
 	if err != nil {
-		panic(fmt.Sprintf("kubetest: kubeconfig for %q: %v", user, err))
+		t.Fatalf("kubetest: kubeconfig for %q: %v", user, err)
 	}
 	return kubeconfig
 }

@@ -80,7 +80,7 @@ func testAdmin(t *testing.T, c *Cluster) {
 
 func testKubeconfigFor(t *testing.T, c *Cluster) {
 	ctx := context.Background()
-	cfg, err := clientcmd.RESTConfigFromKubeConfig(c.KubeconfigFor("alice", []string{"team-a", "team-b"}))
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(c.KubeconfigFor(t, "alice", []string{"team-a", "team-b"}))
 	require.NoError(t, err)
 	client, err := kubernetes.NewForConfig(cfg)
 	require.NoError(t, err)
