@@ -13,6 +13,10 @@ setup:
 	@missing=""; command -v swtpm >/dev/null || missing="$$missing swtpm"; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
 	command -v containerd >/dev/null || missing="$$missing containerd"; \
+	[ -e /usr/lib/systemd/boot/efi/linuxx64.efi.stub ] || missing="$$missing systemd-boot-efi"; \
+	command -v osslsigncode >/dev/null || missing="$$missing osslsigncode"; \
+	command -v sbsign >/dev/null || missing="$$missing sbsigntool"; \
+	command -v objcopy >/dev/null || missing="$$missing binutils"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	bazel/setup.sh
@@ -45,7 +49,7 @@ lint:
 	go mod tidy -diff
 
 go-test:
-	go test -race -count=1 ./...
+	MEASUREMENTS_REQUIRE_TOOLS=1 go test -race -count=1 ./...
 
 bazel-test:
 	$(BAZEL) test //...

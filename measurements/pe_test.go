@@ -161,7 +161,7 @@ func TestParseUKIErrors(t *testing.T) {
 		"too many sections":        {data: put16(0x44+2, 0xffff), wantErr: ErrMalformedPE},
 		"headers beyond end":       {data: put32(tOptOff+60, 0x7fffffff), wantErr: ErrMalformedPE},
 		"headers overlap sections": {data: put32(tOptOff+60, 0x100), wantErr: ErrMalformedPE},
-		"data dirs do not fit":     {data: put32(tOptOff+108, 0xffffffff), wantErr: ErrMalformedPE},
+		"cert entry does not fit":  {data: put16(0x44+16, 148), wantErr: ErrMalformedPE},
 		"section beyond end":       {data: put32(sec(4)+20, 0xfffff000), wantErr: ErrMalformedPE},
 		"section size overflows":   {data: put32(sec(4)+16, 0xffffffff), wantErr: ErrMalformedPE},
 		"VirtualSize > raw": {
@@ -170,7 +170,7 @@ func TestParseUKIErrors(t *testing.T) {
 		},
 		"truncated": {data: good[:len(good)-1], wantErr: ErrMalformedPE},
 		"no .linux": {
-			data: withSections(func(s []testSection) []testSection { return append(s[:4], s[5:]...) }),
+			data:    withSections(func(s []testSection) []testSection { return append(s[:4], s[5:]...) }),
 			wantErr: ErrNoKernel,
 		},
 		".linux not a PE": {
@@ -255,7 +255,7 @@ func TestAuthenticodeSHA256(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, base, got, "offset %#x", off)
 		}
-		for _, off := range []int{2, tCheckSumOff - 1, tCheckSumOff + 4, tCertDirOff - 1, tCertDirOff + 8, 0x200, 0x7ff} {
+		for _, off := range []int{2, tCheckSumOff - 5, tCheckSumOff + 4, tCertDirOff - 1, tCertDirOff + 8, 0x200, 0x7ff} {
 			f := bytes.Clone(file)
 			f[off] ^= 0x55
 			got, err := AuthenticodeSHA256(f)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"unicode/utf16"
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
@@ -185,50 +186,54 @@ func Precompute(u *UKI, opts Options) (*Result, error) {
 	if path == BootSystemdBoot {
 		names = append([]string{"boot loader"}, names...)
 	}
-	for i, img := range images {
-		ev, err := imageEvent(img)
-		if err != nil {
-			return nil, fmt.Errorf("measuring %s: %w", names[i], err)
+	d := hashAll(images, u)
+	for i := range images {
+		if d.imageErrs[i] != nil {
+			return nil, fmt.Errorf("measuring %s: %w", names[i], d.imageErrs[i])
 		}
-		r.Events = append(r.Events, ev)
 	}
+	loaded := func(i int) { r.Events = append(r.Events, imageEvent(d.images[i], len(images[i]))) }
 
-	// The command line the kernel gets. systemd-stub uses its own .cmdline unless it was started with
-	// LoadOptions and is allowed to take them: without Secure Boot, or with it but without a .cmdline.
-	// systemd-boot passes a type #2 entry's own .cmdline (mangled the same way), so on that path the text
-	// is the same either way; what differs is who measures it into PCR 12.
+	// The command line the kernel gets. systemd-stub 252 uses its own .cmdline unless it was started with
+	// LoadOptions and is allowed to take them, which it is without Secure Boot. systemd-boot passes a type
+	// #2 entry's own .cmdline, cleaned up like the stub does (assumed: see StubCmdline), so the text is the
+	// same on both paths; what differs is who measures it into PCR 12.
 	cmdline := StubCmdline(u.Cmdline)
-	var pcr12 []Event
+	options := loadOptionsEvent(cmdline)
+
+	// The events are listed in the order they happen, although only the order within a PCR matters for
+	// the values: that way the event log reads like a real one.
 	if path == BootSystemdBoot {
-		ev := loadOptionsEvent(cmdline)
-		// systemd-boot measures the options it passes, ...
-		pcr12 = append(pcr12, ev)
-		// ... and the stub measures them again when it accepts them.
-		if !opts.SecureBoot {
-			pcr12 = append(pcr12, ev)
-		}
+		loaded(0)
+		// systemd-boot measures the options it passes before it loads the UKI.
+		r.Events = append(r.Events, options)
+		images, d.images = images[1:], d.images[1:]
 	}
+	loaded(0) // the UKI
 
 	// PCR 11: systemd-stub 252 measures each present section: its name, then its content.
 	for _, name := range stub252Measured {
-		content, ok := u.Content(name)
-		if !ok {
+		if _, ok := u.Content(name); !ok {
 			continue
 		}
 		desc := utf16z(name)
 		r.Events = append(r.Events,
 			Event{PCR: PCRUKI, Type: eventlog.EvIPL, Digest: sha256.Sum256(append([]byte(name), 0)), Data: desc},
-			Event{PCR: PCRUKI, Type: eventlog.EvIPL, Digest: sha256.Sum256(content), Data: desc})
+			Event{PCR: PCRUKI, Type: eventlog.EvIPL, Digest: d.sections[name], Data: desc})
 	}
-	r.Events = append(r.Events, pcr12...)
+	// The stub measures the LoadOptions it accepts into PCR 12, i.e. a second time on the systemd-boot path.
+	if path == BootSystemdBoot && !opts.SecureBoot {
+		r.Events = append(r.Events, options)
+	}
+	loaded(1) // the kernel, which the stub starts with LoadImage/StartImage
 
 	// PCR 9: Linux 6.1's EFI stub measures LoadOptions (what systemd-stub set: the command line as
 	// NUL-terminated UTF-16LE), then the initrd it loads through LINUX_EFI_INITRD_MEDIA_GUID. Without a
 	// .initrd the stub registers no initrd (assuming no credentials or system extensions on the ESP, which
 	// it would pack into one), and Linux measures none.
-	r.Events = append(r.Events, taggedEvent(loadOptionsTagID, "LOADED_IMAGE::LoadOptions", utf16z(cmdline)))
+	r.Events = append(r.Events, taggedEvent(loadOptionsTagID, "LOADED_IMAGE::LoadOptions", options.Digest))
 	if u.Initrd != nil {
-		r.Events = append(r.Events, taggedEvent(initrdTagID, "Linux initrd", u.Initrd))
+		r.Events = append(r.Events, taggedEvent(initrdTagID, "Linux initrd", d.sections[SectionInitrd]))
 	}
 
 	for _, phase := range BootedPhases {
@@ -284,14 +289,46 @@ func (r *Result) events(withPhases bool) []Event {
 
 // imageEvent is firmware's EV_EFI_BOOT_SERVICES_APPLICATION for a loaded image. Its data is a
 // UEFI_IMAGE_LOAD_EVENT; the load address and device path are unknown before boot, so they are zero/empty.
-func imageEvent(img []byte) (Event, error) {
-	d, err := AuthenticodeSHA256(img)
-	if err != nil {
-		return Event{}, err
-	}
+func imageEvent(digest []byte, size int) Event {
 	data := make([]byte, 32)
-	binary.LittleEndian.PutUint64(data[8:], uint64(len(img))) // ImageLengthInMemory
-	return Event{PCR: PCRBootChain, Type: eventlog.EvEFIBootServicesApp, Digest: [32]byte(d), Data: data}, nil
+	binary.LittleEndian.PutUint64(data[8:], uint64(size)) // ImageLengthInMemory
+	return Event{PCR: PCRBootChain, Type: eventlog.EvEFIBootServicesApp, Digest: [32]byte(digest), Data: data}
+}
+
+// digests holds every hash over file contents that Precompute needs.
+type digests struct {
+	images    [][]byte
+	imageErrs []error
+	sections  map[string][32]byte
+}
+
+// hashAll computes the Authenticode hashes of images and the SHA-256 of each section stub252Measured
+// names, concurrently. The kernel's bytes are hashed three times (inside the UKI's Authenticode hash, in
+// its own, and as .linux for PCR 11) and SHA-256 cannot share work between different streams, so running
+// the streams in parallel is what keeps precomputation close to the speed of a single pass.
+func hashAll(images [][]byte, u *UKI) digests {
+	d := digests{
+		images:    make([][]byte, len(images)),
+		imageErrs: make([]error, len(images)),
+		sections:  make(map[string][32]byte),
+	}
+	var wg sync.WaitGroup
+	for i, img := range images {
+		wg.Go(func() { d.images[i], d.imageErrs[i] = AuthenticodeSHA256(img) })
+	}
+	sums := make([][32]byte, len(stub252Measured))
+	for i, name := range stub252Measured {
+		if c, ok := u.Content(name); ok {
+			wg.Go(func() { sums[i] = sha256.Sum256(c) })
+		}
+	}
+	wg.Wait()
+	for i, name := range stub252Measured {
+		if _, ok := u.Content(name); ok {
+			d.sections[name] = sums[i]
+		}
+	}
+	return d
 }
 
 // loadOptionsEvent is the PCR 12 extend systemd-boot and systemd-stub 252 make for a command line passed in
@@ -309,11 +346,11 @@ const (
 
 // taggedEvent is an EV_EVENT_TAG extend into PCR 9 as Linux's EFI stub makes it: the digest is over the
 // measured buffer, the data a TCG_PCClientTaggedEvent naming it.
-func taggedEvent(id uint32, desc string, measured []byte) Event {
+func taggedEvent(id uint32, desc string, digest [32]byte) Event {
 	data := binary.LittleEndian.AppendUint32(nil, id)
 	data = binary.LittleEndian.AppendUint32(data, uint32(len(desc)+1))
 	data = append(append(data, desc...), 0)
-	return Event{PCR: PCRKernel, Type: eventlog.EvEventTag, Digest: sha256.Sum256(measured), Data: data}
+	return Event{PCR: PCRKernel, Type: eventlog.EvEventTag, Digest: digest, Data: data}
 }
 
 // StubCmdline returns the command line systemd-stub derives from a .cmdline section: the text up to the
@@ -321,6 +358,11 @@ func taggedEvent(id uint32, desc string, measured []byte) Event {
 // into a plain space (systemd's mangle_stub_cmdline, which treats code points <= 0x20 and 0x7F as
 // whitespace). A .cmdline written by `echo` thus loses its trailing newline. Bytes are taken as Latin-1, as
 // the stub's 8-to-16-bit conversion does for ASCII; Precompute rejects anything else.
+//
+// That 252 already applies mangle_stub_cmdline to the built-in .cmdline, and that systemd-boot 252 cleans
+// a type #2 entry's .cmdline the same way (older code only chopped one trailing newline), is taken from
+// systemd's source history, not verified on a boot: for a .cmdline without leading, trailing or control
+// whitespace (the safe choice for images) all variants agree.
 func StubCmdline(section []byte) string {
 	if i := slices.Index(section, 0); i >= 0 {
 		section = section[:i]
