@@ -70,10 +70,11 @@ generate: setup
 protos:
 	bazel/protos.sh
 
-## bench: print the performance figures (attestation, aTLS, JoinService)
+## bench: print the performance figures (attestation, aTLS, JoinService, PCR precomputation)
 bench: setup
 	bench/attestation.sh
 	bench/joinservice.sh
+	bench/measurements.sh
 
 clean:
 	rm -rf out
