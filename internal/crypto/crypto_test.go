@@ -1,4 +1,4 @@
-package crypto
+package crypto_test
 
 import (
 	"encoding/hex"
@@ -6,13 +6,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 )
 
-// TestVectorSecret and TestVectorSalt are the inputs of the committed vectors. The expected keys were
-// computed with an independent HKDF implementation (Python's hmac/hashlib, RFC 5869), not with this code.
+// The inputs of the committed vectors come from cryptotest. The expected keys were computed with an
+// independent HKDF implementation (Python's hmac/hashlib, RFC 5869), not with this code.
 var (
-	TestVectorSecret = seq(0, 32)
-	TestVectorSalt   = seq(32, 32)
+	TestVectorSecret = cryptotest.MasterSecret().Key
+	TestVectorSalt   = cryptotest.MasterSecret().Salt
 )
 
 func seq(start, n int) []byte {
@@ -29,14 +32,14 @@ func TestDeriveKeyVectors(t *testing.T) {
 		length int
 		want   string
 	}{
-		"measurement secret": {id: MeasurementSecretID, length: 32, want: "ea7fedd14f5a29b1b8545592fc20bfdae06918e4ff447b1a0b8e4f3356005bda"},
+		"measurement secret": {id: crypto.MeasurementSecretID, length: 32, want: "ea7fedd14f5a29b1b8545592fc20bfdae06918e4ff447b1a0b8e4f3356005bda"},
 		"disk 1":             {id: "00000000-0000-0000-0000-000000000001", length: 32, want: "52b5a48496958261b02efae7c81515ce773b479c56d6e5cb625bf7f7710d2684"},
 		"disk 2, 64 bytes":   {id: "00000000-0000-0000-0000-000000000002", length: 64, want: "e76b3dcbdbe5d6851cdac0d7b89f3c93f3949582b39d2621538af8352b04e452ce64ab7ce9b8be93e5657c845b105c6e38649f3ee7d691fdf57a13583b5e9c6f"},
 		"16 bytes":           {id: "disk-a", length: 16, want: "f61cf163e9532d6bff3ec053c6074334"},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
-			got, err := DeriveKey(TestVectorSecret, TestVectorSalt, tc.id, tc.length)
+			got, err := crypto.DeriveKey(TestVectorSecret, TestVectorSalt, tc.id, tc.length)
 			require.NoError(t, err)
 			assert.Equal(t, tc.want, hex.EncodeToString(got))
 		})
@@ -44,29 +47,29 @@ func TestDeriveKeyVectors(t *testing.T) {
 }
 
 func TestClusterIDVector(t *testing.T) {
-	ms, err := DeriveKey(TestVectorSecret, TestVectorSalt, MeasurementSecretID, 32)
+	ms, err := crypto.DeriveKey(TestVectorSecret, TestVectorSalt, crypto.MeasurementSecretID, 32)
 	require.NoError(t, err)
-	id, err := ClusterID(ms, TestVectorSalt)
+	id, err := crypto.ClusterID(ms, TestVectorSalt)
 	require.NoError(t, err)
 	assert.Equal(t, "bc9cb582a07915ec2e3ed227b2b5594273ee1a23adda549a160049614f1b5a2c", hex.EncodeToString(id))
 }
 
 func TestDeriveKeyRejects(t *testing.T) {
 	for _, n := range []int{0, 15, 65, -1} {
-		_, err := DeriveKey(TestVectorSecret, TestVectorSalt, "x", n)
-		assert.ErrorIs(t, err, ErrKeyLength, "length %d", n)
+		_, err := crypto.DeriveKey(TestVectorSecret, TestVectorSalt, "x", n)
+		assert.ErrorIs(t, err, crypto.ErrKeyLength, "length %d", n)
 	}
-	_, err := DeriveKey(nil, TestVectorSalt, "x", 32)
+	_, err := crypto.DeriveKey(nil, TestVectorSalt, "x", 32)
 	assert.Error(t, err)
 }
 
 func TestDistinctIDsGiveDistinctKeys(t *testing.T) {
-	a, err := DeriveKey(TestVectorSecret, TestVectorSalt, "a", 32)
+	a, err := crypto.DeriveKey(TestVectorSecret, TestVectorSalt, "a", 32)
 	require.NoError(t, err)
-	b, err := DeriveKey(TestVectorSecret, TestVectorSalt, "b", 32)
+	b, err := crypto.DeriveKey(TestVectorSecret, TestVectorSalt, "b", 32)
 	require.NoError(t, err)
 	assert.NotEqual(t, a, b)
-	otherSalt, err := DeriveKey(TestVectorSecret, seq(1, 32), "a", 32)
+	otherSalt, err := crypto.DeriveKey(TestVectorSecret, seq(1, 32), "a", 32)
 	require.NoError(t, err)
 	assert.NotEqual(t, a, otherSalt)
 }

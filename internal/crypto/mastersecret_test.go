@@ -1,4 +1,4 @@
-package crypto
+package crypto_test
 
 import (
 	"encoding/base64"
@@ -10,23 +10,24 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
 )
 
 func TestMasterSecretFile(t *testing.T) {
 	mem := afero.NewMemMapFs()
 	fh := file.NewHandler(mem)
-	m := MasterSecret{Key: TestVectorSecret, Salt: TestVectorSalt}
-	require.NoError(t, WriteMasterSecret(fh, MasterSecretFileName, m))
-	info, err := mem.Stat(MasterSecretFileName)
+	m := crypto.MasterSecret{Key: TestVectorSecret, Salt: TestVectorSalt}
+	require.NoError(t, crypto.WriteMasterSecret(fh, crypto.MasterSecretFileName, m))
+	info, err := mem.Stat(crypto.MasterSecretFileName)
 	require.NoError(t, err)
 	assert.Equal(t, fs.FileMode(0o600), info.Mode().Perm())
 
-	got, err := ReadMasterSecret(fh, MasterSecretFileName)
+	got, err := crypto.ReadMasterSecret(fh, crypto.MasterSecretFileName)
 	require.NoError(t, err)
 	assert.Equal(t, m, got)
 
-	assert.ErrorIs(t, WriteMasterSecret(fh, MasterSecretFileName, m), file.ErrExists, "never overwrite a master secret")
+	assert.ErrorIs(t, crypto.WriteMasterSecret(fh, crypto.MasterSecretFileName, m), file.ErrExists, "never overwrite a master secret")
 }
 
 func TestMasterSecretRejects(t *testing.T) {
@@ -43,7 +44,7 @@ func TestMasterSecretRejects(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			fh := file.NewHandler(afero.NewMemMapFs())
 			require.NoError(t, fh.Write("ms.json", []byte(tc.content)))
-			_, err := ReadMasterSecret(fh, "ms.json")
+			_, err := crypto.ReadMasterSecret(fh, "ms.json")
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tc.want)
 		})
@@ -51,7 +52,7 @@ func TestMasterSecretRejects(t *testing.T) {
 }
 
 func TestMasterSecretNeverPrinted(t *testing.T) {
-	m := MasterSecret{Key: TestVectorSecret, Salt: TestVectorSalt}
+	m := crypto.MasterSecret{Key: TestVectorSecret, Salt: TestVectorSalt}
 	for _, format := range []string{"%v", "%+v", "%#v", "%s"} {
 		out := fmt.Sprintf(format, m)
 		assert.NotContains(t, out, "0 1 2 3", format)

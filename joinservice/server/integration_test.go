@@ -38,6 +38,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/kubetest"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/joinservice/kubeadm"
@@ -97,11 +98,7 @@ func (p *keyServiceProcess) stop() {
 
 func writeVectorSecret(t testing.TB) string {
 	t.Helper()
-	master := crypto.MasterSecret{Key: make([]byte, 32), Salt: make([]byte, 32)}
-	for i := range master.Key {
-		master.Key[i], master.Salt[i] = byte(i), byte(32+i)
-	}
-	raw, err := json.Marshal(master)
+	raw, err := json.Marshal(cryptotest.MasterSecret())
 	require.NoError(t, err)
 	path := filepath.Join(t.TempDir(), crypto.MasterSecretFileName)
 	require.NoError(t, os.WriteFile(path, raw, 0o600))

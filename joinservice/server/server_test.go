@@ -35,7 +35,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
-	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/joinservice/kubeadm"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
@@ -59,11 +59,7 @@ func serve(t *testing.T, g *grpc.Server) func(context.Context, string) (net.Conn
 // keyService runs a real KeyService with the test-vector master secret.
 func keyService(t *testing.T) KeyGetter {
 	t.Helper()
-	master := &crypto.MasterSecret{Key: make([]byte, 32), Salt: make([]byte, 32)}
-	for i := range master.Key {
-		master.Key[i], master.Salt[i] = byte(i), byte(32+i)
-	}
-	backend, err := kms.New(context.Background(), "kms://cluster-kms", master)
+	backend, err := kms.New(context.Background(), "kms://cluster-kms", cryptotest.MasterSecret())
 	require.NoError(t, err)
 	g := grpc.NewServer()
 	keyserver.New(backend, slog.New(slog.DiscardHandler), prometheus.NewRegistry()).Register(g)

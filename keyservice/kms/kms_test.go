@@ -11,18 +11,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 )
 
-func vectorSecret() *crypto.MasterSecret {
-	key, salt := make([]byte, 32), make([]byte, 32)
-	for i := range key {
-		key[i], salt[i] = byte(i), byte(32+i)
-	}
-	return &crypto.MasterSecret{Key: key, Salt: salt}
-}
-
 func TestClusterKMS(t *testing.T) {
-	k, err := New(context.Background(), "kms://cluster-kms", vectorSecret())
+	k, err := New(context.Background(), "kms://cluster-kms", cryptotest.MasterSecret())
 	require.NoError(t, err)
 	// The vector of internal/crypto (computed independently).
 	key, err := k.GetDEK(context.Background(), "00000000-0000-0000-0000-000000000001", 32)
@@ -51,13 +44,13 @@ func TestNew(t *testing.T) {
 		master  *crypto.MasterSecret
 		wantErr string
 	}{
-		"cluster":              {uri: "kms://cluster-kms", master: vectorSecret()},
-		"cluster trailing /":   {uri: "kms://cluster-kms/", master: vectorSecret()},
+		"cluster":              {uri: "kms://cluster-kms", master: cryptotest.MasterSecret()},
+		"cluster trailing /":   {uri: "kms://cluster-kms/", master: cryptotest.MasterSecret()},
 		"user-managed":         {uri: "kms://test-external?key=projects/p/keys/k"},
 		"user-managed refuses": {uri: "kms://test-external", wantErr: "key parameter missing"},
 		"no master secret":     {uri: "kms://cluster-kms", wantErr: "needs the master secret"},
 		"bad master secret":    {uri: "kms://cluster-kms", master: &crypto.MasterSecret{Key: []byte{1}}, wantErr: `field "key"`},
-		"cluster parameters":   {uri: "kms://cluster-kms?salt=x", master: vectorSecret(), wantErr: "takes no parameters"},
+		"cluster parameters":   {uri: "kms://cluster-kms?salt=x", master: cryptotest.MasterSecret(), wantErr: "takes no parameters"},
 		"unknown backend":      {uri: "kms://vault", wantErr: "known backends are cluster-kms, test-external"},
 		"wrong scheme":         {uri: "https://cluster-kms", wantErr: "expected a URI like kms://cluster-kms"},
 		"not a URI":            {uri: "cluster-kms", wantErr: "expected a URI"},

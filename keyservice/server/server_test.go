@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
 	"github.com/constellation-go/constellation/keyservice/kms"
 )
@@ -30,18 +31,10 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func vectorSecret() *crypto.MasterSecret {
-	key, salt := make([]byte, 32), make([]byte, 32)
-	for i := range key {
-		key[i], salt[i] = byte(i), byte(32+i)
-	}
-	return &crypto.MasterSecret{Key: key, Salt: salt}
-}
-
 // startServer runs a KeyService on bufconn and returns a client and the service's log.
 func startServer(t *testing.T) (keyserviceproto.APIClient, *bytes.Buffer) {
 	t.Helper()
-	k, err := kms.New(context.Background(), "kms://cluster-kms", vectorSecret())
+	k, err := kms.New(context.Background(), "kms://cluster-kms", cryptotest.MasterSecret())
 	require.NoError(t, err)
 	logs := &bytes.Buffer{}
 	lis := bufconn.Listen(1 << 20)
@@ -95,7 +88,7 @@ func TestGetDataKey(t *testing.T) {
 }
 
 func TestMetrics(t *testing.T) {
-	k, err := kms.New(context.Background(), "kms://cluster-kms", vectorSecret())
+	k, err := kms.New(context.Background(), "kms://cluster-kms", cryptotest.MasterSecret())
 	require.NoError(t, err)
 	s := New(k, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	_, err = s.GetDataKey(context.Background(), &keyserviceproto.GetDataKeyRequest{DataKeyId: "a", Length: 32})
