@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build run test lint go-test bazel-test check-generated generate protos bench clean
+.PHONY: setup build run test lint go-test bazel-test image image-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (swtpm, protoc, Bazel in a chroot, Go modules, the
 ## Kubernetes binaries integration tests run); idempotent and cached
@@ -17,6 +17,10 @@ setup:
 	command -v osslsigncode >/dev/null || missing="$$missing osslsigncode"; \
 	command -v sbsign >/dev/null || missing="$$missing sbsigntool"; \
 	command -v objcopy >/dev/null || missing="$$missing binutils"; \
+	command -v veritysetup >/dev/null || missing="$$missing cryptsetup-bin"; \
+	command -v mkfs.erofs >/dev/null || missing="$$missing erofs-utils"; \
+	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
+	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing="$$missing ovmf"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	bazel/setup.sh
@@ -38,8 +42,16 @@ run: build
 	fi
 	$(CLI) -C $(WORKSPACE_DIR) config validate
 
-## test: every check CI runs: lint, generated files, go test, bazel test
-test: setup lint check-generated go-test bazel-test
+## test: every check CI runs: lint, generated files, go test, bazel test, the image checks
+test: setup lint check-generated go-test bazel-test image-test
+
+## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs
+image: setup
+	image/mkosi/build.sh
+
+## image-test: the image builds twice bit-identically and a QEMU boot shows the predicted PCRs (cached)
+image-test: setup
+	image/test.sh
 
 ## lint: gofmt, go vet, staticcheck, go.mod tidiness
 lint:
@@ -75,6 +87,7 @@ bench: setup
 	bench/attestation.sh
 	bench/joinservice.sh
 	bench/measurements.sh
+	bench/verity.sh
 
 clean:
 	rm -rf out

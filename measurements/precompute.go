@@ -19,6 +19,7 @@ const (
 	PCRKernel     = ref.PCRKernel     // 9: Linux's EFI stub: command line and initrd
 	PCRUKI        = ref.PCRUKI        // 11: systemd-stub's UKI sections, then systemd-pcrphase
 	PCRBootLoader = ref.PCRBootLoader // 12: command lines passed in by a boot loader
+	PCRSystemd    = ref.PCRSystemd    // 13: system extension images (none: zero)
 )
 
 // Firmware event strings and data from the TCG PC Client Platform Firmware Profile.
@@ -104,6 +105,14 @@ type Platform struct {
 // applications. It is NOT verified against a real boot yet: the QEMU/OVMF ground-truth test must confirm it
 // (or replace it with an OVMF profile carrying whatever extra events OVMF adds).
 var GenericUEFI = Platform{Name: "generic UEFI (unverified)", CallingEFIApplication: true, Separator: true}
+
+// OVMF is Debian bookworm's OVMF (edk2 2022.11, OVMF_CODE_4M.fd, Secure Boot off) on QEMU's q35 machine
+// started with -nodefaults, so that the disk holding the image is the only boot option. Its PCR 4 sequence
+// is the generic one: image/groundtruth boots the node image that way and compares every PCR 4 event of
+// the firmware's log, and PCRs 4, 9, 11 and 12, with the prediction. Extra devices (a NIC's PXE option, a
+// CD-ROM) add boot attempts and change PCR 4.
+var OVMF = Platform{Name: "OVMF 2022.11 (QEMU q35, -nodefaults)", Verified: true, CallingEFIApplication: true,
+	Separator: true}
 
 // Options selects how the UKI is booted.
 type Options struct {
@@ -243,12 +252,13 @@ func Precompute(u *UKI, opts Options) (*Result, error) {
 	return &r, nil
 }
 
-// PCRs replays the events into zeroed PCRs and returns the values of PCRs 4, 9, 11 and 12 (the ones the
-// boot files determine; PCRs nothing extended, such as PCR 12 on the direct path, are zero). withPhases
+// PCRs replays the events into zeroed PCRs and returns the values of PCRs 4, 9, 11, 12 and 13 (the ones
+// the boot files determine; PCRs nothing extended, such as PCR 12 on the direct path, are zero). PCR 13 is
+// where systemd 252 measures system extension images; the image ships none, so it stays zero. withPhases
 // includes the systemd-pcrphase extends of a fully booted system.
 func (r *Result) PCRs(withPhases bool) map[uint32][]byte {
 	pcrs := map[uint32][]byte{}
-	for _, i := range []uint32{PCRBootChain, PCRKernel, PCRUKI, PCRBootLoader} {
+	for _, i := range []uint32{PCRBootChain, PCRKernel, PCRUKI, PCRBootLoader, PCRSystemd} {
 		pcrs[i] = make([]byte, sha256.Size)
 	}
 	for _, e := range r.events(withPhases) {

@@ -115,14 +115,15 @@ func TestPrecompute(t *testing.T) {
 				9:  chain(cmdline, initrd),
 				11: chain(pcr11...),
 				12: tc.wantPCR12,
+				13: zero, // no system extensions
 			}
 			assert.Equal(t, want, r.PCRs(false))
-			wantPhases := map[uint32][]byte{4: want[4], 9: want[9], 11: chain(append(pcr11, phases...)...), 12: want[12]}
+			wantPhases := map[uint32][]byte{4: want[4], 9: want[9], 11: chain(append(pcr11, phases...)...), 12: want[12], 13: zero}
 			assert.Equal(t, wantPhases, r.PCRs(true))
 
 			m := r.Measurements(true)
 			require.NoError(t, m.Validate())
-			assert.Equal(t, []uint32{4, 9, 11, 12}, m.Indices())
+			assert.Equal(t, []uint32{4, 9, 11, 12, 13}, m.Indices())
 			assert.Equal(t, ref.Digest(wantPhases[11]), m[11].Expected)
 			assert.False(t, m[11].WarnOnly)
 

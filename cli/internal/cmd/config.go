@@ -14,5 +14,6 @@ func newConfigCmd(e *env) *cobra.Command {
 	cmd.AddCommand(newConfigGenerateCmd(e))
 	cmd.AddCommand(newConfigValidateCmd(e))
 	cmd.AddCommand(newConfigSchemaCmd(e))
+	cmd.AddCommand(newConfigFetchMeasurementsCmd(e))
 	return cmd
 }

@@ -82,6 +82,7 @@ constellation-admin.conf (the admin kubeconfig).`,
 
 	root.AddCommand(newVersionCmd(e))
 	root.AddCommand(newConfigCmd(e))
+	root.AddCommand(newImageCmd(e))
 	return root
 }
 

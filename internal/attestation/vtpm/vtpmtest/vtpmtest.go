@@ -9,9 +9,11 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/launcher"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm/swtpmtest"
+	boot "github.com/constellation-go/constellation/measurements"
 )
 
 // Event is one measurement of a test boot; its digest is SHA-256 of Data.
@@ -57,12 +59,13 @@ func NewNode(t testing.TB, events []Event) *Node {
 	}
 	t.Cleanup(func() { _ = tp.Close() })
 	b := eventlog.NewBuilder()
-	for _, ev := range events {
-		digest := sha256.Sum256([]byte(ev.Data))
-		if err := tpm.Extend(tp, ev.PCR, digest[:]); err != nil {
-			t.Fatalf("measuring test boot: %v", err)
-		}
-		b.Add(ev.PCR, ev.Type, digest, []byte(ev.Data))
+	measured := make([]boot.Event, len(events))
+	for i, ev := range events {
+		measured[i] = boot.Event{PCR: ev.PCR, Type: ev.Type, Digest: sha256.Sum256([]byte(ev.Data)), Data: []byte(ev.Data)}
+	}
+	// The local provider's launcher measures real nodes the same way.
+	if err := launcher.Measure(tp, b, measured...); err != nil {
+		t.Fatalf("measuring test boot: %v", err)
 	}
 	return &Node{TPM: tp, Address: p.Address(), EventLog: b.Bytes()}
 }

@@ -1,0 +1,283 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/cosign"
+	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/signed"
+)
+
+const (
+	flagURL          = "url"
+	flagSignatureURL = "signature-url"
+	flagPublicKey    = "public-key"
+	flagTimeout      = "timeout"
+
+	// builtInKey selects releasePublicKey for --public-key.
+	builtInKey = "built-in"
+	// maxSignatureSize bounds a downloaded signature; a real one is 96 bytes of base64.
+	maxSignatureSize = 4 << 10
+)
+
+// releasePublicKey is the cosign.pub of the project's release signing key, which --public-key built-in
+// selects. The project publishes no signed images yet, so there is none; a release build sets it.
+var releasePublicKey []byte
+
+func newConfigFetchMeasurementsCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "fetch-measurements",
+		Short: "Load signed measurements into constellation-conf.yaml",
+		Long: `Download (or read) a measurements.json and its signature, verify the signature with a cosign
+public key, check that the measurements are for the configuration's attestation variant, and
+replace attestation.measurements in constellation-conf.yaml with them. The rest of the file,
+comments included, is kept as it is.
+
+--url and --signature-url take an http(s) URL or a file path (relative to the current directory,
+not the workspace). Nothing is written unless every check passes.`,
+		Example: `  constellation config fetch-measurements --url measurements.json --public-key cosign.pub
+  constellation -C mycluster config fetch-measurements --url https://example.com/v1.2.0/measurements.json \
+    --public-key cosign.pub -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return e.configFetchMeasurements(cmd)
+		},
+	}
+	cmd.Flags().String(flagURL, signed.FileName, "http(s) URL or path of measurements.json")
+	cmd.Flags().String(flagSignatureURL, "", "http(s) URL or path of the signature (default: --url with .sig appended)")
+	cmd.Flags().String(flagPublicKey, "cosign.pub", "cosign public key (PEM) to verify the signature with, or \""+builtInKey+"\" for the release key")
+	cmd.Flags().Duration(flagTimeout, 30*time.Second, "time limit for the downloads")
+	addOutputFlag(cmd)
+	return cmd
+}
+
+type fetchedPCR struct {
+	PCR      uint32 `json:"pcr"`
+	Expected string `json:"expected"`
+	WarnOnly bool   `json:"warnOnly"`
+	// Change is added, changed, unchanged or removed, compared with the configuration before.
+	Change string `json:"change"`
+}
+
+type fetchResult struct {
+	Config       string       `json:"config"`
+	URL          string       `json:"url"`
+	SignatureURL string       `json:"signatureUrl"`
+	PublicKey    string       `json:"publicKey"`
+	Image        string       `json:"image"`
+	Variant      string       `json:"variant"`
+	Changed      bool         `json:"changed"`
+	Measurements []fetchedPCR `json:"measurements"`
+}
+
+func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
+	format, err := outputFormat(cmd)
+	if err != nil {
+		return err
+	}
+	flags := cmd.Flags()
+	src, err := flags.GetString(flagURL)
+	if err != nil {
+		return err
+	}
+	sigSrc, err := flags.GetString(flagSignatureURL)
+	if err != nil {
+		return err
+	}
+	if sigSrc == "" {
+		sigSrc = src + signed.SignatureSuffix
+	}
+	keySrc, err := flags.GetString(flagPublicKey)
+	if err != nil {
+		return err
+	}
+	timeout, err := flags.GetDuration(flagTimeout)
+	if err != nil {
+		return err
+	}
+
+	cfgPath := e.path(config.FileName)
+	cfgData, err := e.files.Read(config.FileName)
+	if err != nil {
+		return fmt.Errorf("reading the configuration: %w (create one with 'constellation config generate <provider>')", err)
+	}
+	cfg, err := config.Parse(cfgData)
+	if err != nil {
+		return fmt.Errorf("%s: %w\nFix the configuration first; 'constellation config validate' lists the problems", cfgPath, err)
+	}
+	verifier, err := e.publicKey(keySrc)
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+	defer cancel()
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport}
+	data, err := e.fetch(ctx, client, src, signed.MaxFileSize)
+	if err != nil {
+		return err
+	}
+	sig, err := e.fetch(ctx, client, sigSrc, maxSignatureSize)
+	if err != nil {
+		return err
+	}
+
+	mf, err := signed.Verify(data, sig, verifier)
+	switch {
+	case errors.Is(err, cosign.ErrInvalidSignature) || errors.Is(err, cosign.ErrMalformed):
+		return fmt.Errorf("%s is not signed by %s: %w\nThe file was changed after signing, or signed with another key: check --%s and --%s. %s is unchanged",
+			src, keySrc, err, flagPublicKey, flagSignatureURL, cfgPath)
+	case err != nil:
+		return fmt.Errorf("%s: %w\nIts signature is valid, so the publisher made this file: ask them for a corrected one. %s is unchanged", src, err, cfgPath)
+	}
+	if mf.Variant != cfg.Attestation.Variant {
+		return fmt.Errorf("%s holds measurements for attestation variant %s, but %s uses %s: fetch the measurements published for %s. %s is unchanged",
+			src, mf.Variant, cfgPath, cfg.Attestation.Variant, cfg.Attestation.Variant, cfgPath)
+	}
+
+	newData, err := config.SetMeasurements(cfgData, mf.Measurements)
+	if err != nil {
+		return fmt.Errorf("%s: %w. %s is unchanged", cfgPath, err, cfgPath)
+	}
+	result := fetchResult{
+		Config: cfgPath, URL: src, SignatureURL: sigSrc, PublicKey: keySrc,
+		Image: mf.Image, Variant: mf.Variant, Changed: !bytes.Equal(newData, cfgData),
+		Measurements: measurementChanges(cfg.Attestation.Measurements, mf.Measurements),
+	}
+	if result.Changed {
+		if err := e.files.Write(config.FileName, newData, file.OptOverwrite); err != nil {
+			return err
+		}
+	}
+	e.log.Debug("fetched measurements", "url", src, "image", mf.Image, "changed", result.Changed)
+
+	if format == outputJSON {
+		enc := json.NewEncoder(e.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(result)
+	}
+	fmt.Fprintf(e.out, "Verified %s with %s: image %s, variant %s.\n", src, keySrc, mf.Image, mf.Variant)
+	if !result.Changed {
+		_, err := fmt.Fprintf(e.out, "%s already has these measurements; nothing changed.\n", cfgPath)
+		return err
+	}
+	fmt.Fprintf(e.out, "Updated attestation.measurements in %s:\n", cfgPath)
+	for _, m := range result.Measurements {
+		suffix := ""
+		if m.WarnOnly {
+			suffix = " (warn only)"
+		}
+		fmt.Fprintf(e.out, "  PCR %-2d  %-9s  %s%s\n", m.PCR, m.Change, m.Expected, suffix)
+	}
+	return nil
+}
+
+// publicKey reads the verification key from a file, or the built-in release key.
+func (e *env) publicKey(src string) (*cosign.Verifier, error) {
+	var pemData []byte
+	if src == builtInKey {
+		if len(releasePublicKey) == 0 {
+			return nil, fmt.Errorf("this CLI has no built-in release key: pass the publisher's key with --%s <cosign.pub>", flagPublicKey)
+		}
+		pemData = releasePublicKey
+	} else {
+		var err error
+		if pemData, err = file.NewHandler(e.osFs).Read(src); err != nil {
+			return nil, fmt.Errorf("%w: pass the publisher's cosign public key with --%s", err, flagPublicKey)
+		}
+	}
+	v, err := cosign.ParsePublicKey(pemData)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s: %w", flagPublicKey, src, err)
+	}
+	return v, nil
+}
+
+// fetch returns the content at src, an http(s) URL or a file path, refusing more than limit bytes.
+func (e *env) fetch(ctx context.Context, client *http.Client, src string, limit int64) ([]byte, error) {
+	isURL := strings.Contains(src, "://")
+	if isURL {
+		u, err := url.Parse(src)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", src, err)
+		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return nil, fmt.Errorf("%s: unsupported URL scheme %q: use an http(s) URL or a file path", src, u.Scheme)
+		}
+	}
+	var body io.Reader
+	if isURL {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
+		if err != nil {
+			return nil, fmt.Errorf("downloading %s: %w", src, err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("downloading %s: %w\nCheck the URL and the network (or --%s), or download the files and pass their paths", src, err, flagTimeout)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("downloading %s: server answered %s: check the URL", src, resp.Status)
+		}
+		body = resp.Body
+	} else {
+		f, err := e.osFs.Open(src)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s: %w", src, err)
+		}
+		defer f.Close()
+		body = f
+	}
+	data, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", src, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes, more than a measurements file or signature can be: check the URL", src, limit)
+	}
+	return data, nil
+}
+
+// measurementChanges lists the new measurements, and the old ones they drop, with what changed.
+func measurementChanges(old, fetched measurements.M) []fetchedPCR {
+	var out []fetchedPCR
+	all := measurements.M{}
+	for idx, m := range old {
+		all[idx] = m
+	}
+	for idx, m := range fetched {
+		all[idx] = m
+	}
+	for _, idx := range all.Indices() {
+		o, hadOld := old[idx]
+		n, hasNew := fetched[idx]
+		row := fetchedPCR{PCR: idx, Expected: n.Expected.String(), WarnOnly: n.WarnOnly}
+		switch {
+		case !hasNew:
+			row = fetchedPCR{PCR: idx, Expected: o.Expected.String(), WarnOnly: o.WarnOnly, Change: "removed"}
+		case !hadOld:
+			row.Change = "added"
+		case !bytes.Equal(o.Expected, n.Expected) || o.WarnOnly != n.WarnOnly:
+			row.Change = "changed"
+		default:
+			row.Change = "unchanged"
+		}
+		out = append(out, row)
+	}
+	return out
+}
