@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build run test lint go-test bazel-test image image-test check-generated generate protos bench clean
+.PHONY: setup build run test lint go-test bazel-test image image-test cluster-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (swtpm, protoc, Bazel in a chroot, Go modules, the
 ## Kubernetes binaries integration tests run); idempotent and cached
@@ -21,11 +21,13 @@ setup:
 	command -v mkfs.erofs >/dev/null || missing="$$missing erofs-utils"; \
 	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
 	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing="$$missing ovmf"; \
+	command -v mkfs.vfat >/dev/null || missing="$$missing dosfstools"; \
+	command -v mcopy >/dev/null || missing="$$missing mtools"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	bazel/setup.sh
 	go mod download
-	bazel/kubernetes/build.sh etcd kube-apiserver kube-controller-manager
+	bazel/kubernetes/build.sh all
 
 ## build: build the constellation CLI with Bazel into out/
 build: setup
@@ -42,8 +44,8 @@ run: build
 	fi
 	$(CLI) -C $(WORKSPACE_DIR) config validate
 
-## test: every check CI runs: lint, generated files, go test, bazel test, the image checks
-test: setup lint check-generated go-test bazel-test image-test
+## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
+test: setup lint check-generated go-test bazel-test image-test cluster-test
 
 ## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs
 image: setup
@@ -52,6 +54,12 @@ image: setup
 ## image-test: the image builds twice bit-identically and a QEMU boot shows the predicted PCRs (cached)
 image-test: setup
 	image/test.sh
+
+## cluster-test: a control plane and a worker from the image become a real kubeadm cluster (local nodes)
+cluster-test: setup image
+	$(BAZEL) build //joinservice/cmd/joinservice:image //keyservice/cmd/keyservice:image //verify/cmd/verificationservice:image
+	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 30m -v \
+		-run 'TestTwoNodeCluster' ./internal/cloud/local/cluster/
 
 ## lint: gofmt, go vet, staticcheck, go.mod tidiness
 lint:
@@ -88,6 +96,7 @@ bench: setup
 	bench/joinservice.sh
 	bench/measurements.sh
 	bench/verity.sh
+	bench/cluster.sh
 
 clean:
 	rm -rf out

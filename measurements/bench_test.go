@@ -8,11 +8,16 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// benchUKI builds the cross-check UKI (with the real kernel if MEASUREMENTS_TEST_VMLINUZ names one), so
-// that the benchmarks run on realistic sizes.
+// benchUKI reads the UKI MEASUREMENTS_BENCH_UKI names (the node image's, for `make bench`), or else builds
+// the cross-check UKI (with the real kernel if MEASUREMENTS_TEST_VMLINUZ names one), so that the benchmarks
+// run on realistic sizes.
 func benchUKI(b *testing.B) []byte {
 	b.Helper()
-	data, err := os.ReadFile(buildUKI(b, testInputs(b, false)))
+	path := os.Getenv("MEASUREMENTS_BENCH_UKI")
+	if path == "" {
+		path = buildUKI(b, testInputs(b, false))
+	}
+	data, err := os.ReadFile(path)
 	require.NoError(b, err)
 	return data
 }

@@ -1,39 +1,171 @@
 #!/usr/bin/env bash
-# Builds pinned Kubernetes and etcd binaries from source through the Go module proxy.
+# Builds the pinned Kubernetes components of one Kubernetes version from source through the Go module proxy,
+# and the container images kubeadm runs them from.
 #
-# Usage: bazel/kubernetes/build.sh [component ...]
-#   components: etcd kube-apiserver kubeadm kubelet kube-controller-manager kube-scheduler kubectl
-#   default:    etcd kube-apiserver
+# Usage: bazel/kubernetes/build.sh [--version VERSION] [component ... | all]
+#   versions:   v1.33.13 (default) v1.34.10
+#   components: pause etcd coredns kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet
+#               kubeadm kubectl images
+#   all:        every binary, then images; default: etcd kube-apiserver
 #
-# Output: ${CONSTELLATION_CACHE:-/var/cache/constellation}/kubernetes/<KUBE_VERSION>/bin/<component>, plus
-# SHA256SUMS beside them. Each binary has a stamp (.<component>.stamp) recording the inputs it was built from
-# (versions, build flags, ldflags, Go version and platform) and its sha256; a component is rebuilt only when
-# its binary is missing, its stamp differs from the current inputs, or the binary no longer matches the
-# recorded sha256. Builds are reproducible: same inputs, same bytes.
+# Output, under ${CONSTELLATION_CACHE:-/var/cache/constellation}/kubernetes/<VERSION>/:
+#   bin/<component>       binaries, plus SHA256SUMS and a stamp per binary (.<component>.stamp)
+#   images/<name>.tar     docker-archive images (for `ctr -n k8s.io images import`) tagged exactly as kubeadm
+#                         references them, for kube-apiserver, kube-controller-manager, kube-scheduler,
+#                         kube-proxy, etcd, coredns and pause ("images"; builds the binaries it needs)
+#   components.json       every file above with its sha256 (written by "images"); bazel/kubernetes/pin.sh
+#                         turns it into the pins in internal/versions
+#
+# A stamp records the inputs a binary was built from (versions, build flags, ldflags, Go version and platform)
+# and its sha256; a component is rebuilt only when its binary is missing, its stamp differs from the current
+# inputs, or the binary no longer matches the recorded sha256. Builds are reproducible: same inputs, same
+# bytes.
 #
 # Kubernetes is built in a throwaway module (a temp dir, never this repository) that requires
 # k8s.io/kubernetes and replaces every staging repository (the list is read from kubernetes' own go.mod)
-# with its published k8s.io/<repo> v0.<minor>.<patch> module. etcd's main package is the root of the
-# go.etcd.io/etcd/server/v3 module and is built the same way.
+# with its published k8s.io/<repo> v0.<minor>.<patch> module. etcd (go.etcd.io/etcd/server/v3) and CoreDNS
+# (github.com/coredns/coredns) are built the same way from their main modules, pause from
+# bazel/kubernetes/pause/main.go (copied into a throwaway module, so its bytes depend on that file alone).
+# The versions of etcd, CoreDNS and pause are the ones kubeadm of that Kubernetes version expects; the script
+# checks them against kubeadm's constants (cmd/kubeadm/app/constants) and refuses to build on a mismatch.
 #
 # Each link needs about 2 GB of memory, so components are built one at a time.
 set -euo pipefail
 
-KUBE_VERSION=v1.33.13
-STAGING_VERSION=v0.33.13 # the staging repos' module version matching KUBE_VERSION
-KUBE_GO_DIRECTIVE=1.24.0 # kubernetes' go.mod: "go 1.24.0" and "godebug default=go1.24"
-KUBE_GODEBUG_DEFAULT=go1.24
-ETCD_VERSION=v3.5.21
-ETCD_GO_DIRECTIVE=1.23.0 # go.etcd.io/etcd/server/v3's go.mod
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+
+# --- version sets ------------------------------------------------------------------------------------------
+# Everything that selects source code. The go directives and godebug defaults are those of the upstream main
+# modules (checked at build time), so the default GODEBUG settings are the ones upstream builds get.
+set_version() {
+	case "$1" in
+	v1.33.13)
+		STAGING_VERSION=v0.33.13 # the staging repos' module version matching KUBE_VERSION
+		KUBE_GO_DIRECTIVE=1.24.0 # kubernetes' go.mod: "go 1.24.0" and "godebug default=go1.24"
+		KUBE_GODEBUG_DEFAULT=go1.24
+		ETCD_VERSION=v3.5.24 # kubeadm: constants.SupportedEtcdVersion[33] = "3.5.24-0"
+		ETCD_IMAGE_TAG=3.5.24-0
+		ETCD_GO_DIRECTIVE=1.24 # go.etcd.io/etcd/server/v3's go.mod
+		COREDNS_VERSION=v1.12.0 # kubeadm: constants.CoreDNSVersion
+		COREDNS_GO_DIRECTIVE=1.22.7
+		PAUSE_VERSION=3.10 # kubeadm: constants.PauseVersion
+		;;
+	v1.34.10)
+		# The newest v1.34 patch the proxy serves whose checksum the checksum database knows (v1.34.11 and
+		# v1.34.12 are listed but sum.golang.org answers 404; v1.34.13 is refused with 403).
+		STAGING_VERSION=v0.34.10
+		KUBE_GO_DIRECTIVE=1.24.0
+		KUBE_GODEBUG_DEFAULT=go1.24
+		ETCD_VERSION=v3.6.5 # kubeadm: constants.SupportedEtcdVersion[34] = "3.6.5-0"
+		ETCD_IMAGE_TAG=3.6.5-0
+		ETCD_GO_DIRECTIVE=1.24
+		COREDNS_VERSION=v1.12.1
+		COREDNS_GO_DIRECTIVE=1.23.0
+		PAUSE_VERSION=3.10.1
+		;;
+	*) die "unsupported Kubernetes version '$1'; supported: ${SUPPORTED_VERSIONS[*]}" ;;
+	esac
+	KUBE_VERSION="$1"
+	KUBE_MINOR="${KUBE_VERSION#v1.}"
+	KUBE_MINOR="${KUBE_MINOR%%.*}"
+}
+SUPPORTED_VERSIONS=(v1.33.13 v1.34.10)
+DEFAULT_VERSION=v1.33.13
+PAUSE_GO_DIRECTIVE=1.24.0
 # Bump when the way binaries are built changes in a way the variables below do not capture.
 RECIPE=1
 
-ALL_COMPONENTS=(etcd kube-apiserver kubeadm kubelet kube-controller-manager kube-scheduler kubectl)
+BINARIES=(pause etcd coredns kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl)
+KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl)
+# The binaries the images are made of.
+IMAGE_BINARIES=(pause etcd coredns kube-apiserver kube-controller-manager kube-scheduler kube-proxy)
 DEFAULT_COMPONENTS=(etcd kube-apiserver)
+# Debian packages whose files go into the kube-proxy image (iptables); versions and hashes pinned there.
+DEBS_LOCK="$here/debs.lock"
+
+log() { printf '%s\n' "$*"; }
+die() {
+	printf 'error: %s\n' "$*" >&2
+	exit 1
+}
+
+usage() {
+	sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+# --- arguments ---------------------------------------------------------------------------------------------
+version="$DEFAULT_VERSION"
+components=()
+want_images=false
+while [[ $# -gt 0 ]]; do
+	arg="$1"
+	shift
+	case "$arg" in
+	-h | --help)
+		usage
+		exit 0
+		;;
+	--version)
+		[[ $# -gt 0 ]] || die "--version needs a value"
+		version="$1"
+		shift
+		continue
+		;;
+	--version=*)
+		version="${arg#--version=}"
+		continue
+		;;
+	-*) die "unknown flag $arg (see --help)" ;;
+	all)
+		components+=("${BINARIES[@]}")
+		want_images=true
+		continue
+		;;
+	images)
+		components+=("${IMAGE_BINARIES[@]}")
+		want_images=true
+		continue
+		;;
+	esac
+	known=false
+	for c in "${BINARIES[@]}"; do
+		[[ "$arg" == "$c" ]] && known=true
+	done
+	$known || die "unknown component '$arg'; known: ${BINARIES[*]} images all"
+	components+=("$arg")
+done
+[[ ${#components[@]} -gt 0 ]] || components=("${DEFAULT_COMPONENTS[@]}")
+set_version "$version"
+# Build each requested binary once, in the order of BINARIES (cheap ones first).
+ordered=()
+for c in "${BINARIES[@]}"; do
+	for r in "${components[@]}"; do
+		if [[ "$r" == "$c" ]]; then
+			ordered+=("$c")
+			break
+		fi
+	done
+done
+components=("${ordered[@]}")
+
+is_kube() {
+	local k
+	for k in "${KUBE_BINARIES[@]}"; do
+		[[ "$1" == "$k" ]] && return 0
+	done
+	return 1
+}
+
+command -v "${GO:-go}" >/dev/null || die "go not found (set GO or PATH)"
+command -v sha256sum >/dev/null || die "sha256sum not found"
+GO="${GO:-go}"
 
 CACHE_ROOT="${CONSTELLATION_CACHE:-/var/cache/constellation}"
-OUT="$CACHE_ROOT/kubernetes/$KUBE_VERSION/bin"
-GO="${GO:-go}"
+VERSION_DIR="$CACHE_ROOT/kubernetes/$KUBE_VERSION"
+OUT="$VERSION_DIR/bin"
+IMAGES_OUT="$VERSION_DIR/images"
+DEBS_DIR="$CACHE_ROOT/kubernetes/debs"
 
 kube_version_ldflags() {
 	# Like hack/lib/version.sh: set both component-base's and client-go's version variables. -s -w as in
@@ -42,7 +174,7 @@ kube_version_ldflags() {
 	local -a kv=(
 		"gitVersion=$KUBE_VERSION"
 		"gitMajor=1"
-		"gitMinor=33"
+		"gitMinor=$KUBE_MINOR"
 		"gitTreeState=clean"
 		"buildDate=1970-01-01T00:00:00Z"
 	)
@@ -58,38 +190,9 @@ KUBE_LDFLAGS="$(kube_version_ldflags)"
 KUBE_TAGS="selinux,notest"
 # etcd's build.sh sets GitSHA; the module zip carries no git metadata, so record the version instead.
 ETCD_LDFLAGS="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
-
-log() { printf '%s\n' "$*"; }
-die() {
-	printf 'error: %s\n' "$*" >&2
-	exit 1
-}
-
-usage() {
-	sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-}
-
-# --- arguments ---------------------------------------------------------------------------------------------
-components=()
-for arg in "$@"; do
-	case "$arg" in
-	-h | --help)
-		usage
-		exit 0
-		;;
-	-*) die "unknown flag $arg (see --help)" ;;
-	esac
-	known=false
-	for c in "${ALL_COMPONENTS[@]}"; do
-		[[ "$arg" == "$c" ]] && known=true
-	done
-	$known || die "unknown component '$arg'; known: ${ALL_COMPONENTS[*]}"
-	components+=("$arg")
-done
-[[ ${#components[@]} -gt 0 ]] || components=("${DEFAULT_COMPONENTS[@]}")
-
-command -v "$GO" >/dev/null || die "go not found (set GO or PATH)"
-command -v sha256sum >/dev/null || die "sha256sum not found"
+# CoreDNS' Makefile: CGO_ENABLED=0, -ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=...".
+COREDNS_LDFLAGS="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+PAUSE_LDFLAGS="-s -w -X main.version=$PAUSE_VERSION"
 
 # The build environment. Everything that can change the output is pinned here or recorded in the stamp.
 export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false"
@@ -112,8 +215,8 @@ if command -v flock >/dev/null && ! flock -n 9; then
 	flock 9
 fi
 
-workdir=""
-cleanup() { [[ -z "$workdir" ]] || rm -rf "$workdir"; }
+workdir="$(mktemp -d "${TMPDIR:-/tmp}/kubebuild.XXXXXX")"
+cleanup() { rm -rf "$workdir"; }
 trap cleanup EXIT
 
 # Runs a go command; on failure prints its output and, if it looks like a network problem, says that the
@@ -125,28 +228,65 @@ run_go() {
 	fi
 	cat "$log_file" >&2
 	if grep -qiE 'dial tcp|no such host|connection refused|i/o timeout|network is unreachable|tls handshake|proxyconnect|server misbehaving|temporary failure in name resolution|unexpected eof|connection reset|could not resolve host|failed to connect|tls: |x509: ' "$log_file"; then
-		die "the Go module proxy ($GOPROXY_VALUE) is unreachable; building Kubernetes/etcd needs it (or a Go module cache that already holds every module)"
+		die "the Go module proxy ($GOPROXY_VALUE) is unreachable; building Kubernetes/etcd/CoreDNS needs it (or a Go module cache that already holds every module)"
 	fi
 	die "go $1 failed (see above)"
 }
 
-ensure_workdir() {
-	[[ -n "$workdir" ]] || workdir="$(mktemp -d "${TMPDIR:-/tmp}/kubebuild.XXXXXX")"
+# Prints the module cache directory of module@version, downloading it if needed.
+module_dir() {
+	# Outside any module, so nothing but the module cache is touched.
+	(cd "$workdir" && GOFLAGS="" run_go mod download -json "$1") || exit 1
+	local dir
+	dir="$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' "$workdir/go.log")"
+	[[ -f "$dir/go.mod" ]] || die "could not locate $1 in the module cache"
+	echo "$dir"
+}
+
+# Fails unless the upstream main module's go.mod has the go directive (and godebug default) pinned above.
+check_go_directive() {
+	local mod="$1" want_go="$2" want_godebug="${3:-}" got
+	got="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$mod/go.mod")"
+	[[ "$got" == "$want_go" ]] || die "$mod/go.mod says 'go $got'; build.sh pins 'go $want_go' for $KUBE_VERSION: update the version set"
+	if [[ -n "$want_godebug" ]]; then
+		got="$(sed -n 's/^godebug default=\(.*\)$/\1/p' "$mod/go.mod")"
+		[[ "$got" == "$want_godebug" ]] || die "$mod/go.mod says 'godebug default=$got'; build.sh pins $want_godebug"
+	fi
+}
+
+# The versions of etcd, CoreDNS and pause must be the ones this kubeadm references (its constants package);
+# otherwise kubeadm would look for images that do not exist.
+check_kubeadm_constants() {
+	local kdir="$1" f want got
+	f="$kdir/cmd/kubeadm/app/constants/constants.go"
+	[[ -f "$f" ]] || die "kubeadm's constants not found at $f"
+	got="$(sed -n "s/^[[:space:]]*$KUBE_MINOR: \"\(.*\)\",\$/\1/p" "$f")"
+	[[ "$got" == "$ETCD_IMAGE_TAG" ]] || die "kubeadm $KUBE_VERSION expects etcd '$got' (SupportedEtcdVersion[$KUBE_MINOR]), build.sh pins $ETCD_IMAGE_TAG"
+	want="${ETCD_VERSION#v}-0"
+	[[ "$want" == "$ETCD_IMAGE_TAG" ]] || die "etcd module version $ETCD_VERSION does not match image tag $ETCD_IMAGE_TAG"
+	got="$(sed -n 's/^[[:space:]]*CoreDNSVersion = "\(.*\)"$/\1/p' "$f")"
+	[[ "$got" == "$COREDNS_VERSION" ]] || die "kubeadm $KUBE_VERSION expects CoreDNS '$got' (CoreDNSVersion), build.sh pins $COREDNS_VERSION"
+	got="$(sed -n 's/^[[:space:]]*PauseVersion = "\(.*\)"$/\1/p' "$f")"
+	[[ "$got" == "$PAUSE_VERSION" ]] || die "kubeadm $KUBE_VERSION expects pause '$got' (PauseVersion), build.sh pins $PAUSE_VERSION"
+}
+
+KDIR=""
+kube_source() {
+	[[ -n "$KDIR" ]] && return 0
+	KDIR="$(module_dir "k8s.io/kubernetes@$KUBE_VERSION")"
+	check_go_directive "$KDIR" "$KUBE_GO_DIRECTIVE" "$KUBE_GODEBUG_DEFAULT"
+	check_kubeadm_constants "$KDIR"
 }
 
 # Writes the throwaway module for Kubernetes into $workdir/kubernetes (once).
 kube_module() {
 	local dir="$workdir/kubernetes"
 	[[ -f "$dir/go.mod" ]] && return 0
+	kube_source
 	mkdir -p "$dir"
-	local kdir
-	# Outside any module, so nothing but the module cache is touched.
-	(cd "$workdir" && GOFLAGS="" run_go mod download -json "k8s.io/kubernetes@$KUBE_VERSION") || exit 1
-	kdir="$(sed -n 's/^\t"Dir": "\(.*\)",$/\1/p' "$workdir/go.log")"
-	[[ -f "$kdir/go.mod" ]] || die "could not locate k8s.io/kubernetes@$KUBE_VERSION in the module cache"
 	local staging
-	staging="$(sed -n '/^replace (/,/^)/p' "$kdir/go.mod" | sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\) => \./staging/src/.*#\1#p' | sort)"
-	[[ -n "$staging" ]] || die "no staging replacements found in $kdir/go.mod"
+	staging="$(sed -n '/^replace (/,/^)/p' "$KDIR/go.mod" | sed -n 's#^[[:space:]]*\(k8s\.io/[^[:space:]]*\) => \./staging/src/.*#\1#p' | sort)"
+	[[ -n "$staging" ]] || die "no staging replacements found in $KDIR/go.mod"
 	{
 		echo "module constellation.build/kubernetes"
 		echo
@@ -165,13 +305,25 @@ kube_module() {
 	} >"$dir/go.mod"
 }
 
-etcd_module() {
-	local dir="$workdir/etcd"
+# A throwaway module that requires one upstream main module (etcd, CoreDNS).
+simple_module() {
+	local name="$1" module="$2" version="$3" go_directive="$4" dir="$workdir/$1"
+	[[ -f "$dir/go.mod" ]] && return 0
+	check_go_directive "$(module_dir "$module@$version")" "$go_directive"
+	mkdir -p "$dir"
+	printf 'module constellation.build/%s\n\ngo %s\n\nrequire %s %s\n' \
+		"$name" "$go_directive" "$module" "$version" >"$dir/go.mod"
+}
+
+pause_module() {
+	local dir="$workdir/pause"
 	[[ -f "$dir/go.mod" ]] && return 0
 	mkdir -p "$dir"
-	printf 'module constellation.build/etcd\n\ngo %s\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
-		"$ETCD_GO_DIRECTIVE" "$ETCD_VERSION" >"$dir/go.mod"
+	printf 'module constellation.build/pause\n\ngo %s\n' "$PAUSE_GO_DIRECTIVE" >"$dir/go.mod"
+	cp "$here/pause/main.go" "$dir/main.go"
 }
+
+sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 # Prints the inputs of a component, one per line; this is the stamp (without the sha256 line).
 inputs() {
@@ -181,20 +333,33 @@ inputs() {
 	echo "go=$GO_VERSION"
 	echo "platform=$GO_PLATFORM"
 	echo "env=CGO_ENABLED=$CGO_ENABLED GOFLAGS=$GOFLAGS"
-	if [[ "$c" == etcd ]]; then
+	case "$c" in
+	etcd)
 		echo "module=go.etcd.io/etcd/server/v3@$ETCD_VERSION go=$ETCD_GO_DIRECTIVE"
 		echo "package=go.etcd.io/etcd/server/v3"
 		echo "flags=-trimpath"
 		echo "ldflags=$ETCD_LDFLAGS"
-	else
+		;;
+	coredns)
+		echo "module=github.com/coredns/coredns@$COREDNS_VERSION go=$COREDNS_GO_DIRECTIVE"
+		echo "package=github.com/coredns/coredns"
+		echo "flags=-trimpath"
+		echo "ldflags=$COREDNS_LDFLAGS"
+		;;
+	pause)
+		echo "module=constellation.build/pause go=$PAUSE_GO_DIRECTIVE"
+		echo "source=bazel/kubernetes/pause/main.go sha256=$(sha_of "$here/pause/main.go")"
+		echo "flags=-trimpath"
+		echo "ldflags=$PAUSE_LDFLAGS"
+		;;
+	*)
 		echo "module=k8s.io/kubernetes@$KUBE_VERSION staging=$STAGING_VERSION go=$KUBE_GO_DIRECTIVE godebug=$KUBE_GODEBUG_DEFAULT"
 		echo "package=k8s.io/kubernetes/cmd/$c"
 		echo "flags=-trimpath -tags=$KUBE_TAGS"
 		echo "ldflags=$KUBE_LDFLAGS"
-	fi
+		;;
+	esac
 }
-
-sha_of() { sha256sum "$1" | cut -d' ' -f1; }
 
 # Succeeds if the binary exists, its stamp matches the current inputs and the binary matches the stamp.
 is_cached() {
@@ -207,19 +372,25 @@ is_cached() {
 build() {
 	local c="$1" dir pkg ldflags
 	local -a flags=(-trimpath)
-	ensure_workdir
-	if [[ "$c" == etcd ]]; then
-		etcd_module
-		dir="$workdir/etcd"
-		pkg=go.etcd.io/etcd/server/v3
-		ldflags="$ETCD_LDFLAGS"
-	else
+	case "$c" in
+	etcd)
+		simple_module etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_GO_DIRECTIVE"
+		dir="$workdir/etcd" pkg=go.etcd.io/etcd/server/v3 ldflags="$ETCD_LDFLAGS"
+		;;
+	coredns)
+		simple_module coredns github.com/coredns/coredns "$COREDNS_VERSION" "$COREDNS_GO_DIRECTIVE"
+		dir="$workdir/coredns" pkg=github.com/coredns/coredns ldflags="$COREDNS_LDFLAGS"
+		;;
+	pause)
+		pause_module
+		dir="$workdir/pause" pkg=. ldflags="$PAUSE_LDFLAGS"
+		;;
+	*)
 		kube_module
-		dir="$workdir/kubernetes"
-		pkg="k8s.io/kubernetes/cmd/$c"
-		ldflags="$KUBE_LDFLAGS"
+		dir="$workdir/kubernetes" pkg="k8s.io/kubernetes/cmd/$c" ldflags="$KUBE_LDFLAGS"
 		flags+=("-tags=$KUBE_TAGS")
-	fi
+		;;
+	esac
 	local tmp="$OUT/.$c.tmp.$$"
 	rm -f "$tmp"
 	(cd "$dir" && run_go build "${flags[@]}" -ldflags="$ldflags" -o "$tmp" "$pkg") || {
@@ -235,6 +406,58 @@ build() {
 	mv -f "$OUT/.$c.stamp.tmp" "$OUT/.$c.stamp"
 }
 
+# Puts the Debian packages of debs.lock into $DEBS_DIR, verified against their pinned sha256: taken from the
+# node image's package cache if it has them, otherwise downloaded with apt-get (Debian's mirror).
+fetch_debs() {
+	mkdir -p "$DEBS_DIR"
+	local pkg ver sha file have mkosi_archives="$CACHE_ROOT/mkosi/packages/cache/apt/archives"
+	while read -r pkg ver sha; do
+		[[ -z "$pkg" || "$pkg" == \#* ]] && continue
+		file="$DEBS_DIR/${pkg}_${ver//:/%3a}.deb"
+		if [[ -f "$file" && "$(sha_of "$file")" == "$sha" ]]; then
+			continue
+		fi
+		rm -f "$file"
+		have="$(find "$mkosi_archives" -maxdepth 1 -name "${pkg}_${ver//:/%3a}_*.deb" 2>/dev/null | head -n1 || true)"
+		if [[ -n "$have" && "$(sha_of "$have")" == "$sha" ]]; then
+			cp "$have" "$file.tmp"
+		else
+			command -v apt-get >/dev/null || die "apt-get is needed to download $pkg=$ver"
+			local dl
+			dl="$(mktemp -d "$DEBS_DIR/.dl.XXXXXX")"
+			chmod 0755 "$dl"
+			if ! (cd "$dl" && apt-get download -q "$pkg=$ver" >"$dl/apt.log" 2>&1); then
+				cat "$dl/apt.log" >&2
+				rm -rf "$dl"
+				die "cannot download $pkg=$ver from Debian's mirror; if a point release replaced it, update $DEBS_LOCK (to the versions in image/mkosi/packages.lock) and re-pin"
+			fi
+			mv "$dl"/*.deb "$file.tmp"
+			rm -rf "$dl"
+		fi
+		have="$(sha_of "$file.tmp")"
+		if [[ "$have" != "$sha" ]]; then
+			rm -f "$file.tmp"
+			die "$pkg=$ver has sha256 $have, $DEBS_LOCK pins $sha"
+		fi
+		mv -f "$file.tmp" "$file"
+	done <"$DEBS_LOCK"
+}
+
+build_images() {
+	fetch_debs
+	local start
+	start=$(date +%s)
+	# The image tool is part of this module: build it read-only against go.mod (never -mod=mod here).
+	(cd "$repo" && GOFLAGS="-mod=readonly -buildvcs=false" "$GO" run ./bazel/kubernetes/kubecomponents images \
+		--kubernetes-version "$KUBE_VERSION" --dir "$VERSION_DIR" --debs "$DEBS_DIR" --debs-lock "$DEBS_LOCK" \
+		--etcd-version "$ETCD_VERSION" --etcd-tag "$ETCD_IMAGE_TAG" --coredns-version "$COREDNS_VERSION" \
+		--pause-version "$PAUSE_VERSION" --go-version "$GO_VERSION") || die "building the images failed"
+	log "images: done in $(($(date +%s) - start)) s ($IMAGES_OUT)"
+}
+
+# Check the version set against kubeadm before building anything of it.
+kube_source
+
 for c in "${components[@]}"; do
 	if is_cached "$c"; then
 		log "$c: cached ($OUT/$c)"
@@ -249,10 +472,14 @@ done
 (
 	cd "$OUT"
 	present=()
-	for c in "${ALL_COMPONENTS[@]}"; do
+	for c in "${BINARIES[@]}"; do
 		[[ -f "$c" ]] && present+=("$c")
 	done
 	sha256sum "${present[@]}" >.SHA256SUMS.tmp
 	mv -f .SHA256SUMS.tmp SHA256SUMS
 )
 log "wrote $OUT/SHA256SUMS"
+
+if $want_images; then
+	build_images
+fi

@@ -78,13 +78,7 @@ func TestReadReport(t *testing.T) {
 // predicts from the UKI alone, and that the firmware's event log agrees event by event. It takes minutes:
 // `make image-test` runs it; plain `go test` skips it unless CONSTELLATION_REQUIRE_IMAGE=1.
 func TestQEMUBoot(t *testing.T) {
-	dir := os.Getenv("CONSTELLATION_IMAGE_DIR")
-	if dir == "" {
-		if os.Getenv("CONSTELLATION_REQUIRE_IMAGE") == "1" {
-			t.Fatal("CONSTELLATION_REQUIRE_IMAGE=1 but CONSTELLATION_IMAGE_DIR is not set")
-		}
-		t.Skip("set CONSTELLATION_IMAGE_DIR to an image directory (make image-test does)")
-	}
+	dir := imageDir(t)
 	ukiBytes, err := os.ReadFile(filepath.Join(dir, "constellation.efi"))
 	require.NoError(t, err)
 	uki, err := measurements.ParseUKI(ukiBytes)
@@ -92,16 +86,7 @@ func TestQEMUBoot(t *testing.T) {
 	want, err := measurements.Precompute(uki, measurements.Options{Platform: &measurements.OVMF})
 	require.NoError(t, err)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-	defer cancel()
-	var console bytes.Buffer
-	start := time.Now()
-	report, err := Boot(ctx, Config{Disk: filepath.Join(dir, "disk.raw"), Console: &console})
-	if err != nil {
-		t.Logf("console:\n%s", tail(console.String(), 4000))
-	}
-	require.NoError(t, err)
-	t.Logf("booted to the report in %s", time.Since(start).Round(time.Second))
+	report := boot(t, filepath.Join(dir, "disk.raw"))
 
 	// The PCRs a verifier sees on the booted node.
 	booted := want.PCRs(true)
@@ -144,20 +129,91 @@ func TestQEMUBoot(t *testing.T) {
 
 	// Event by event, the platform profile and the model: the same extends in the same order.
 	for _, pcr := range []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRUKI} {
-		var got, predicted []string
-		for _, e := range log.EventsFor(pcr) {
-			if e.Type == eventlog.EvNoAction {
-				continue
-			}
-			got = append(got, fmt.Sprintf("%v %x", e.Type, e.Digests[eventlog.AlgSHA256]))
-		}
-		for _, e := range want.Events {
-			if e.PCR == pcr {
-				predicted = append(predicted, fmt.Sprintf("%v %x", e.Type, e.Digest))
-			}
-		}
-		assert.Equal(t, predicted, got, "PCR %d events", pcr)
+		assert.Equal(t, predictedEvents(want, pcr), loggedEvents(log, pcr), "PCR %d events", pcr)
 	}
+}
+
+// TestQEMUBootSystemdBoot boots the same image through the image's systemd-boot (firmware → systemd-boot →
+// UKI, the UKI found as a type #2 entry) and checks the prediction for that path, which adds systemd-boot
+// to PCR 4 and the command line to PCR 12.
+func TestQEMUBootSystemdBoot(t *testing.T) {
+	dir := imageDir(t)
+	ukiPath := filepath.Join(dir, "constellation.efi")
+	loaderPath := filepath.Join(dir, "systemd-bootx64.efi")
+	ukiBytes, err := os.ReadFile(ukiPath)
+	require.NoError(t, err)
+	loader, err := os.ReadFile(loaderPath)
+	require.NoError(t, err)
+	uki, err := measurements.ParseUKI(ukiBytes)
+	require.NoError(t, err)
+	want, err := measurements.Precompute(uki, measurements.Options{
+		Platform: &measurements.OVMF, Path: measurements.BootSystemdBoot, BootLoader: loader,
+	})
+	require.NoError(t, err)
+
+	disk := filepath.Join(t.TempDir(), "disk-systemd-boot.raw")
+	require.NoError(t, SystemdBootDisk(filepath.Join(dir, "disk.raw"), loaderPath, ukiPath, disk))
+	report := boot(t, disk)
+
+	booted := want.PCRs(true)
+	for _, pcr := range []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRUKI, measurements.PCRBootLoader, measurements.PCRSystemd} {
+		assert.Equal(t, hex.EncodeToString(booted[pcr]), hex.EncodeToString(report.PCRs[pcr]), "PCR %d", pcr)
+		t.Logf("PCR %2d  booted %x  predicted %x", pcr, report.PCRs[pcr], booted[pcr])
+	}
+	assert.NotEqual(t, make([]byte, 32), report.PCRs[measurements.PCRBootLoader], "systemd-boot measured the command line")
+	log, err := eventlog.Parse(report.EventLog)
+	require.NoError(t, err)
+	for _, pcr := range []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRBootLoader} {
+		assert.Equal(t, predictedEvents(want, pcr), loggedEvents(log, pcr), "PCR %d events", pcr)
+	}
+}
+
+func imageDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("CONSTELLATION_IMAGE_DIR")
+	if dir == "" {
+		if os.Getenv("CONSTELLATION_REQUIRE_IMAGE") == "1" {
+			t.Fatal("CONSTELLATION_REQUIRE_IMAGE=1 but CONSTELLATION_IMAGE_DIR is not set")
+		}
+		t.Skip("set CONSTELLATION_IMAGE_DIR to an image directory (make image-test does)")
+	}
+	return dir
+}
+
+func boot(t *testing.T, disk string) *Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	var console bytes.Buffer
+	start := time.Now()
+	report, err := Boot(ctx, Config{Disk: disk, Console: &console})
+	if err != nil {
+		t.Logf("console:\n%s", tail(console.String(), 4000))
+	}
+	require.NoError(t, err)
+	t.Logf("booted to the report in %s", time.Since(start).Round(time.Second))
+	return report
+}
+
+func loggedEvents(log *eventlog.Log, pcr uint32) []string {
+	var got []string
+	for _, e := range log.EventsFor(pcr) {
+		if e.Type == eventlog.EvNoAction {
+			continue
+		}
+		got = append(got, fmt.Sprintf("%v %x", e.Type, e.Digests[eventlog.AlgSHA256]))
+	}
+	return got
+}
+
+func predictedEvents(r *measurements.Result, pcr uint32) []string {
+	var predicted []string
+	for _, e := range r.Events {
+		if e.PCR == pcr {
+			predicted = append(predicted, fmt.Sprintf("%v %x", e.Type, e.Digest))
+		}
+	}
+	return predicted
 }
 
 func tail(s string, n int) string {

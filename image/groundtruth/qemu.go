@@ -1,5 +1,5 @@
 // Package groundtruth boots the node image for real, in QEMU with OVMF and a swtpm vTPM, and reads back
-// the PCR values and the firmware's TCG event log the booted node reports on its serial console
+// the PCR values and the firmware's TCG event log the booted node reports on its second serial port
 // (constellation-boot-report.service in the image). It is the reference the PCR precomputation and the
 // local launcher are checked against.
 package groundtruth
@@ -42,7 +42,7 @@ type Config struct {
 	OVMFCode, OVMFVars string
 	// MemoryMiB is the guest's memory; 0 means 2048.
 	MemoryMiB int
-	// Console receives the raw serial console output, for diagnosis (may be nil).
+	// Console receives the serial console's output (ttyS0) when Boot returns, for diagnosis (may be nil).
 	Console io.Writer
 }
 
@@ -101,6 +101,8 @@ func Boot(ctx context.Context, cfg Config) (*Report, error) {
 	// on a real machine, so swtpm gets no startup flags.
 	swtpm := exec.CommandContext(ctx, "swtpm", "socket", "--tpm2", "--tpmstate", "dir="+tpmDir,
 		"--ctrl", "type=unixio,path="+tpmSock, "--log", "file="+filepath.Join(tpmDir, "log"))
+	// Pdeathsig: a test binary that panics on its timeout must not leave a vTPM or a guest behind.
+	swtpm.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	swtpm.Cancel = func() error { return swtpm.Process.Signal(syscall.SIGTERM) }
 	swtpm.WaitDelay = 5 * time.Second
 	if err := swtpm.Start(); err != nil {
@@ -111,15 +113,27 @@ func Boot(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, fmt.Errorf("swtpm did not create its socket: %w", err)
 	}
 
+	consoleLog := filepath.Join(dir, "console.log")
+	if cfg.Console != nil {
+		defer func() {
+			if f, err := os.Open(consoleLog); err == nil {
+				_, _ = io.Copy(cfg.Console, f)
+				f.Close()
+			}
+		}()
+	}
 	qemu := exec.CommandContext(ctx, "qemu-system-x86_64",
 		// -nodefaults: the disk is the firmware's only boot option, which the OVMF profile assumes.
 		"-nodefaults", "-machine", "q35", "-accel", "tcg", "-m", strconv.Itoa(cfg.MemoryMiB), "-smp", "2",
-		"-display", "none", "-serial", "stdio", "-monitor", "none",
+		"-display", "none", "-monitor", "none",
+		// ttyS0 is the console (firmware, kernel, systemd); ttyS1 carries only the boot report.
+		"-chardev", "file,id=console,path="+consoleLog, "-serial", "chardev:console", "-serial", "stdio",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+cfg.OVMFCode,
 		"-drive", "if=pflash,format=raw,unit=1,file="+vars,
 		"-chardev", "socket,id=chrtpm,path="+tpmSock,
 		"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-crb,tpmdev=tpm0",
 		"-drive", "if=virtio,format=raw,snapshot=on,file="+cfg.Disk)
+	qemu.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	qemu.Cancel = func() error { return qemu.Process.Kill() }
 	qemu.WaitDelay = 5 * time.Second
 	stdout, err := qemu.StdoutPipe()
@@ -133,11 +147,7 @@ func Boot(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer func() { cancel(); _ = qemu.Wait() }()
 
-	var console io.Reader = stdout
-	if cfg.Console != nil {
-		console = io.TeeReader(stdout, cfg.Console)
-	}
-	report, err := readReport(console)
+	report, err := readReport(stdout)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("no boot report before the deadline: %w", ctx.Err())
@@ -162,7 +172,7 @@ func readReport(r io.Reader) (*Report, error) {
 		switch {
 		case !in && strings.HasSuffix(line, reportBegin):
 			in = true
-		case in && line == reportEnd:
+		case in && strings.HasSuffix(line, reportEnd):
 			return parseReport(lines)
 		case in:
 			lines = append(lines, line)

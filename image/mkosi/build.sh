@@ -138,6 +138,7 @@ cp --reflink=auto "$o/constellation.efi" "$work/image/constellation.efi"
 cp --reflink=auto "$o/constellation.root-x86-64.raw" "$work/image/root.erofs"
 cp --reflink=auto "$o/constellation.root-x86-64-verity.raw" "$work/image/root.verity"
 cp --reflink=auto "$o/constellation.raw" "$work/image/disk.raw"
+cp "$o/systemd-bootx64.efi" "$work/image/systemd-bootx64.efi"
 cp "$o/constellation.manifest" "$work/image/manifest.json"
 cp "$o/initrd.manifest" "$work/image/initrd-manifest.json"
 size=$(stat -c %s "$work/image/constellation.efi")
@@ -145,7 +146,7 @@ if [ "$size" -ge "$UKI_MAX_BYTES" ]; then
   log "the UKI is $size bytes; it must stay below $UKI_MAX_BYTES (check the initrd's packages and modules)"
   exit 1
 fi
-(cd "$work/image" && sha256sum constellation.efi root.erofs root.verity disk.raw >SHA256SUMS)
+(cd "$work/image" && sha256sum constellation.efi root.erofs root.verity disk.raw systemd-bootx64.efi >SHA256SUMS)
 if [ "$use_cache" = 0 ] && [ "$update_lock" = 0 ]; then
   # A rebuild for comparison must not replace the cached image it is compared with.
   dest=$(mktemp -d "$MKOSI_CACHE/rebuild.XXXXXX")

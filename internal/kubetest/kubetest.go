@@ -1,7 +1,7 @@
 // Package kubetest starts a real etcd and kube-apiserver on the loopback interface for integration tests,
 // in the spirit of controller-runtime's envtest.
 //
-// The binaries are built from source by bazel/kubernetes/build.sh (Kubernetes v1.33.13, etcd v3.5.21) into a
+// The binaries are built from source by bazel/kubernetes/build.sh (Kubernetes v1.33.13, etcd v3.5.24) into a
 // cache directory that BinDir returns. Start runs both processes for one test with a fresh PKI (cluster CA,
 // serving certificate, admin client certificate, service account key pair) and stops them, and deletes their
 // data, when the test ends:
@@ -40,7 +40,7 @@ const (
 	// KubernetesVersion is the version of kube-apiserver that bazel/kubernetes/build.sh builds.
 	KubernetesVersion = "v1.33.13"
 	// EtcdVersion is the version of etcd that bazel/kubernetes/build.sh builds.
-	EtcdVersion = "v3.5.21"
+	EtcdVersion = "v3.5.24"
 
 	// BuildCommand builds the binaries Start needs, run from the repository root.
 	BuildCommand = "bazel/kubernetes/build.sh etcd kube-apiserver"

@@ -5,50 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
-// Loop device interface (linux/loop.h). The standard library's syscall package is used rather than
-// golang.org/x/sys/unix, which the module does not require directly.
 const (
-	loopCtlGetFree  = 0x4C82
-	loopConfigure   = 0x4C0A
-	loopGetStatus64 = 0x4C05
-	blkGetSize64    = 0x80081272
-
-	loFlagsReadOnly  = 1
-	loFlagsAutoclear = 4
-
 	loopControl = "/dev/loop-control"
 	// loopAttempts bounds retries when another process takes the free loop device first.
 	loopAttempts = 10
 )
-
-// loopInfo64 is struct loop_info64.
-type loopInfo64 struct {
-	Device         uint64
-	Inode          uint64
-	Rdevice        uint64
-	Offset         uint64
-	Sizelimit      uint64
-	Number         uint32
-	EncryptType    uint32
-	EncryptKeySize uint32
-	Flags          uint32
-	FileName       [64]byte
-	CryptName      [64]byte
-	EncryptKey     [32]byte
-	Init           [2]uint64
-}
-
-// loopConfig is struct loop_config.
-type loopConfig struct {
-	Fd        uint32
-	BlockSize uint32
-	Info      loopInfo64
-	_         [8]uint64
-}
 
 // Mounted is a root file system mounted from a read-only loop device.
 type Mounted struct {
@@ -84,7 +50,7 @@ func Mount(ctx context.Context, root *Root, target string) (*Mounted, error) {
 	if err := checkLoop(loop, root); err != nil {
 		return nil, fmt.Errorf("mounting %s: %s: %w", root.Path, dev, err)
 	}
-	if err := syscall.Mount(dev, target, "erofs", syscall.MS_RDONLY, ""); err != nil {
+	if err := unix.Mount(dev, target, "erofs", unix.MS_RDONLY, ""); err != nil {
 		return nil, fmt.Errorf("mounting %s (%s) at %s: %w", root.Path, dev, target, err)
 	}
 	return &Mounted{Target: target, Device: dev}, nil
@@ -92,7 +58,7 @@ func Mount(ctx context.Context, root *Root, target string) (*Mounted, error) {
 
 // Unmount unmounts the root; the loop device then detaches itself.
 func (m *Mounted) Unmount() error {
-	if err := syscall.Unmount(m.Target, 0); err != nil {
+	if err := unix.Unmount(m.Target, 0); err != nil {
 		return fmt.Errorf("unmounting %s: %w", m.Target, err)
 	}
 	return nil
@@ -112,8 +78,8 @@ func attachLoop(root *Root) (*os.File, string, error) {
 	}
 	var lastErr error
 	for range loopAttempts {
-		n, err := ioctl(ctl, loopCtlGetFree, 0)
-		if err != nil {
+		var n int
+		if err := control(ctl, func(fd int) (err error) { n, err = unix.IoctlRetInt(fd, unix.LOOP_CTL_GET_FREE); return err }); err != nil {
 			return nil, "", fmt.Errorf("finding a free loop device: %w", err)
 		}
 		dev := fmt.Sprintf("/dev/loop%d", n)
@@ -122,15 +88,17 @@ func attachLoop(root *Root) (*os.File, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("opening %s: %w", dev, err)
 		}
-		cfg := loopConfig{Info: loopInfo64{
+		cfg := unix.LoopConfig{Info: unix.LoopInfo64{
 			Sizelimit: uint64(root.DataSize),
-			Flags:     loFlagsReadOnly | loFlagsAutoclear,
+			Flags:     unix.LO_FLAGS_READ_ONLY | unix.LO_FLAGS_AUTOCLEAR,
 		}}
-		copy(cfg.Info.FileName[:len(cfg.Info.FileName)-1], root.Path)
+		for i := 0; i < len(root.Path) && i < len(cfg.Info.File_name)-1; i++ {
+			cfg.Info.File_name[i] = root.Path[i]
+		}
 		var cfgErr error
 		if err := rc.Control(func(fd uintptr) {
 			cfg.Fd = uint32(fd)
-			cfgErr = ioctlPtr(loop, loopConfigure, unsafe.Pointer(&cfg))
+			cfgErr = control(loop, func(loopFd int) error { return unix.IoctlLoopConfigure(loopFd, &cfg) })
 		}); err != nil {
 			loop.Close()
 			return nil, "", err
@@ -139,7 +107,7 @@ func attachLoop(root *Root) (*os.File, string, error) {
 			return loop, dev, nil
 		}
 		loop.Close()
-		if !errors.Is(cfgErr, syscall.EBUSY) {
+		if !errors.Is(cfgErr, unix.EBUSY) {
 			return nil, "", fmt.Errorf("configuring %s: %w", dev, cfgErr)
 		}
 		lastErr = cfgErr // another process took it first
@@ -149,18 +117,18 @@ func attachLoop(root *Root) (*os.File, string, error) {
 
 // checkLoop confirms that the loop device serves root's file, read-only, with exactly the verified size.
 func checkLoop(loop *os.File, root *Root) error {
-	var info loopInfo64
-	if err := ioctlPtr(loop, loopGetStatus64, unsafe.Pointer(&info)); err != nil {
+	var info *unix.LoopInfo64
+	var size uint64
+	if err := control(loop, func(fd int) (err error) { info, err = unix.IoctlLoopGetStatus64(fd); return err }); err != nil {
 		return fmt.Errorf("reading the loop device's status: %w", err)
 	}
-	var size uint64
-	if err := ioctlPtr(loop, blkGetSize64, unsafe.Pointer(&size)); err != nil {
+	if err := control(loop, func(fd int) error { return blockDeviceSize(fd, &size) }); err != nil {
 		return fmt.Errorf("reading the loop device's size: %w", err)
 	}
 	switch {
 	case info.Device != root.st.Dev || info.Inode != root.st.Ino:
 		return errors.New("the loop device is not backed by the verified file")
-	case info.Flags&loFlagsReadOnly == 0:
+	case info.Flags&unix.LO_FLAGS_READ_ONLY == 0:
 		return errors.New("the loop device is not read-only")
 	case info.Offset != 0 || info.Sizelimit != uint64(root.DataSize) || size != uint64(root.DataSize):
 		return fmt.Errorf("the loop device exposes %d bytes from offset %d, want the %d verified bytes", size, info.Offset, root.DataSize)
@@ -168,40 +136,23 @@ func checkLoop(loop *os.File, root *Root) error {
 	return nil
 }
 
-// ioctl runs an ioctl with an integer argument and returns its result.
-func ioctl(f *os.File, req, arg uintptr) (int, error) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var ret uintptr
-	var errno syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
-		ret, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, req, arg)
-	}); err != nil {
-		return 0, err
-	}
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(ret), nil
-}
-
-// ioctlPtr runs an ioctl whose argument points to a structure. The pointer stays an unsafe.Pointer until
-// the system call itself, so that the structure stays alive and is not moved.
-func ioctlPtr(f *os.File, req uintptr, arg unsafe.Pointer) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var errno syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
-		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, req, uintptr(arg))
-	}); err != nil {
-		return err
-	}
-	if errno != 0 {
+// blockDeviceSize is BLKGETSIZE64, which x/sys/unix has no typed wrapper for.
+func blockDeviceSize(fd int, size *uint64) error {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(size))); errno != 0 {
 		return errno
 	}
 	return nil
+}
+
+// control runs fn with f's descriptor, keeping f alive for the call.
+func control(f *os.File, fn func(fd int) error) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var fnErr error
+	if err := rc.Control(func(fd uintptr) { fnErr = fn(int(fd)) }); err != nil {
+		return err
+	}
+	return fnErr
 }

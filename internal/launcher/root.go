@@ -8,7 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/constellation-go/constellation/internal/verity"
 )
@@ -30,7 +31,7 @@ type Root struct {
 	Params verity.Params
 
 	f      *os.File
-	st     syscall.Stat_t
+	st     unix.Stat_t
 	leased bool
 
 	mu     sync.Mutex
@@ -59,10 +60,10 @@ func openRoot(dir *os.Root, dirPath string) (*Root, error) {
 		return nil, fmt.Errorf("%w: %s is owned by uid %d, neither root nor the launcher's user (uid %d), and its owner could "+
 			"change it after it is verified: chown it", ErrUnsafeRoot, r.Path, uid, os.Geteuid())
 	}
-	switch err := r.fcntl(syscall.F_SETLEASE, syscall.F_RDLCK); {
+	switch err := r.fcntl(unix.F_SETLEASE, unix.F_RDLCK); {
 	case err == nil:
 		r.leased = true
-	case errors.Is(err, syscall.EAGAIN):
+	case errors.Is(err, unix.EAGAIN):
 		f.Close()
 		return nil, fmt.Errorf("%w: %s is open for writing (or mapped writable) by some process, which could change it "+
 			"after it is verified: stop that process and launch again", ErrUnsafeRoot, r.Path)
@@ -77,35 +78,14 @@ func (r *Root) fcntl(cmd, arg int) error {
 	return err
 }
 
-func (r *Root) fcntlGet(cmd, arg int) (int, error) {
-	rc, err := r.f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var ret uintptr
-	var errno syscall.Errno
-	if err := rc.Control(func(fd uintptr) {
-		ret, _, errno = syscall.Syscall(syscall.SYS_FCNTL, fd, uintptr(cmd), uintptr(arg))
-	}); err != nil {
-		return 0, err
-	}
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(ret), nil
+func (r *Root) fcntlGet(cmd, arg int) (ret int, err error) {
+	err = control(r.f, func(fd int) error { ret, err = unix.FcntlInt(uintptr(fd), cmd, arg); return err })
+	return ret, err
 }
 
-func (r *Root) fstat(st *syscall.Stat_t) error {
-	rc, err := r.f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var statErr error
-	if err := rc.Control(func(fd uintptr) { statErr = syscall.Fstat(int(fd), st) }); err != nil {
-		return err
-	}
-	if statErr != nil {
-		return fmt.Errorf("checking %s: %w", r.Path, statErr)
+func (r *Root) fstat(st *unix.Stat_t) error {
+	if err := control(r.f, func(fd int) error { return unix.Fstat(fd, st) }); err != nil {
+		return fmt.Errorf("checking %s: %w", r.Path, err)
 	}
 	return nil
 }
@@ -126,16 +106,16 @@ func (r *Root) Check() error {
 		return fmt.Errorf("checking %s: closed", r.Path)
 	}
 	if r.leased {
-		lease, err := r.fcntlGet(syscall.F_GETLEASE, 0)
+		lease, err := r.fcntlGet(unix.F_GETLEASE, 0)
 		if err != nil {
 			return fmt.Errorf("checking the lease on %s: %w", r.Path, err)
 		}
-		if lease != syscall.F_RDLCK {
+		if lease != unix.F_RDLCK {
 			return fmt.Errorf("%w: %s was opened for writing or truncated after it was opened for verification; "+
 				"find out who did, then launch again", ErrRootChanged, r.Path)
 		}
 	}
-	var st syscall.Stat_t
+	var st unix.Stat_t
 	if err := r.fstat(&st); err != nil {
 		return err
 	}

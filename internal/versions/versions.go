@@ -1,5 +1,6 @@
-// Package versions pins the Kubernetes versions this release can install. The component binaries and
-// their hashes for each version are added beside the version when the node runtime builds them.
+// Package versions pins the Kubernetes versions this release can install and, for each, every component
+// (binaries and container images) with its sha256, as bazel/kubernetes/build.sh builds them reproducibly
+// from source; bazel/kubernetes/pin.sh generates the pins (pinned_components.go) from a real build.
 package versions
 
 import (
@@ -13,8 +14,9 @@ import (
 // DefaultKubernetes is the Kubernetes version a new configuration uses.
 const DefaultKubernetes = "v1.33.13"
 
-// supportedKubernetes lists the full versions this release can install, oldest first.
-var supportedKubernetes = []string{DefaultKubernetes}
+// supportedKubernetes lists the full versions this release can install, oldest first: those whose
+// components are built and pinned.
+var supportedKubernetes = pinnedVersions()
 
 // SupportedKubernetes returns the Kubernetes versions this release can install, oldest first.
 func SupportedKubernetes() []string {

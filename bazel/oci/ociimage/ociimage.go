@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"sort"
 	"strings"
 	"time"
 
@@ -24,11 +25,37 @@ type Spec struct {
 	// Binary is the executable's content; it is installed at BinaryPath.
 	Binary     []byte
 	BinaryPath string
+	// BinaryXattrs are extended attributes of the binary, e.g. "security.capability" for file capabilities
+	// (containerd applies them when it unpacks the layer).
+	BinaryXattrs map[string]string
 	// Entrypoint defaults to [BinaryPath].
 	Entrypoint []string
+	// Env defaults to a PATH of /usr/local/bin, /usr/bin and /bin.
+	Env []string
+	// User defaults to "65532:65532" (unprivileged); "0:0" runs as root unless a manifest says otherwise.
+	User string
+	// Files are more entries of the image's single layer (e.g. the shared libraries a tool needs). Missing
+	// parent directories are added with mode 0755.
+	Files []File
 	// Tag is the image reference written into the archive, e.g. "constellation/keyservice:v0.1.0".
 	Tag string
 }
+
+// File is an entry of the image's layer: a regular file (Data), a symbolic link (Linkname) or a directory
+// (Dir). Owner is always root; times are always the epoch.
+type File struct {
+	// Path is absolute.
+	Path string
+	// Mode holds the permission bits (including setuid, setgid, sticky); 0 means 0644 for files, 0755 for
+	// directories. Ignored for links.
+	Mode     int64
+	Data     []byte
+	Linkname string
+	Dir      bool
+}
+
+// defaultUser is the user of an image whose Spec does not name one.
+const defaultUser = "65532:65532"
 
 // epoch is the time of every file and of the image itself: reproducible builds have no build time.
 var epoch = time.Unix(0, 0).UTC()
@@ -41,7 +68,8 @@ func Build(spec Spec) (v1.Image, error) {
 	if len(spec.Binary) == 0 {
 		return nil, fmt.Errorf("binary is empty")
 	}
-	layerTar, err := layer(spec.BinaryPath, spec.Binary)
+	files := append([]File{{Path: spec.BinaryPath, Mode: 0o755, Data: spec.Binary}}, spec.Files...)
+	layerTar, err := layer(files, map[string]map[string]string{spec.BinaryPath: spec.BinaryXattrs})
 	if err != nil {
 		return nil, err
 	}
@@ -67,9 +95,15 @@ func Build(spec Spec) (v1.Image, error) {
 	cfg.Architecture, cfg.OS = "amd64", "linux"
 	cfg.Created = v1.Time{Time: epoch}
 	cfg.Config.Entrypoint = entrypoint
-	cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
-	// Services run unprivileged unless a manifest says otherwise.
-	cfg.Config.User = "65532:65532"
+	cfg.Config.Env = spec.Env
+	if len(cfg.Config.Env) == 0 {
+		cfg.Config.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	}
+	// Services run unprivileged unless the spec or a manifest says otherwise.
+	cfg.Config.User = spec.User
+	if cfg.Config.User == "" {
+		cfg.Config.User = defaultUser
+	}
 	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("setting image config: %w", err)
@@ -77,28 +111,78 @@ func Build(spec Spec) (v1.Image, error) {
 	return mutate.CreatedAt(img, v1.Time{Time: epoch})
 }
 
-// layer is a tar with the binary's parent directories and the binary (mode 0755, owner root).
-func layer(binaryPath string, binary []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	var dirs []string
-	for d := path.Dir(binaryPath); d != "/"; d = path.Dir(d) {
-		dirs = append([]string{d}, dirs...)
+// layer is a tar of files and their parent directories, sorted by path (parents first), owner root, times
+// the epoch. xattrs holds extended attributes by path.
+func layer(files []File, xattrs map[string]map[string]string) ([]byte, error) {
+	entries := map[string]File{}
+	for _, f := range files {
+		if !path.IsAbs(f.Path) || path.Clean(f.Path) != f.Path || f.Path == "/" {
+			return nil, fmt.Errorf("file path %q must be a clean absolute path", f.Path)
+		}
+		if _, dup := entries[f.Path]; dup {
+			return nil, fmt.Errorf("file %q is in the image twice", f.Path)
+		}
+		kinds := 0
+		for _, set := range []bool{f.Dir, f.Linkname != "", f.Data != nil} {
+			if set {
+				kinds++
+			}
+		}
+		if kinds > 1 {
+			return nil, fmt.Errorf("file %q must be one of a directory, a link or a regular file", f.Path)
+		}
+		entries[f.Path] = f
 	}
-	for _, d := range dirs {
-		if err := tw.WriteHeader(&tar.Header{
-			Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: epoch, Format: tar.FormatPAX,
-		}); err != nil {
-			return nil, err
+	for p := range entries {
+		for d := path.Dir(p); d != "/"; d = path.Dir(d) {
+			e, ok := entries[d]
+			if !ok {
+				entries[d] = File{Path: d, Dir: true}
+			} else if !e.Dir {
+				return nil, fmt.Errorf("%q is a parent directory of %q but not a directory in the image", d, p)
+			}
 		}
 	}
-	if err := tw.WriteHeader(&tar.Header{
-		Typeflag: tar.TypeReg, Name: strings.TrimPrefix(binaryPath, "/"), Mode: 0o755, Size: int64(len(binary)), ModTime: epoch, Format: tar.FormatPAX,
-	}); err != nil {
-		return nil, err
+	paths := make([]string, 0, len(entries))
+	for p := range entries {
+		paths = append(paths, p)
 	}
-	if _, err := tw.Write(binary); err != nil {
-		return nil, err
+	// A parent is a prefix of its children, so it sorts before them.
+	sort.Strings(paths)
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, p := range paths {
+		f := entries[p]
+		h := &tar.Header{Name: strings.TrimPrefix(p, "/"), Mode: f.Mode, ModTime: epoch, Format: tar.FormatPAX}
+		switch {
+		case f.Dir:
+			h.Typeflag, h.Name = tar.TypeDir, h.Name+"/"
+			if h.Mode == 0 {
+				h.Mode = 0o755
+			}
+		case f.Linkname != "":
+			h.Typeflag, h.Linkname, h.Mode = tar.TypeSymlink, f.Linkname, 0o777
+		default:
+			h.Typeflag, h.Size = tar.TypeReg, int64(len(f.Data))
+			if h.Mode == 0 {
+				h.Mode = 0o644
+			}
+		}
+		if x := xattrs[p]; len(x) > 0 {
+			h.PAXRecords = map[string]string{}
+			for k, v := range x {
+				h.PAXRecords["SCHILY.xattr."+k] = v
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, err
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := tw.Write(f.Data); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err

@@ -1,69 +1,310 @@
-// Command bootstrapper is the first Constellation process on a node. This version establishes the node's
-// measured-boot baseline: it opens the TPM, logs the PCR values that attestation will report, and stays up
-// until it is stopped. The init and join flows (issue 6) build on it.
+// Command bootstrapper is the first Constellation process on a node. It makes the node a Kubernetes node:
+// if PCR 15 is already set (the bootstrapper was restarted after the node took its node lock in this
+// boot), it only starts and supervises the kubelet; otherwise it serves the Init API over aTLS and, at the
+// same time, tries to join the cluster through the JoinService, and whichever takes the node lock first
+// wins (package bootstrap).
+//
+// # Flags
+//
+// Every flag can also be set by an environment variable BOOTSTRAPPER_<FLAG> (upper case, '-' as '_'), e.g.
+// BOOTSTRAPPER_METADATA_URL; a flag given on the command line wins.
+//
+//	--tpm                 TPM address: device:/dev/tpmrm0 (default) or swtpm:<socket>
+//	--event-log           the TCG2 event log attached to attestations (default: the kernel's, under securityfs)
+//	--variant             attestation variant (default qemu-vtpm)
+//	--metadata-url        base URL of the provider's metadata API (required), e.g. http://10.42.0.1:9080
+//	--node-name           this node's name; default: the metadata API's /v1/self
+//	--node-ip             this node's address; default: from metadata
+//	--pod-cidr            this node's pod prefix (written into the CNI configuration); default: from metadata
+//	--state-dir           mount point of the encrypted state disk (default /var/lib/constellation/state)
+//	--containerd-socket   containerd's socket (default /run/containerd/containerd.sock)
+//	--bin-dir             where components are installed: kubeadm, kubelet (default /var/lib/constellation/bin)
+//	--init-addr           address of the Init API (default :9000)
+//	--kubelet-log         the kubelet's log file (default /var/log/kubelet.log)
+//	--cni-conf-dir        containerd's CNI configuration directory (default /etc/cni/net.d)
+//	--pod-subnet          the cluster's pod prefix (default 10.244.0.0/16)
+//	--service-subnet      the cluster's service prefix (default 10.96.0.0/12)
+//	--control-plane-endpoint  stable API endpoint host[:port] (default: the first control plane's IP)
+//	--image-repository    repository of the control-plane images (default kubeadm's, registry.k8s.io)
+//	--disable-kube-proxy, --disable-coredns   skip those add-ons
+//	--cgroup-root         the kubelet's --cgroup-root (default none: the node's cgroup namespace root)
+//	--joinservice-image, --keyservice-image, --verificationservice-image   service images (as imported)
+//	--log-level, --log-format   debug|info|warn|error, json|text
+//
+// The node runtime must provide: containerd at --containerd-socket with its CRI, the state disk mounted at
+// --state-dir (ext4 with the encrypt feature), the vTPM at --tpm, the event log at --event-log, the
+// metadata API, and IPv4 forwarding in the node's network namespace. The VerificationService mounts the
+// directories of --tpm's socket and of --event-log from the node, so every node must use the same paths.
+//
+// SIGTERM or SIGINT stop the bootstrapper: an Init in progress gets 30 s to finish, then the kubelet is
+// stopped.
 package main
 
 import (
 	"context"
-	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
+	"google.golang.org/grpc"
+
+	"github.com/constellation-go/constellation/bootstrapper/internal/bootstrap"
+	"github.com/constellation-go/constellation/bootstrapper/internal/clusterinit"
+	"github.com/constellation-go/constellation/bootstrapper/internal/cni"
+	"github.com/constellation-go/constellation/bootstrapper/internal/deploy"
+	"github.com/constellation-go/constellation/bootstrapper/internal/initserver"
+	"github.com/constellation-go/constellation/bootstrapper/internal/joinclient"
+	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadm"
+	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
+	"github.com/constellation-go/constellation/bootstrapper/internal/kubelet"
+	"github.com/constellation-go/constellation/bootstrapper/internal/metadata"
+	"github.com/constellation-go/constellation/bootstrapper/internal/nodelock"
+	"github.com/constellation-go/constellation/bootstrapper/internal/nodelog"
+	"github.com/constellation-go/constellation/bootstrapper/internal/nodestate"
+	"github.com/constellation-go/constellation/internal/atls"
+	"github.com/constellation-go/constellation/internal/attestation/choose"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/buildinfo"
+	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
+	"github.com/constellation-go/constellation/internal/cloud/local/statedisk"
+	"github.com/constellation-go/constellation/internal/components/install"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/internal/versions"
+	"github.com/constellation-go/constellation/internal/versions/components"
+)
+
+const (
+	// nodeLogSize is how much of the bootstrapper's own log a failed init sends back.
+	nodeLogSize = 1 << 20
+	// kubeletLogTail is how much of the kubelet's log a failed init sends back.
+	kubeletLogTail = 256 << 10
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stderr)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bootstrapper:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string) error {
-	fs := flag.NewFlagSet("bootstrapper", flag.ContinueOnError)
-	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "TPM address (device:<path> or swtpm:<socket>)")
-	logLevel, logFormat := service.LogFlags(fs)
-	if err := service.ParseFlags(fs, "BOOTSTRAPPER", args); err != nil {
-		return err
-	}
-	log, err := service.NewLogger(os.Stderr, *logLevel, *logFormat)
-	if err != nil {
-		return err
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	bi := buildinfo.Get()
-	log.Info("bootstrapper starting", "version", bi.Version, "commit", bi.Commit)
-	if err := logMeasurements(log, *tpmAddr); err != nil {
-		return err
-	}
-	<-ctx.Done()
-	log.Info("bootstrapper stopping")
-	return nil
+// flags are the command line; see the package documentation.
+type flags struct {
+	tpm, eventLog, variant, metadataURL string
+	nodeName, nodeIP, podCIDR           string
+	stateDir, containerdSocket, binDir  string
+	initAddr, kubeletLog, cniConfDir    string
+	podSubnet, serviceSubnet            string
+	controlPlaneEndpoint                string
+	imageRepository, cgroupRoot         string
+	disableKubeProxy, disableCoreDNS    bool
+	images                              deploy.Images
+	logLevel, logFormat                 *string
 }
 
-// logMeasurements records the PCRs the node will attest with, so that a mismatch reported by
-// `constellation verify` can be compared with what the node saw at boot.
-func logMeasurements(log *slog.Logger, addr string) error {
-	t, err := tpm.Open(addr)
+func parseFlags(args []string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("bootstrapper", flag.ContinueOnError)
+	fs.StringVar(&f.tpm, "tpm", "device:"+tpm.DefaultDevice, "TPM address (device:<path> or swtpm:<socket>)")
+	fs.StringVar(&f.eventLog, "event-log", vtpm.DefaultEventLogPath, "TCG2 event log to attach to attestations")
+	fs.StringVar(&f.variant, "variant", variant.QEMUVTPM.String(), "attestation variant")
+	fs.StringVar(&f.metadataURL, "metadata-url", "", "base URL of the provider's metadata API (required)")
+	fs.StringVar(&f.nodeName, "node-name", "", "this node's name (default: from metadata)")
+	fs.StringVar(&f.nodeIP, "node-ip", "", "this node's address (default: from metadata)")
+	fs.StringVar(&f.podCIDR, "pod-cidr", "", "this node's pod prefix (default: from metadata)")
+	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/constellation/state", "mount point of the encrypted state disk")
+	fs.StringVar(&f.containerdSocket, "containerd-socket", "/run/containerd/containerd.sock", "containerd's socket")
+	fs.StringVar(&f.binDir, "bin-dir", versions.NodeBinDir, "where kubeadm and the kubelet are installed")
+	fs.StringVar(&f.initAddr, "init-addr", ":9000", "address of the Init API")
+	fs.StringVar(&f.kubeletLog, "kubelet-log", "/var/log/kubelet.log", "the kubelet's log file")
+	fs.StringVar(&f.cniConfDir, "cni-conf-dir", cni.DefaultConfDir, "containerd's CNI configuration directory")
+	fs.StringVar(&f.podSubnet, "pod-subnet", kubeadmconfig.DefaultPodSubnet, "the cluster's pod prefix")
+	fs.StringVar(&f.serviceSubnet, "service-subnet", kubeadmconfig.DefaultServiceSubnet, "the cluster's service prefix")
+	fs.StringVar(&f.controlPlaneEndpoint, "control-plane-endpoint", "", "stable Kubernetes API endpoint host[:port] (default: the first control plane's IP)")
+	fs.StringVar(&f.imageRepository, "image-repository", "", "repository of the control-plane images (default: kubeadm's)")
+	fs.StringVar(&f.cgroupRoot, "cgroup-root", "", "the kubelet's --cgroup-root")
+	fs.BoolVar(&f.disableKubeProxy, "disable-kube-proxy", false, "do not deploy kube-proxy")
+	fs.BoolVar(&f.disableCoreDNS, "disable-coredns", false, "do not deploy CoreDNS")
+	fs.StringVar(&f.images.JoinService, "joinservice-image", deploy.DefaultImages.JoinService, "JoinService image")
+	fs.StringVar(&f.images.KeyService, "keyservice-image", deploy.DefaultImages.KeyService, "KeyService image")
+	fs.StringVar(&f.images.VerificationService, "verificationservice-image", deploy.DefaultImages.VerificationService, "VerificationService image")
+	f.logLevel, f.logFormat = service.LogFlags(fs)
+	if err := service.ParseFlags(fs, "BOOTSTRAPPER", args); err != nil {
+		return nil, err
+	}
+	if f.metadataURL == "" {
+		return nil, errors.New("--metadata-url (BOOTSTRAPPER_METADATA_URL) is required")
+	}
+	return f, nil
+}
+
+// run runs the bootstrapper until ctx ends; it logs to stderr.
+func run(ctx context.Context, args []string, stderr io.Writer) error {
+	f, err := parseFlags(args)
 	if err != nil {
-		return fmt.Errorf("opening the TPM: %w", err)
+		return err
+	}
+	logBuf := nodelog.NewBuffer(nodeLogSize)
+	log, err := service.NewLogger(io.MultiWriter(stderr, logBuf), *f.logLevel, *f.logFormat)
+	if err != nil {
+		return err
+	}
+	bi := buildinfo.Get()
+	log.Info("bootstrapper starting", "version", bi.Version, "commit", bi.Commit)
+
+	v, err := variant.FromString(f.variant)
+	if err != nil {
+		return err
+	}
+	t, err := tpm.Open(f.tpm)
+	if err != nil {
+		return err
 	}
 	defer t.Close()
-	pcrs, err := tpm.ReadPCRs(t, measurements.DefaultEnforced)
+	issuer, err := choose.Issuer(v, t, f.eventLog)
 	if err != nil {
-		return fmt.Errorf("reading PCRs: %w", err)
+		return err
 	}
-	for _, idx := range measurements.DefaultEnforced {
-		log.Info("boot measurement", "pcr", idx, "sha256", hex.EncodeToString(pcrs[idx]))
+	md, err := localMetadata(f)
+	if err != nil {
+		return err
 	}
-	return nil
+	self, err := resolveSelf(ctx, md, log)
+	if err != nil {
+		return err
+	}
+	log.Info("this node", "name", self.Name, "role", self.Role, "ip", self.IP, "podCIDR", self.PodCIDR)
+
+	env := append(os.Environ(), "PATH="+f.binDir+":"+pathEnv())
+	kubeletLog, err := os.OpenFile(f.kubeletLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("opening the kubelet's log: %w", err)
+	}
+	defer kubeletLog.Close()
+
+	lock := nodelock.New(t)
+	disk := &nodestate.Disk{Dir: f.stateDir, Encrypt: func(dir string, key []byte) error {
+		_, err := statedisk.EncryptDir(dir, key)
+		return err
+	}}
+	installer := protoInstaller{&install.Installer{ContainerdAddress: f.containerdSocket, Log: log.With("component", "installer")}}
+	kubeadmOut := &nodelog.LineLogger{Log: log.With("component", "kubeadm"), Msg: "kubeadm"}
+	runner := &kubeadm.Runner{Kubeadm: filepath.Join(f.binDir, "kubeadm"), Env: env, Out: kubeadmOut}
+	node := kubeadmconfig.Node{Name: self.Name, IP: self.IP, CRISocket: "unix://" + f.containerdSocket, CgroupRoot: f.cgroupRoot}
+
+	initializer := clusterinit.New(clusterinit.Config{
+		Node: node, ControlPlaneEndpoint: f.controlPlaneEndpoint, PodSubnet: f.podSubnet, ServiceSubnet: f.serviceSubnet,
+		ImageRepository: f.imageRepository, DisableKubeProxy: f.disableKubeProxy, DisableCoreDNS: f.disableCoreDNS,
+		Variant: v.String(), TPMAddress: f.tpm, EventLogPath: f.eventLog, Images: f.images,
+	}, clusterinit.Dependencies{
+		Disk: disk, Installer: installer, Kubeadm: runner,
+		PCRs: func() (map[uint32][]byte, error) { return tpm.ReadPCRs(t, measurements.DefaultEnforced) },
+	}, log.With("component", "init"))
+	nodeLogs := func() []byte {
+		kubeadmOut.Flush()
+		out := logBuf.Bytes()
+		out = append(out, "\n--- kubelet log (last lines) ---\n"...)
+		return append(out, nodelog.Tail(f.kubeletLog, kubeletLogTail)...)
+	}
+	initCreds, err := atls.NewCredentials(issuer, nil)
+	if err != nil {
+		return err
+	}
+	initGRPC := grpc.NewServer(grpc.Creds(initCreds))
+	initserver.New(ctx, md, lock, initializer, nodeLogs, log.With("component", "initserver")).Register(initGRPC)
+	initLis, err := net.Listen("tcp", f.initAddr)
+	if err != nil {
+		return fmt.Errorf("listening for Init: %w", err)
+	}
+
+	joinCreds, err := atls.NewCredentials(issuer, nil)
+	if err != nil {
+		return err
+	}
+	join := joinclient.New(md, lock, disk, &joinclient.NodeJoiner{
+		Disk: disk, Installer: installer, Kubeadm: runner, Node: node,
+	}, joinCreds, log.With("component", "join"))
+
+	supervisor := kubelet.NewSupervisor(kubelet.ExecStarter{Path: filepath.Join(f.binDir, "kubelet"), Env: env},
+		kubelet.Paths{}, nil, kubeletLog, log.With("component", "kubelet"))
+
+	b := &bootstrap.Bootstrapper{
+		Lock: lock, InitServer: initGRPC, InitListener: initLis, Join: join, Kubelet: supervisor,
+		PrepareNode: func() error { return cni.Write(f.cniConfDir, self.PodCIDR) },
+		Log:         log, StopGrace: 30 * time.Second,
+	}
+	err = b.Run(ctx)
+	log.Info("bootstrapper stopped", "error", err)
+	return err
+}
+
+func localMetadata(f *flags) (metadata.Local, error) {
+	md := metadata.Local{Client: localmetadata.NewClient(f.metadataURL, nil), Name: f.nodeName}
+	var errs []error
+	if f.nodeIP != "" {
+		ip, err := netip.ParseAddr(f.nodeIP)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--node-ip: %w", err))
+		}
+		md.IP = ip
+	}
+	if f.podCIDR != "" {
+		p, err := netip.ParsePrefix(f.podCIDR)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--pod-cidr: %w", err))
+		}
+		md.PodCIDR = p
+	}
+	return md, errors.Join(errs...)
+}
+
+// resolveSelf asks the metadata API about this node until it answers: the node can do nothing without it.
+func resolveSelf(ctx context.Context, md metadata.Local, log *slog.Logger) (metadata.Instance, error) {
+	for {
+		self, err := md.Self(ctx)
+		if err == nil {
+			err = self.Validate()
+		}
+		if err == nil {
+			return self, nil
+		}
+		log.Warn("asking the metadata API about this node; retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return metadata.Instance{}, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+func pathEnv() string {
+	if p := os.Getenv("PATH"); p != "" {
+		return p
+	}
+	return "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+}
+
+// protoInstaller installs the components of the Init and join APIs with internal/components/install.
+type protoInstaller struct{ in *install.Installer }
+
+func (p protoInstaller) Install(ctx context.Context, comps []*components.Component) error {
+	cs, err := install.FromProto(comps)
+	if err != nil {
+		return err
+	}
+	return p.in.Install(ctx, cs)
 }

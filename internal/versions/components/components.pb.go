@@ -31,7 +31,17 @@ type Component struct {
 	// install_path is where the verified file goes on the node.
 	InstallPath string `protobuf:"bytes,3,opt,name=install_path,json=installPath,proto3" json:"install_path,omitempty"`
 	// extract is true for archives whose contents are installed.
-	Extract       bool `protobuf:"varint,4,opt,name=extract,proto3" json:"extract,omitempty"`
+	Extract bool `protobuf:"varint,4,opt,name=extract,proto3" json:"extract,omitempty"`
+	// name identifies the component in progress messages and errors, e.g. "kubelet" or "pause.tar".
+	Name string `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`
+	// mode holds the installed file's permission bits, e.g. 0755; 0 means 0644.
+	Mode uint32 `protobuf:"varint,6,opt,name=mode,proto3" json:"mode,omitempty"`
+	// size in bytes of the file; a download that is longer is cut off, one that is shorter is refused.
+	// 0 means unknown.
+	Size int64 `protobuf:"varint,7,opt,name=size,proto3" json:"size,omitempty"`
+	// image, if set, is the reference of a container image: the file is a docker-archive tarball that the
+	// node imports into containerd (namespace k8s.io) after installing it at install_path.
+	Image         string `protobuf:"bytes,8,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -94,17 +104,49 @@ func (x *Component) GetExtract() bool {
 	return false
 }
 
+func (x *Component) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Component) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *Component) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Component) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
 var File_internal_versions_components_components_proto protoreflect.FileDescriptor
 
 const file_internal_versions_components_components_proto_rawDesc = "" +
 	"\n" +
 	"-internal/versions/components/components.proto\x12\n" +
-	"components\"n\n" +
+	"components\"\xc0\x01\n" +
 	"\tComponent\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\tR\x04hash\x12!\n" +
 	"\finstall_path\x18\x03 \x01(\tR\vinstallPath\x12\x18\n" +
-	"\aextract\x18\x04 \x01(\bR\aextractBHZFgithub.com/constellation-go/constellation/internal/versions/componentsb\x06proto3"
+	"\aextract\x18\x04 \x01(\bR\aextract\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x12\x12\n" +
+	"\x04mode\x18\x06 \x01(\rR\x04mode\x12\x12\n" +
+	"\x04size\x18\a \x01(\x03R\x04size\x12\x14\n" +
+	"\x05image\x18\b \x01(\tR\x05imageBHZFgithub.com/constellation-go/constellation/internal/versions/componentsb\x06proto3"
 
 var (
 	file_internal_versions_components_components_proto_rawDescOnce sync.Once

@@ -1,0 +1,259 @@
+package clusterinit
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	bootstraputil "k8s.io/cluster-bootstrap/token/util"
+
+	"github.com/constellation-go/constellation/bootstrapper/internal/deploy"
+	"github.com/constellation-go/constellation/bootstrapper/internal/initserver"
+	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
+	"github.com/constellation-go/constellation/internal/kubetest"
+	"github.com/constellation-go/constellation/internal/versions/components"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const diskUUID = "00000000-0000-0000-0000-000000000001"
+
+type fakeDisk struct {
+	key       []byte
+	uuidErr   error
+	unlockErr error
+}
+
+func (d *fakeDisk) UUID() (string, error) { return diskUUID, d.uuidErr }
+func (d *fakeDisk) Unlock(key []byte) error {
+	d.key = key
+	return d.unlockErr
+}
+
+type fakeInstaller struct {
+	got []*components.Component
+	err error
+}
+
+func (f *fakeInstaller) Install(_ context.Context, comps []*components.Component) error {
+	f.got = comps
+	return f.err
+}
+
+// fakeKubeadm does what kubeadm init leaves behind that the initializer uses: the admin kubeconfig and the
+// bootstrap token from the configuration, in a real API server.
+type fakeKubeadm struct {
+	config     []byte
+	adminPath  string
+	kubeconfig []byte
+	client     kubernetes.Interface
+	err        error
+}
+
+var tokenRe = regexp.MustCompile(`token: ([a-z0-9]{6})\.([a-z0-9]{16})`)
+
+func (f *fakeKubeadm) Init(ctx context.Context, config []byte) error {
+	f.config = config
+	if f.err != nil {
+		return f.err
+	}
+	if f.client != nil {
+		m := tokenRe.FindSubmatch(config)
+		if m == nil {
+			return errors.New("no token in the configuration")
+		}
+		_, err := f.client.CoreV1().Secrets(metav1.NamespaceSystem).Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: bootstraputil.BootstrapTokenSecretName(string(m[1]))},
+			Type:       corev1.SecretType(bootstrapapi.SecretTypeBootstrapToken),
+			StringData: map[string]string{bootstrapapi.BootstrapTokenIDKey: string(m[1]), bootstrapapi.BootstrapTokenSecretKey: string(m[2])},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(f.adminPath, f.kubeconfig, 0o600)
+}
+
+func pcrs() (map[uint32][]byte, error) {
+	out := map[uint32][]byte{}
+	for _, idx := range []uint32{4, 9, 11, 12, 13, 15} {
+		out[idx] = bytes.Repeat([]byte{byte(idx)}, 32)
+	}
+	return out, nil
+}
+
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	return Config{
+		Node:            kubeadmconfig.Node{Name: "control-plane-0", IP: netip.MustParseAddr("10.42.0.2")},
+		Variant:         variant.QEMUVTPM.String(),
+		TPMAddress:      "swtpm:/run/constellation/vtpm/sock",
+		EventLogPath:    "/run/constellation/eventlog/binary_bios_measurements",
+		AdminKubeconfig: filepath.Join(t.TempDir(), "admin.conf"),
+		APITimeout:      30 * time.Second,
+	}
+}
+
+func testRequest() initserver.Request {
+	m := cryptotest.MasterSecret()
+	return initserver.Request{
+		MasterSecret:      *m,
+		KubernetesVersion: "v1.33.13",
+		ClusterName:       "mini",
+		APIServerCertSANs: []string{"203.0.113.7"},
+		KMSURI:            "kms://cluster-kms",
+		Components: []*components.Component{{
+			Url: "http://10.42.0.1:8080/v1.33.13/kubeadm", Hash: "sha256:" + string(bytes.Repeat([]byte("a"), 64)),
+			InstallPath: "/var/lib/constellation/bin/kubeadm", Name: "kubeadm", Mode: 0o755,
+		}},
+	}
+}
+
+func TestInitAgainstAPIServer(t *testing.T) {
+	cluster := kubetest.Start(t)
+	cfg := testConfig(t)
+	disk, installer := &fakeDisk{}, &fakeInstaller{}
+	kubeadm := &fakeKubeadm{adminPath: cfg.AdminKubeconfig, kubeconfig: cluster.Kubeconfig, client: cluster.Client}
+	init := New(cfg, Dependencies{Disk: disk, Installer: installer, Kubeadm: kubeadm, PCRs: pcrs}, slog.New(slog.DiscardHandler))
+
+	req := testRequest()
+	require.NoError(t, init.Validate(req))
+	var steps []string
+	kubeconfig, err := init.Init(context.Background(), req, func(step, _ string) { steps = append(steps, step) })
+	require.NoError(t, err)
+	assert.Equal(t, cluster.Kubeconfig, kubeconfig)
+	assert.Equal(t, []string{"state-disk", "install", "kubeadm-init", "wait-api", "deploy", "done"}, steps)
+
+	// The state disk key is the one the KeyService gives for this disk.
+	want, err := crypto.DeriveKey(req.MasterSecret.Key, req.MasterSecret.Salt, diskUUID, 64)
+	require.NoError(t, err)
+	assert.Equal(t, want, disk.key)
+	assert.Equal(t, req.Components, installer.got)
+
+	// kubeadm got this node's configuration.
+	for _, s := range []string{"advertiseAddress: 10.42.0.2", "kubernetesVersion: v1.33.13", "203.0.113.7", "clusterName: mini", "cgroupDriver: cgroupfs"} {
+		assert.Contains(t, string(kubeadm.config), s)
+	}
+
+	ctx := context.Background()
+	secrets, err := cluster.Client.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	for _, s := range secrets.Items {
+		assert.NotEqual(t, corev1.SecretType(bootstrapapi.SecretTypeBootstrapToken), s.Type, "kubeadm init's token is deleted: %s", s.Name)
+	}
+	ds, err := cluster.Client.AppsV1().DaemonSets(deploy.Namespace).Get(ctx, deploy.JoinServiceName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Contains(t, ds.Spec.Template.Spec.Containers[0].Args, "--api-endpoint=10.42.0.2:6443")
+	cm, err := cluster.Client.CoreV1().ConfigMaps(deploy.Namespace).Get(ctx, deploy.AttestationConfigName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Contains(t, cm.Data["attestation-config.yaml"], "0909090909")
+}
+
+func TestInitFailures(t *testing.T) {
+	unreachable := []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`)
+	testCases := map[string]struct {
+		edit     func(*Config, *Dependencies, *fakeKubeadm)
+		wantErr  string
+		wantStep string // the last step reported
+	}{
+		"PCRs unreadable": {
+			edit: func(_ *Config, d *Dependencies, _ *fakeKubeadm) {
+				d.PCRs = func() (map[uint32][]byte, error) { return nil, errors.New("TPM gone") }
+			},
+			wantErr: "TPM gone",
+		},
+		"PCR missing": {
+			edit: func(_ *Config, d *Dependencies, _ *fakeKubeadm) {
+				d.PCRs = func() (map[uint32][]byte, error) { return map[uint32][]byte{4: make([]byte, 32)}, nil }
+			},
+			wantErr: "no value for PCRs",
+		},
+		"no disk UUID": {
+			edit:     func(_ *Config, d *Dependencies, _ *fakeKubeadm) { d.Disk = &fakeDisk{uuidErr: errors.New("read-only")} },
+			wantErr:  "read-only",
+			wantStep: "state-disk",
+		},
+		"wrong disk key": {
+			edit: func(_ *Config, d *Dependencies, _ *fakeKubeadm) {
+				d.Disk = &fakeDisk{unlockErr: errors.New("encrypted with another key")}
+			},
+			wantErr:  "another key",
+			wantStep: "state-disk",
+		},
+		"install fails": {
+			edit: func(_ *Config, d *Dependencies, _ *fakeKubeadm) {
+				d.Installer = &fakeInstaller{err: errors.New("component kubeadm has sha256 x, expected y")}
+			},
+			wantErr:  "installing components: component kubeadm has sha256",
+			wantStep: "install",
+		},
+		"kubeadm fails": {
+			edit:     func(_ *Config, _ *Dependencies, k *fakeKubeadm) { k.err = errors.New("kubeadm init: exit status 1") },
+			wantErr:  "exit status 1",
+			wantStep: "kubeadm-init",
+		},
+		"no admin kubeconfig": {
+			edit: func(c *Config, _ *Dependencies, _ *fakeKubeadm) {
+				c.AdminKubeconfig = filepath.Join(c.AdminKubeconfig, "missing")
+			},
+			wantErr:  "admin kubeconfig",
+			wantStep: "kubeadm-init",
+		},
+		"API never ready": {
+			edit: func(c *Config, _ *Dependencies, k *fakeKubeadm) {
+				k.kubeconfig = unreachable
+				c.APITimeout = time.Second
+			},
+			wantErr:  "waiting for the API server",
+			wantStep: "wait-api",
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			cfg := testConfig(t)
+			k := &fakeKubeadm{adminPath: cfg.AdminKubeconfig, kubeconfig: unreachable}
+			deps := Dependencies{Disk: &fakeDisk{}, Installer: &fakeInstaller{}, Kubeadm: k, PCRs: pcrs}
+			tc.edit(&cfg, &deps, k)
+			var last string
+			_, err := New(cfg, deps, slog.New(slog.DiscardHandler)).Init(context.Background(), testRequest(), func(step, _ string) { last = step })
+			require.ErrorContains(t, err, tc.wantErr)
+			assert.Equal(t, tc.wantStep, last)
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	init := New(testConfig(t), Dependencies{}, slog.New(slog.DiscardHandler))
+	require.NoError(t, init.Validate(testRequest()))
+	req := testRequest()
+	req.ClusterName = "My Cluster"
+	require.ErrorContains(t, init.Validate(req), "cluster name")
+	req = testRequest()
+	req.APIServerCertSANs = []string{"bad name"}
+	require.ErrorContains(t, init.Validate(req), "SAN")
+}

@@ -1,0 +1,531 @@
+// Package deploy installs the cluster's Constellation services on the first control plane, right after
+// `kubeadm init`: the KeyService (with the master secret as a Kubernetes Secret), the JoinService (with the
+// attestation config it validates joining nodes against) and the VerificationService, each as a
+// DaemonSet in kube-system, with client-go. Deploy is idempotent: it creates what is missing and updates
+// what exists.
+//
+// All three run with host networking, from images imported into containerd under the references in
+// Images (there is no registry, so they are never pulled):
+//
+//   - KeyService on control planes, listening on the node's loopback only (KeyServiceAddr): it has no
+//     authentication, and its only client is the JoinService on the same node. (Not the :9000 of
+//     ARCHITECTURE.md §6: that port is the bootstrapper's init API on the same network namespace.)
+//   - JoinService on control planes, on :30090 (aTLS) and :30091 (health, metrics). It reads the cluster CA
+//     from the node's /etc/kubernetes/pki and reaches the API server on its own node (status.hostIP:6443),
+//     which does not depend on kube-proxy or CoreDNS being up.
+//   - VerificationService on every node, on :30081 (gRPC) and :30080 (HTTP), with the node's vTPM socket (or
+//     device) and its event log directory mounted from the node.
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"path"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"gopkg.in/yaml.v3"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/joinservice/attestconfig"
+)
+
+// Names of the objects Deploy creates, all in Namespace.
+const (
+	Namespace                     = metav1.NamespaceSystem
+	MasterSecretName              = "constellation-mastersecret"
+	AttestationConfigName         = "attestation-config"
+	JoinConfigName                = "join-config"
+	JoinServiceName               = "joinservice"
+	KeyServiceName                = "keyservice"
+	VerificationServiceName       = "verificationservice"
+	MeasurementSaltKey            = "measurementSalt"
+	ComponentsKey                 = "components.json"
+	controlPlaneLabel             = "node-role.kubernetes.io/control-plane"
+	componentLabel                = "app.kubernetes.io/name"
+	partOfLabel                   = "app.kubernetes.io/part-of"
+	partOf                        = "constellation"
+	mastersecretMount             = "/var/run/constellation/mastersecret"
+	attestationMount              = "/var/run/constellation/attestation"
+	joinConfigMount               = "/var/run/constellation/join"
+	pkiDir                        = "/etc/kubernetes/pki"
+	apiServerPort                 = 6443
+	joinServiceGRPCPort           = 30090
+	joinServiceHTTPPort           = 30091
+	verificationServiceGRPCPort   = 30081
+	verificationServiceHTTPPort   = 30080
+	keyServiceGRPCPort            = 9010
+	keyServiceHTTPPort            = 9011
+	tpmSchemeSwtpm, tpmSchemeDev  = "swtpm:", "device:"
+	priorityClusterCritical       = "system-cluster-critical"
+	priorityNodeCritical          = "system-node-critical"
+	defaultKMSURI                 = "kms://cluster-kms"
+	attestationConfigFile         = attestconfig.FileName
+	keyServiceLoopback            = "127.0.0.1"
+	verificationEventLogMountName = "eventlog"
+)
+
+// KeyServiceAddr is where the KeyService listens on each control plane's loopback.
+var KeyServiceAddr = net.JoinHostPort(keyServiceLoopback, strconv.Itoa(keyServiceGRPCPort))
+
+// Images are the services' image references, as the images were imported into containerd.
+type Images struct {
+	JoinService, KeyService, VerificationService string
+}
+
+// DefaultImages are the references of the images Bazel builds (//joinservice/cmd/joinservice:image etc.),
+// as containerd names them after `ctr images import`.
+var DefaultImages = Images{
+	JoinService:         "docker.io/constellation/joinservice:v0.1.0-dev",
+	KeyService:          "docker.io/constellation/keyservice:v0.1.0-dev",
+	VerificationService: "docker.io/constellation/verificationservice:v0.1.0-dev",
+}
+
+// Config is what the services need.
+type Config struct {
+	// APIServerEndpoint is host:port of the API server that joining nodes use.
+	APIServerEndpoint string
+	// KubernetesVersion and Components are what joining nodes install.
+	KubernetesVersion string
+	Components        []*components.Component
+	// MasterSecret is the cluster's master secret and salt; the salt is also the measurement salt.
+	MasterSecret crypto.MasterSecret
+	// KMSURI selects the KeyService's backend; empty means kms://cluster-kms.
+	KMSURI string
+	// AttestationConfig is the JoinService's attestation config (see AttestationConfig).
+	AttestationConfig []byte
+	// Variant is the attestation variant the VerificationService issues.
+	Variant string
+	// TPMAddress is the node's TPM ("swtpm:<socket>" or "device:<path>"); every node must have it at the
+	// same path.
+	TPMAddress string
+	// EventLogPath is the node's TCG event log; every node must have it at the same path.
+	EventLogPath string
+	// Images are the services' images; zero fields mean DefaultImages.
+	Images Images
+}
+
+func (c *Config) complete() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.APIServerEndpoint); err != nil {
+		errs = append(errs, fmt.Errorf("API server endpoint %q is not host:port", c.APIServerEndpoint))
+	}
+	if c.KubernetesVersion == "" {
+		errs = append(errs, errors.New("no Kubernetes version"))
+	}
+	if err := c.MasterSecret.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("master secret: %w", err))
+	}
+	if c.KMSURI == "" {
+		c.KMSURI = defaultKMSURI
+	}
+	if len(c.AttestationConfig) == 0 {
+		errs = append(errs, errors.New("no attestation config"))
+	}
+	if _, err := variant.FromString(c.Variant); err != nil {
+		errs = append(errs, err)
+	}
+	if !strings.HasPrefix(c.TPMAddress, tpmSchemeSwtpm) && !strings.HasPrefix(c.TPMAddress, tpmSchemeDev) {
+		errs = append(errs, fmt.Errorf("TPM address %q: expected swtpm:<socket> or device:<path>", c.TPMAddress))
+	}
+	if !path.IsAbs(c.EventLogPath) {
+		errs = append(errs, fmt.Errorf("event log path %q is not absolute", c.EventLogPath))
+	}
+	if c.Images.JoinService == "" {
+		c.Images.JoinService = DefaultImages.JoinService
+	}
+	if c.Images.KeyService == "" {
+		c.Images.KeyService = DefaultImages.KeyService
+	}
+	if c.Images.VerificationService == "" {
+		c.Images.VerificationService = DefaultImages.VerificationService
+	}
+	return errors.Join(errs...)
+}
+
+// AttestationConfig returns the attestation config (the attestation section of constellation-conf.yaml,
+// which attestconfig.Parse reads) that expects joining nodes to show exactly pcrs, the values this node
+// measured, in every enforced PCR, and PCR 15 zero: a joining node has not taken its node lock. The CLI
+// validated these values of this node against the admin's configuration before it sent Init.
+func AttestationConfig(v string, pcrs map[uint32][]byte) ([]byte, error) {
+	m := measurements.M{}
+	var missing []uint32
+	for _, idx := range measurements.DefaultEnforced {
+		if idx == measurements.PCRClusterID {
+			m[idx] = measurements.Measurement{Expected: measurements.Zero}
+			continue
+		}
+		val, ok := pcrs[idx]
+		if !ok {
+			missing = append(missing, idx)
+			continue
+		}
+		m[idx] = measurements.Measurement{Expected: val}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("attestation config: no value for PCRs %v", missing)
+	}
+	raw, err := yaml.Marshal(config.AttestationConfig{Variant: v, Measurements: m})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := attestconfig.Parse(raw, nil); err != nil {
+		return nil, fmt.Errorf("attestation config: %w", err)
+	}
+	return raw, nil
+}
+
+// Deploy creates or updates the services and their configuration.
+func Deploy(ctx context.Context, client kubernetes.Interface, cfg Config) error {
+	if err := cfg.complete(); err != nil {
+		return fmt.Errorf("deploying services: %w", err)
+	}
+	masterJSON, err := json.Marshal(cfg.MasterSecret)
+	if err != nil {
+		return err
+	}
+	componentsJSON, err := marshalComponents(cfg.Components)
+	if err != nil {
+		return err
+	}
+	steps := []struct {
+		what string
+		do   func() error
+	}{
+		{"master secret", func() error {
+			return applySecret(ctx, client, &corev1.Secret{
+				ObjectMeta: meta(MasterSecretName),
+				Type:       corev1.SecretTypeOpaque,
+				Data:       map[string][]byte{crypto.MasterSecretFileName: masterJSON, MeasurementSaltKey: cfg.MasterSecret.Salt},
+			})
+		}},
+		{"attestation config", func() error {
+			return applyConfigMap(ctx, client, &corev1.ConfigMap{
+				ObjectMeta: meta(AttestationConfigName),
+				Data:       map[string]string{attestationConfigFile: string(cfg.AttestationConfig)},
+			})
+		}},
+		{"join config", func() error {
+			return applyConfigMap(ctx, client, &corev1.ConfigMap{
+				ObjectMeta: meta(JoinConfigName),
+				Data:       map[string]string{ComponentsKey: string(componentsJSON)},
+			})
+		}},
+		{"JoinService RBAC", func() error { return applyJoinServiceRBAC(ctx, client) }},
+		{"KeyService", func() error { return applyDaemonSet(ctx, client, keyService(cfg)) }},
+		{"JoinService", func() error { return applyDaemonSet(ctx, client, joinService(cfg)) }},
+		{"VerificationService", func() error { return applyDaemonSet(ctx, client, verificationService(cfg)) }},
+		{"CoreDNS configuration", func() error { return dropUpstreamDNS(ctx, client) }},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			return fmt.Errorf("deploying %s: %w", s.what, err)
+		}
+	}
+	return nil
+}
+
+// marshalComponents writes the JoinService's --components file: {"components": [...]}, each element in
+// the API's JSON form.
+func marshalComponents(comps []*components.Component) ([]byte, error) {
+	raw := make([]json.RawMessage, 0, len(comps))
+	for _, c := range comps {
+		b, err := protojson.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		raw = append(raw, b)
+	}
+	return json.Marshal(struct {
+		Components []json.RawMessage `json:"components"`
+	}{raw})
+}
+
+func meta(name string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name:      name,
+		Namespace: Namespace,
+		Labels:    map[string]string{partOfLabel: partOf},
+	}
+}
+
+func labels(name string) map[string]string {
+	return map[string]string{componentLabel: name, partOfLabel: partOf}
+}
+
+func applyJoinServiceRBAC(ctx context.Context, client kubernetes.Interface) error {
+	sa := &corev1.ServiceAccount{ObjectMeta: meta(JoinServiceName)}
+	if _, err := client.CoreV1().ServiceAccounts(Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	// The JoinService creates bootstrap tokens (Secrets in kube-system) and nothing else.
+	role := &rbacv1.Role{
+		ObjectMeta: meta(JoinServiceName),
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}}},
+	}
+	if _, err := client.RbacV1().Roles(Namespace).Create(ctx, role, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		_, err = client.RbacV1().Roles(Namespace).Update(ctx, role, metav1.UpdateOptions{})
+		if err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: meta(JoinServiceName),
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: JoinServiceName},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: JoinServiceName, Namespace: Namespace}},
+	}
+	if _, err := client.RbacV1().RoleBindings(Namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
+}
+
+func applySecret(ctx context.Context, client kubernetes.Interface, s *corev1.Secret) error {
+	api := client.CoreV1().Secrets(Namespace)
+	_, err := api.Create(ctx, s, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		_, err = api.Update(ctx, s, metav1.UpdateOptions{})
+	}
+	return err
+}
+
+func applyConfigMap(ctx context.Context, client kubernetes.Interface, cm *corev1.ConfigMap) error {
+	api := client.CoreV1().ConfigMaps(Namespace)
+	_, err := api.Create(ctx, cm, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		_, err = api.Update(ctx, cm, metav1.UpdateOptions{})
+	}
+	return err
+}
+
+func applyDaemonSet(ctx context.Context, client kubernetes.Interface, ds *appsv1.DaemonSet) error {
+	api := client.AppsV1().DaemonSets(Namespace)
+	_, err := api.Create(ctx, ds, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		_, err = api.Update(ctx, ds, metav1.UpdateOptions{})
+	}
+	return err
+}
+
+// daemonSet is the common part: host network, every taint tolerated (these are node agents, like
+// kube-proxy), images never pulled.
+func daemonSet(name, priority string, pod corev1.PodSpec) *appsv1.DaemonSet {
+	pod.HostNetwork = true
+	pod.DNSPolicy = corev1.DNSClusterFirstWithHostNet
+	pod.PriorityClassName = priority
+	pod.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
+	for i := range pod.Containers {
+		pod.Containers[i].ImagePullPolicy = corev1.PullNever
+	}
+	return &appsv1.DaemonSet{
+		ObjectMeta: meta(name),
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels(name)},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels(name)},
+				Spec:       pod,
+			},
+		},
+	}
+}
+
+func healthProbe(host string, port int) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Host: host, Path: "/healthz", Port: intstr.FromInt32(int32(port)),
+		}},
+		PeriodSeconds: 10,
+	}
+}
+
+func hostPort(port int) corev1.ContainerPort {
+	return corev1.ContainerPort{ContainerPort: int32(port), HostPort: int32(port), Protocol: corev1.ProtocolTCP}
+}
+
+func controlPlanesOnly() map[string]string {
+	return map[string]string{controlPlaneLabel: ""}
+}
+
+func keyService(cfg Config) *appsv1.DaemonSet {
+	return daemonSet(KeyServiceName, priorityClusterCritical, corev1.PodSpec{
+		NodeSelector:                 controlPlanesOnly(),
+		AutomountServiceAccountToken: ptr(false),
+		Containers: []corev1.Container{{
+			Name:  KeyServiceName,
+			Image: cfg.Images.KeyService,
+			Args: []string{
+				"--grpc-addr=" + KeyServiceAddr,
+				"--http-addr=" + net.JoinHostPort(keyServiceLoopback, strconv.Itoa(keyServiceHTTPPort)),
+				"--kms-uri=" + cfg.KMSURI,
+				"--master-secret=" + path.Join(mastersecretMount, crypto.MasterSecretFileName),
+			},
+			LivenessProbe: healthProbe(keyServiceLoopback, keyServiceHTTPPort),
+			VolumeMounts:  []corev1.VolumeMount{{Name: "mastersecret", MountPath: mastersecretMount, ReadOnly: true}},
+		}},
+		Volumes: []corev1.Volume{{Name: "mastersecret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: MasterSecretName,
+			Items:      []corev1.KeyToPath{{Key: crypto.MasterSecretFileName, Path: crypto.MasterSecretFileName}},
+		}}}},
+	})
+}
+
+func joinService(cfg Config) *appsv1.DaemonSet {
+	return daemonSet(JoinServiceName, priorityClusterCritical, corev1.PodSpec{
+		NodeSelector:       controlPlanesOnly(),
+		ServiceAccountName: JoinServiceName,
+		Containers: []corev1.Container{{
+			Name:  JoinServiceName,
+			Image: cfg.Images.JoinService,
+			Args: []string{
+				"--grpc-addr=:" + strconv.Itoa(joinServiceGRPCPort),
+				"--http-addr=:" + strconv.Itoa(joinServiceHTTPPort),
+				"--keyservice-addr=" + KeyServiceAddr,
+				"--attestation-config=" + path.Join(attestationMount, attestationConfigFile),
+				"--pki-dir=" + pkiDir,
+				"--api-endpoint=" + cfg.APIServerEndpoint,
+				"--measurement-salt=" + path.Join(mastersecretMount, MeasurementSaltKey),
+				"--kubernetes-version=" + cfg.KubernetesVersion,
+				"--components=" + path.Join(joinConfigMount, ComponentsKey),
+			},
+			// In-cluster configuration, but with the API server on this very node rather than the
+			// kubernetes Service, which needs kube-proxy.
+			Env: []corev1.EnvVar{
+				{Name: "KUBERNETES_SERVICE_HOST", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
+				{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiServerPort)},
+			},
+			Ports:          []corev1.ContainerPort{hostPort(joinServiceGRPCPort), hostPort(joinServiceHTTPPort)},
+			ReadinessProbe: healthProbe("", joinServiceHTTPPort),
+			// The cluster CA's key is readable by root only (kubeadm writes it 0600); the image's default
+			// user is unprivileged.
+			SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(0)), RunAsGroup: ptr(int64(0))},
+			VolumeMounts: []corev1.VolumeMount{
+				{Name: "pki", MountPath: pkiDir, ReadOnly: true},
+				{Name: "attestation", MountPath: attestationMount, ReadOnly: true},
+				{Name: "salt", MountPath: mastersecretMount, ReadOnly: true},
+				{Name: "join", MountPath: joinConfigMount, ReadOnly: true},
+			},
+		}},
+		Volumes: []corev1.Volume{
+			{Name: "pki", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: pkiDir, Type: ptr(corev1.HostPathDirectory)}}},
+			{Name: "attestation", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: AttestationConfigName},
+			}}},
+			// Only the salt: the JoinService never sees the master secret.
+			{Name: "salt", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: MasterSecretName,
+				Items:      []corev1.KeyToPath{{Key: MeasurementSaltKey, Path: MeasurementSaltKey}},
+			}}},
+			{Name: "join", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: JoinConfigName},
+			}}},
+		},
+	})
+}
+
+func verificationService(cfg Config) *appsv1.DaemonSet {
+	eventLogDir := path.Dir(cfg.EventLogPath)
+	container := corev1.Container{
+		Name:  VerificationServiceName,
+		Image: cfg.Images.VerificationService,
+		Args: []string{
+			"--grpc-addr=:" + strconv.Itoa(verificationServiceGRPCPort),
+			"--http-addr=:" + strconv.Itoa(verificationServiceHTTPPort),
+			"--variant=" + cfg.Variant,
+			"--tpm=" + cfg.TPMAddress,
+			"--event-log=" + cfg.EventLogPath,
+		},
+		Ports:         []corev1.ContainerPort{hostPort(verificationServiceGRPCPort), hostPort(verificationServiceHTTPPort)},
+		LivenessProbe: healthProbe("", verificationServiceHTTPPort),
+		// The event log's directory, not the file: the node runtime replaces the file as boot progresses.
+		VolumeMounts: []corev1.VolumeMount{{Name: verificationEventLogMountName, MountPath: eventLogDir, ReadOnly: true}},
+	}
+	volumes := []corev1.Volume{{Name: verificationEventLogMountName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+		Path: eventLogDir, Type: ptr(corev1.HostPathDirectory),
+	}}}}
+	if sock, ok := strings.CutPrefix(cfg.TPMAddress, tpmSchemeSwtpm); ok {
+		// The socket's directory, so that a restarted swtpm's new socket is seen.
+		dir := path.Dir(sock)
+		container.VolumeMounts = append(container.VolumeMounts, corev1.VolumeMount{Name: "tpm", MountPath: dir})
+		volumes = append(volumes, corev1.Volume{Name: "tpm", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+			Path: dir, Type: ptr(corev1.HostPathDirectory),
+		}}})
+	} else {
+		dev := strings.TrimPrefix(cfg.TPMAddress, tpmSchemeDev)
+		container.VolumeMounts = append(container.VolumeMounts, corev1.VolumeMount{Name: "tpm", MountPath: dev})
+		volumes = append(volumes, corev1.Volume{Name: "tpm", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+			Path: dev, Type: ptr(corev1.HostPathCharDev),
+		}}})
+		// A device node is only usable from a container that the device cgroup lets at it.
+		container.SecurityContext = &corev1.SecurityContext{Privileged: ptr(true)}
+	}
+	return daemonSet(VerificationServiceName, priorityNodeCritical, corev1.PodSpec{
+		AutomountServiceAccountToken: ptr(false),
+		Containers:                   []corev1.Container{container},
+		Volumes:                      volumes,
+	})
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// dropUpstreamDNS removes the forward block from kubeadm's CoreDNS configuration: nodes have no upstream
+// resolver (no nameserver in their resolv.conf, no route off the machine), and CoreDNS refuses to start with
+// a forward plugin that has no upstreams. Cluster names still resolve.
+func dropUpstreamDNS(ctx context.Context, client kubernetes.Interface) error {
+	cms := client.CoreV1().ConfigMaps(metav1.NamespaceSystem)
+	cm, err := cms.Get(ctx, "coredns", metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil // CoreDNS disabled
+	}
+	if err != nil {
+		return err
+	}
+	corefile, changed := withoutForward(cm.Data["Corefile"])
+	if !changed {
+		return nil
+	}
+	cm.Data["Corefile"] = corefile
+	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	return err
+}
+
+// withoutForward returns corefile without its "forward" directives (a one-line directive or a block).
+func withoutForward(corefile string) (string, bool) {
+	var out []string
+	depth, skipping, changed := 0, false, false
+	for _, line := range strings.Split(corefile, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if !skipping && strings.HasPrefix(trimmed, "forward ") {
+			changed = true
+			if strings.HasSuffix(trimmed, "{") {
+				skipping, depth = true, 1
+			}
+			continue
+		}
+		if skipping {
+			depth += strings.Count(trimmed, "{") - strings.Count(trimmed, "}")
+			if depth <= 0 {
+				skipping = false
+			}
+			continue
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n"), changed
+}

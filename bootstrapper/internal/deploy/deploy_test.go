@@ -1,0 +1,289 @@
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
+
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
+	"github.com/constellation-go/constellation/internal/kubetest"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/joinservice/attestconfig"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func nodePCRs() map[uint32][]byte {
+	pcrs := map[uint32][]byte{}
+	for _, idx := range []uint32{4, 9, 11, 12, 13} {
+		pcrs[idx] = bytes.Repeat([]byte{byte(idx)}, 32)
+	}
+	// PCR 15 as the node shows it after taking its lock: the config must expect zero instead.
+	pcrs[15] = bytes.Repeat([]byte{0xff}, 32)
+	return pcrs
+}
+
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	att, err := AttestationConfig(variant.QEMUVTPM.String(), nodePCRs())
+	require.NoError(t, err)
+	return Config{
+		APIServerEndpoint: "10.42.0.2:6443",
+		KubernetesVersion: "v1.33.13",
+		Components: []*components.Component{
+			{Url: "http://10.42.0.1:8080/v1.33.13/kubelet", Hash: "sha256:" + strings.Repeat("ab", 32), InstallPath: "/var/lib/constellation/bin/kubelet", Name: "kubelet", Mode: 0o755},
+			{Url: "http://10.42.0.1:8080/v1.33.13/pause.tar", Hash: "sha256:" + strings.Repeat("cd", 32), InstallPath: "/var/lib/constellation/images/pause.tar", Name: "pause.tar", Image: "registry.k8s.io/pause:3.10"},
+		},
+		MasterSecret:      *cryptotest.MasterSecret(),
+		AttestationConfig: att,
+		Variant:           variant.QEMUVTPM.String(),
+		TPMAddress:        "swtpm:/run/constellation/vtpm/sock",
+		EventLogPath:      "/run/constellation/eventlog/binary_bios_measurements",
+	}
+}
+
+func TestAttestationConfig(t *testing.T) {
+	raw, err := AttestationConfig(variant.QEMUVTPM.String(), nodePCRs())
+	require.NoError(t, err)
+	v, err := attestconfig.Parse(raw, nil)
+	require.NoError(t, err)
+	assert.True(t, v.Variant().Equal(variant.QEMUVTPM))
+	assert.Contains(t, string(raw), "variant: qemu-vtpm")
+	assert.Contains(t, string(raw), strings.Repeat("09", 32), "PCR 9 as the node measured it")
+	assert.Contains(t, string(raw), measurements.Zero.String(), "PCR 15 zero for joining nodes")
+	assert.NotContains(t, string(raw), strings.Repeat("ff", 32), "not the init node's own PCR 15")
+	assert.NotContains(t, string(raw), "warnOnly: true", "everything enforced")
+
+	pcrs := nodePCRs()
+	delete(pcrs, 11)
+	_, err = AttestationConfig(variant.QEMUVTPM.String(), pcrs)
+	require.ErrorContains(t, err, "11")
+	_, err = AttestationConfig("no-such-variant", nodePCRs())
+	require.Error(t, err)
+}
+
+func TestConfigRefusals(t *testing.T) {
+	testCases := map[string]func(*Config){
+		"endpoint":      func(c *Config) { c.APIServerEndpoint = "10.42.0.2" },
+		"version":       func(c *Config) { c.KubernetesVersion = "" },
+		"master secret": func(c *Config) { c.MasterSecret.Key = []byte("short") },
+		"attestation":   func(c *Config) { c.AttestationConfig = nil },
+		"variant":       func(c *Config) { c.Variant = "x" },
+		"tpm":           func(c *Config) { c.TPMAddress = "/dev/tpmrm0" },
+		"event log":     func(c *Config) { c.EventLogPath = "eventlog" },
+	}
+	for name, edit := range testCases {
+		t.Run(name, func(t *testing.T) {
+			cfg := testConfig(t)
+			edit(&cfg)
+			client := fake.NewClientset()
+			require.Error(t, Deploy(context.Background(), client, cfg))
+			secrets, err := client.CoreV1().Secrets(Namespace).List(context.Background(), metav1.ListOptions{})
+			require.NoError(t, err)
+			assert.Empty(t, secrets.Items, "nothing is created from a bad configuration")
+		})
+	}
+}
+
+func container(t *testing.T, ds *appsv1.DaemonSet) corev1.Container {
+	t.Helper()
+	require.Len(t, ds.Spec.Template.Spec.Containers, 1)
+	return ds.Spec.Template.Spec.Containers[0]
+}
+
+func hasArg(c corev1.Container, arg string) bool {
+	return slices.Contains(c.Args, arg)
+}
+
+func volume(t *testing.T, ds *appsv1.DaemonSet, name string) corev1.Volume {
+	t.Helper()
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Name == name {
+			return v
+		}
+	}
+	t.Fatalf("DaemonSet %s has no volume %s", ds.Name, name)
+	return corev1.Volume{}
+}
+
+// TestDeployAgainstAPIServer deploys into a real kube-apiserver (which validates every object) and checks
+// what the services will find.
+func TestDeployAgainstAPIServer(t *testing.T) {
+	cluster := kubetest.Start(t)
+	ctx := context.Background()
+	cfg := testConfig(t)
+	require.NoError(t, Deploy(ctx, cluster.Client, cfg))
+
+	// The master secret in the format the KeyService reads, and the salt alone for the JoinService.
+	secret, err := cluster.Client.CoreV1().Secrets(Namespace).Get(ctx, MasterSecretName, metav1.GetOptions{})
+	require.NoError(t, err)
+	var master crypto.MasterSecret
+	require.NoError(t, json.Unmarshal(secret.Data[crypto.MasterSecretFileName], &master))
+	assert.Equal(t, cfg.MasterSecret.Key, master.Key)
+	assert.Equal(t, cfg.MasterSecret.Salt, master.Salt)
+	assert.Equal(t, cfg.MasterSecret.Salt, secret.Data[MeasurementSaltKey])
+
+	// The attestation config the JoinService loads.
+	cm, err := cluster.Client.CoreV1().ConfigMaps(Namespace).Get(ctx, AttestationConfigName, metav1.GetOptions{})
+	require.NoError(t, err)
+	_, err = attestconfig.Parse([]byte(cm.Data[attestconfig.FileName]), nil)
+	require.NoError(t, err)
+
+	// The components, in the JoinService's --components format.
+	cm, err = cluster.Client.CoreV1().ConfigMaps(Namespace).Get(ctx, JoinConfigName, metav1.GetOptions{})
+	require.NoError(t, err)
+	var file struct {
+		Components []json.RawMessage `json:"components"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(cm.Data[ComponentsKey]), &file))
+	require.Len(t, file.Components, len(cfg.Components))
+	for i, raw := range file.Components {
+		c := &components.Component{}
+		require.NoError(t, protojson.Unmarshal(raw, c))
+		assert.True(t, proto.Equal(cfg.Components[i], c), "component %d", i)
+	}
+
+	dss, err := cluster.Client.AppsV1().DaemonSets(Namespace).List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	byName := map[string]*appsv1.DaemonSet{}
+	for i := range dss.Items {
+		byName[dss.Items[i].Name] = &dss.Items[i]
+	}
+	require.Len(t, byName, 3)
+	for name, image := range map[string]string{
+		JoinServiceName: DefaultImages.JoinService, KeyServiceName: DefaultImages.KeyService, VerificationServiceName: DefaultImages.VerificationService,
+	} {
+		ds := byName[name]
+		require.NotNil(t, ds, name)
+		spec := ds.Spec.Template.Spec
+		assert.True(t, spec.HostNetwork, name)
+		assert.Equal(t, image, container(t, ds).Image, name)
+		assert.Equal(t, corev1.PullNever, container(t, ds).ImagePullPolicy, name)
+		assert.Contains(t, spec.Tolerations, corev1.Toleration{Operator: corev1.TolerationOpExists}, name)
+	}
+
+	key := byName[KeyServiceName]
+	assert.Equal(t, map[string]string{"node-role.kubernetes.io/control-plane": ""}, key.Spec.Template.Spec.NodeSelector)
+	assert.True(t, hasArg(container(t, key), "--grpc-addr=127.0.0.1:9010"), "the KeyService is reachable from its node only")
+	assert.True(t, hasArg(container(t, key), "--kms-uri=kms://cluster-kms"))
+	assert.Equal(t, []corev1.KeyToPath{{Key: crypto.MasterSecretFileName, Path: crypto.MasterSecretFileName}}, volume(t, key, "mastersecret").Secret.Items)
+
+	join := byName[JoinServiceName]
+	jc := container(t, join)
+	assert.Equal(t, map[string]string{"node-role.kubernetes.io/control-plane": ""}, join.Spec.Template.Spec.NodeSelector)
+	for _, arg := range []string{
+		"--grpc-addr=:30090", "--keyservice-addr=127.0.0.1:9010", "--api-endpoint=10.42.0.2:6443", "--kubernetes-version=v1.33.13",
+		"--attestation-config=/var/run/constellation/attestation/attestation-config.yaml",
+		"--measurement-salt=/var/run/constellation/mastersecret/measurementSalt", "--components=/var/run/constellation/join/components.json",
+		"--pki-dir=/etc/kubernetes/pki",
+	} {
+		assert.True(t, hasArg(jc, arg), "JoinService argument %s in %v", arg, jc.Args)
+	}
+	assert.Equal(t, []corev1.KeyToPath{{Key: MeasurementSaltKey, Path: MeasurementSaltKey}}, volume(t, join, "salt").Secret.Items,
+		"the JoinService gets the salt, not the master secret")
+	assert.Equal(t, "/etc/kubernetes/pki", volume(t, join, "pki").HostPath.Path)
+	assert.Equal(t, JoinServiceName, join.Spec.Template.Spec.ServiceAccountName)
+
+	verify := byName[VerificationServiceName]
+	vc := container(t, verify)
+	assert.Empty(t, verify.Spec.Template.Spec.NodeSelector, "the VerificationService runs on every node")
+	assert.True(t, hasArg(vc, "--tpm=swtpm:/run/constellation/vtpm/sock"))
+	assert.True(t, hasArg(vc, "--event-log=/run/constellation/eventlog/binary_bios_measurements"))
+	assert.Equal(t, "/run/constellation/vtpm", volume(t, verify, "tpm").HostPath.Path)
+	assert.Equal(t, "/run/constellation/eventlog", volume(t, verify, "eventlog").HostPath.Path)
+	assert.Nil(t, vc.SecurityContext, "a vTPM socket needs no privileges")
+
+	// The JoinService's account may create bootstrap tokens and do nothing else with secrets.
+	saClient := impersonate(t, cluster.Config, "system:serviceaccount:kube-system:joinservice")
+	_, err = saClient.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-abcdef"}, Type: "bootstrap.kubernetes.io/token",
+		StringData: map[string]string{"token-id": "abcdef", "token-secret": "0123456789abcdef"},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = saClient.CoreV1().Secrets(Namespace).Get(ctx, MasterSecretName, metav1.GetOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "the JoinService cannot read the master secret: %v", err)
+
+	// Deploying again updates in place.
+	cfg.KubernetesVersion = "v1.34.1"
+	cfg.Images.JoinService = "docker.io/constellation/joinservice:v0.2.0"
+	cfg.TPMAddress = "device:/dev/tpmrm0"
+	require.NoError(t, Deploy(ctx, cluster.Client, cfg))
+	ds, err := cluster.Client.AppsV1().DaemonSets(Namespace).Get(ctx, JoinServiceName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.True(t, hasArg(container(t, ds), "--kubernetes-version=v1.34.1"))
+	assert.Equal(t, "docker.io/constellation/joinservice:v0.2.0", container(t, ds).Image)
+	ds, err = cluster.Client.AppsV1().DaemonSets(Namespace).Get(ctx, VerificationServiceName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "/dev/tpmrm0", volume(t, ds, "tpm").HostPath.Path)
+	assert.Equal(t, corev1.HostPathCharDev, *volume(t, ds, "tpm").HostPath.Type)
+	require.NotNil(t, container(t, ds).SecurityContext)
+	assert.True(t, *container(t, ds).SecurityContext.Privileged, "a TPM device needs the device cgroup opened")
+}
+
+func impersonate(t *testing.T, cfg *rest.Config, user string) kubernetes.Interface {
+	t.Helper()
+	c := rest.CopyConfig(cfg)
+	c.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"}}
+	client, err := kubernetes.NewForConfig(c)
+	require.NoError(t, err)
+	return client
+}
+
+func TestWithoutForward(t *testing.T) {
+	kubeadmCorefile := `.:53 {
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }
+    prometheus :9153
+    forward . /etc/resolv.conf {
+       max_concurrent 1000
+    }
+    cache 30 {
+       disable success cluster.local
+    }
+    loop
+}
+`
+	testCases := map[string]struct {
+		in, want    string
+		wantChanged bool
+	}{
+		"kubeadm's block": {
+			in: kubeadmCorefile, wantChanged: true,
+			want: strings.Replace(kubeadmCorefile, "    forward . /etc/resolv.conf {\n       max_concurrent 1000\n    }\n", "", 1),
+		},
+		"one-line directive": {in: ".:53 {\n    forward . 8.8.8.8\n    loop\n}\n", want: ".:53 {\n    loop\n}\n", wantChanged: true},
+		"none":               {in: ".:53 {\n    loop\n}\n", want: ".:53 {\n    loop\n}\n"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			got, changed := withoutForward(tc.in)
+			assert.Equal(t, tc.want, got)
+			assert.Equal(t, tc.wantChanged, changed)
+		})
+	}
+}

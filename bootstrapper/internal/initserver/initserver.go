@@ -1,0 +1,260 @@
+// Package initserver serves the Init API: the CLI initialises the cluster on the first control plane
+// through it, over aTLS in which the node attests.
+//
+// The order of Init is the security argument:
+//
+//  1. The caller proves it created the infrastructure: SHA-256 of its init secret must equal the hash in
+//     the provider's metadata (constant-time comparison). Otherwise PermissionDenied, and nothing changed.
+//  2. The request is validated completely (master secret and salt sizes, Kubernetes version, key backend,
+//     everything the kubeadm configuration is built from): InvalidArgument, nothing changed.
+//  3. The keys are derived: measurement secret = HKDF(master secret, salt, "key-measurementSecret"), cluster
+//     ID = HKDF(measurement secret, salt, "key-clusterID") (the measurement salt is the request's salt),
+//     owner ID = HKDF(master secret, salt, "key-ownerID").
+//  4. The node lock is taken for the cluster ID (PCR 15, irreversible). If it is taken already (a join or an
+//     earlier Init won), FailedPrecondition.
+//  5. The Initializer sets up the node and the cluster, streaming progress. On success the stream carries
+//     init_success with the admin kubeconfig, owner ID and cluster ID; on failure init_failure followed by
+//     log messages with the node's recent logs, then the stream ends normally.
+//
+// Once the lock is taken the init runs to its end even if the caller goes away: stopping half-way would
+// leave a worse node behind.
+package initserver
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-go/constellation/bootstrapper/initproto"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/versions"
+	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/keyservice/kms"
+)
+
+// OwnerIDKeyID derives the owner ID from the master secret.
+const OwnerIDKeyID = "ownerID"
+
+// logChunkSize bounds each log message of a failure report.
+const logChunkSize = 64 << 10
+
+// Metadata gives the hash of the init secret (SHA-256, from the provider's instance metadata).
+type Metadata interface {
+	InitSecretHash(ctx context.Context) ([]byte, error)
+}
+
+// Locker is the node lock.
+type Locker interface {
+	TryLock(clusterID []byte) (bool, error)
+}
+
+// Request is a validated Init request with its derived keys.
+type Request struct {
+	MasterSecret      crypto.MasterSecret
+	MeasurementSecret []byte
+	ClusterID         []byte
+	OwnerID           []byte
+	// KubernetesVersion is a full supported version.
+	KubernetesVersion string
+	Components        []*components.Component
+	ClusterName       string
+	APIServerCertSANs []string
+	// KMSURI is the KeyService's backend, kms://cluster-kms by default.
+	KMSURI string
+}
+
+// Progress reports a step of the init to the caller.
+type Progress func(step, message string)
+
+// Initializer sets up the node and the cluster.
+type Initializer interface {
+	// Validate checks everything Init will use from the request, before the node lock is taken.
+	Validate(req Request) error
+	// Init runs after the node lock was taken and returns the admin kubeconfig.
+	Init(ctx context.Context, req Request, progress Progress) ([]byte, error)
+}
+
+// Server implements initproto.APIServer.
+type Server struct {
+	initproto.UnimplementedAPIServer
+	metadata Metadata
+	lock     Locker
+	init     Initializer
+	logs     func() []byte
+	log      *slog.Logger
+	// workCtx bounds the init work: the bootstrapper's lifetime, not the caller's stream.
+	workCtx context.Context
+
+	mu       sync.Mutex
+	finished chan struct{}
+}
+
+// New returns the server. logs returns the node's recent logs for failure reports; workCtx bounds the
+// init work.
+func New(workCtx context.Context, metadata Metadata, lock Locker, init Initializer, logs func() []byte, log *slog.Logger) *Server {
+	return &Server{
+		metadata: metadata, lock: lock, init: init, logs: logs, log: log, workCtx: workCtx,
+		finished: make(chan struct{}),
+	}
+}
+
+// Register adds the API to g.
+func (s *Server) Register(g *grpc.Server) {
+	initproto.RegisterAPIServer(g, s)
+}
+
+// Finished is closed when an Init that took the node lock has ended (successfully or not).
+func (s *Server) Finished() <-chan struct{} {
+	return s.finished
+}
+
+// Init initialises the cluster.
+func (s *Server) Init(req *initproto.InitRequest, stream initproto.API_InitServer) error {
+	ctx := stream.Context()
+	if err := s.checkInitSecret(ctx, req.GetInitSecret()); err != nil {
+		s.log.Warn("init refused", "error", err)
+		return err
+	}
+	r, err := s.validate(req)
+	if err != nil {
+		s.log.Warn("init refused: invalid request", "error", err)
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	locked, err := s.lock.TryLock(r.ClusterID)
+	if err != nil {
+		s.log.Error("taking the node lock failed", "error", err)
+		if locked {
+			s.markFinished()
+		}
+		return status.Errorf(codes.Internal, "taking the node lock: %v", err)
+	}
+	if !locked {
+		s.log.Warn("init refused: the node already belongs to a cluster")
+		return status.Error(codes.FailedPrecondition, "this node already belongs to a cluster (it joined one, or was initialised before)")
+	}
+	defer s.markFinished()
+	s.log.Info("node lock taken for init", "clusterID", fmt.Sprintf("%x", r.ClusterID))
+
+	send := s.sender(stream)
+	progress := func(step, message string) {
+		s.log.Info("init progress", "step", step, "message", message)
+		send(&initproto.InitResponse{Kind: &initproto.InitResponse_Progress{Progress: &initproto.ProgressResponse{Step: step, Message: message}}})
+	}
+	kubeconfig, err := s.init.Init(s.workCtx, r, progress)
+	if err != nil {
+		s.log.Error("init failed", "error", err)
+		send(&initproto.InitResponse{Kind: &initproto.InitResponse_InitFailure{InitFailure: &initproto.InitFailureResponse{Error: err.Error()}}})
+		logs := s.logs()
+		for len(logs) > 0 {
+			n := min(len(logs), logChunkSize)
+			send(&initproto.InitResponse{Kind: &initproto.InitResponse_Log{Log: &initproto.LogResponse{Log: logs[:n]}}})
+			logs = logs[n:]
+		}
+		return nil
+	}
+	s.log.Info("init succeeded")
+	send(&initproto.InitResponse{Kind: &initproto.InitResponse_InitSuccess{InitSuccess: &initproto.InitSuccessResponse{
+		Kubeconfig: kubeconfig, OwnerId: r.OwnerID, ClusterId: r.ClusterID,
+	}}})
+	return nil
+}
+
+func (s *Server) markFinished() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.finished:
+	default:
+		close(s.finished)
+	}
+}
+
+// sender sends on the stream; once the caller is gone, sending stops (and the init continues).
+func (s *Server) sender(stream initproto.API_InitServer) func(*initproto.InitResponse) {
+	gone := false
+	return func(resp *initproto.InitResponse) {
+		if gone {
+			return
+		}
+		if err := stream.Send(resp); err != nil {
+			gone = true
+			s.log.Warn("the init caller went away; init continues", "error", err)
+		}
+	}
+}
+
+func (s *Server) checkInitSecret(ctx context.Context, secret []byte) error {
+	want, err := s.metadata.InitSecretHash(ctx)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "getting the init secret hash from metadata: %v", err)
+	}
+	if len(want) != sha256.Size {
+		return status.Errorf(codes.FailedPrecondition, "the init secret hash in metadata is %d bytes, expected %d", len(want), sha256.Size)
+	}
+	got := sha256.Sum256(secret)
+	if len(secret) == 0 || subtle.ConstantTimeCompare(got[:], want) != 1 {
+		return status.Error(codes.PermissionDenied, "wrong init secret")
+	}
+	return nil
+}
+
+// validate checks the request and derives its keys.
+func (s *Server) validate(req *initproto.InitRequest) (Request, error) {
+	var errs []error
+	master := crypto.MasterSecret{Key: req.GetMasterSecret(), Salt: req.GetSalt()}
+	if err := master.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	version, err := versions.ResolveKubernetes(req.GetKubernetesVersion())
+	if err != nil {
+		errs = append(errs, err)
+	}
+	kmsURI := req.GetKmsUri()
+	if kmsURI == "" {
+		kmsURI = kms.Scheme + "://" + kms.ClusterKMS
+	}
+	if u, err := url.Parse(kmsURI); err != nil || u.Scheme != kms.Scheme || u.Host == "" {
+		errs = append(errs, fmt.Errorf("KMS URI %q: expected kms://<backend>", kmsURI))
+	} else if u.Host == kms.ClusterKMS && (u.RawQuery != "" || (u.Path != "" && u.Path != "/")) {
+		// The KeyService refuses these too, but only once it runs: refuse before the node is locked.
+		errs = append(errs, fmt.Errorf("KMS URI %q: %s takes no parameters", kmsURI, kms.ClusterKMS))
+	}
+	for i, c := range req.GetKubernetesComponents() {
+		if c.GetUrl() == "" || c.GetHash() == "" || c.GetInstallPath() == "" {
+			errs = append(errs, fmt.Errorf("component %d (%s): needs url, hash and install_path", i, c.GetName()))
+		}
+	}
+	if len(errs) > 0 {
+		return Request{}, errors.Join(errs...)
+	}
+	r := Request{
+		MasterSecret:      master,
+		KubernetesVersion: version,
+		Components:        req.GetKubernetesComponents(),
+		ClusterName:       req.GetClusterName(),
+		APIServerCertSANs: req.GetApiserverCertSans(),
+		KMSURI:            kmsURI,
+	}
+	if r.MeasurementSecret, err = crypto.DeriveKey(master.Key, master.Salt, crypto.MeasurementSecretID, 32); err != nil {
+		return Request{}, err
+	}
+	if r.ClusterID, err = crypto.ClusterID(r.MeasurementSecret, master.Salt); err != nil {
+		return Request{}, err
+	}
+	if r.OwnerID, err = crypto.DeriveKey(master.Key, master.Salt, OwnerIDKeyID, 32); err != nil {
+		return Request{}, err
+	}
+	if err := s.init.Validate(r); err != nil {
+		return Request{}, err
+	}
+	return r, nil
+}

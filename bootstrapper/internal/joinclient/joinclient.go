@@ -1,0 +1,217 @@
+// Package joinclient joins the node to an existing cluster. It asks the provider's metadata for the control
+// planes, calls the JoinService's IssueJoinTicket on each (over aTLS: this node attests with its vTPM; the
+// JoinService's validator expects PCR 15 zero, i.e. a node that has not taken its lock) and retries with
+// backoff until a ticket arrives, the node lock is taken by the init flow, or the context ends.
+//
+// With a ticket it takes the node lock for the ticket's cluster ID (HKDF(measurement secret, measurement
+// salt, "key-clusterID")); if init took the lock first, the ticket is dropped. Then Joiner.Join sets up the
+// node: state disk, components, the kubelet's credentials and `kubeadm join`.
+package joinclient
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/constellation-go/constellation/bootstrapper/internal/kubelet"
+	"github.com/constellation-go/constellation/bootstrapper/internal/metadata"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
+)
+
+// JoinServicePort is the JoinService's port on control planes (ARCHITECTURE.md §6).
+const JoinServicePort = 30090
+
+// ErrLocked is returned by Run when the node lock was taken by the init flow (or was taken before).
+var ErrLocked = errors.New("the node lock is taken: this node is being initialised, not joined")
+
+// Metadata describes this node and its peers.
+type Metadata interface {
+	Self(ctx context.Context) (metadata.Instance, error)
+	List(ctx context.Context) ([]metadata.Instance, error)
+}
+
+// Locker is the node lock.
+type Locker interface {
+	TryLock(clusterID []byte) (bool, error)
+	// Taken is closed once the lock is taken in this process.
+	Taken() <-chan struct{}
+}
+
+// Joiner sets up the node with a ticket, after the node lock was taken.
+type Joiner interface {
+	Join(ctx context.Context, ticket *joinproto.IssueJoinTicketResponse, self metadata.Instance, kubeletKey *ecdsa.PrivateKey) error
+}
+
+// DiskID identifies the node's state disk for the JoinService (its key is derived from it).
+type DiskID interface {
+	UUID() (string, error)
+}
+
+// Backoff is the retry delay: Initial, doubling up to Max.
+type Backoff struct {
+	Initial, Max time.Duration
+}
+
+// DefaultBackoff keeps join latency low: the first control plane's JoinService usually appears while
+// workers are already trying.
+var DefaultBackoff = Backoff{Initial: time.Second, Max: 5 * time.Second}
+
+// Client obtains a join ticket and joins.
+type Client struct {
+	metadata Metadata
+	lock     Locker
+	disk     DiskID
+	joiner   Joiner
+	creds    credentials.TransportCredentials
+	log      *slog.Logger
+
+	// Backoff is the retry policy.
+	Backoff Backoff
+	// Port is the JoinService's port.
+	Port int
+	// AttemptTimeout bounds one IssueJoinTicket call.
+	AttemptTimeout time.Duration
+	// DialOptions are added to every connection (tests).
+	DialOptions []grpc.DialOption
+}
+
+// New returns a join client; creds are the node's aTLS client credentials (the node attests).
+func New(md Metadata, lock Locker, disk DiskID, joiner Joiner, creds credentials.TransportCredentials, log *slog.Logger) *Client {
+	return &Client{
+		metadata: md, lock: lock, disk: disk, joiner: joiner, creds: creds, log: log,
+		Backoff: DefaultBackoff, Port: JoinServicePort, AttemptTimeout: 30 * time.Second,
+	}
+}
+
+// Run tries to join until it succeeds (nil), the lock is taken by init (ErrLocked), the ticket could not be
+// used (an error after the lock was taken: the node is then locked to the cluster but not in it), or ctx
+// ends (ctx.Err()).
+func (c *Client) Run(ctx context.Context) error {
+	var self metadata.Instance
+	var diskUUID string
+	if err := c.retry(ctx, "reading this node's metadata and state disk", func() error {
+		var err error
+		if self, err = c.metadata.Self(ctx); err != nil {
+			return err
+		}
+		if err := self.Validate(); err != nil {
+			return err
+		}
+		diskUUID, err = c.disk.UUID()
+		return err
+	}); err != nil {
+		return err
+	}
+	key, csr, err := kubelet.NewClientKey(self.Name)
+	if err != nil {
+		return err
+	}
+	req := &joinproto.IssueJoinTicketRequest{
+		DiskUuid:           diskUUID,
+		NodeName:           self.Name,
+		IsControlPlane:     self.Role == metadata.RoleControlPlane,
+		CertificateRequest: csr,
+	}
+	log := c.log.With("node", self.Name, "controlPlane", req.IsControlPlane)
+
+	var ticket *joinproto.IssueJoinTicketResponse
+	if err := c.retry(ctx, "getting a join ticket", func() error {
+		ticket, err = c.issue(ctx, self, req)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(ticket.GetMeasurementSecret()) == 0 || len(ticket.GetMeasurementSalt()) == 0 {
+		return errors.New("the join ticket has no measurement secret or salt")
+	}
+	clusterID, err := crypto.ClusterID(ticket.GetMeasurementSecret(), ticket.GetMeasurementSalt())
+	if err != nil {
+		return fmt.Errorf("deriving the cluster ID: %w", err)
+	}
+	locked, err := c.lock.TryLock(clusterID)
+	if err != nil {
+		return fmt.Errorf("taking the node lock: %w", err)
+	}
+	if !locked {
+		log.Info("got a join ticket, but the node lock is taken; dropping it")
+		return ErrLocked
+	}
+	log.Info("node lock taken for join", "clusterID", fmt.Sprintf("%x", clusterID), "apiServer", ticket.GetApiServerEndpoint())
+	if err := c.joiner.Join(ctx, ticket, self, key); err != nil {
+		return fmt.Errorf("joining the cluster: %w", err)
+	}
+	log.Info("joined the cluster")
+	return nil
+}
+
+// retry calls f until it succeeds, waiting with backoff between attempts, and stops when the node lock is
+// taken or ctx ends.
+func (c *Client) retry(ctx context.Context, what string, f func() error) error {
+	delay := c.Backoff.Initial
+	for attempt := 1; ; attempt++ {
+		select {
+		case <-c.lock.Taken():
+			return ErrLocked
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		err := f()
+		if err == nil {
+			return nil
+		}
+		c.log.Info("join: "+what+" failed; retrying", "attempt", attempt, "retryIn", delay, "error", err)
+		select {
+		case <-c.lock.Taken():
+			return ErrLocked
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, c.Backoff.Max)
+	}
+}
+
+// issue asks each control plane in turn for a ticket.
+func (c *Client) issue(ctx context.Context, self metadata.Instance, req *joinproto.IssueJoinTicketRequest) (*joinproto.IssueJoinTicketResponse, error) {
+	instances, err := c.metadata.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing instances: %w", err)
+	}
+	var errs []error
+	for _, in := range instances {
+		if in.Role != metadata.RoleControlPlane || in.Name == self.Name || !in.IP.IsValid() {
+			continue
+		}
+		endpoint := net.JoinHostPort(in.IP.String(), strconv.Itoa(c.Port))
+		ticket, err := c.issueAt(ctx, endpoint, req)
+		if err == nil {
+			return ticket, nil
+		}
+		errs = append(errs, fmt.Errorf("%s (%s): %w", in.Name, endpoint, err))
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no control plane to join through yet")
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (c *Client) issueAt(ctx context.Context, endpoint string, req *joinproto.IssueJoinTicketRequest) (*joinproto.IssueJoinTicketResponse, error) {
+	conn, err := grpc.NewClient("passthrough:///"+endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(c.creds)}, c.DialOptions...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, c.AttemptTimeout)
+	defer cancel()
+	return joinproto.NewAPIClient(conn).IssueJoinTicket(ctx, req)
+}

@@ -1,0 +1,297 @@
+package joinclient
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/constellation-go/constellation/bootstrapper/internal/metadata"
+	"github.com/constellation-go/constellation/bootstrapper/internal/nodelock"
+	"github.com/constellation-go/constellation/internal/atls"
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var (
+	measurementSecret = bytes.Repeat([]byte{0x11}, 32)
+	measurementSalt   = bytes.Repeat([]byte{0x22}, 32)
+)
+
+// fakeJoinService fails the first failures calls with Unavailable, then issues a ticket. It runs over real
+// aTLS and only accepts nodes that booted vtpmtest.Boot and have PCR 15 zero, like the real JoinService.
+type fakeJoinService struct {
+	joinproto.UnimplementedAPIServer
+	mu       sync.Mutex
+	failures int
+	calls    []time.Time
+	reqs     []*joinproto.IssueJoinTicketRequest
+	// block, if set, holds the answer until closed.
+	block chan struct{}
+}
+
+func (f *fakeJoinService) IssueJoinTicket(ctx context.Context, req *joinproto.IssueJoinTicketRequest) (*joinproto.IssueJoinTicketResponse, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, time.Now())
+	f.reqs = append(f.reqs, req)
+	fail := len(f.calls) <= f.failures
+	block := f.block
+	f.mu.Unlock()
+	if fail {
+		return nil, status.Error(codes.Unavailable, "getting the disk key: KeyService not ready")
+	}
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return &joinproto.IssueJoinTicketResponse{
+		StateDiskKey: bytes.Repeat([]byte{0x33}, 64), MeasurementSalt: measurementSalt, MeasurementSecret: measurementSecret,
+		ApiServerEndpoint: "10.42.0.2:6443", Token: "abcdef.0123456789abcdef",
+		DiscoveryTokenCaCertHash: "sha256:" + string(bytes.Repeat([]byte("0"), 64)),
+	}, nil
+}
+
+func (f *fakeJoinService) callTimes() []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]time.Time(nil), f.calls...)
+}
+
+// serve runs the JoinService on 127.0.0.1 and returns its port.
+func serve(t *testing.T, svc joinproto.APIServer) int {
+	t.Helper()
+	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
+		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), RequireEventLog: true,
+	})
+	require.NoError(t, err)
+	creds, err := atls.NewCredentials(nil, []attestation.Validator{validator})
+	require.NoError(t, err)
+	g := grpc.NewServer(grpc.Creds(creds))
+	joinproto.RegisterAPIServer(g, svc)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return lis.Addr().(*net.TCPAddr).Port
+}
+
+type fakeMetadata struct {
+	self      metadata.Instance
+	instances []metadata.Instance
+	selfErrs  int
+	mu        sync.Mutex
+}
+
+func (f *fakeMetadata) Self(context.Context) (metadata.Instance, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.selfErrs > 0 {
+		f.selfErrs--
+		return metadata.Instance{}, errors.New("metadata API not reachable")
+	}
+	return f.self, nil
+}
+
+func (f *fakeMetadata) List(context.Context) ([]metadata.Instance, error) { return f.instances, nil }
+
+type fakeDiskID struct{}
+
+func (fakeDiskID) UUID() (string, error) { return "00000000-0000-0000-0000-000000000042", nil }
+
+type fakeJoiner struct {
+	mu     sync.Mutex
+	ticket *joinproto.IssueJoinTicketResponse
+	self   metadata.Instance
+	key    *ecdsa.PrivateKey
+	err    error
+}
+
+func (f *fakeJoiner) Join(_ context.Context, ticket *joinproto.IssueJoinTicketResponse, self metadata.Instance, key *ecdsa.PrivateKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ticket, f.self, f.key = ticket, self, key
+	return f.err
+}
+
+func (f *fakeJoiner) joined() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ticket != nil
+}
+
+type testNode struct {
+	lock   *nodelock.Lock
+	tpm    *vtpmtest.Node
+	joiner *fakeJoiner
+	md     *fakeMetadata
+	client *Client
+}
+
+// newNode is a joining worker booted with events, whose metadata lists the control planes at ports (on
+// 127.0.0.1; 127.0.0.2 is a control plane where nothing listens).
+func newNode(t *testing.T, events []vtpmtest.Event, port int) *testNode {
+	t.Helper()
+	node := vtpmtest.NewNode(t, events)
+	log := node.EventLog
+	issuer := vtpm.NewIssuer(variant.QEMUVTPM, node.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
+	t.Cleanup(issuer.Close)
+	creds, err := atls.NewCredentials(issuer, nil)
+	require.NoError(t, err)
+	n := &testNode{lock: nodelock.New(node.TPM), tpm: node, joiner: &fakeJoiner{}}
+	n.md = &fakeMetadata{
+		self: metadata.Instance{Name: "worker-0", Role: metadata.RoleWorker, IP: netip.MustParseAddr("10.42.0.3")},
+		instances: []metadata.Instance{
+			{Name: "worker-0", Role: metadata.RoleWorker, IP: netip.MustParseAddr("127.0.0.1")}, // itself: never asked
+			{Name: "control-plane-down", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("127.0.0.2")},
+			{Name: "control-plane-0", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("127.0.0.1")},
+		},
+	}
+	n.client = New(n.md, n.lock, fakeDiskID{}, n.joiner, creds, slog.New(slog.DiscardHandler))
+	n.client.Port = port
+	n.client.Backoff = Backoff{Initial: 20 * time.Millisecond, Max: 80 * time.Millisecond}
+	n.client.AttemptTimeout = 10 * time.Second
+	return n
+}
+
+func (n *testNode) pcr15(t *testing.T) []byte {
+	t.Helper()
+	pcrs, err := tpm.ReadPCRs(n.tpm.TPM, []uint32{measurements.PCRClusterID})
+	require.NoError(t, err)
+	return pcrs[measurements.PCRClusterID]
+}
+
+func run(t *testing.T, c *Client, timeout time.Duration) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return c.Run(ctx)
+}
+
+func TestJoinRetriesWithBackoff(t *testing.T) {
+	svc := &fakeJoinService{failures: 3}
+	n := newNode(t, vtpmtest.Boot, serve(t, svc))
+	n.md.selfErrs = 2
+	require.NoError(t, run(t, n.client, 30*time.Second))
+
+	calls := svc.callTimes()
+	require.Len(t, calls, 4, "three refusals, then the ticket")
+	// Each attempt asks every control plane (the one that is down fails fast), then waits: 20, 40, 80 ms.
+	for i, min := range []time.Duration{20 * time.Millisecond, 40 * time.Millisecond, 80 * time.Millisecond} {
+		assert.GreaterOrEqual(t, calls[i+1].Sub(calls[i]), min, "gap %d", i)
+	}
+
+	req := svc.reqs[len(svc.reqs)-1]
+	assert.Equal(t, "worker-0", req.GetNodeName())
+	assert.Equal(t, "00000000-0000-0000-0000-000000000042", req.GetDiskUuid())
+	assert.False(t, req.GetIsControlPlane())
+	csr, err := x509.ParseCertificateRequest(req.GetCertificateRequest())
+	require.NoError(t, err)
+	assert.Equal(t, "system:node:worker-0", csr.Subject.CommonName)
+
+	// The node lock holds the ticket's cluster, and the joiner got the ticket and the CSR's key.
+	clusterID, err := crypto.ClusterID(measurementSecret, measurementSalt)
+	require.NoError(t, err)
+	assert.Equal(t, []byte(measurements.PCR15ForCluster(clusterID)), n.pcr15(t))
+	require.True(t, n.joiner.joined())
+	assert.Equal(t, "10.42.0.2:6443", n.joiner.ticket.GetApiServerEndpoint())
+	assert.Equal(t, "worker-0", n.joiner.self.Name)
+	assert.True(t, n.joiner.key.PublicKey.Equal(csr.PublicKey))
+}
+
+func TestInitWinsWhileWaiting(t *testing.T) {
+	n := newNode(t, vtpmtest.Boot, serve(t, &fakeJoinService{failures: 1 << 30}))
+	done := make(chan error, 1)
+	go func() { done <- run(t, n.client, 30*time.Second) }()
+	time.Sleep(100 * time.Millisecond)
+	initID := bytes.Repeat([]byte{0x99}, 32)
+	ok, err := n.lock.TryLock(initID) // the init flow takes the lock
+	require.NoError(t, err)
+	require.True(t, ok)
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, ErrLocked)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the join client did not stop")
+	}
+	assert.False(t, n.joiner.joined())
+	assert.Equal(t, []byte(measurements.PCR15ForCluster(initID)), n.pcr15(t), "PCR 15 holds init's cluster only")
+}
+
+func TestInitWinsWhileTheTicketIsOnItsWay(t *testing.T) {
+	svc := &fakeJoinService{block: make(chan struct{})}
+	n := newNode(t, vtpmtest.Boot, serve(t, svc))
+	done := make(chan error, 1)
+	go func() { done <- run(t, n.client, 30*time.Second) }()
+	require.Eventually(t, func() bool { return len(svc.callTimes()) > 0 }, 10*time.Second, 5*time.Millisecond)
+	initID := bytes.Repeat([]byte{0x98}, 32)
+	ok, err := n.lock.TryLock(initID)
+	require.NoError(t, err)
+	require.True(t, ok)
+	close(svc.block)
+	require.ErrorIs(t, <-done, ErrLocked)
+	assert.False(t, n.joiner.joined(), "the ticket is dropped")
+	assert.Equal(t, []byte(measurements.PCR15ForCluster(initID)), n.pcr15(t))
+}
+
+func TestTamperedNodeNeverJoins(t *testing.T) {
+	svc := &fakeJoinService{}
+	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: eventlog.EvIPL, Data: "console=ttyS0 init=/bin/sh"})
+	n := newNode(t, tampered, serve(t, svc))
+	err := run(t, n.client, 500*time.Millisecond)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Empty(t, svc.callTimes(), "the JoinService refused the handshake")
+	assert.False(t, n.joiner.joined())
+	assert.Equal(t, []byte(measurements.Zero), n.pcr15(t))
+}
+
+func TestNoControlPlaneYet(t *testing.T) {
+	n := newNode(t, vtpmtest.Boot, 1)
+	n.md.instances = []metadata.Instance{n.md.self}
+	require.ErrorIs(t, run(t, n.client, 200*time.Millisecond), context.DeadlineExceeded)
+	assert.False(t, n.joiner.joined())
+}
+
+func TestJoinerFailureAfterLock(t *testing.T) {
+	n := newNode(t, vtpmtest.Boot, serve(t, &fakeJoinService{}))
+	n.joiner.err = errors.New("kubeadm join: exit status 1")
+	err := run(t, n.client, 30*time.Second)
+	require.ErrorContains(t, err, "kubeadm join")
+	assert.NotErrorIs(t, err, ErrLocked)
+	assert.NotEqual(t, []byte(measurements.Zero), n.pcr15(t), "the lock stays taken")
+}
+
+func TestControlPlaneJoin(t *testing.T) {
+	svc := &fakeJoinService{}
+	n := newNode(t, vtpmtest.Boot, serve(t, svc))
+	n.md.self = metadata.Instance{Name: "control-plane-1", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
+	require.NoError(t, run(t, n.client, 30*time.Second))
+	assert.True(t, svc.reqs[0].GetIsControlPlane())
+}

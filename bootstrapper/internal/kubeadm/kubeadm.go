@@ -1,0 +1,122 @@
+// Package kubeadm runs `kubeadm init` and `kubeadm join` on the node with a configuration from
+// kubeadmconfig. The configuration (it holds the bootstrap token) is written to a private temporary file
+// that is removed afterwards; kubeadm's output is streamed to the caller's writer line by line.
+//
+// kubeadm expects an init system to (re)start the kubelet: there is none here, so the kubelet supervisor
+// (package kubelet) must be running while kubeadm runs; it starts the kubelet as soon as kubeadm has written
+// its configuration, and kubeadm then finds it up.
+package kubeadm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Executor runs a command with environment env, writing its combined output to out.
+type Executor interface {
+	Run(ctx context.Context, name string, args, env []string, out io.Writer) error
+}
+
+// Runner runs kubeadm.
+type Runner struct {
+	// Exec runs commands; nil means OSExecutor.
+	Exec Executor
+	// Kubeadm is the kubeadm binary.
+	Kubeadm string
+	// Env is kubeadm's environment; its PATH must include the kubelet (preflight runs `kubelet --version`).
+	Env []string
+	// TempDir holds the configuration while kubeadm runs; "" means os.TempDir().
+	TempDir string
+	// ProcSys is the node's /proc/sys; "" means /proc/sys.
+	ProcSys string
+	// Out receives kubeadm's output.
+	Out io.Writer
+}
+
+// Init runs `kubeadm init` with config.
+func (r *Runner) Init(ctx context.Context, config []byte) error {
+	return r.run(ctx, "init", config, "--skip-token-print", "--skip-certificate-key-print")
+}
+
+// Join runs `kubeadm join` with config.
+func (r *Runner) Join(ctx context.Context, config []byte) error {
+	return r.run(ctx, "join", config)
+}
+
+func (r *Runner) run(ctx context.Context, cmd string, config []byte, flags ...string) error {
+	// Pods are routed through the node: kubeadm's preflight requires IPv4 forwarding, which is a setting
+	// of the node's own network namespace.
+	if err := r.enableIPForwarding(); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(r.TempDir, "kubeadm-"+cmd+"-*.yaml")
+	if err != nil {
+		return fmt.Errorf("kubeadm %s: writing configuration: %w", cmd, err)
+	}
+	path := f.Name()
+	defer os.Remove(path)
+	// CreateTemp makes the file 0600; the token in it stays private.
+	if _, err := f.Write(config); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("kubeadm %s: writing configuration: %w", cmd, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("kubeadm %s: writing configuration: %w", cmd, err)
+	}
+	args := append([]string{cmd, "--config=" + path, "--v=1"}, flags...)
+	exe := r.Exec
+	if exe == nil {
+		exe = OSExecutor{}
+	}
+	out := r.Out
+	if out == nil {
+		out = io.Discard
+	}
+	if err := exe.Run(ctx, r.Kubeadm, args, r.Env, out); err != nil {
+		return fmt.Errorf("kubeadm %s: %w", cmd, err)
+	}
+	return nil
+}
+
+func (r *Runner) enableIPForwarding() error {
+	procSys := r.ProcSys
+	if procSys == "" {
+		procSys = "/proc/sys"
+	}
+	path := filepath.Join(procSys, "net/ipv4/ip_forward")
+	cur, err := os.ReadFile(path)
+	if err == nil && strings.TrimSpace(string(cur)) == "1" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enabling IPv4 forwarding: %w", err)
+	}
+	return nil
+}
+
+// OSExecutor runs commands as child processes, each in its own process group. On cancellation the group
+// gets SIGTERM and, 10 s later, the command SIGKILL.
+type OSExecutor struct{}
+
+// Run runs name with args.
+func (OSExecutor) Run(ctx context.Context, name string, args, env []string, out io.Writer) error {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	err := cmd.Run()
+	if err != nil && ctx.Err() != nil {
+		return errors.Join(err, ctx.Err())
+	}
+	return err
+}

@@ -1,0 +1,90 @@
+package metadata
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestParseRole(t *testing.T) {
+	for _, ok := range []string{"control-plane", "worker"} {
+		r, err := ParseRole(ok)
+		require.NoError(t, err)
+		assert.Equal(t, ok, string(r))
+	}
+	_, err := ParseRole("master")
+	require.Error(t, err)
+}
+
+func TestValidate(t *testing.T) {
+	good := Instance{Name: "w0", Role: RoleWorker, IP: netip.MustParseAddr("10.42.0.3")}
+	require.NoError(t, good.Validate())
+	for name, in := range map[string]Instance{
+		"no name": {Role: RoleWorker, IP: good.IP},
+		"no role": {Name: "w0", IP: good.IP},
+		"no IP":   {Name: "w0", Role: RoleWorker},
+	} {
+		assert.Error(t, in.Validate(), name)
+	}
+}
+
+// TestLocal runs the local provider's real metadata server; the test's requests come from 127.0.0.1, which
+// is "this node".
+func TestLocal(t *testing.T) {
+	secret := bytes.Repeat([]byte{1}, 32)
+	srv, err := localmetadata.NewServer(localmetadata.State{
+		Instances: []localmetadata.Instance{
+			{Name: "cp0", Role: localmetadata.RoleControlPlane, IP: netip.MustParseAddr("10.42.0.2"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")},
+			{Name: "w0", Role: localmetadata.RoleWorker, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")},
+		},
+		InitSecretHash: localmetadata.HashInitSecret(secret),
+	}, nil)
+	require.NoError(t, err)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	hs := &http.Server{Handler: srv.Handler()}
+	go func() { _ = hs.Serve(lis) }()
+	t.Cleanup(func() { _ = hs.Close() })
+
+	ctx := context.Background()
+	l := Local{Client: localmetadata.NewClient("http://"+lis.Addr().String(), nil)}
+	self, err := l.Self(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, Instance{Name: "w0", Role: RoleWorker, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}, self)
+	list, err := l.List(ctx)
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+	assert.Equal(t, RoleControlPlane, list[0].Role)
+	for _, in := range list {
+		require.NoError(t, in.Validate())
+	}
+	hash, err := l.InitSecretHash(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, localmetadata.HashInitSecret(secret), hash)
+
+	l.Name, l.IP, l.PodCIDR = "worker-0", netip.MustParseAddr("10.42.0.3"), netip.MustParsePrefix("10.244.7.0/24")
+	self, err = l.Self(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, Instance{Name: "worker-0", Role: RoleWorker, IP: netip.MustParseAddr("10.42.0.3"), PodCIDR: netip.MustParsePrefix("10.244.7.0/24")}, self)
+
+	_ = hs.Close()
+	_, err = l.Self(ctx)
+	require.Error(t, err)
+	_, err = l.List(ctx)
+	require.Error(t, err)
+	_, err = l.InitSecretHash(ctx)
+	require.Error(t, err)
+}

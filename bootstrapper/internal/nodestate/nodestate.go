@@ -1,0 +1,152 @@
+// Package nodestate puts the node's Kubernetes state on its encrypted state disk. The node runtime mounts
+// the state disk (an ext4 file system with the encrypt feature) at a known directory; once the init or join
+// flow has the node's disk key, Unlock encrypts (first boot) or unlocks (later boots) the directory
+// "encrypted" on it with fscrypt and bind-mounts its subdirectories over /etc/kubernetes, /var/lib/kubelet
+// and /var/lib/etcd, so that certificates, keys, etcd's data and the kubelet's credentials are only ever
+// written to disk encrypted with a key that only an attested node can obtain.
+//
+// The disk's UUID, from which its key is derived (key ID = UUID), is kept unencrypted at the root of the
+// disk: it is not secret, and it must be readable before the key is known.
+package nodestate
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// EncryptedDir is the encrypted directory on the state disk.
+const EncryptedDir = "encrypted"
+
+// uuidFile holds the disk's UUID at the root of the state disk.
+const uuidFile = "disk-uuid"
+
+// DefaultMounts map directories below EncryptedDir to the node paths they are bind-mounted on.
+var DefaultMounts = map[string]string{
+	"kubernetes": "/etc/kubernetes",
+	"kubelet":    "/var/lib/kubelet",
+	"etcd":       "/var/lib/etcd",
+}
+
+// Encrypter protects a directory with a key: it sets an fscrypt policy on an empty directory, or unlocks one
+// encrypted with the same key before, and fails for any other key (statedisk.EncryptDir).
+type Encrypter func(dir string, key []byte) error
+
+// Disk is the node's state disk.
+type Disk struct {
+	// Dir is the state disk's mount point.
+	Dir string
+	// Encrypt protects Dir/EncryptedDir.
+	Encrypt Encrypter
+	// Mounts maps directories below Dir/EncryptedDir to absolute node paths; nil means DefaultMounts.
+	Mounts map[string]string
+	// Root prefixes the mount targets (tests); "" on a node.
+	Root string
+	// bind replaces the bind mount (tests).
+	bind func(source, target string) error
+}
+
+var uuidRe = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// UUID returns the disk's UUID, creating it on first use.
+func (d *Disk) UUID() (string, error) {
+	path := filepath.Join(d.Dir, uuidFile)
+	raw, err := os.ReadFile(path)
+	if err == nil {
+		id := strings.TrimSpace(string(raw))
+		if !uuidRe.MatchString(id) {
+			return "", fmt.Errorf("state disk UUID in %s is not a UUID: %q", path, id)
+		}
+		return id, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("reading the state disk UUID: %w", err)
+	}
+	id, err := newUUID()
+	if err != nil {
+		return "", err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("writing the state disk UUID: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("writing the state disk UUID: %w", err)
+	}
+	return id, nil
+}
+
+// Unlock encrypts or unlocks the state directory with key and mounts its parts in place. It is safe to call
+// again with the same key (mounts already in place are kept).
+func (d *Disk) Unlock(key []byte) error {
+	if d.Encrypt == nil {
+		return errors.New("state disk: no encrypter")
+	}
+	enc := filepath.Join(d.Dir, EncryptedDir)
+	if err := os.Mkdir(enc, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("state disk: %w", err)
+	}
+	if err := d.Encrypt(enc, key); err != nil {
+		return fmt.Errorf("state disk: encrypting %s: %w", enc, err)
+	}
+	mounts := d.Mounts
+	if mounts == nil {
+		mounts = DefaultMounts
+	}
+	bind := d.bind
+	if bind == nil {
+		bind = bindMount
+	}
+	for sub, target := range mounts {
+		source := filepath.Join(enc, sub)
+		target = filepath.Join(d.Root, target)
+		if err := os.MkdirAll(source, 0o700); err != nil {
+			return fmt.Errorf("state disk: %w", err)
+		}
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return fmt.Errorf("state disk: %w", err)
+		}
+		if mounted, err := sameDir(source, target); err != nil {
+			return fmt.Errorf("state disk: %w", err)
+		} else if mounted {
+			continue
+		}
+		if err := bind(source, target); err != nil {
+			return fmt.Errorf("state disk: mounting %s on %s: %w", source, target, err)
+		}
+	}
+	return nil
+}
+
+func bindMount(source, target string) error {
+	return unix.Mount(source, target, "", unix.MS_BIND, "")
+}
+
+// sameDir tells whether a and b are the same directory (b is already a bind mount of a).
+func sameDir(a, b string) (bool, error) {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fa, fb), nil
+}
+
+func newUUID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
+}

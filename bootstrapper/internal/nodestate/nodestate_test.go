@@ -1,0 +1,148 @@
+package nodestate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
+	"github.com/constellation-go/constellation/internal/cloud/local/statedisk"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestUUID(t *testing.T) {
+	d := &Disk{Dir: t.TempDir()}
+	id, err := d.UUID()
+	require.NoError(t, err)
+	assert.Regexp(t, uuidRe, id)
+	again, err := d.UUID()
+	require.NoError(t, err)
+	assert.Equal(t, id, again, "the UUID is kept on the disk")
+	other, err := (&Disk{Dir: t.TempDir()}).UUID()
+	require.NoError(t, err)
+	assert.NotEqual(t, id, other)
+
+	require.NoError(t, os.WriteFile(filepath.Join(d.Dir, uuidFile), []byte("../../etc\n"), 0o644))
+	_, err = d.UUID()
+	require.Error(t, err, "a tampered UUID file is refused")
+}
+
+type recorder struct {
+	encrypted map[string][]byte
+	binds     [][2]string
+	encErr    error
+}
+
+func (r *recorder) encrypt(dir string, key []byte) error {
+	if r.encErr != nil {
+		return r.encErr
+	}
+	if r.encrypted == nil {
+		r.encrypted = map[string][]byte{}
+	}
+	if prev, ok := r.encrypted[dir]; ok && !bytes.Equal(prev, key) {
+		return errors.New("wrong key")
+	}
+	r.encrypted[dir] = key
+	return nil
+}
+
+func (r *recorder) bind(source, target string) error {
+	r.binds = append(r.binds, [2]string{source, target})
+	return nil
+}
+
+func TestUnlock(t *testing.T) {
+	r := &recorder{}
+	root := t.TempDir()
+	d := &Disk{Dir: t.TempDir(), Encrypt: r.encrypt, Root: root, bind: r.bind}
+	key := bytes.Repeat([]byte{1}, 64)
+	require.NoError(t, d.Unlock(key))
+	enc := filepath.Join(d.Dir, EncryptedDir)
+	assert.Equal(t, map[string][]byte{enc: key}, r.encrypted)
+	assert.ElementsMatch(t, [][2]string{
+		{filepath.Join(enc, "kubernetes"), filepath.Join(root, "/etc/kubernetes")},
+		{filepath.Join(enc, "kubelet"), filepath.Join(root, "/var/lib/kubelet")},
+		{filepath.Join(enc, "etcd"), filepath.Join(root, "/var/lib/etcd")},
+	}, r.binds)
+	fi, err := os.Stat(enc)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
+
+	// Another key is refused; nothing is mounted then.
+	r.binds = nil
+	require.Error(t, d.Unlock(bytes.Repeat([]byte{2}, 64)))
+	assert.Empty(t, r.binds)
+
+	require.Error(t, (&Disk{Dir: t.TempDir()}).Unlock(key), "no encrypter")
+	r.encErr = errors.New("ENOKEY")
+	require.ErrorContains(t, d.Unlock(key), "ENOKEY")
+}
+
+// TestUnlockRealDisk uses a real ext4 state disk with fscrypt and real bind mounts: what Kubernetes writes
+// to /etc/kubernetes ends up encrypted on the disk, and the disk only opens with the same key again.
+func TestUnlockRealDisk(t *testing.T) {
+	localtest.NeedRoot(t)
+	dir := localtest.TempDir(t)
+	img := filepath.Join(dir, "state.img")
+	require.NoError(t, statedisk.Create(context.Background(), img, 64<<20))
+	mnt := filepath.Join(dir, "mnt")
+	require.NoError(t, os.Mkdir(mnt, 0o755))
+	root := filepath.Join(dir, "root")
+	unmountAll := func() {
+		for _, target := range []string{"/etc/kubernetes", "/var/lib/kubelet", "/var/lib/etcd"} {
+			_ = unix.Unmount(filepath.Join(root, target), 0)
+		}
+		_ = unix.Unmount(mnt, 0)
+	}
+	t.Cleanup(unmountAll)
+	_, err := statedisk.Mount(img, mnt)
+	require.NoError(t, err)
+
+	encrypt := func(dir string, key []byte) error {
+		_, err := statedisk.EncryptDir(dir, key)
+		return err
+	}
+	d := &Disk{Dir: mnt, Encrypt: encrypt, Root: root}
+	key := bytes.Repeat([]byte{7}, statedisk.KeySize)
+	id, err := d.UUID()
+	require.NoError(t, err)
+	require.NoError(t, d.Unlock(key))
+	require.NoError(t, d.Unlock(key), "unlocking again is harmless")
+	secret := []byte("-----BEGIN EC PRIVATE KEY-----")
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "/etc/kubernetes/pki"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "/etc/kubernetes/pki/ca.key"), secret, 0o600))
+	got, err := os.ReadFile(filepath.Join(mnt, EncryptedDir, "kubernetes", "pki", "ca.key"))
+	require.NoError(t, err)
+	assert.Equal(t, secret, got, "the bind mount writes to the state disk")
+
+	// A restarted node: the disk is mounted again without the key.
+	unmountAll()
+	_, err = statedisk.Mount(img, mnt)
+	require.NoError(t, err)
+	entries, err := os.ReadDir(filepath.Join(mnt, EncryptedDir))
+	require.NoError(t, err)
+	for _, e := range entries {
+		assert.NotContains(t, []string{"kubernetes", "kubelet", "etcd"}, e.Name(), "names are encrypted without the key")
+	}
+	again := &Disk{Dir: mnt, Encrypt: encrypt, Root: root}
+	sameID, err := again.UUID()
+	require.NoError(t, err)
+	assert.Equal(t, id, sameID, "the UUID survives a restart unencrypted")
+	require.ErrorIs(t, again.Unlock(bytes.Repeat([]byte{8}, statedisk.KeySize)), statedisk.ErrWrongKey)
+	require.NoError(t, again.Unlock(key))
+	got, err = os.ReadFile(filepath.Join(root, "/etc/kubernetes/pki/ca.key"))
+	require.NoError(t, err)
+	assert.Equal(t, secret, got)
+}

@@ -1,0 +1,131 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/constellation-go/constellation/internal/tpm/swtpm"
+)
+
+// startSwtpm starts the node's swtpm, as internal/tpm/swtpm does (same flags: state in vtpm/state, TPM and
+// control sockets, started up), but writing to the node's swtpm.log instead of a pipe and in its own
+// session, so that it outlives the process that started the node. Powering it on resets the PCRs; the
+// state directory keeps the endorsement seed and so the keys.
+func startSwtpm(ctx context.Context, l layout) (process, error) {
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		return process{}, swtpm.ErrNotInstalled
+	}
+	stateDir := filepath.Join(l.vtpmDir(), "state")
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return process{}, err
+	}
+	for _, stale := range []string{l.vtpmSocket(), l.vtpmCtrl()} {
+		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return process{}, err
+		}
+	}
+	logf, err := os.OpenFile(LogFile(l.dir, "swtpm"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return process{}, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "socket", "--tpm2",
+		"--tpmstate", "dir="+stateDir,
+		"--server", "type=unixio,path="+l.vtpmSocket(),
+		"--ctrl", "type=unixio,path="+l.vtpmCtrl(),
+		"--flags", "not-need-init,startup-clear",
+	)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return process{}, fmt.Errorf("starting swtpm: %w", err)
+	}
+	reaped := adopt(cmd.Process.Pid)
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+		reaped()
+	}()
+	p, err := newProcess(cmd.Process.Pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		<-exited
+		return process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
+	}
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		// The socket appears when swtpm binds, before it listens: only a connection proves it is ready.
+		if conn, err := net.Dial("unix", l.vtpmSocket()); err == nil {
+			_ = conn.Close()
+			return p, nil
+		}
+		select {
+		case <-exited:
+			return process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
+		case <-ctx.Done():
+			_, _ = p.terminate(context.Background(), time.Second)
+			return process{}, fmt.Errorf("starting swtpm: %w", ctx.Err())
+		case <-deadline.C:
+			_, _ = p.terminate(context.Background(), time.Second)
+			return process{}, fmt.Errorf("swtpm did not create %s within 10 s; see %s", l.vtpmSocket(), LogFile(l.dir, "swtpm"))
+		case <-tick.C:
+		}
+	}
+}
+
+// stopSwtpm shuts swtpm down through its control socket (which saves its state), falling back to signals.
+func stopSwtpm(ctx context.Context, p process, l layout) error {
+	if p.alive() {
+		// Then wait briefly; terminate below does what is left.
+		if swtpmShutdown(l.vtpmCtrl()) == nil {
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_ = p.wait(wctx)
+			cancel()
+		}
+		if _, err := p.terminate(ctx, 5*time.Second); err != nil {
+			return fmt.Errorf("stopping swtpm: %w", err)
+		}
+	}
+	for _, sock := range []string{l.vtpmSocket(), l.vtpmCtrl()} {
+		_ = os.Remove(sock)
+	}
+	return nil
+}
+
+// swtpmShutdown sends CMD_SHUTDOWN (3) over swtpm's control protocol: a big-endian command code, answered
+// by a 4-byte result.
+func swtpmShutdown(ctrl string) error {
+	conn, err := net.DialTimeout("unix", ctrl, time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	var cmd [4]byte
+	binary.BigEndian.PutUint32(cmd[:], 3)
+	if _, err := conn.Write(cmd[:]); err != nil {
+		return err
+	}
+	var res [4]byte
+	if _, err := io.ReadFull(conn, res[:]); err != nil {
+		return err
+	}
+	if code := binary.BigEndian.Uint32(res[:]); code != 0 {
+		return fmt.Errorf("swtpm shutdown returned %#x", code)
+	}
+	return nil
+}

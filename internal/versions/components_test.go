@@ -1,0 +1,198 @@
+package versions
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	fileio "github.com/constellation-go/constellation/internal/file"
+)
+
+var (
+	wantBinaries = []string{"kubeadm", "kubelet", "kubectl", "kube-apiserver", "kube-controller-manager",
+		"kube-scheduler", "kube-proxy", "etcd", "coredns", "pause"}
+	hexSHA256 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// wantImages are the references kubeadm of a version uses (cmd/kubeadm/app/images): the Kubernetes images
+// are tagged with the Kubernetes version, the others with the versions in kubeadm's constants.
+func wantImages(kube string) map[string]*regexp.Regexp {
+	q := regexp.QuoteMeta
+	return map[string]*regexp.Regexp{
+		"kube-apiserver.tar":          regexp.MustCompile(`^` + q("registry.k8s.io/kube-apiserver:"+kube) + `$`),
+		"kube-controller-manager.tar": regexp.MustCompile(`^` + q("registry.k8s.io/kube-controller-manager:"+kube) + `$`),
+		"kube-scheduler.tar":          regexp.MustCompile(`^` + q("registry.k8s.io/kube-scheduler:"+kube) + `$`),
+		"kube-proxy.tar":              regexp.MustCompile(`^` + q("registry.k8s.io/kube-proxy:"+kube) + `$`),
+		"etcd.tar":                    regexp.MustCompile(`^registry\.k8s\.io/etcd:3\.\d+\.\d+-0$`),
+		"coredns.tar":                 regexp.MustCompile(`^registry\.k8s\.io/coredns/coredns:v1\.\d+\.\d+$`),
+		"pause.tar":                   regexp.MustCompile(`^registry\.k8s\.io/pause:3\.\d+(\.\d+)?$`),
+	}
+}
+
+func TestPinnedSetsAreComplete(t *testing.T) {
+	require.Contains(t, SupportedKubernetes(), DefaultKubernetes, "the default version must be pinned")
+	for _, v := range SupportedKubernetes() {
+		t.Run(v, func(t *testing.T) {
+			set, err := Components(v)
+			require.NoError(t, err)
+			assert.Equal(t, v, set.Kubernetes)
+			assert.True(t, strings.HasPrefix(set.Go, "go version go1."), "Go version recorded: %q", set.Go)
+			images := wantImages(v)
+			var names []string
+			for _, c := range set.Components {
+				names = append(names, c.Name)
+				assert.Regexp(t, hexSHA256, c.SHA256, c.Name)
+				assert.Positive(t, c.Size, c.Name)
+				assert.NotEmpty(t, c.Version, c.Name)
+				switch c.Kind {
+				case Binary:
+					assert.Equal(t, "bin/"+c.Name, c.File)
+					assert.Empty(t, c.Image)
+					if slices.Contains(wantBinaries[:3], c.Name) {
+						assert.Equal(t, NodeBinDir+"/"+c.Name, c.InstallPath)
+						assert.Equal(t, os.FileMode(0o755), c.Mode)
+						if c.Name != "kubectl" {
+							assert.Equal(t, v, c.Version)
+						}
+					} else {
+						assert.Empty(t, c.InstallPath, "%s runs from its image", c.Name)
+					}
+				case Image:
+					re, ok := images[c.Name]
+					require.True(t, ok, "unexpected image %s", c.Name)
+					assert.Regexp(t, re, c.Image)
+					assert.Equal(t, "images/"+c.Name, c.File)
+					assert.Regexp(t, `^sha256:[0-9a-f]{64}$`, c.ImageID)
+					assert.Equal(t, NodeImageDir+"/"+c.Name, c.InstallPath)
+					assert.Equal(t, os.FileMode(0o644), c.Mode)
+				default:
+					t.Errorf("%s: unknown kind %q", c.Name, c.Kind)
+				}
+			}
+			want := slices.Clone(wantBinaries)
+			for name := range images {
+				want = append(want, name)
+			}
+			assert.ElementsMatch(t, want, names)
+		})
+	}
+}
+
+func TestNodeComponentsAndProto(t *testing.T) {
+	set, err := Components(DefaultKubernetes)
+	require.NoError(t, err)
+	cp := set.NodeComponents(true)
+	worker := set.NodeComponents(false)
+	names := func(cs []Component) []string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.Name)
+		}
+		return out
+	}
+	assert.ElementsMatch(t, []string{"kubeadm", "kubelet", "kubectl", "kube-apiserver.tar", "kube-controller-manager.tar",
+		"kube-scheduler.tar", "kube-proxy.tar", "etcd.tar", "coredns.tar", "pause.tar"}, names(cp))
+	assert.ElementsMatch(t, []string{"kubeadm", "kubelet", "kubectl", "kube-proxy.tar", "coredns.tar", "pause.tar"}, names(worker))
+
+	protos := set.Proto("http://10.42.0.1:8080/", cp)
+	require.Len(t, protos, len(cp))
+	for i, p := range protos {
+		c := cp[i]
+		assert.Equal(t, "http://10.42.0.1:8080/"+DefaultKubernetes+"/"+c.Name, p.GetUrl())
+		assert.Equal(t, "sha256:"+c.SHA256, p.GetHash())
+		assert.Equal(t, c.InstallPath, p.GetInstallPath())
+		assert.Equal(t, c.Name, p.GetName())
+		assert.Equal(t, uint32(c.Mode), p.GetMode())
+		assert.Equal(t, c.Size, p.GetSize())
+		assert.Equal(t, c.Image, p.GetImage())
+		assert.False(t, p.GetExtract())
+	}
+
+	_, err = Components("v1.29")
+	assert.ErrorContains(t, err, "not supported")
+	minor, err := Components(strings.Join(strings.Split(DefaultKubernetes, ".")[:2], "."))
+	require.NoError(t, err)
+	assert.Equal(t, DefaultKubernetes, minor.Kubernetes)
+}
+
+// TestPinsMatchCache checks the components bazel/kubernetes/build.sh built on this machine against the pins.
+// CI builds the default version's set from scratch (make setup), so on CI this proves the build reproducible
+// across machines. With CI=true and MEASUREMENTS_REQUIRE_TOOLS=1 the default version's set must be there.
+func TestPinsMatchCache(t *testing.T) {
+	mustHave := os.Getenv("CI") == "true" && os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") == "1"
+	for _, v := range SupportedKubernetes() {
+		t.Run(v, func(t *testing.T) {
+			set, err := Components(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := CacheDir(v)
+			builtWith := ""
+			if data, err := os.ReadFile(filepath.Join(dir, "components.json")); err == nil {
+				var idx struct{ Go string }
+				if json.Unmarshal(data, &idx) == nil {
+					builtWith = idx.Go
+				}
+			}
+			checked := 0
+			for _, c := range set.Components {
+				file := filepath.Join(dir, filepath.FromSlash(c.File))
+				sum, err := fileio.SHA256(file)
+				if os.IsNotExist(err) {
+					if mustHave && v == DefaultKubernetes {
+						t.Errorf("%s is missing: CI must build the set (make setup: bazel/kubernetes/build.sh all)", file)
+					}
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				checked++
+				if sum != c.SHA256 {
+					t.Errorf("%s (%s) has sha256 %s, pinned %s: the build is not reproducible here or the pins are stale "+
+						"(pins made with %q, this cache built with %q); rebuild with bazel/kubernetes/build.sh --version %s all "+
+						"and, if the change is intended, re-pin with bazel/kubernetes/pin.sh", file, c.Name, sum, c.SHA256, set.Go, builtWith, v)
+				}
+			}
+			if checked == 0 {
+				t.Skipf("no component of %s built in %s", v, dir)
+			}
+			t.Logf("%d of %d components of %s match their pins", checked, len(set.Components), v)
+		})
+	}
+}
+
+// TestPinnedImagesAreWhatKubeadmUses asks the built kubeadm of each version which images it runs; the pinned
+// images must be exactly those.
+func TestPinnedImagesAreWhatKubeadmUses(t *testing.T) {
+	for _, v := range SupportedKubernetes() {
+		t.Run(v, func(t *testing.T) {
+			set, err := Components(v)
+			require.NoError(t, err)
+			kubeadm := filepath.Join(CacheDir(v), "bin", "kubeadm")
+			if _, err := os.Stat(kubeadm); err != nil {
+				if os.Getenv("CI") == "true" && os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") == "1" && v == DefaultKubernetes {
+					t.Fatalf("kubeadm is not built: %v", err)
+				}
+				t.Skipf("kubeadm of %s is not built: %v", v, err)
+			}
+			out, err := exec.Command(kubeadm, "config", "images", "list", "--kubernetes-version", v).Output()
+			require.NoError(t, err)
+			var pinned []string
+			for _, c := range set.Components {
+				if c.Kind == Image {
+					pinned = append(pinned, c.Image)
+				}
+			}
+			assert.ElementsMatch(t, strings.Fields(string(out)), pinned)
+		})
+	}
+}
