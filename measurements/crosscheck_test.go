@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/tooltest"
 )
 
 // The tests in this file compare the package with independent, real tools: systemd-measure (PCR 11),
@@ -34,39 +36,17 @@ import (
 
 const installHint = "apt-get install -y systemd systemd-boot-efi osslsigncode sbsigntool binutils openssl"
 
+// need returns the first of paths that exists, or skips or fails the test with installHint.
+func need(tb testing.TB, paths ...string) string {
+	tb.Helper()
+	return tooltest.Need(tb, installHint, paths...)
+}
+
 const (
 	efiDir = "/usr/lib/systemd/boot/efi"
 	stub   = efiDir + "/linuxx64.efi.stub"
 	sdboot = efiDir + "/systemd-bootx64.efi"
 )
-
-// need returns the first of paths that exists (a name without a slash is looked up in PATH), skipping
-// the test, or failing it in CI, if none does.
-func need(tb testing.TB, paths ...string) string {
-	tb.Helper()
-	for _, p := range paths {
-		if !strings.Contains(p, "/") {
-			if found, err := exec.LookPath(p); err == nil {
-				return found
-			}
-			continue
-		}
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	skipOrFail(tb, fmt.Sprintf("none of %v found; install with: %s", paths, installHint))
-	return ""
-}
-
-// skipOrFail skips the test, or fails it where the tools are required.
-func skipOrFail(tb testing.TB, msg string) {
-	tb.Helper()
-	if os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") != "" {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
-}
 
 // needSystemd252 returns systemd-measure if it is systemd 252's: later stubs measure other sections
 // (e.g. .uname), and this package implements 252's behaviour.
@@ -75,7 +55,7 @@ func needSystemd252(tb testing.TB) string {
 	measure := need(tb, "/usr/lib/systemd/systemd-measure", "/lib/systemd/systemd-measure")
 	out, err := exec.Command(measure, "--version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "systemd 252 ") {
-		skipOrFail(tb, fmt.Sprintf("systemd-measure is not systemd 252's (%q); the cross-checks pin 252's stub", strings.SplitN(string(out), "\n", 2)[0]))
+		tooltest.SkipOrFail(tb, fmt.Sprintf("systemd-measure is not systemd 252's (%q); the cross-checks pin 252's stub", strings.SplitN(string(out), "\n", 2)[0]))
 	}
 	return measure
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/tooltest"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm/swtpmtest"
 	"github.com/constellation-go/constellation/internal/verity"
@@ -39,43 +40,17 @@ import (
 
 const installHint = "apt-get install -y systemd-boot-efi binutils erofs-utils swtpm"
 
+// need returns the first of paths that exists, or skips or fails the test with installHint.
+func need(tb testing.TB, paths ...string) string {
+	tb.Helper()
+	return tooltest.Need(tb, installHint, paths...)
+}
+
 const (
 	efiDir = "/usr/lib/systemd/boot/efi"
 	stub   = efiDir + "/linuxx64.efi.stub"
 	sdboot = efiDir + "/systemd-bootx64.efi"
 )
-
-// underBazel tells whether the test runs under `bazel test`, which sets TEST_SRCDIR.
-func underBazel() bool {
-	return os.Getenv("TEST_SRCDIR") != "" || os.Getenv("BAZEL_TEST") != ""
-}
-
-// skipOrFail skips the test, or fails it where the tools are required.
-func skipOrFail(tb testing.TB, msg string) {
-	tb.Helper()
-	if os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") != "" && !underBazel() {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
-}
-
-// need returns the first of paths that exists (a name without a slash is looked up in PATH).
-func need(tb testing.TB, paths ...string) string {
-	tb.Helper()
-	for _, p := range paths {
-		if !strings.Contains(p, "/") {
-			if found, err := exec.LookPath(p); err == nil {
-				return found
-			}
-			continue
-		}
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	skipOrFail(tb, fmt.Sprintf("none of %v found; install with: %s", paths, installHint))
-	return ""
-}
 
 func run(tb testing.TB, name string, args ...string) {
 	tb.Helper()

@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/tooltest"
 )
 
 // needMount skips unless the test can set up loop devices and mount erofs: root, /dev/loop-control and
@@ -23,11 +25,11 @@ func needMount(t *testing.T) {
 		t.Skip("mounting needs root")
 	}
 	if _, err := os.Stat(loopControl); err != nil {
-		skipOrFail(t, "no loop devices: "+err.Error())
+		tooltest.SkipOrFail(t, "no loop devices: "+err.Error())
 	}
 	fs, err := os.ReadFile("/proc/filesystems")
 	if err != nil || !strings.Contains(string(fs), "\terofs\n") {
-		skipOrFail(t, "the kernel has no erofs (modprobe erofs)")
+		tooltest.SkipOrFail(t, "the kernel has no erofs (modprobe erofs)")
 	}
 }
 

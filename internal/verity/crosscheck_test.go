@@ -16,6 +16,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/tooltest"
 )
 
 // The tests in this file compare the package with the real tools: veritysetup (libcryptsetup, which
@@ -30,36 +32,10 @@ import (
 
 const installHint = "apt-get install -y cryptsetup-bin erofs-utils systemd"
 
-// underBazel tells whether the test runs under `bazel test`, which sets TEST_SRCDIR.
-func underBazel() bool {
-	return os.Getenv("TEST_SRCDIR") != "" || os.Getenv("BAZEL_TEST") != ""
-}
-
-// skipOrFail skips the test, or fails it where the tools are required.
-func skipOrFail(tb testing.TB, msg string) {
+// need returns the first of paths that exists, or skips or fails the test with installHint.
+func need(tb testing.TB, paths ...string) string {
 	tb.Helper()
-	if os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") != "" && !underBazel() {
-		tb.Fatal(msg)
-	}
-	tb.Skip(msg)
-}
-
-// need returns the path of the first of names found in PATH (or as an absolute path).
-func need(tb testing.TB, names ...string) string {
-	tb.Helper()
-	for _, n := range names {
-		if filepath.IsAbs(n) {
-			if _, err := os.Stat(n); err == nil {
-				return n
-			}
-			continue
-		}
-		if p, err := exec.LookPath(n); err == nil {
-			return p
-		}
-	}
-	skipOrFail(tb, fmt.Sprintf("none of %v found; install with: %s", names, installHint))
-	return ""
+	return tooltest.Need(tb, installHint, paths...)
 }
 
 func run(tb testing.TB, name string, args ...string) []byte {
