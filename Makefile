@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build run test lint go-test bazel-test image image-test cluster-test check-generated generate protos bench clean
+.PHONY: setup build services run test lint go-test bazel-test image image-test cluster-test e2e-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (swtpm, protoc, Bazel in a chroot, Go modules, the
 ## Kubernetes binaries integration tests run); idempotent and cached
@@ -25,27 +25,34 @@ setup:
 	command -v mcopy >/dev/null || missing="$$missing mtools"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@command -v terraform >/dev/null || { echo "installing terraform v1.5.7 from source (Go module proxy)"; \
+		GOBIN=/usr/local/bin go install github.com/hashicorp/terraform@v1.5.7; }
 	bazel/setup.sh
 	go mod download
 	bazel/kubernetes/build.sh all
 
-## build: build the constellation CLI with Bazel into out/
-build: setup
-	$(BAZEL) build --stamp //cli/cmd/constellation
+## build: build the CLI, its Terraform provider, the services' images and the node image into out/ (what
+## `constellation mini up` needs beside the CLI)
+build: setup image services
+	$(BAZEL) build --stamp //cli/cmd/constellation //terraform/provider/cmd/terraform-provider-constellation
 	mkdir -p out
 	install -m 0755 bazel-bin/cli/cmd/constellation/constellation_/constellation $(CLI)
+	install -m 0755 bazel-bin/terraform/provider/cmd/terraform-provider-constellation/terraform-provider-constellation_/terraform-provider-constellation out/
 
-## run: the main job: build the CLI and write (or re-check) a local cluster configuration
+## services: the JoinService, KeyService and VerificationService images into out/services/
+services: setup
+	$(BAZEL) build //joinservice/cmd/joinservice:image //keyservice/cmd/keyservice:image //verify/cmd/verificationservice:image
+	mkdir -p out/services
+	install -m 0644 bazel-bin/joinservice/cmd/joinservice/image.tar out/services/joinservice.tar
+	install -m 0644 bazel-bin/keyservice/cmd/keyservice/image.tar out/services/keyservice.tar
+	install -m 0644 bazel-bin/verify/cmd/verificationservice/image.tar out/services/verificationservice.tar
+
+## run: the main job: build everything and start (or re-check) a local cluster in $(WORKSPACE_DIR)
 run: build
-	@if [ -f $(WORKSPACE_DIR)/constellation-conf.yaml ]; then \
-		echo "$(WORKSPACE_DIR)/constellation-conf.yaml exists; checking it instead of overwriting it."; \
-	else \
-		$(CLI) -C $(WORKSPACE_DIR) config generate local; \
-	fi
-	$(CLI) -C $(WORKSPACE_DIR) config validate
+	$(CLI) -C $(WORKSPACE_DIR) mini up
 
 ## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
-test: setup lint check-generated go-test bazel-test image-test cluster-test
+test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test
 
 ## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs
 image: setup
@@ -56,10 +63,13 @@ image-test: setup
 	image/test.sh
 
 ## cluster-test: a control plane and a worker from the image become a real kubeadm cluster (local nodes)
-cluster-test: setup image
-	$(BAZEL) build //joinservice/cmd/joinservice:image //keyservice/cmd/keyservice:image //verify/cmd/verificationservice:image
+cluster-test: setup image services
 	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 30m -v \
 		-run 'TestTwoNodeCluster' ./internal/cloud/local/cluster/
+
+## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), mini down
+e2e-test: build
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 40m -v -run TestMiniUp ./cli/e2e/
 
 ## lint: gofmt, go vet, staticcheck, go.mod tidiness
 lint:
@@ -97,6 +107,7 @@ bench: setup
 	bench/measurements.sh
 	bench/verity.sh
 	bench/cluster.sh
+	bench/cli.sh
 
 clean:
 	rm -rf out

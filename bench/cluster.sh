@@ -8,8 +8,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 runs=${1:-1}
 [ -e out/image/constellation.efi ] || { echo "no node image: run make image first" >&2; exit 1; }
-bazel/bazel build //joinservice/cmd/joinservice:image //keyservice/cmd/keyservice:image \
-  //verify/cmd/verificationservice:image >/dev/null 2>&1
+make services >/dev/null 2>&1
 echo "== local cluster: 1 control plane + 1 worker from the node image ($runs run(s))"
 for _ in $(seq "$runs"); do
   CI=true CONSTELLATION_IMAGE_DIR=$(readlink -f out/image) go test -count=1 -timeout 30m -v \

@@ -38,6 +38,7 @@ type Config struct {
 	Version           string               `yaml:"version" jsonschema:"enum=v1" jsonschema_description:"Schema version of this file. This CLI reads v1."`
 	Name              string               `yaml:"name" jsonschema:"pattern=^[a-z][a-z0-9-]*[a-z0-9]$,minLength=2,maxLength=20" jsonschema_description:"Name of the cluster: 2 to 20 lower-case letters, digits and '-', starting with a letter and not ending with '-'. It prefixes every resource the cluster creates."`
 	KubernetesVersion string               `yaml:"kubernetesVersion" jsonschema_description:"Kubernetes version to install, e.g. v1.33.13 (or v1.33 for the newest supported patch)."`
+	Image             string               `yaml:"image" jsonschema_description:"Node image. local and qemu: the directory of a built image (constellation.efi, root.erofs, root.verity, disk.raw; 'make image' links it at out/image); empty means the image installed beside the CLI (<CLI directory>/image). aws, gcp, azure: the provider's image ID (AMI ID, image self-link, or image version resource ID); required there."`
 	Provider          ProviderConfig       `yaml:"provider" jsonschema_description:"Where the nodes run. Set exactly one provider."`
 	Attestation       AttestationConfig    `yaml:"attestation" jsonschema_description:"How nodes prove what they booted before they get keys or join the cluster."`
 	NodeGroups        map[string]NodeGroup `yaml:"nodeGroups" jsonschema_description:"Groups of nodes by name. At least one control-plane node is required."`

@@ -19,6 +19,7 @@ import (
 
 // fillCloud sets the account-specific fields a user must fill in for a cloud provider.
 func fillCloud(c *Config) {
+	c.Image = "image-0123"
 	switch {
 	case c.Provider.AWS != nil:
 		c.Provider.AWS.Region = "eu-west-1"
@@ -47,15 +48,15 @@ func TestDefaultRoundTrip(t *testing.T) {
 		cloudprovider.Local: {},
 		cloudprovider.QEMU:  {},
 		cloudprovider.AWS: {wantMissing: []string{
-			"provider.aws.region", "provider.aws.iamProfileControlPlane", "provider.aws.iamProfileWorkerNodes",
+			"image", "provider.aws.region", "provider.aws.iamProfileControlPlane", "provider.aws.iamProfileWorkerNodes",
 			"nodeGroups.control_plane_default.zone", "nodeGroups.worker_default.zone",
 		}},
 		cloudprovider.GCP: {wantMissing: []string{
-			"provider.gcp.project", "provider.gcp.region",
+			"image", "provider.gcp.project", "provider.gcp.region",
 			"nodeGroups.control_plane_default.zone", "nodeGroups.worker_default.zone",
 		}},
 		cloudprovider.Azure: {wantMissing: []string{
-			"provider.azure.subscription", "provider.azure.tenant", "provider.azure.location",
+			"image", "provider.azure.subscription", "provider.azure.tenant", "provider.azure.location",
 			"provider.azure.resourceGroup", "provider.azure.userAssignedIdentity",
 			"nodeGroups.control_plane_default.zone", "nodeGroups.worker_default.zone",
 		}},

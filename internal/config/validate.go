@@ -124,14 +124,17 @@ func (c *Config) validateProvider(v *validator) cloudprovider.Provider {
 			v.fail("provider.qemu.memoryMiB", "must be at least 1024 (got %d): kubeadm needs about 1 GiB", p.QEMU.MemoryMiB)
 		}
 	case cloudprovider.AWS:
+		v.required("image", c.Image)
 		v.required("provider.aws.region", p.AWS.Region)
 		v.required("provider.aws.iamProfileControlPlane", p.AWS.IAMProfileControlPlane)
 		v.required("provider.aws.iamProfileWorkerNodes", p.AWS.IAMProfileWorkerNodes)
 	case cloudprovider.GCP:
+		v.required("image", c.Image)
 		v.required("provider.gcp.project", p.GCP.Project)
 		v.required("provider.gcp.region", p.GCP.Region)
 		v.required("provider.gcp.serviceAccountKeyPath", p.GCP.ServiceAccountKeyPath)
 	case cloudprovider.Azure:
+		v.required("image", c.Image)
 		for field, value := range map[string]string{"subscription": p.Azure.SubscriptionID, "tenant": p.Azure.TenantID} {
 			if v.required("provider.azure."+field, value) && !uuidRe.MatchString(value) {
 				v.fail("provider.azure."+field, "%q is not a UUID", value)

@@ -21,6 +21,8 @@ const (
 const (
 	// MeasurementSecretID derives the secret from which the cluster ID comes.
 	MeasurementSecretID = "measurementSecret"
+	// OwnerIDKeyID derives the owner ID from the master secret.
+	OwnerIDKeyID = "ownerID"
 	// ClusterIDKeyID derives the cluster ID from the measurement secret.
 	ClusterIDKeyID = "clusterID"
 )

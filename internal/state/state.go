@@ -43,6 +43,14 @@ type Infrastructure struct {
 	InitSecretHash    HexBytes `yaml:"initSecretHash"`
 	APIServerCertSANs []string `yaml:"apiServerCertSANs"`
 	IPCidrNode        string   `yaml:"ipCidrNode"`
+	// Nodes are the nodes the infrastructure created, by name.
+	Nodes map[string]Node `yaml:"nodes,omitempty"`
+}
+
+// Node is a node of the infrastructure.
+type Node struct {
+	IP   string `yaml:"ip"`
+	Role string `yaml:"role"`
 }
 
 // ClusterValues is what `apply` learned from initialising the cluster.
@@ -97,6 +105,14 @@ func (s *State) Validate() error {
 		}
 		if len(inf.InitSecretHash) != hashSize {
 			fail("infrastructure.initSecretHash", "must be %d bytes, got %d", hashSize, len(inf.InitSecretHash))
+		}
+		for name, n := range inf.Nodes {
+			if _, err := netip.ParseAddr(n.IP); err != nil {
+				fail("infrastructure.nodes."+name+".ip", "%q is not an IP address", n.IP)
+			}
+			if n.Role != "control-plane" && n.Role != "worker" {
+				fail("infrastructure.nodes."+name+".role", "%q is not control-plane or worker", n.Role)
+			}
 		}
 		if inf.IPCidrNode != "" {
 			if _, err := netip.ParsePrefix(inf.IPCidrNode); err != nil {

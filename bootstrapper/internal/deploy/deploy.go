@@ -475,6 +475,11 @@ func verificationService(cfg Config) *appsv1.DaemonSet {
 		// A device node is only usable from a container that the device cgroup lets at it.
 		container.SecurityContext = &corev1.SecurityContext{Privileged: ptr(true)}
 	}
+	// The TPM and the event log belong to root on every node (as securityfs' log does on real hosts).
+	if container.SecurityContext == nil {
+		container.SecurityContext = &corev1.SecurityContext{}
+	}
+	container.SecurityContext.RunAsUser, container.SecurityContext.RunAsGroup = ptr(int64(0)), ptr(int64(0))
 	return daemonSet(VerificationServiceName, priorityNodeCritical, corev1.PodSpec{
 		AutomountServiceAccountToken: ptr(false),
 		Containers:                   []corev1.Container{container},

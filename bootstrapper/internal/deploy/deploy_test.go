@@ -212,7 +212,9 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	assert.True(t, hasArg(vc, "--event-log=/run/constellation/eventlog/binary_bios_measurements"))
 	assert.Equal(t, "/run/constellation/vtpm", volume(t, verify, "tpm").HostPath.Path)
 	assert.Equal(t, "/run/constellation/eventlog", volume(t, verify, "eventlog").HostPath.Path)
-	assert.Nil(t, vc.SecurityContext, "a vTPM socket needs no privileges")
+	require.NotNil(t, vc.SecurityContext)
+	assert.Nil(t, vc.SecurityContext.Privileged, "a vTPM socket needs no privileges")
+	assert.Equal(t, int64(0), *vc.SecurityContext.RunAsUser, "the TPM and the event log belong to root")
 
 	// The JoinService's account may create bootstrap tokens and do nothing else with secrets.
 	saClient := impersonate(t, cluster.Config, "system:serviceaccount:kube-system:joinservice")

@@ -42,7 +42,7 @@ import (
 )
 
 // OwnerIDKeyID derives the owner ID from the master secret.
-const OwnerIDKeyID = "ownerID"
+const OwnerIDKeyID = crypto.OwnerIDKeyID
 
 // logChunkSize bounds each log message of a failure report.
 const logChunkSize = 64 << 10

@@ -43,6 +43,7 @@ type env struct {
 	in        io.Reader
 	out       io.Writer
 	errOut    io.Writer
+	deps      deps
 }
 
 // path returns how to show a workspace file to the user.
@@ -55,7 +56,10 @@ func (e *env) path(name string) string {
 
 // NewRootCmd returns the constellation command tree working on fs.
 func NewRootCmd(fs afero.Fs, in io.Reader, out, errOut io.Writer) *cobra.Command {
-	e := &env{osFs: fs, in: in, out: out, errOut: errOut}
+	return newRootCmd(&env{osFs: fs, in: in, out: out, errOut: errOut, deps: defaultDeps()})
+}
+
+func newRootCmd(e *env) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "constellation",
 		Short: "Manage confidential Kubernetes clusters whose nodes prove what they run",
@@ -73,9 +77,9 @@ constellation-admin.conf (the admin kubeconfig).`,
 			return e.setup(cmd)
 		},
 	}
-	root.SetIn(in)
-	root.SetOut(out)
-	root.SetErr(errOut)
+	root.SetIn(e.in)
+	root.SetOut(e.out)
+	root.SetErr(e.errOut)
 	root.PersistentFlags().StringP(flagWorkspace, "C", "", "workspace directory holding the cluster's files (default: the current directory)")
 	root.PersistentFlags().Bool(flagDebug, false, "log debug information to stderr")
 	_ = root.MarkPersistentFlagDirname(flagWorkspace)
@@ -83,6 +87,12 @@ constellation-admin.conf (the admin kubeconfig).`,
 	root.AddCommand(newVersionCmd(e))
 	root.AddCommand(newConfigCmd(e))
 	root.AddCommand(newImageCmd(e))
+	root.AddCommand(newCreateCmd(e))
+	root.AddCommand(newApplyCmd(e))
+	root.AddCommand(newVerifyCmd(e))
+	root.AddCommand(newStatusCmd(e))
+	root.AddCommand(newTerminateCmd(e))
+	root.AddCommand(newMiniCmd(e))
 	return root
 }
 
@@ -140,9 +150,14 @@ func outputFormat(cmd *cobra.Command) (string, error) {
 // Execute runs the CLI with args and returns the process exit code. SIGINT and SIGTERM cancel the
 // command's context so that it can stop cleanly.
 func Execute(ctx context.Context, args []string, in io.Reader, out, errOut io.Writer, fs afero.Fs) int {
+	return execute(ctx, args, &env{osFs: fs, in: in, out: out, errOut: errOut, deps: defaultDeps()})
+}
+
+func execute(ctx context.Context, args []string, e *env) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := NewRootCmd(fs, in, out, errOut)
+	errOut := e.errOut
+	root := newRootCmd(e)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		var silent *exitError

@@ -61,10 +61,7 @@ type ExtraSet struct {
 type Cluster struct {
 	cfg     Config
 	net     *network.Network
-	meta    *metadata.Server
-	comps   *server.Server
-	cancels []context.CancelFunc
-	wg      sync.WaitGroup
+	servers *Servers
 	nodes   map[string]*node.Node
 	index   map[string]int
 	log     *slog.Logger
@@ -102,35 +99,10 @@ func Create(ctx context.Context, cfg Config) (_ *Cluster, retErr error) {
 		c.index[n.Name] = i
 		instances = append(instances, metadata.Instance{Name: n.Name, Role: n.Role, IP: alloc.IP, PodCIDR: alloc.PodCIDR})
 	}
-	c.meta, err = metadata.NewServer(metadata.State{Instances: instances, InitSecretHash: metadata.HashInitSecret(cfg.InitSecret)}, log)
-	if err != nil {
+	st := metadata.State{Instances: instances, InitSecretHash: metadata.HashInitSecret(cfg.InitSecret)}
+	if c.servers, err = Serve(ctx, nw.BridgeAddr(), st, cfg.KubernetesVersion, cfg.Extra, log); err != nil {
 		return nil, err
 	}
-	metaLn, err := metadata.Listen(netip.AddrPortFrom(nw.BridgeAddr(), metadata.DefaultPort))
-	if err != nil {
-		return nil, fmt.Errorf("metadata API: %w", err)
-	}
-	c.serve(ctx, metaLn, func(ctx context.Context, ln net.Listener) error { return c.meta.Serve(ctx, ln) })
-
-	set, err := versions.Components(cfg.KubernetesVersion)
-	if err != nil {
-		return nil, err
-	}
-	sets := []versions.ComponentSet{set}
-	dirs := map[string]string{set.Kubernetes: versions.CacheDir(set.Kubernetes)}
-	for _, e := range cfg.Extra {
-		sets = append(sets, e.Set)
-		dirs[e.Set.Kubernetes] = e.Dir
-	}
-	c.comps, err = server.New(server.Config{Sets: sets, CacheDir: func(v string) string { return dirs[v] }, Log: log})
-	if err != nil {
-		return nil, err
-	}
-	compLn, err := net.Listen("tcp", netip.AddrPortFrom(nw.BridgeAddr(), ComponentPort).String())
-	if err != nil {
-		return nil, fmt.Errorf("component server: %w", err)
-	}
-	c.serve(ctx, compLn, func(ctx context.Context, ln net.Listener) error { return c.comps.Serve(ctx, ln) })
 
 	for _, n := range cfg.Nodes {
 		if err := c.StartNode(ctx, n.Name); err != nil {
@@ -140,16 +112,74 @@ func Create(ctx context.Context, cfg Config) (_ *Cluster, retErr error) {
 	return c, nil
 }
 
-func (c *Cluster) serve(ctx context.Context, ln net.Listener, serve func(context.Context, net.Listener) error) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		if err := serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) {
-			c.log.Error("server stopped", "addr", ln.Addr().String(), "error", err)
+// Servers are the provider's servers on the bridge address: the metadata API (metadata.DefaultPort) and
+// the component server (ComponentPort).
+type Servers struct {
+	Metadata *metadata.Server
+	cancels  []context.CancelFunc
+	wg       sync.WaitGroup
+	log      *slog.Logger
+}
+
+// Serve starts the metadata API with st and the component server for the Kubernetes version's pinned set
+// and the extra sets, both on the bridge address. They run until Close.
+func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetesVersion string, extra []ExtraSet, log *slog.Logger) (_ *Servers, retErr error) {
+	s := &Servers{log: log}
+	defer func() {
+		if retErr != nil {
+			s.Close()
 		}
 	}()
-	c.cancels = append(c.cancels, cancel)
+	var err error
+	if s.Metadata, err = metadata.NewServer(st, log); err != nil {
+		return nil, err
+	}
+	metaLn, err := metadata.Listen(netip.AddrPortFrom(bridge, metadata.DefaultPort))
+	if err != nil {
+		return nil, fmt.Errorf("metadata API: %w", err)
+	}
+	s.serve(ctx, metaLn, func(ctx context.Context, ln net.Listener) error { return s.Metadata.Serve(ctx, ln) })
+
+	set, err := versions.Components(kubernetesVersion)
+	if err != nil {
+		return nil, err
+	}
+	sets := []versions.ComponentSet{set}
+	dirs := map[string]string{set.Kubernetes: versions.CacheDir(set.Kubernetes)}
+	for _, e := range extra {
+		sets = append(sets, e.Set)
+		dirs[e.Set.Kubernetes] = e.Dir
+	}
+	comps, err := server.New(server.Config{Sets: sets, CacheDir: func(v string) string { return dirs[v] }, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	compLn, err := net.Listen("tcp", netip.AddrPortFrom(bridge, ComponentPort).String())
+	if err != nil {
+		return nil, fmt.Errorf("component server: %w", err)
+	}
+	s.serve(ctx, compLn, func(ctx context.Context, ln net.Listener) error { return comps.Serve(ctx, ln) })
+	return s, nil
+}
+
+func (s *Servers) serve(ctx context.Context, ln net.Listener, serve func(context.Context, net.Listener) error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Error("server stopped", "addr", ln.Addr().String(), "error", err)
+		}
+	}()
+	s.cancels = append(s.cancels, cancel)
+}
+
+// Close stops the servers and waits for them.
+func (s *Servers) Close() {
+	for _, cancel := range s.cancels {
+		cancel()
+	}
+	s.wg.Wait()
 }
 
 func (c *Cluster) spec(name string) (NodeSpec, bool) {
@@ -206,13 +236,18 @@ func (c *Cluster) NodeIP(name string) (netip.Addr, error) {
 // JoinService): the Kubernetes set's node components and every extra set, with URLs on the component
 // server.
 func (c *Cluster) Components() ([]*components.Component, error) {
-	base := "http://" + netip.AddrPortFrom(c.net.BridgeAddr(), ComponentPort).String()
-	set, err := versions.Components(c.cfg.KubernetesVersion)
+	return ComponentsAt("http://"+netip.AddrPortFrom(c.net.BridgeAddr(), ComponentPort).String(), c.cfg.KubernetesVersion, c.cfg.Extra)
+}
+
+// ComponentsAt returns the components of the Kubernetes version's pinned set and of the extra sets, with
+// URLs on the component server at base (http://<bridge address>:<ComponentPort>).
+func ComponentsAt(base, kubernetesVersion string, extra []ExtraSet) ([]*components.Component, error) {
+	set, err := versions.Components(kubernetesVersion)
 	if err != nil {
 		return nil, err
 	}
 	out := set.Proto(base, set.NodeComponents(true))
-	for _, e := range c.cfg.Extra {
+	for _, e := range extra {
 		out = append(out, e.Set.Proto(base, e.Set.NodeComponents(true))...)
 	}
 	return out, nil
@@ -226,10 +261,9 @@ func (c *Cluster) Destroy(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
 		}
 	}
-	for _, cancel := range c.cancels {
-		cancel()
+	if c.servers != nil {
+		c.servers.Close()
 	}
-	c.wg.Wait()
 	if err := c.net.Destroy(); err != nil {
 		errs = append(errs, fmt.Errorf("network: %w", err))
 	}

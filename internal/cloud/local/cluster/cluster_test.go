@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,13 +49,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// services are the Bazel-built images the init node deploys, as `ctr images import` names them.
-var services = []struct{ name, target string }{
-	{"joinservice", "joinservice/cmd/joinservice"},
-	{"keyservice", "keyservice/cmd/keyservice"},
-	{"verificationservice", "verify/cmd/verificationservice"},
-}
-
 // TestTwoNodeCluster is the node issue's integration test: a control plane and a worker from the node
 // image, initialized over aTLS like the CLI does; the worker joins through the real JoinService; both get
 // Ready, the services run where they should, a pod on the worker reaches a pod on the control plane, and a
@@ -66,7 +57,8 @@ func TestTwoNodeCluster(t *testing.T) {
 	img := localtest.ImageDir(t)
 	repo, err := filepath.Abs("../../../..")
 	require.NoError(t, err)
-	extra := serviceSet(t, filepath.Join(repo, "bazel-bin"))
+	extra, err := ServiceSet(filepath.Join(repo, "out", "services"))
+	require.NoError(t, err, "install the service images first: make services")
 	tampered := tamperedImage(t, img)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
@@ -381,25 +373,6 @@ func podcheckImage(t *testing.T) string {
 	require.NoError(t, ociimage.WriteArchive(f, podcheckRef, img))
 	require.NoError(t, f.Close())
 	return archive
-}
-
-// serviceSet serves the Bazel-built service images (bazel/bazel build //...:image) as components.
-func serviceSet(t *testing.T, bazelBin string) ExtraSet {
-	t.Helper()
-	set := versions.ComponentSet{Kubernetes: "services"}
-	for _, s := range services {
-		file := filepath.Join(s.target, "image.tar")
-		data, err := os.ReadFile(filepath.Join(bazelBin, file))
-		require.NoError(t, err, "build the service images first: bazel/bazel build //%s:image", s.target)
-		sum := sha256.Sum256(data)
-		set.Components = append(set.Components, versions.Component{
-			Name: s.name + ".tar", Kind: versions.Image, Version: "v0.1.0-dev", File: file,
-			SHA256: hex.EncodeToString(sum[:]), Size: int64(len(data)),
-			Image:       "docker.io/constellation/" + s.name + ":v0.1.0-dev",
-			InstallPath: versions.NodeImageDir + "/" + s.name + ".tar", Mode: 0o644,
-		})
-	}
-	return ExtraSet{Set: set, Dir: bazelBin}
 }
 
 // tamperedImage copies the image with one byte of the UKI's .osrel changed: it still boots and verifies

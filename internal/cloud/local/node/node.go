@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
+	"github.com/constellation-go/constellation/internal/cloud/local/proc"
 	"github.com/constellation-go/constellation/internal/cloud/local/statedisk"
 	"github.com/constellation-go/constellation/internal/launcher"
 	"github.com/constellation-go/constellation/internal/tpm"
@@ -85,8 +86,8 @@ func (t Timings) String() string {
 type runState struct {
 	Cluster string            `json:"cluster"`
 	Name    string            `json:"name"`
-	Init    process           `json:"init"`
-	Swtpm   process           `json:"swtpm"`
+	Init    proc.Process      `json:"init"`
+	Swtpm   proc.Process      `json:"swtpm"`
 	Cgroups map[string]string `json:"cgroups,omitempty"`
 	Netns   string            `json:"netns"`
 	IP      string            `json:"ip"`
@@ -122,7 +123,7 @@ func (st *runState) save(l layout) error {
 // Running tells whether the node whose state directory is stateDir runs.
 func Running(stateDir string) bool {
 	st, err := readState(layout{stateDir})
-	return err == nil && st.Init.alive()
+	return err == nil && st.Init.Alive()
 }
 
 // Start starts a node as the package documentation describes and returns once its bootstrapper has been
@@ -134,7 +135,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	t0 := time.Now()
 	log := cfg.Log.With("node", cfg.Name)
 	l := layout{cfg.StateDir}
-	if old, err := readState(l); err == nil && old.Init.alive() {
+	if old, err := readState(l); err == nil && old.Init.Alive() {
 		return nil, fmt.Errorf("starting node %s: %w (init PID %d)", cfg.Name, ErrRunning, old.Init.PID)
 	}
 	// Whatever a crashed node left (swtpm, cgroups, mounts) goes first.
@@ -337,10 +338,10 @@ func machineID(cluster, node string) string {
 
 // spawnInit starts the init in new namespaces, in the node's network namespace and cgroups, and returns
 // the parent's end of the socket pair.
-func spawnInit(bin string, l layout, netnsPath string, hs []hierarchy, cgroups map[string]string) (net.Conn, process, error) {
+func spawnInit(bin string, l layout, netnsPath string, hs []hierarchy, cgroups map[string]string) (net.Conn, proc.Process, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, process{}, err
+		return nil, proc.Process{}, err
 	}
 	parentFile, child := os.NewFile(uintptr(fds[0]), "init-parent"), os.NewFile(uintptr(fds[1]), "init-child")
 	defer child.Close()
@@ -348,12 +349,12 @@ func spawnInit(bin string, l layout, netnsPath string, hs []hierarchy, cgroups m
 	parent, err := net.FileConn(parentFile)
 	parentFile.Close()
 	if err != nil {
-		return nil, process{}, err
+		return nil, proc.Process{}, err
 	}
 	logf, err := os.OpenFile(LogFile(l.dir, "init"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		parent.Close()
-		return nil, process{}, err
+		return nil, proc.Process{}, err
 	}
 	defer logf.Close()
 	cmd := &exec.Cmd{
@@ -401,17 +402,17 @@ func spawnInit(bin string, l layout, netnsPath string, hs []hierarchy, cgroups m
 	}()
 	if err := <-errc; err != nil {
 		parent.Close()
-		return nil, process{}, fmt.Errorf("starting the init: %w", err)
+		return nil, proc.Process{}, fmt.Errorf("starting the init: %w", err)
 	}
-	reaped := adopt(cmd.Process.Pid)
+	reaped := proc.Adopt(cmd.Process.Pid)
 	go func() {
 		_ = cmd.Wait()
 		reaped()
 	}()
-	p, err := newProcess(cmd.Process.Pid)
+	p, err := proc.New(cmd.Process.Pid)
 	if err != nil {
 		// It is gone already; the protocol will report that.
-		p = process{PID: cmd.Process.Pid}
+		p = proc.Process{PID: cmd.Process.Pid}
 	}
 	return parent, p, nil
 }
@@ -452,7 +453,7 @@ func stop(ctx context.Context, l layout, timeout time.Duration) error {
 func (st *runState) teardown(ctx context.Context, l layout, timeout time.Duration) error {
 	var errs []error
 	// The init stops its services; killing it kills everything in its PID namespace.
-	if _, err := st.Init.terminate(ctx, timeout); err != nil {
+	if _, err := st.Init.Terminate(ctx, timeout); err != nil {
 		errs = append(errs, fmt.Errorf("stopping the init: %w", err))
 	}
 	if err := stopSwtpm(ctx, st.Swtpm, l); err != nil {
@@ -528,10 +529,10 @@ func Remains(stateDir string) []string {
 	var out []string
 	needles := []string{stateDir + "/"}
 	if st, err := readState(l); err == nil {
-		if st.Init.alive() {
+		if st.Init.Alive() {
 			out = append(out, fmt.Sprintf("init process %d", st.Init.PID))
 		}
-		if st.Swtpm.alive() {
+		if st.Swtpm.Alive() {
 			out = append(out, fmt.Sprintf("swtpm process %d", st.Swtpm.PID))
 		}
 		for _, p := range cgroupProcs(st.Cgroups) {

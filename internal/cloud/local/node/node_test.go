@@ -368,7 +368,7 @@ func TestStartedByAnotherProcess(t *testing.T) {
 
 	// The starter has exited; the node runs on.
 	require.True(t, Running(cfg.StateDir))
-	assert.True(t, st.Swtpm.alive())
+	assert.True(t, st.Swtpm.Alive())
 	ctx := context.Background()
 	got, err := Output(ctx, cfg.StateDir, "cat", "/proc/sys/kernel/hostname")
 	require.NoError(t, err)
@@ -379,5 +379,5 @@ func TestStartedByAnotherProcess(t *testing.T) {
 
 	require.NoError(t, Stop(ctx, cfg.StateDir, 0))
 	assert.Empty(t, Remains(cfg.StateDir))
-	assert.False(t, st.Swtpm.alive())
+	assert.False(t, st.Swtpm.Alive())
 }

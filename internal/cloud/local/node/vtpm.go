@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/constellation-go/constellation/internal/cloud/local/proc"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm"
 )
 
@@ -20,23 +21,23 @@ import (
 // control sockets, started up), but writing to the node's swtpm.log instead of a pipe and in its own
 // session, so that it outlives the process that started the node. Powering it on resets the PCRs; the
 // state directory keeps the endorsement seed and so the keys.
-func startSwtpm(ctx context.Context, l layout) (process, error) {
+func startSwtpm(ctx context.Context, l layout) (proc.Process, error) {
 	bin, err := exec.LookPath("swtpm")
 	if err != nil {
-		return process{}, swtpm.ErrNotInstalled
+		return proc.Process{}, swtpm.ErrNotInstalled
 	}
 	stateDir := filepath.Join(l.vtpmDir(), "state")
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return process{}, err
+		return proc.Process{}, err
 	}
 	for _, stale := range []string{l.vtpmSocket(), l.vtpmCtrl()} {
 		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return process{}, err
+			return proc.Process{}, err
 		}
 	}
 	logf, err := os.OpenFile(LogFile(l.dir, "swtpm"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
-		return process{}, err
+		return proc.Process{}, err
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, "socket", "--tpm2",
@@ -48,20 +49,20 @@ func startSwtpm(ctx context.Context, l layout) (process, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return process{}, fmt.Errorf("starting swtpm: %w", err)
+		return proc.Process{}, fmt.Errorf("starting swtpm: %w", err)
 	}
-	reaped := adopt(cmd.Process.Pid)
+	reaped := proc.Adopt(cmd.Process.Pid)
 	exited := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
 		close(exited)
 		reaped()
 	}()
-	p, err := newProcess(cmd.Process.Pid)
+	p, err := proc.New(cmd.Process.Pid)
 	if err != nil {
 		_ = cmd.Process.Kill()
 		<-exited
-		return process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
+		return proc.Process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
 	}
 	deadline := time.NewTimer(10 * time.Second)
 	defer deadline.Stop()
@@ -75,28 +76,28 @@ func startSwtpm(ctx context.Context, l layout) (process, error) {
 		}
 		select {
 		case <-exited:
-			return process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
+			return proc.Process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
 		case <-ctx.Done():
-			_, _ = p.terminate(context.Background(), time.Second)
-			return process{}, fmt.Errorf("starting swtpm: %w", ctx.Err())
+			_, _ = p.Terminate(context.Background(), time.Second)
+			return proc.Process{}, fmt.Errorf("starting swtpm: %w", ctx.Err())
 		case <-deadline.C:
-			_, _ = p.terminate(context.Background(), time.Second)
-			return process{}, fmt.Errorf("swtpm did not create %s within 10 s; see %s", l.vtpmSocket(), LogFile(l.dir, "swtpm"))
+			_, _ = p.Terminate(context.Background(), time.Second)
+			return proc.Process{}, fmt.Errorf("swtpm did not create %s within 10 s; see %s", l.vtpmSocket(), LogFile(l.dir, "swtpm"))
 		case <-tick.C:
 		}
 	}
 }
 
 // stopSwtpm shuts swtpm down through its control socket (which saves its state), falling back to signals.
-func stopSwtpm(ctx context.Context, p process, l layout) error {
-	if p.alive() {
+func stopSwtpm(ctx context.Context, p proc.Process, l layout) error {
+	if p.Alive() {
 		// Then wait briefly; terminate below does what is left.
 		if swtpmShutdown(l.vtpmCtrl()) == nil {
 			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			_ = p.wait(wctx)
+			_ = p.Wait(wctx)
 			cancel()
 		}
-		if _, err := p.terminate(ctx, 5*time.Second); err != nil {
+		if _, err := p.Terminate(ctx, 5*time.Second); err != nil {
 			return fmt.Errorf("stopping swtpm: %w", err)
 		}
 	}

@@ -1,4 +1,6 @@
-package node
+// Package proc identifies host processes across programs (PID plus start time, so a reused PID is told
+// apart) and stops them: the local provider's node runtime and its daemon record theirs in state files.
+package proc
 
 import (
 	"context"
@@ -12,19 +14,20 @@ import (
 	"time"
 )
 
-// process identifies a process across processes of the host: its PID and its start time (field 22 of
+// Process identifies a process across processes of the host: its PID and its start time (field 22 of
 // /proc/<pid>/stat, in clock ticks since boot), which tells a reused PID apart.
-type process struct {
+type Process struct {
 	PID   int    `json:"pid"`
 	Start uint64 `json:"start"`
 }
 
-func newProcess(pid int) (process, error) {
+// New records the running process pid.
+func New(pid int) (Process, error) {
 	start, _, err := procStat(pid)
 	if err != nil {
-		return process{}, err
+		return Process{}, err
 	}
-	return process{PID: pid, Start: start}, nil
+	return Process{PID: pid, Start: start}, nil
 }
 
 // procStat returns a process's start time and state letter.
@@ -50,8 +53,8 @@ func procStat(pid int) (uint64, byte, error) {
 	return start, fields[0][0], nil
 }
 
-// alive tells whether the process runs: it exists, is not a zombie, and has the recorded start time.
-func (p process) alive() bool {
+// Alive tells whether the process runs: it exists, is not a zombie, and has the recorded start time.
+func (p Process) Alive() bool {
 	if p.PID <= 0 {
 		return false
 	}
@@ -59,9 +62,9 @@ func (p process) alive() bool {
 	return err == nil && start == p.Start && state != 'Z' && state != 'X'
 }
 
-// signal sends sig if the process is still the recorded one.
-func (p process) signal(sig syscall.Signal) error {
-	if !p.alive() {
+// Signal sends sig if the process is still the recorded one.
+func (p Process) Signal(sig syscall.Signal) error {
+	if !p.Alive() {
 		return nil
 	}
 	if err := syscall.Kill(p.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -77,8 +80,8 @@ var children struct {
 	done map[int]chan struct{}
 }
 
-// adopt records that this process reaps pid; the returned function must be called once it has.
-func adopt(pid int) func() {
+// Adopt records that this process reaps pid; the returned function must be called once it has.
+func Adopt(pid int) func() {
 	children.mu.Lock()
 	defer children.mu.Unlock()
 	if children.done == nil {
@@ -94,9 +97,9 @@ func adopt(pid int) func() {
 	}
 }
 
-// wait waits until the process has ended (and, if it is this process's child, was reaped), or until ctx
+// Wait waits until the process has ended (and, if it is this process's child, was reaped), or until ctx
 // ends.
-func (p process) wait(ctx context.Context) error {
+func (p Process) Wait(ctx context.Context) error {
 	children.mu.Lock()
 	ch := children.done[p.PID]
 	children.mu.Unlock()
@@ -110,7 +113,7 @@ func (p process) wait(ctx context.Context) error {
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for p.alive() {
+	for p.Alive() {
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
@@ -120,27 +123,27 @@ func (p process) wait(ctx context.Context) error {
 	return nil
 }
 
-// terminate sends SIGTERM, waits up to grace, then sends SIGKILL and waits up to 10 s more. It returns an
+// Terminate sends SIGTERM, waits up to grace, then sends SIGKILL and waits up to 10 s more. It returns an
 // error only if the process survives that.
-func (p process) terminate(ctx context.Context, grace time.Duration) (killed bool, err error) {
-	if !p.alive() {
-		return false, p.wait(ctx)
+func (p Process) Terminate(ctx context.Context, grace time.Duration) (killed bool, err error) {
+	if !p.Alive() {
+		return false, p.Wait(ctx)
 	}
-	if err := p.signal(syscall.SIGTERM); err != nil {
+	if err := p.Signal(syscall.SIGTERM); err != nil {
 		return false, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, grace)
-	err = p.wait(wctx)
+	err = p.Wait(wctx)
 	cancel()
 	if err == nil {
 		return false, nil
 	}
-	if err := p.signal(syscall.SIGKILL); err != nil {
+	if err := p.Signal(syscall.SIGKILL); err != nil {
 		return true, err
 	}
 	wctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := p.wait(wctx); err != nil {
+	if err := p.Wait(wctx); err != nil {
 		return true, fmt.Errorf("process %d survived SIGKILL: %w", p.PID, err)
 	}
 	return true, nil

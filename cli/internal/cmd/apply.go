@@ -1,0 +1,319 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"path/filepath"
+	"slices"
+	"strconv"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/constellation-go/constellation/bootstrapper/initproto"
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/choose"
+	"github.com/constellation-go/constellation/internal/attestation/snp"
+	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
+	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/state"
+	"github.com/constellation-go/constellation/internal/versions"
+	"github.com/constellation-go/constellation/internal/versions/components"
+)
+
+// Workspace files apply writes.
+const (
+	AdminConfFile  = "constellation-admin.conf"
+	ClusterLogFile = "constellation-cluster.log"
+)
+
+// Ports of the first control plane.
+const initPort = 9000
+
+const flagMergeKubeconfig = "merge-kubeconfig"
+
+func newApplyCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "apply",
+		Aliases: []string{"init"},
+		Short:   "Create the infrastructure if needed and initialize the cluster",
+		Long: `Bring the cluster to what constellation-conf.yaml describes:
+
+  1. create the infrastructure if constellation-state.yaml records none (as 'constellation create');
+  2. generate the master secret and salt into constellation-mastersecret.json (mode 0600; keep it:
+     it is the only way to recover the nodes' keys);
+  3. connect to the first control plane over attested TLS and check its attestation against
+     attestation.measurements (and PCR 15 zero: a node that never joined a cluster) before
+     anything is sent;
+  4. send the init request (init secret, master secret, Kubernetes version and pinned components)
+     and follow the node's progress;
+  5. write the admin kubeconfig to constellation-admin.conf.
+
+If the node fails attestation, nothing is sent and the differing measurements are listed. If
+initialization fails on the node, its logs are written to constellation-cluster.log. Running apply
+again on an initialized cluster changes nothing; after an interruption it continues.`,
+		Example: `  constellation apply
+  constellation apply --merge-kubeconfig     # also add the cluster to ~/.kube/config`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			merge, err := cmd.Flags().GetBool(flagMergeKubeconfig)
+			if err != nil {
+				return err
+			}
+			return e.apply(cmd.Context(), e.progress(), merge)
+		},
+	}
+	cmd.Flags().Bool(flagMergeKubeconfig, false, "merge the cluster's admin kubeconfig into your kubeconfig ($KUBECONFIG or ~/.kube/config)")
+	return cmd
+}
+
+func (e *env) apply(ctx context.Context, p *progress, merge bool) error {
+	cfg, err := e.loadConfig()
+	if err != nil {
+		return err
+	}
+	if len(cfg.Attestation.Measurements) == 0 {
+		return fmt.Errorf("attestation.measurements in %s is empty, so no node could be trusted: fill it in with "+
+			"'constellation config fetch-measurements' or 'constellation image measure'", e.path(config.FileName))
+	}
+	st, err := e.readState()
+	if err != nil {
+		return err
+	}
+	if st.IsInitialized() {
+		fmt.Fprintf(e.out, "The cluster %s is already initialized (cluster ID %s); nothing to do.\n"+
+			"Check its nodes with 'constellation verify'.\n", st.Infrastructure.Name, st.ClusterValues.ClusterID)
+		return nil
+	}
+	if !st.HasInfrastructure() {
+		if st, err = e.create(ctx, cfg, p); err != nil {
+			return err
+		}
+	}
+	if err := e.initCluster(ctx, cfg, st, p); err != nil {
+		return err
+	}
+	if merge {
+		if err := e.mergeKubeconfig(); err != nil {
+			return fmt.Errorf("the cluster is initialized, but merging the kubeconfig failed: %w", err)
+		}
+	}
+	fmt.Fprintf(e.out, "Your cluster %s is initialized (%s).\n  Cluster ID:  %s\n  Kubeconfig:  %s\n"+
+		"Use it with:  kubectl --kubeconfig %s get nodes\nVerify nodes: constellation verify\n",
+		cfg.Name, p.Total(), st.ClusterValues.ClusterID, e.path(AdminConfFile), e.path(AdminConfFile))
+	return nil
+}
+
+// masterSecret reads the workspace's master secret, or generates and writes one. An interrupted apply
+// reuses it: a node that already took its lock with it must get the same secret again.
+func (e *env) masterSecret(p *progress) (crypto.MasterSecret, error) {
+	ms, err := crypto.ReadMasterSecret(e.files, crypto.MasterSecretFileName)
+	if err == nil {
+		return ms, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return crypto.MasterSecret{}, err
+	}
+	ms = crypto.MasterSecret{Key: make([]byte, crypto.MasterSecretLength), Salt: make([]byte, crypto.SaltLength)}
+	if _, err := rand.Read(ms.Key); err != nil {
+		return crypto.MasterSecret{}, err
+	}
+	if _, err := rand.Read(ms.Salt); err != nil {
+		return crypto.MasterSecret{}, err
+	}
+	if err := crypto.WriteMasterSecret(e.files, crypto.MasterSecretFileName, ms); err != nil {
+		return crypto.MasterSecret{}, err
+	}
+	p.Detail("wrote %s (mode 0600): back it up, it is the only way to recover the nodes' keys", e.path(crypto.MasterSecretFileName))
+	return ms, nil
+}
+
+func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
+	infra, err := e.infra(p)
+	if err != nil {
+		return err
+	}
+	ms, err := e.masterSecret(p)
+	if err != nil {
+		return err
+	}
+	_, initSecret, err := infra.Identity()
+	if err != nil {
+		return err
+	}
+	comps, err := e.components(ctx, cfg, infra)
+	if err != nil {
+		return err
+	}
+	// A node that has not joined or initialized a cluster shows PCR 15 zero.
+	refs := cfg.Attestation.Measurements.Clone()
+	refs[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
+	validator, err := e.validator(cfg, refs)
+	if err != nil {
+		return err
+	}
+	version, err := versions.ResolveKubernetes(cfg.KubernetesVersion)
+	if err != nil {
+		return err
+	}
+	sans := slices.Clone(st.Infrastructure.APIServerCertSANs)
+	if !slices.Contains(sans, st.Infrastructure.ClusterEndpoint) {
+		sans = append(sans, st.Infrastructure.ClusterEndpoint)
+	}
+	req := &initproto.InitRequest{
+		InitSecret: initSecret, MasterSecret: ms.Key, Salt: ms.Salt, KubernetesVersion: version,
+		KubernetesComponents: comps, ClusterName: cfg.Name, ApiserverCertSans: sans,
+	}
+	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initPort))
+	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)
+	resp, err := e.deps.initer.Init(ctx, endpoint, validator, req, func(step, msg string) {
+		p.Detail("%s: %s", step, msg)
+	})
+	if err != nil {
+		return e.initFailed(endpoint, err)
+	}
+	p.Done()
+	clusterID, ownerID, err := expectedIDs(ms)
+	if err != nil {
+		return err
+	}
+	// The node derived them from what we sent; different values mean it is not running our bootstrapper.
+	if subtle.ConstantTimeCompare(resp.GetClusterId(), clusterID) != 1 || subtle.ConstantTimeCompare(resp.GetOwnerId(), ownerID) != 1 {
+		return fmt.Errorf("the node answered with a cluster ID or owner ID that does not follow from the master secret; do not use this cluster")
+	}
+	if err := e.files.Write(AdminConfFile, resp.GetKubeconfig(), file.OptOverwrite, file.OptSecret); err != nil {
+		return err
+	}
+	st.ClusterValues = state.ClusterValues{ClusterID: clusterID, OwnerID: ownerID, MeasurementSalt: ms.Salt}
+	return st.Write(e.files, state.FileName)
+}
+
+func (e *env) initFailed(endpoint string, err error) error {
+	var failed *initFailedError
+	if errors.As(err, &failed) {
+		if werr := e.files.Write(ClusterLogFile, failed.logs, file.OptOverwrite, file.OptSecret); werr != nil {
+			return fmt.Errorf("initializing the cluster failed: %w (and writing its logs failed: %w)", err, werr)
+		}
+		return fmt.Errorf("initializing the cluster failed: %w\nThe node's logs are in %s. Fix the cause and re-run "+
+			"'constellation apply', or remove the cluster with 'constellation terminate'", err, e.path(ClusterLogFile))
+	}
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("interrupted while initializing the cluster: re-run 'constellation apply' to continue")
+	}
+	return fmt.Errorf("initializing the cluster at %s failed: %w\nIf the node failed attestation, nothing was sent to it: "+
+		"check attestation.measurements (e.g. with 'constellation config fetch-measurements') and the node image", endpoint, err)
+}
+
+// expectedIDs derives the cluster and owner IDs as the bootstrapper does.
+func expectedIDs(ms crypto.MasterSecret) (clusterID, ownerID []byte, err error) {
+	measurementSecret, err := crypto.DeriveKey(ms.Key, ms.Salt, crypto.MeasurementSecretID, 32)
+	if err != nil {
+		return nil, nil, err
+	}
+	if clusterID, err = crypto.ClusterID(measurementSecret, ms.Salt); err != nil {
+		return nil, nil, err
+	}
+	if ownerID, err = crypto.DeriveKey(ms.Key, ms.Salt, crypto.OwnerIDKeyID, 32); err != nil {
+		return nil, nil, err
+	}
+	return clusterID, ownerID, nil
+}
+
+// validator returns the configuration's validator for refs.
+func (e *env) validator(cfg *config.Config, refs measurements.M) (attestation.Validator, error) {
+	v, err := cfg.GetAttestationVariant()
+	if err != nil {
+		return nil, err
+	}
+	vcfg := choose.ValidatorConfig{Measurements: refs, RequireEventLog: true, Log: e.log}
+	if s := cfg.Attestation.SEVSNP; s != nil {
+		vcfg.SEVSNP = snp.Policy{Product: s.Product, MinimumTCB: snp.TCB{
+			Bootloader: s.BootloaderVersion, TEE: s.TEEVersion, SNP: s.SNPVersion, Microcode: s.MicrocodeVersion,
+		}}
+	}
+	return choose.Validator(v, vcfg)
+}
+
+// components are what the first control plane installs: for local, the pinned Kubernetes set and the
+// services' images, served by the provider's component server.
+func (e *env) components(ctx context.Context, cfg *config.Config, infra infrastructure) ([]*components.Component, error) {
+	if cfg.GetProvider() != cloudprovider.Local {
+		return nil, fmt.Errorf("initializing %s clusters is not supported yet: only the local provider serves the "+
+			"Kubernetes components to its nodes", cfg.GetProvider())
+	}
+	out, err := infra.Outputs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a, err := e.deps.artifacts()
+	if err != nil {
+		return nil, err
+	}
+	services, err := cluster.ServiceSet(a.servicesDir())
+	if err != nil {
+		return nil, err
+	}
+	version, err := versions.ResolveKubernetes(cfg.KubernetesVersion)
+	if err != nil {
+		return nil, err
+	}
+	return cluster.ComponentsAt(out.ComponentURL, version, []cluster.ExtraSet{services})
+}
+
+// mergeKubeconfig adds the admin kubeconfig's cluster, user and context to the user's kubeconfig and
+// makes it the current context.
+func (e *env) mergeKubeconfig() error {
+	admin, err := e.files.Read(AdminConfFile)
+	if err != nil {
+		return err
+	}
+	adminCfg, err := clientcmd.Load(admin)
+	if err != nil {
+		return err
+	}
+	target := e.deps.kubeconfigPath()
+	fh := file.NewHandler(e.osFs)
+	existing, err := fh.Read(target)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	userCfg, err := clientcmd.Load(existing)
+	if err != nil {
+		return fmt.Errorf("parsing %s: %w", target, err)
+	}
+	for k, v := range adminCfg.Clusters {
+		userCfg.Clusters[k] = v
+	}
+	for k, v := range adminCfg.AuthInfos {
+		userCfg.AuthInfos[k] = v
+	}
+	for k, v := range adminCfg.Contexts {
+		userCfg.Contexts[k] = v
+	}
+	userCfg.CurrentContext = adminCfg.CurrentContext
+	data, err := clientcmd.Write(*userCfg)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(data, existing) {
+		return nil
+	}
+	if err := e.osFs.MkdirAll(filepath.Dir(target), 0o700); err != nil {
+		return err
+	}
+	if err := fh.Write(target, data, file.OptOverwrite, file.OptSecret); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.errOut, "Merged the cluster into %s (current context %s).\n", target, adminCfg.CurrentContext)
+	return nil
+}

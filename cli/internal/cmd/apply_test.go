@@ -1,0 +1,252 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/spf13/afero"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/bootstrapper/initproto"
+	"github.com/constellation-go/constellation/cli/internal/terraform"
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/state"
+)
+
+type fakeInfra struct {
+	applyErr   error
+	destroyErr error
+	applied    int
+	destroyed  int
+}
+
+func (f *fakeInfra) Apply(context.Context, *config.Config) (terraform.Outputs, error) {
+	f.applied++
+	if f.applyErr != nil {
+		return terraform.Outputs{}, f.applyErr
+	}
+	return f.Outputs(context.Background())
+}
+
+func (f *fakeInfra) Outputs(context.Context) (terraform.Outputs, error) {
+	return terraform.Outputs{
+		ClusterEndpoint: "10.42.0.2", InClusterEndpoint: "10.42.0.2", APIServerCertSANs: []string{"10.42.0.2"},
+		IPCidrNode: "10.42.0.0/24", ComponentURL: "http://10.42.0.1:9081",
+		Nodes: map[string]terraform.NodeOutput{
+			"cp-0": {IP: "10.42.0.2", Role: "control-plane"}, "worker-0": {IP: "10.42.0.3", Role: "worker"},
+		},
+	}, nil
+}
+
+func (f *fakeInfra) Identity() (string, []byte, error) {
+	return "uid1", bytes.Repeat([]byte{7}, 32), nil
+}
+
+func (f *fakeInfra) Destroy(context.Context) error {
+	f.destroyed++
+	return f.destroyErr
+}
+
+// fakeIniter stands for the first control plane: like aTLS, it lets the validator check the node's
+// attestation (from a real vTPM) before the request is "sent".
+type fakeIniter struct {
+	t    *testing.T
+	node *vtpmtest.Node
+	sent *initproto.InitRequest
+	// fail makes the node report a failure with logs.
+	fail bool
+}
+
+func (f *fakeIniter) Init(ctx context.Context, _ string, v attestation.Validator, req *initproto.InitRequest,
+	progress func(string, string),
+) (*initproto.InitSuccessResponse, error) {
+	nonce := bytes.Repeat([]byte{1}, 32)
+	doc, err := vtpm.NewIssuer(variant.QEMUVTPM, f.node.TPM, vtpm.WithEventLog(func() ([]byte, error) { return f.node.EventLog, nil })).
+		Issue(ctx, nil, nonce)
+	require.NoError(f.t, err)
+	if _, err := v.Validate(ctx, doc, nonce); err != nil {
+		return nil, err
+	}
+	f.sent = req
+	progress("kubeadm-init", "running kubeadm init")
+	if f.fail {
+		return nil, &initFailedError{message: "kubeadm init failed", logs: []byte("kubelet: boom\n")}
+	}
+	ms := crypto.MasterSecret{Key: req.GetMasterSecret(), Salt: req.GetSalt()}
+	clusterID, ownerID, err := expectedIDs(ms)
+	require.NoError(f.t, err)
+	return &initproto.InitSuccessResponse{Kubeconfig: []byte("apiVersion: v1\nkind: Config\n"), ClusterId: clusterID, OwnerId: ownerID}, nil
+}
+
+// testEnv returns an env on a memory file system with fakes, and a local configuration whose measurements
+// are those of a vTPM node booted with vtpmtest.Boot.
+func testEnv(t *testing.T, fs afero.Fs, infra *fakeInfra, in initer, att attester) (*env, *bytes.Buffer, *bytes.Buffer) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	e := &env{osFs: fs, in: strings.NewReader(""), out: &out, errOut: &errOut, deps: deps{
+		infra:      func(string, func(string)) (infrastructure, error) { return infra, nil },
+		artifacts:  func() (artifacts, error) { return artifacts{dir: t.TempDir()}, nil },
+		initer:     in,
+		attester:   att,
+		isTerminal: func() bool { return false },
+	}}
+	return e, &out, &errOut
+}
+
+func writeLocalConfig(t *testing.T, fs afero.Fs, m measurements.M) {
+	t.Helper()
+	cfg, err := config.Default(cloudprovider.Local)
+	require.NoError(t, err)
+	data, err := cfg.Marshal()
+	require.NoError(t, err)
+	if m != nil {
+		data, err = config.SetMeasurements(data, m)
+		require.NoError(t, err)
+	}
+	require.NoError(t, afero.WriteFile(fs, config.FileName, data, 0o644))
+}
+
+func TestApply(t *testing.T) {
+	refs := vtpmtest.ReferenceValues(vtpmtest.Boot)
+	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 4, vtpmtest.Event{PCR: 11, Type: vtpmtest.Boot[4].Type, Data: ".linux-evil"})
+
+	testCases := map[string]struct {
+		boot         []vtpmtest.Event
+		refs         measurements.M
+		applyErr     error
+		fail         bool
+		wantCode     int
+		wantStderr   []string
+		wantSent     bool
+		wantInit     bool
+		wantLog      bool
+		wantNoConfig bool
+	}{
+		"creates and initializes": {boot: vtpmtest.Boot, refs: refs, wantSent: true, wantInit: true},
+		"a node that fails attestation gets nothing": {
+			boot: tampered, refs: refs, wantCode: 1,
+			wantStderr: []string{"PCR 11", "nothing was sent"},
+		},
+		"a failed init writes the node's logs": {
+			boot: vtpmtest.Boot, refs: refs, fail: true, wantCode: 1, wantSent: true, wantLog: true,
+			wantStderr: []string{"kubeadm init failed", ClusterLogFile},
+		},
+		"empty measurements are refused": {
+			boot: vtpmtest.Boot, refs: measurements.M{}, wantCode: 1, wantStderr: []string{"attestation.measurements", "is empty"},
+		},
+		"missing config names the fix": {
+			boot: vtpmtest.Boot, wantNoConfig: true, wantCode: 1, wantStderr: []string{"constellation config generate"},
+		},
+		"failed create says how to continue": {
+			boot: vtpmtest.Boot, refs: refs, applyErr: errors.New("terraform apply failed"), wantCode: 1,
+			wantStderr: []string{"terraform apply failed", "Re-run the command"},
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			fs := afero.NewMemMapFs()
+			if !tc.wantNoConfig {
+				writeLocalConfig(t, fs, tc.refs)
+			}
+			infra := &fakeInfra{applyErr: tc.applyErr}
+			in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, tc.boot), fail: tc.fail}
+			e, out, errOut := testEnv(t, fs, infra, in, nil)
+			e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+
+			code := execute(context.Background(), []string{"apply"}, e)
+			assert.Equal(t, tc.wantCode, code, "stdout: %s\nstderr: %s", out, errOut)
+			for _, s := range tc.wantStderr {
+				assert.Contains(t, errOut.String(), s)
+			}
+			assert.Equal(t, tc.wantSent, in.sent != nil, "whether the init request was sent")
+			if in.sent != nil {
+				assert.Equal(t, []string{"10.42.0.2"}, in.sent.GetApiserverCertSans())
+				assert.Equal(t, bytes.Repeat([]byte{7}, 32), in.sent.GetInitSecret())
+				assert.NotEmpty(t, in.sent.GetKubernetesComponents())
+			}
+			secretFile, err := fs.Stat(crypto.MasterSecretFileName)
+			if tc.wantSent {
+				require.NoError(t, err)
+				assert.Equal(t, "-rw-------", secretFile.Mode().Perm().String())
+				ms, err := crypto.ReadMasterSecret(e.files, crypto.MasterSecretFileName)
+				require.NoError(t, err)
+				assert.Equal(t, ms.Key, in.sent.GetMasterSecret())
+				assert.NotContains(t, out.String()+errOut.String(), string(ms.Key))
+			}
+			logData, err := afero.ReadFile(fs, ClusterLogFile)
+			if tc.wantLog {
+				require.NoError(t, err)
+				assert.Equal(t, "kubelet: boom\n", string(logData))
+			} else {
+				assert.Error(t, err)
+			}
+			st, err := state.Read(e.files, state.FileName)
+			if !tc.wantInit {
+				if err == nil {
+					assert.False(t, st.IsInitialized())
+				}
+				return
+			}
+			require.NoError(t, err)
+			assert.True(t, st.IsInitialized())
+			assert.Len(t, st.Infrastructure.Nodes, 2)
+			assert.Contains(t, out.String(), "is initialized")
+			admin, err := afero.ReadFile(fs, AdminConfFile)
+			require.NoError(t, err)
+			assert.Contains(t, string(admin), "kind: Config")
+			info, err := fs.Stat(AdminConfFile)
+			require.NoError(t, err)
+			assert.Equal(t, "-rw-------", info.Mode().Perm().String())
+
+			// A second apply changes nothing.
+			stateBefore, err := afero.ReadFile(fs, state.FileName)
+			require.NoError(t, err)
+			in.sent = nil
+			out.Reset()
+			require.Zero(t, execute(context.Background(), []string{"apply"}, e))
+			assert.Contains(t, out.String(), "nothing to do")
+			assert.Nil(t, in.sent)
+			assert.Equal(t, 1, infra.applied)
+			stateAfter, err := afero.ReadFile(fs, state.FileName)
+			require.NoError(t, err)
+			assert.Equal(t, stateBefore, stateAfter)
+		})
+	}
+}
+
+// TestApplyReusesTheMasterSecret: an apply interrupted after the secret was written sends the same one.
+func TestApplyReusesTheMasterSecret(t *testing.T) {
+	fs := afero.NewMemMapFs()
+	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot), fail: true}
+	e, _, _ := testEnv(t, fs, &fakeInfra{}, in, nil)
+	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+	require.Equal(t, 1, execute(context.Background(), []string{"apply"}, e))
+	first := in.sent.GetMasterSecret()
+	in.fail = false
+	require.Equal(t, 0, execute(context.Background(), []string{"apply"}, e))
+	assert.Equal(t, first, in.sent.GetMasterSecret())
+}
+
+// servicesFixture is an artifacts directory with (fake) service image archives.
+func servicesFixture(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	osFs := afero.NewOsFs()
+	require.NoError(t, osFs.MkdirAll(dir+"/services", 0o755))
+	for _, s := range []string{"joinservice", "keyservice", "verificationservice"} {
+		require.NoError(t, afero.WriteFile(osFs, dir+"/services/"+s+".tar", []byte(s), 0o644))
+	}
+	return dir
+}

@@ -1,0 +1,147 @@
+package cmd
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/state"
+)
+
+func newCreateCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "create",
+		Short: "Create the cluster's infrastructure (nodes, network) with Terraform",
+		Long: `Create the infrastructure that constellation-conf.yaml describes: the provider's Terraform
+module is rendered into constellation-terraform/ and applied; what it created is recorded in
+constellation-state.yaml. Nodes boot and wait for 'constellation apply'.
+
+Re-running continues an interrupted create; on an existing infrastructure it changes nothing
+that still matches the configuration.`,
+		Example: `  constellation config generate local
+  constellation create
+  constellation apply`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := e.loadConfig()
+			if err != nil {
+				return err
+			}
+			p := e.progress()
+			st, err := e.create(cmd.Context(), cfg, p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.out, "Created the infrastructure of %s (%d nodes, endpoint %s) in %s. Next: constellation apply\n",
+				cfg.Name, len(st.Infrastructure.Nodes), st.Infrastructure.ClusterEndpoint, p.Total())
+			return nil
+		},
+	}
+}
+
+// loadConfig reads and validates the workspace's configuration.
+func (e *env) loadConfig() (*config.Config, error) {
+	cfg, err := config.Load(e.files, config.FileName)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no %s: write one with 'constellation config generate <provider>' (or pass the workspace with -C)",
+			e.path(config.FileName))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w\nFix the fields above, then check with 'constellation config validate'", err)
+	}
+	return cfg, nil
+}
+
+// readState returns the workspace's state, or a new one if there is none.
+func (e *env) readState() (*state.State, error) {
+	st, err := state.Read(e.files, state.FileName)
+	if errors.Is(err, fs.ErrNotExist) {
+		return state.New(), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// requireState reads the state of a created cluster.
+func (e *env) requireState() (*state.State, error) {
+	st, err := e.readState()
+	if err != nil {
+		return nil, err
+	}
+	if !st.HasInfrastructure() {
+		return nil, fmt.Errorf("no cluster in %s: create one with 'constellation apply' (or pass its workspace with -C)",
+			e.path(state.FileName))
+	}
+	return st, nil
+}
+
+// workspaceDir is the absolute path of the workspace, for the tools that run in it.
+func (e *env) workspaceDir() (string, error) {
+	ws := e.workspace
+	if ws == "" {
+		ws = "."
+	}
+	return filepath.Abs(ws)
+}
+
+func (e *env) infra(p *progress) (infrastructure, error) {
+	ws, err := e.workspaceDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := e.osFs.MkdirAll(ws, 0o755); err != nil {
+		return nil, err
+	}
+	return e.deps.infra(ws, func(line string) { p.Detail("%s", line) })
+}
+
+// create applies the infrastructure and records it in the state.
+func (e *env) create(ctx context.Context, cfg *config.Config, p *progress) (*state.State, error) {
+	st, err := e.readState()
+	if err != nil {
+		return nil, err
+	}
+	infra, err := e.infra(p)
+	if err != nil {
+		return nil, err
+	}
+	p.Step("Creating the infrastructure (%s, %d nodes)", cfg.GetProvider(), countNodes(cfg))
+	out, err := infra.Apply(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating the infrastructure: %w\nRe-run the command to continue; 'constellation terminate' removes what was created", err)
+	}
+	uid, secret, err := infra.Identity()
+	if err != nil {
+		return nil, err
+	}
+	hash := sha256.Sum256(secret)
+	st.Infrastructure = state.Infrastructure{
+		UID: uid, Provider: cfg.GetProvider().String(), Name: cfg.Name,
+		ClusterEndpoint: out.ClusterEndpoint, InClusterEndpoint: out.InClusterEndpoint, InitSecretHash: hash[:],
+		APIServerCertSANs: out.APIServerCertSANs, IPCidrNode: out.IPCidrNode, Nodes: map[string]state.Node{},
+	}
+	for name, n := range out.Nodes {
+		st.Infrastructure.Nodes[name] = state.Node{IP: n.IP, Role: n.Role}
+	}
+	if err := st.Write(e.files, state.FileName); err != nil {
+		return nil, err
+	}
+	p.Done()
+	return st, nil
+}
+
+func countNodes(cfg *config.Config) int {
+	n := 0
+	for _, g := range cfg.NodeGroups {
+		n += g.InitialCount
+	}
+	return n
+}

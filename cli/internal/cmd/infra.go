@@ -1,0 +1,192 @@
+package cmd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/constellation-go/constellation/cli/internal/terraform"
+	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/config"
+)
+
+// infrastructure creates and destroys a cluster's machines. Terraform does it (terraformInfra); tests use
+// a fake.
+type infrastructure interface {
+	// Apply creates or completes the infrastructure of cfg and returns the module's outputs. It is
+	// idempotent: after an interruption, calling it again continues.
+	Apply(ctx context.Context, cfg *config.Config) (terraform.Outputs, error)
+	// Outputs returns the outputs of the created infrastructure.
+	Outputs(ctx context.Context) (terraform.Outputs, error)
+	// Identity returns the resources' UID and the init secret the first control plane expects from
+	// `apply`, as the last Apply used them.
+	Identity() (uid string, initSecret []byte, err error)
+	// Destroy removes everything Apply created.
+	Destroy(ctx context.Context) error
+}
+
+// artifacts are the files the CLI ships beside its binary (make build installs them into out/):
+//
+//	image/                              the node image (local, qemu)
+//	services/<service>.tar              the services' container images (local)
+//	terraform-provider-constellation    the project's Terraform provider (local)
+type artifacts struct {
+	dir string
+}
+
+// artifactsEnv overrides the directory of the artifacts (default: the CLI's own directory).
+const artifactsEnv = "CONSTELLATION_ARTIFACTS"
+
+func findArtifacts() (artifacts, error) {
+	if dir := os.Getenv(artifactsEnv); dir != "" {
+		abs, err := filepath.Abs(dir)
+		return artifacts{dir: abs}, err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return artifacts{}, fmt.Errorf("locating the CLI's files: %w", err)
+	}
+	exe, err = filepath.EvalSymlinks(exe)
+	if err != nil {
+		return artifacts{}, fmt.Errorf("locating the CLI's files: %w", err)
+	}
+	return artifacts{dir: filepath.Dir(exe)}, nil
+}
+
+func (a artifacts) imageDir(cfg *config.Config) (string, error) {
+	dir := cfg.Image
+	if dir == "" {
+		dir = filepath.Join(a.dir, "image")
+	}
+	dir, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", fmt.Errorf("the node image: %w (build it with 'make image', or set 'image' in %s)", err, config.FileName)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "constellation.efi")); err != nil {
+		return "", fmt.Errorf("%s is not a node image: %w (build one with 'make image')", dir, err)
+	}
+	return dir, nil
+}
+
+func (a artifacts) servicesDir() string { return filepath.Join(a.dir, "services") }
+func (a artifacts) providerBinary() string {
+	return filepath.Join(a.dir, "terraform-provider-constellation")
+}
+
+// terraformInfra runs the provider's module in <workspace>/constellation-terraform.
+type terraformInfra struct {
+	workspace string
+	artifacts artifacts
+	progress  func(string)
+}
+
+func (t *terraformInfra) options() terraform.Options {
+	return terraform.Options{ProviderBinary: t.artifacts.providerBinary(), Progress: t.progress}
+}
+
+func (t *terraformInfra) Apply(ctx context.Context, cfg *config.Config) (terraform.Outputs, error) {
+	in, err := t.inputs(cfg)
+	if err != nil {
+		return terraform.Outputs{}, err
+	}
+	vars, err := terraform.Variables(cfg, in)
+	if err != nil {
+		return terraform.Outputs{}, err
+	}
+	if cfg.GetProvider() == cloudprovider.QEMU {
+		if err := ensureLibvirtd(ctx, cfg.Provider.QEMU.LibvirtURI); err != nil {
+			return terraform.Outputs{}, err
+		}
+	}
+	r, err := terraform.Prepare(t.workspace, cfg.GetProvider().String(), vars, t.options())
+	if err != nil {
+		return terraform.Outputs{}, err
+	}
+	return r.Apply(ctx)
+}
+
+// inputs keeps the UID and init secret of an earlier run: re-running must continue with the same
+// resources, and a node that already knows the init secret's hash must still accept it.
+func (t *terraformInfra) inputs(cfg *config.Config) (terraform.Inputs, error) {
+	in := terraform.Inputs{}
+	if r, err := terraform.Open(t.workspace, t.options()); err == nil {
+		if vars, err := r.Variables(); err == nil {
+			uid, _ := vars["uid"].(string)
+			secret, _ := vars["init_secret"].(string)
+			in.UID = uid
+			in.InitSecret, _ = hex.DecodeString(secret)
+		}
+	}
+	if in.UID == "" {
+		in.UID = randomUID()
+	}
+	if len(in.InitSecret) == 0 {
+		in.InitSecret = make([]byte, 32)
+		if _, err := rand.Read(in.InitSecret); err != nil {
+			return in, err
+		}
+	}
+	switch cfg.GetProvider() {
+	case cloudprovider.Local, cloudprovider.QEMU:
+		dir, err := t.artifacts.imageDir(cfg)
+		if err != nil {
+			return in, err
+		}
+		in.ImageRef = dir
+		in.ServicesDir = t.artifacts.servicesDir()
+	default:
+		in.ImageRef = cfg.Image
+	}
+	return in, nil
+}
+
+func (t *terraformInfra) Outputs(ctx context.Context) (terraform.Outputs, error) {
+	r, err := terraform.Open(t.workspace, t.options())
+	if err != nil {
+		return terraform.Outputs{}, err
+	}
+	return r.Outputs(ctx)
+}
+
+func (t *terraformInfra) Identity() (string, []byte, error) {
+	r, err := terraform.Open(t.workspace, t.options())
+	if err != nil {
+		return "", nil, err
+	}
+	vars, err := r.Variables()
+	if err != nil {
+		return "", nil, err
+	}
+	uid, _ := vars["uid"].(string)
+	secret, _ := vars["init_secret"].(string)
+	if secret == "" || uid == "" {
+		return "", nil, errors.New("the Terraform variables hold no UID or init secret: re-run 'constellation create'")
+	}
+	// The secret is the variable's text: that is what the modules hash for the nodes.
+	return uid, []byte(secret), nil
+}
+
+func (t *terraformInfra) Destroy(ctx context.Context) error {
+	r, err := terraform.Open(t.workspace, t.options())
+	if err != nil {
+		return err
+	}
+	if err := r.Destroy(ctx); err != nil {
+		return err
+	}
+	return os.RemoveAll(filepath.Join(t.workspace, terraform.Dir))
+}
+
+func randomUID() string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}

@@ -1,0 +1,209 @@
+package cmd
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/constellation-go/constellation/internal/config"
+)
+
+// The bootstrapper's names for the attestation config the JoinService uses.
+const (
+	attestationConfigMap = "attestation-config"
+	attestationConfigKey = "attestation-config.yaml"
+)
+
+func newStatusCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the cluster's nodes, versions and attestation config",
+		Long: `Show what constellation-state.yaml records about the cluster and, once it is initialized, what
+the cluster reports through the admin kubeconfig: each node's readiness and versions, and the
+attestation config the JoinService checks joining nodes against.`,
+		Example: `  constellation status
+  constellation status -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := outputFormat(cmd)
+			if err != nil {
+				return err
+			}
+			return e.status(cmd.Context(), format)
+		},
+	}
+	addOutputFlag(cmd)
+	return cmd
+}
+
+type statusNode struct {
+	Name       string `json:"name"`
+	Role       string `json:"role"`
+	IP         string `json:"ip"`
+	Ready      bool   `json:"ready"`
+	InCluster  bool   `json:"inCluster"`
+	Kubelet    string `json:"kubeletVersion,omitempty"`
+	KernelOS   string `json:"osImage,omitempty"`
+	Conditions string `json:"notReadyReason,omitempty"`
+}
+
+type statusResult struct {
+	Cluster     string       `json:"cluster"`
+	Provider    string       `json:"provider"`
+	Endpoint    string       `json:"endpoint"`
+	Initialized bool         `json:"initialized"`
+	ClusterID   string       `json:"clusterID,omitempty"`
+	Kubernetes  string       `json:"kubernetesVersion,omitempty"`
+	Nodes       []statusNode `json:"nodes"`
+	Attestation *struct {
+		Variant string   `json:"variant"`
+		PCRs    []uint32 `json:"enforcedPCRs"`
+		WarnOn  []uint32 `json:"warnOnlyPCRs,omitempty"`
+	} `json:"attestation,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+func (e *env) status(ctx context.Context, format string) error {
+	st, err := e.requireState()
+	if err != nil {
+		return err
+	}
+	res := statusResult{
+		Cluster: st.Infrastructure.Name, Provider: st.Infrastructure.Provider, Endpoint: st.Infrastructure.ClusterEndpoint,
+		Initialized: st.IsInitialized(),
+	}
+	byName := map[string]int{}
+	for name, n := range st.Infrastructure.Nodes {
+		byName[name] = len(res.Nodes)
+		res.Nodes = append(res.Nodes, statusNode{Name: name, Role: n.Role, IP: n.IP})
+	}
+	if st.IsInitialized() {
+		res.ClusterID = st.ClusterValues.ClusterID.String()
+		if err := e.clusterStatus(ctx, &res, byName); err != nil {
+			res.Error = fmt.Sprintf("the cluster did not answer: %v", err)
+		}
+	}
+	slices.SortFunc(res.Nodes, func(a, b statusNode) int { return strings.Compare(a.Name, b.Name) })
+	if format == outputJSON {
+		data, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.out, string(data))
+		return nil
+	}
+	fmt.Fprintf(e.out, "Cluster %s (provider %s), endpoint %s\n", res.Cluster, res.Provider, res.Endpoint)
+	if !res.Initialized {
+		fmt.Fprintln(e.out, "Not initialized: run 'constellation apply'.")
+	} else {
+		fmt.Fprintf(e.out, "Cluster ID %s", res.ClusterID)
+		if res.Kubernetes != "" {
+			fmt.Fprintf(e.out, ", Kubernetes %s", res.Kubernetes)
+		}
+		fmt.Fprintln(e.out)
+	}
+	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tREADY\tKUBELET\tOS")
+	for _, n := range res.Nodes {
+		ready := "no"
+		switch {
+		case !res.Initialized:
+			ready = "-"
+		case n.Ready:
+			ready = "yes"
+		case !n.InCluster:
+			ready = "not joined"
+		case n.Conditions != "":
+			ready = "no (" + n.Conditions + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, ready, dash(n.Kubelet), dash(n.KernelOS))
+	}
+	_ = tw.Flush()
+	if a := res.Attestation; a != nil {
+		fmt.Fprintf(e.out, "Attestation config (JoinService): variant %s, enforced PCRs %v", a.Variant, a.PCRs)
+		if len(a.WarnOn) > 0 {
+			fmt.Fprintf(e.out, ", warn-only %v", a.WarnOn)
+		}
+		fmt.Fprintln(e.out)
+	}
+	if res.Error != "" {
+		fmt.Fprintf(e.out, "%s\n", res.Error)
+	}
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[string]int) error {
+	kubeconfig, err := e.files.Read(AdminConfFile)
+	if err != nil {
+		return err
+	}
+	k8s, err := e.deps.kube(kubeconfig)
+	if err != nil {
+		return err
+	}
+	if v, err := k8s.Discovery().ServerVersion(); err == nil {
+		res.Kubernetes = v.GitVersion
+	}
+	nodes, err := k8s.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes.Items {
+		i, ok := byName[n.Name]
+		if !ok {
+			i = len(res.Nodes)
+			byName[n.Name] = i
+			res.Nodes = append(res.Nodes, statusNode{Name: n.Name})
+		}
+		sn := &res.Nodes[i]
+		sn.InCluster = true
+		sn.Kubelet = n.Status.NodeInfo.KubeletVersion
+		sn.KernelOS = n.Status.NodeInfo.OSImage
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				sn.Ready = c.Status == corev1.ConditionTrue
+				if !sn.Ready {
+					sn.Conditions = c.Reason
+				}
+			}
+		}
+	}
+	cm, err := k8s.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, attestationConfigMap, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading the attestation config: %w", err)
+	}
+	var att config.AttestationConfig
+	if err := yaml.Unmarshal([]byte(cm.Data[attestationConfigKey]), &att); err != nil {
+		return fmt.Errorf("parsing the attestation config: %w", err)
+	}
+	res.Attestation = &struct {
+		Variant string   `json:"variant"`
+		PCRs    []uint32 `json:"enforcedPCRs"`
+		WarnOn  []uint32 `json:"warnOnlyPCRs,omitempty"`
+	}{Variant: att.Variant}
+	for idx, m := range att.Measurements {
+		if m.WarnOnly {
+			res.Attestation.WarnOn = append(res.Attestation.WarnOn, idx)
+		} else {
+			res.Attestation.PCRs = append(res.Attestation.PCRs, idx)
+		}
+	}
+	slices.Sort(res.Attestation.PCRs)
+	slices.Sort(res.Attestation.WarnOn)
+	return nil
+}

@@ -1,0 +1,172 @@
+package cmd
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+
+	"github.com/spf13/afero"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/state"
+	"github.com/constellation-go/constellation/internal/tpm"
+)
+
+// fakeAttester answers for nodes by address from real vTPMs, like the VerificationService does.
+type fakeAttester struct {
+	t     *testing.T
+	nodes map[string]*vtpmtest.Node
+}
+
+func (f *fakeAttester) GetAttestation(ctx context.Context, endpoint string, nonce []byte) ([]byte, error) {
+	n, ok := f.nodes[endpoint]
+	if !ok {
+		return nil, errors.New("connection refused")
+	}
+	return vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return n.EventLog, nil })).
+		Issue(ctx, nil, nonce)
+}
+
+// lockedNode is a node booted with events that took the node lock for clusterID (PCR 15).
+func lockedNode(t *testing.T, events []vtpmtest.Event, clusterID []byte) *vtpmtest.Node {
+	n := vtpmtest.NewNode(t, events)
+	require.NoError(t, tpm.Extend(n.TPM, measurements.PCRClusterID, measurements.ClusterIDEvent(clusterID)))
+	return n
+}
+
+func TestVerify(t *testing.T) {
+	clusterID := bytes.Repeat([]byte{3}, 32)
+	otherID := bytes.Repeat([]byte{4}, 32)
+	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: vtpmtest.Boot[3].Type, Data: "console=ttyS0 init=/bin/sh"})
+	testCases := map[string]struct {
+		cp, worker  *vtpmtest.Node
+		args        []string
+		wantCode    int
+		wantStdout  []string
+		wantMissing []string
+	}{
+		"every node verifies": {
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), worker: lockedNode(t, vtpmtest.Boot, clusterID),
+			wantStdout: []string{"✓ cp-0", "✓ worker-0", "All 2 nodes verified"},
+		},
+		"a changed kernel command line is named": {
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), worker: lockedNode(t, tampered, clusterID), wantCode: 1,
+			wantStdout: []string{"✓ cp-0", "✗ worker-0", "PCR 9 (enforced)", "init=/bin/sh"},
+		},
+		"a node of another cluster": {
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), worker: lockedNode(t, vtpmtest.Boot, otherID), wantCode: 1,
+			wantStdout: []string{"✗ worker-0", "PCR 15", "does not belong to this cluster"},
+		},
+		"a node that never took the lock": {
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), worker: vtpmtest.NewNode(t, vtpmtest.Boot), wantCode: 1,
+			wantStdout: []string{"✗ worker-0", "PCR 15"},
+		},
+		"an unreachable node fails": {
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), wantCode: 1,
+			wantStdout: []string{"✗ worker-0", "connection refused"},
+		},
+		"one node by name": {
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), args: []string{"--node", "cp-0"},
+			wantStdout: []string{"✓ cp-0", "All 1 nodes verified"}, wantMissing: []string{"worker-0"},
+		},
+		"unknown node": {
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), args: []string{"--node", "cp-9"}, wantCode: 1,
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			fs := afero.NewMemMapFs()
+			writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+			writeInitializedState(t, fs, clusterID)
+			att := &fakeAttester{t: t, nodes: map[string]*vtpmtest.Node{"10.42.0.2:30081": tc.cp}}
+			if tc.worker != nil {
+				att.nodes["10.42.0.3:30081"] = tc.worker
+			}
+			e, out, errOut := testEnv(t, fs, &fakeInfra{}, nil, att)
+			code := execute(context.Background(), append([]string{"verify"}, tc.args...), e)
+			assert.Equal(t, tc.wantCode, code, "stdout: %s\nstderr: %s", out, errOut)
+			for _, s := range tc.wantStdout {
+				assert.Contains(t, out.String(), s)
+			}
+			for _, s := range tc.wantMissing {
+				assert.NotContains(t, out.String(), s)
+			}
+
+			// The same result as JSON.
+			out.Reset()
+			code = execute(context.Background(), append([]string{"verify", "-o", "json"}, tc.args...), e)
+			assert.Equal(t, tc.wantCode, code)
+			if code == 0 || len(tc.wantStdout) > 0 {
+				var res verifyResult
+				require.NoError(t, json.Unmarshal(out.Bytes(), &res), out.String())
+				assert.Equal(t, tc.wantCode == 0, res.Verified)
+			}
+		})
+	}
+}
+
+func writeInitializedState(t *testing.T, fs afero.Fs, clusterID []byte) {
+	t.Helper()
+	st := state.New()
+	st.Infrastructure = state.Infrastructure{
+		UID: "uid1", Provider: "local", Name: "constell", ClusterEndpoint: "10.42.0.2",
+		InitSecretHash: bytes.Repeat([]byte{1}, 32),
+		Nodes: map[string]state.Node{
+			"cp-0": {IP: "10.42.0.2", Role: "control-plane"}, "worker-0": {IP: "10.42.0.3", Role: "worker"},
+		},
+	}
+	st.ClusterValues = state.ClusterValues{ClusterID: clusterID, OwnerID: bytes.Repeat([]byte{5}, 32), MeasurementSalt: bytes.Repeat([]byte{6}, 32)}
+	require.NoError(t, st.Write(file.NewHandler(fs), state.FileName))
+}
+
+func TestTerminate(t *testing.T) {
+	testCases := map[string]struct {
+		args       []string
+		terminal   bool
+		answer     string
+		destroyErr error
+		wantCode   int
+		wantGone   bool
+		wantStderr string
+	}{
+		"--yes":                            {args: []string{"--yes"}, wantGone: true},
+		"confirmed":                        {terminal: true, answer: "yes\n", wantGone: true},
+		"not confirmed":                    {terminal: true, answer: "no\n", wantCode: 1, wantStderr: "nothing was changed"},
+		"no terminal and no --yes":         {wantCode: 1, wantStderr: "pass --yes"},
+		"a failed destroy keeps the state": {args: []string{"-y"}, destroyErr: errors.New("boom"), wantCode: 1, wantStderr: "Re-run"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			fs := afero.NewMemMapFs()
+			writeInitializedState(t, fs, bytes.Repeat([]byte{3}, 32))
+			require.NoError(t, afero.WriteFile(fs, AdminConfFile, []byte("x"), 0o600))
+			require.NoError(t, afero.WriteFile(fs, "constellation-mastersecret.json", []byte("{}"), 0o600))
+			infra := &fakeInfra{destroyErr: tc.destroyErr}
+			e, out, errOut := testEnv(t, fs, infra, nil, nil)
+			e.deps.isTerminal = func() bool { return tc.terminal }
+			e.in = bytes.NewBufferString(tc.answer)
+			code := execute(context.Background(), append([]string{"terminate"}, tc.args...), e)
+			assert.Equal(t, tc.wantCode, code, "stdout: %s\nstderr: %s", out, errOut)
+			assert.Contains(t, errOut.String(), tc.wantStderr)
+			for _, f := range []string{state.FileName, AdminConfFile} {
+				exists, err := afero.Exists(fs, f)
+				require.NoError(t, err)
+				assert.Equal(t, !tc.wantGone, exists, f)
+			}
+			kept, err := afero.Exists(fs, "constellation-mastersecret.json")
+			require.NoError(t, err)
+			assert.True(t, kept, "terminate never deletes the master secret")
+			if tc.wantCode == 1 && tc.destroyErr == nil {
+				assert.Zero(t, infra.destroyed, "nothing may be destroyed without confirmation")
+			}
+		})
+	}
+}

@@ -1,0 +1,24 @@
+// The project's Terraform provider. Terraform starts it from the workspace's filesystem mirror.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/hashicorp/terraform-plugin-framework/providerserver"
+
+	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
+	"github.com/constellation-go/constellation/internal/cloud/local/node"
+	"github.com/constellation-go/constellation/terraform/provider"
+)
+
+func main() {
+	// The nodes' init and the provider daemon are this binary, started again: they must not serve Terraform.
+	node.InitMain()
+	daemon.Main()
+	if err := providerserver.Serve(context.Background(), provider.New, providerserver.ServeOpts{Address: provider.Address}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
