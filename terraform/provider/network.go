@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
+	"github.com/hashicorp/terraform-plugin-framework/tfsdk"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 
 	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
@@ -119,26 +121,32 @@ func ensure(ctx context.Context, spec daemon.Spec, restart bool) (*network.Netwo
 }
 
 func (r *networkResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	resp.Diagnostics.Append(apply(ctx, req.Plan, &resp.State, false)...)
+}
+
+// apply brings the network and the daemon to the plan; restart restarts a running daemon, whose component
+// sets are fixed at its start.
+func apply(ctx context.Context, plan tfsdk.Plan, st *tfsdk.State, restart bool) diag.Diagnostics {
 	var m networkModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
+	diags := plan.Get(ctx, &m)
+	if diags.HasError() {
+		return diags
 	}
 	spec, err := m.spec()
 	if err != nil {
-		resp.Diagnostics.AddError("Invalid local network", err.Error())
-		return
+		diags.AddError("Invalid local network", err.Error())
+		return diags
 	}
 	log, done := logger(spec.Cluster)
 	defer done()
-	nw, err := ensure(ctx, spec, false)
+	nw, err := ensure(ctx, spec, restart)
 	if err != nil {
-		resp.Diagnostics.AddError("Creating the local network", err.Error())
-		return
+		diags.AddError("Setting up the local network", err.Error())
+		return diags
 	}
-	log.Info("network created", "bridge", nw.BridgeName(), "address", nw.BridgeAddr())
+	log.Info("network ready", "bridge", nw.BridgeName(), "address", nw.BridgeAddr(), "daemonRestarted", restart)
 	m.setComputed(nw)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	return append(diags, st.Set(ctx, &m)...)
 }
 
 func (r *networkResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
@@ -171,24 +179,7 @@ func (r *networkResource) Read(ctx context.Context, req resource.ReadRequest, re
 }
 
 func (r *networkResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	var m networkModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	spec, err := m.spec()
-	if err != nil {
-		resp.Diagnostics.AddError("Invalid local network", err.Error())
-		return
-	}
-	// The component sets are fixed at the daemon's start: restart it with the new specification.
-	nw, err := ensure(ctx, spec, true)
-	if err != nil {
-		resp.Diagnostics.AddError("Updating the local network", err.Error())
-		return
-	}
-	m.setComputed(nw)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+	resp.Diagnostics.Append(apply(ctx, req.Plan, &resp.State, true)...)
 }
 
 func (r *networkResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

@@ -2,8 +2,11 @@ package provider
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -12,6 +15,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
@@ -119,11 +123,23 @@ func (r *nodeResource) Create(ctx context.Context, req resource.CreateRequest, r
 		resp.Diagnostics.AddError("Registering the node", err.Error())
 		return
 	}
+	unlock, err := lockCluster(cfg.Cluster)
+	if err != nil {
+		resp.Diagnostics.AddError("Starting the node", err.Error())
+		return
+	}
+	defer unlock()
 	// A node that already runs (a state lost between Terraform runs) is adopted, not started twice.
 	if !node.Running(node.StateDirFor(cfg.Cluster, cfg.Name)) {
 		if _, err := node.Start(ctx, cfg); err != nil {
-			resp.Diagnostics.AddError("Starting the node", fmt.Sprintf("%v\nThe node's logs are in %s.", err,
-				filepath.Dir(node.LogFile(node.StateDirFor(cfg.Cluster, cfg.Name), "init"))))
+			// Nothing of a node that did not start may stay behind; its logs go into the error.
+			logs := logTails(node.StateDirFor(cfg.Cluster, cfg.Name))
+			cleanup := errors.Join(node.Destroy(context.WithoutCancel(ctx), cfg), daemon.RemoveInstance(cfg.Cluster, cfg.Name))
+			msg := fmt.Sprintf("%v\n%s", err, logs)
+			if cleanup != nil {
+				msg += fmt.Sprintf("\nRemoving what the start left behind failed too: %v", cleanup)
+			}
+			resp.Diagnostics.AddError("Starting the node", msg)
 			return
 		}
 	}
@@ -167,6 +183,12 @@ func (r *nodeResource) Delete(ctx context.Context, req resource.DeleteRequest, r
 	log, done := logger(cfg.Cluster)
 	defer done()
 	cfg.Log = log.With("node", cfg.Name)
+	unlock, err := lockCluster(cfg.Cluster)
+	if err != nil {
+		resp.Diagnostics.AddError("Destroying the node", err.Error())
+		return
+	}
+	defer unlock()
 	if err := node.Destroy(ctx, cfg); err != nil {
 		resp.Diagnostics.AddError("Destroying the node", err.Error())
 		return
@@ -180,6 +202,40 @@ func (r *nodeResource) Delete(ctx context.Context, req resource.DeleteRequest, r
 			resp.Diagnostics.AddError("Unregistering the node", err.Error())
 		}
 	}
+}
+
+// lockCluster serializes node starts and removals of a cluster across goroutines and processes: Terraform
+// creates resources in parallel, and a node's network set-up reads the other nodes' namespaces.
+func lockCluster(cluster string) (func(), error) {
+	if err := os.MkdirAll(daemon.Dir(cluster), 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(daemon.Dir(cluster), ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking cluster %s: %w", cluster, err)
+	}
+	return func() {
+		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// logTails returns the last lines of a node's logs, for an error message.
+func logTails(stateDir string) string {
+	var b strings.Builder
+	for _, name := range []string{"init", "swtpm", "containerd", "bootstrapper"} {
+		data, err := os.ReadFile(node.LogFile(stateDir, name))
+		if err != nil || len(data) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		fmt.Fprintf(&b, "--- %s.log (last lines) ---\n%s\n", name, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+	}
+	return b.String()
 }
 
 // oneOf accepts only the listed strings.

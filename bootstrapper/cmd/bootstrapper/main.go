@@ -20,6 +20,7 @@
 //	--containerd-socket   containerd's socket (default /run/containerd/containerd.sock)
 //	--bin-dir             where components are installed: kubeadm, kubelet (default /var/lib/constellation/bin)
 //	--init-addr           address of the Init API (default :9000)
+//	--recover-addr        address of the Recovery API, served on a restarted node only (default :9999)
 //	--kubelet-log         the kubelet's log file (default /var/log/kubelet.log)
 //	--cni-conf-dir        containerd's CNI configuration directory (default /etc/cni/net.d)
 //	--pod-subnet          the cluster's pod prefix (default 10.244.0.0/16)
@@ -70,7 +71,9 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodelock"
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodelog"
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodestate"
+	"github.com/constellation-go/constellation/bootstrapper/internal/recoverserver"
 	"github.com/constellation-go/constellation/internal/atls"
+	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
@@ -107,7 +110,8 @@ type flags struct {
 	tpm, eventLog, variant, metadataURL string
 	nodeName, nodeIP, podCIDR           string
 	stateDir, containerdSocket, binDir  string
-	initAddr, kubeletLog, cniConfDir    string
+	initAddr, recoverAddr, kubeletLog   string
+	cniConfDir                          string
 	podSubnet, serviceSubnet            string
 	controlPlaneEndpoint                string
 	imageRepository, cgroupRoot         string
@@ -130,6 +134,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.containerdSocket, "containerd-socket", "/run/containerd/containerd.sock", "containerd's socket")
 	fs.StringVar(&f.binDir, "bin-dir", versions.NodeBinDir, "where kubeadm and the kubelet are installed")
 	fs.StringVar(&f.initAddr, "init-addr", ":9000", "address of the Init API")
+	fs.StringVar(&f.recoverAddr, "recover-addr", ":9999", "address of the Recovery API (served on a restarted node only)")
 	fs.StringVar(&f.kubeletLog, "kubelet-log", "/var/log/kubelet.log", "the kubelet's log file")
 	fs.StringVar(&f.cniConfDir, "cni-conf-dir", cni.DefaultConfDir, "containerd's CNI configuration directory")
 	fs.StringVar(&f.podSubnet, "pod-subnet", kubeadmconfig.DefaultPodSubnet, "the cluster's pod prefix")
@@ -201,7 +206,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		_, err := statedisk.EncryptDir(dir, key)
 		return err
 	}}
-	installer := protoInstaller{&install.Installer{ContainerdAddress: f.containerdSocket, Log: log.With("component", "installer")}}
+	installer := protoInstaller{in: &install.Installer{ContainerdAddress: f.containerdSocket, Log: log.With("component", "installer")}, disk: disk}
 	kubeadmOut := &nodelog.LineLogger{Log: log.With("component", "kubeadm"), Msg: "kubeadm"}
 	runner := &kubeadm.Runner{Kubeadm: filepath.Join(f.binDir, "kubeadm"), Env: env, Out: kubeadmOut}
 	node := kubeadmconfig.Node{Name: self.Name, IP: self.IP, CRISocket: "unix://" + f.containerdSocket, CgroupRoot: f.cgroupRoot}
@@ -225,10 +230,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	initGRPC := grpc.NewServer(grpc.Creds(initCreds))
-	initserver.New(ctx, md, lock, initializer, nodeLogs, log.With("component", "initserver")).Register(initGRPC)
+	initSrv := initserver.New(ctx, md, lock, initializer, nodeLogs, log.With("component", "initserver"))
+	initSrv.Register(initGRPC)
 	initLis, err := net.Listen("tcp", f.initAddr)
 	if err != nil {
 		return fmt.Errorf("listening for Init: %w", err)
+	}
+
+	if err := serveRecovery(ctx, f, disk, lock, installer, issuer, log); err != nil {
+		return err
 	}
 
 	joinCreds, err := atls.NewCredentials(issuer, nil)
@@ -245,11 +255,42 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	b := &bootstrap.Bootstrapper{
 		Lock: lock, InitServer: initGRPC, InitListener: initLis, Join: join, Kubelet: supervisor,
 		PrepareNode: func() error { return cni.Write(f.cniConfDir, self.PodCIDR) },
-		Log:         log, StopGrace: 30 * time.Second,
+		Log:         log, StopGrace: 30 * time.Second, KeepServing: initSrv.KeepServing,
 	}
 	err = b.Run(ctx)
 	log.Info("bootstrapper stopped", "error", err)
 	return err
+}
+
+// serveRecovery serves the Recovery API on a restarted node (its state disk was unlocked before, its node
+// lock is not taken) until ctx ends.
+func serveRecovery(ctx context.Context, f *flags, disk *nodestate.Disk, lock *nodelock.Lock, installer protoInstaller,
+	issuer attestation.Issuer, log *slog.Logger,
+) error {
+	if locked, err := lock.IsLocked(); err != nil || locked || !disk.Initialized() {
+		return nil
+	}
+	creds, err := atls.NewCredentials(issuer, nil)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", f.recoverAddr)
+	if err != nil {
+		return fmt.Errorf("listening for Recover: %w", err)
+	}
+	srv := grpc.NewServer(grpc.Creds(creds))
+	recoverserver.New(ctx, disk, lock, installer, log.With("component", "recovery")).Register(srv)
+	log.Info("restarted node: the state disk is locked; serving Recover and trying to rejoin", "recoverAddr", lis.Addr().String())
+	go func() {
+		if err := srv.Serve(lis); err != nil {
+			log.Error("serving Recover", "error", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		srv.GracefulStop()
+	}()
+	return nil
 }
 
 func localMetadata(f *flags) (metadata.Local, error) {
@@ -299,12 +340,24 @@ func pathEnv() string {
 }
 
 // protoInstaller installs the components of the Init and join APIs with internal/components/install.
-type protoInstaller struct{ in *install.Installer }
+// protoInstaller installs components and records them on the (unlocked) state disk, from which a
+// recovered node installs them again.
+type protoInstaller struct {
+	in   *install.Installer
+	disk *nodestate.Disk
+}
 
 func (p protoInstaller) Install(ctx context.Context, comps []*components.Component) error {
 	cs, err := install.FromProto(comps)
 	if err != nil {
 		return err
 	}
-	return p.in.Install(ctx, cs)
+	if err := p.in.Install(ctx, cs); err != nil {
+		return err
+	}
+	data, err := components.MarshalList(comps)
+	if err != nil {
+		return err
+	}
+	return p.disk.SaveComponents(data)
 }

@@ -55,6 +55,9 @@ type Bootstrapper struct {
 	// StopGrace bounds how long an Init in progress may take to finish after shutdown was requested; zero
 	// means 30 s.
 	StopGrace time.Duration
+	// KeepServing, if set and true when the node lock is taken, keeps the Init API serving until shutdown:
+	// an Init took the lock, and its caller may come back to resume (initserver.Server.KeepServing).
+	KeepServing func() bool
 }
 
 // Run runs the node until ctx ends. It returns an error only if the node cannot start at all (the TPM is
@@ -124,8 +127,12 @@ func (b *Bootstrapper) runFlows(ctx context.Context, startKubelet func()) error 
 		select {
 		case <-taken:
 			taken = nil
-			b.Log.Info("node lock taken: starting the kubelet supervisor; the Init API stops accepting calls")
 			startKubelet()
+			if b.KeepServing != nil && b.KeepServing() {
+				b.Log.Info("node lock taken by init: starting the kubelet supervisor; the Init API keeps serving resumed calls")
+				continue
+			}
+			b.Log.Info("node lock taken: starting the kubelet supervisor; the Init API stops accepting calls")
 			stopInit()
 		case err := <-joinDone:
 			joinDone = nil

@@ -207,6 +207,32 @@ func TestInitWinsAndFinishes(t *testing.T) {
 	require.NoError(t, wait(t, done))
 }
 
+// TestInitKeepsServingForResume: when Init took the lock, the Init API serves on (a caller may resume)
+// until shutdown.
+func TestInitKeepsServingForResume(t *testing.T) {
+	lock := &fakeLock{taken: make(chan struct{})}
+	server, kubelet := newFakeServer(), &funcRunner{run: untilDone}
+	join := &funcRunner{run: func(ctx context.Context) error {
+		select {
+		case <-lock.taken:
+			return joinclient.ErrLocked
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}}
+	b := newBootstrapper(t, lock, server, join, kubelet)
+	b.KeepServing = func() bool { return true }
+	cancel, done := runAsync(b)
+	defer cancel()
+	close(lock.taken)
+	require.Eventually(t, func() bool { return join.ended.Load() && kubelet.started.Load() }, 5*time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	assert.False(t, server.gracefulHit.Load(), "the Init API must keep serving")
+	cancel()
+	require.NoError(t, wait(t, done))
+	assert.True(t, server.gracefulHit.Load(), "shutdown stops it")
+}
+
 func TestShutdownBeforeAnything(t *testing.T) {
 	lock := &fakeLock{taken: make(chan struct{})}
 	server, kubelet := newFakeServer(), &funcRunner{run: untilDone}

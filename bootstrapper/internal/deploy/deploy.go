@@ -27,7 +27,6 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -199,7 +198,7 @@ func Deploy(ctx context.Context, client kubernetes.Interface, cfg Config) error 
 	if err != nil {
 		return err
 	}
-	componentsJSON, err := marshalComponents(cfg.Components)
+	componentsJSON, err := components.MarshalList(cfg.Components)
 	if err != nil {
 		return err
 	}
@@ -242,20 +241,6 @@ func Deploy(ctx context.Context, client kubernetes.Interface, cfg Config) error 
 
 // marshalComponents writes the JoinService's --components file: {"components": [...]}, each element in
 // the API's JSON form.
-func marshalComponents(comps []*components.Component) ([]byte, error) {
-	raw := make([]json.RawMessage, 0, len(comps))
-	for _, c := range comps {
-		b, err := protojson.Marshal(c)
-		if err != nil {
-			return nil, err
-		}
-		raw = append(raw, b)
-	}
-	return json.Marshal(struct {
-		Components []json.RawMessage `json:"components"`
-	}{raw})
-}
-
 func meta(name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{
 		Name:      name,

@@ -17,7 +17,10 @@
 //     log messages with the node's recent logs, then the stream ends normally.
 //
 // Once the lock is taken the init runs to its end even if the caller goes away: stopping half-way would
-// leave a worse node behind.
+// leave a worse node behind. A caller that comes back with the same request (same init secret, same master
+// secret and salt, so the same cluster ID) resumes: it waits for the running init, or gets the stored
+// result of the finished one, so an interrupted `constellation apply` can simply be run again. Any other
+// request after the lock was taken gets FailedPrecondition.
 package initserver
 
 import (
@@ -96,6 +99,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	finished chan struct{}
+	// owner is the cluster ID an Init of this server took the node lock for.
+	owner []byte
+	// result is the finished Init's answer (success, or failure followed by logs).
+	result []*initproto.InitResponse
 }
 
 // New returns the server. logs returns the node's recent logs for failure reports; workCtx bounds the
@@ -129,11 +136,25 @@ func (s *Server) Init(req *initproto.InitRequest, stream initproto.API_InitServe
 		s.log.Warn("init refused: invalid request", "error", err)
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	s.mu.Lock()
+	if owner := s.owner; owner != nil {
+		s.mu.Unlock()
+		if subtle.ConstantTimeCompare(owner, r.ClusterID) != 1 {
+			s.log.Warn("init refused: the node was initialised for another cluster")
+			return status.Error(codes.FailedPrecondition, "this node already belongs to a cluster (it was initialised with another master secret)")
+		}
+		return s.resume(ctx, stream)
+	}
+	// Held while taking the lock: KeepServing, called when the lock is taken, must see the owner.
 	locked, err := s.lock.TryLock(r.ClusterID)
+	if locked {
+		s.owner = r.ClusterID
+	}
+	s.mu.Unlock()
 	if err != nil {
 		s.log.Error("taking the node lock failed", "error", err)
 		if locked {
-			s.markFinished()
+			s.finish(nil)
 		}
 		return status.Errorf(codes.Internal, "taking the node lock: %v", err)
 	}
@@ -141,7 +162,6 @@ func (s *Server) Init(req *initproto.InitRequest, stream initproto.API_InitServe
 		s.log.Warn("init refused: the node already belongs to a cluster")
 		return status.Error(codes.FailedPrecondition, "this node already belongs to a cluster (it joined one, or was initialised before)")
 	}
-	defer s.markFinished()
 	s.log.Info("node lock taken for init", "clusterID", fmt.Sprintf("%x", r.ClusterID))
 
 	send := s.sender(stream)
@@ -149,23 +169,68 @@ func (s *Server) Init(req *initproto.InitRequest, stream initproto.API_InitServe
 		s.log.Info("init progress", "step", step, "message", message)
 		send(&initproto.InitResponse{Kind: &initproto.InitResponse_Progress{Progress: &initproto.ProgressResponse{Step: step, Message: message}}})
 	}
+	var result []*initproto.InitResponse
 	kubeconfig, err := s.init.Init(s.workCtx, r, progress)
 	if err != nil {
 		s.log.Error("init failed", "error", err)
-		send(&initproto.InitResponse{Kind: &initproto.InitResponse_InitFailure{InitFailure: &initproto.InitFailureResponse{Error: err.Error()}}})
+		result = append(result, &initproto.InitResponse{Kind: &initproto.InitResponse_InitFailure{InitFailure: &initproto.InitFailureResponse{Error: err.Error()}}})
 		logs := s.logs()
 		for len(logs) > 0 {
 			n := min(len(logs), logChunkSize)
-			send(&initproto.InitResponse{Kind: &initproto.InitResponse_Log{Log: &initproto.LogResponse{Log: logs[:n]}}})
+			result = append(result, &initproto.InitResponse{Kind: &initproto.InitResponse_Log{Log: &initproto.LogResponse{Log: logs[:n]}}})
 			logs = logs[n:]
 		}
-		return nil
+	} else {
+		s.log.Info("init succeeded")
+		result = append(result, &initproto.InitResponse{Kind: &initproto.InitResponse_InitSuccess{InitSuccess: &initproto.InitSuccessResponse{
+			Kubeconfig: kubeconfig, OwnerId: r.OwnerID, ClusterId: r.ClusterID,
+		}}})
 	}
-	s.log.Info("init succeeded")
-	send(&initproto.InitResponse{Kind: &initproto.InitResponse_InitSuccess{InitSuccess: &initproto.InitSuccessResponse{
-		Kubeconfig: kubeconfig, OwnerId: r.OwnerID, ClusterId: r.ClusterID,
-	}}})
+	s.finish(result)
+	for _, resp := range result {
+		send(resp)
+	}
 	return nil
+}
+
+// resume answers a repeated request: it waits for the running Init, then sends its result.
+func (s *Server) resume(ctx context.Context, stream initproto.API_InitServer) error {
+	s.log.Info("a caller resumes the init")
+	send := s.sender(stream)
+	send(&initproto.InitResponse{Kind: &initproto.InitResponse_Progress{Progress: &initproto.ProgressResponse{
+		Step: "resume", Message: "this node is already being initialised with this request; waiting for the result",
+	}}})
+	select {
+	case <-s.finished:
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	s.mu.Lock()
+	result := s.result
+	s.mu.Unlock()
+	if len(result) == 0 {
+		return status.Error(codes.Internal, "the init on this node ended without a result (see the node's logs)")
+	}
+	for _, resp := range result {
+		send(resp)
+	}
+	return nil
+}
+
+// KeepServing tells whether the Init API must keep serving after the node lock was taken: when an Init of
+// this server took it, so that its caller can resume.
+func (s *Server) KeepServing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.owner != nil
+}
+
+// finish records the result and marks the Init finished.
+func (s *Server) finish(result []*initproto.InitResponse) {
+	s.mu.Lock()
+	s.result = result
+	s.mu.Unlock()
+	s.markFinished()
 }
 
 func (s *Server) markFinished() {

@@ -27,6 +27,10 @@ const EncryptedDir = "encrypted"
 // uuidFile holds the disk's UUID at the root of the state disk.
 const uuidFile = "disk-uuid"
 
+// componentsFile, inside EncryptedDir, lists the components the node installed: a restarted node that is
+// recovered installs them again (its /var is gone).
+const componentsFile = "components.json"
+
 // DefaultMounts map directories below EncryptedDir to the node paths they are bind-mounted on.
 var DefaultMounts = map[string]string{
 	"kubernetes": "/etc/kubernetes",
@@ -122,6 +126,35 @@ func (d *Disk) Unlock(key []byte) error {
 		}
 	}
 	return nil
+}
+
+// Initialized tells whether the state disk was unlocked before (in an earlier boot): its encrypted
+// directory has content. Such a node belongs to a cluster and must be recovered or rejoin, not initialised.
+func (d *Disk) Initialized() bool {
+	entries, err := os.ReadDir(filepath.Join(d.Dir, EncryptedDir))
+	return err == nil && len(entries) > 0
+}
+
+// SaveComponents records the node's components on the unlocked state disk.
+func (d *Disk) SaveComponents(data []byte) error {
+	path := filepath.Join(d.Dir, EncryptedDir, componentsFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("state disk: recording the components: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("state disk: recording the components: %w", err)
+	}
+	return nil
+}
+
+// LoadComponents returns what SaveComponents recorded; the disk must be unlocked.
+func (d *Disk) LoadComponents() ([]byte, error) {
+	data, err := os.ReadFile(filepath.Join(d.Dir, EncryptedDir, componentsFile))
+	if err != nil {
+		return nil, fmt.Errorf("state disk: reading the recorded components: %w", err)
+	}
+	return data, nil
 }
 
 func bindMount(source, target string) error {

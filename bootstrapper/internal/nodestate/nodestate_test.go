@@ -90,6 +90,25 @@ func TestUnlock(t *testing.T) {
 	require.ErrorContains(t, d.Unlock(key), "ENOKEY")
 }
 
+// TestInitializedAndComponents: a disk unlocked once counts as initialized (a restarted node), and the
+// components recorded on it come back.
+func TestInitializedAndComponents(t *testing.T) {
+	r := &recorder{}
+	d := &Disk{Dir: t.TempDir(), Encrypt: r.encrypt, Root: t.TempDir(), bind: r.bind}
+	assert.False(t, d.Initialized(), "a new disk")
+	_, err := d.LoadComponents()
+	assert.Error(t, err)
+	require.NoError(t, d.Unlock(bytes.Repeat([]byte{1}, 64)))
+	assert.True(t, d.Initialized())
+	require.NoError(t, d.SaveComponents([]byte(`{"components":[]}`)))
+	got, err := d.LoadComponents()
+	require.NoError(t, err)
+	assert.Equal(t, `{"components":[]}`, string(got))
+	fi, err := os.Stat(filepath.Join(d.Dir, EncryptedDir, componentsFile))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+}
+
 // TestUnlockRealDisk uses a real ext4 state disk with fscrypt and real bind mounts: what Kubernetes writes
 // to /etc/kubernetes ends up encrypted on the disk, and the disk only opens with the same key again.
 func TestUnlockRealDisk(t *testing.T) {

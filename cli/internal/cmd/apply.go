@@ -14,6 +14,8 @@ import (
 	"strconv"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
@@ -116,26 +118,26 @@ func (e *env) apply(ctx context.Context, p *progress, merge bool) error {
 
 // masterSecret reads the workspace's master secret, or generates and writes one. An interrupted apply
 // reuses it: a node that already took its lock with it must get the same secret again.
-func (e *env) masterSecret(p *progress) (crypto.MasterSecret, error) {
-	ms, err := crypto.ReadMasterSecret(e.files, crypto.MasterSecretFileName)
+func (e *env) masterSecret(p *progress) (ms crypto.MasterSecret, existed bool, err error) {
+	ms, err = crypto.ReadMasterSecret(e.files, crypto.MasterSecretFileName)
 	if err == nil {
-		return ms, nil
+		return ms, true, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return crypto.MasterSecret{}, err
+		return crypto.MasterSecret{}, false, err
 	}
 	ms = crypto.MasterSecret{Key: make([]byte, crypto.MasterSecretLength), Salt: make([]byte, crypto.SaltLength)}
 	if _, err := rand.Read(ms.Key); err != nil {
-		return crypto.MasterSecret{}, err
+		return crypto.MasterSecret{}, false, err
 	}
 	if _, err := rand.Read(ms.Salt); err != nil {
-		return crypto.MasterSecret{}, err
+		return crypto.MasterSecret{}, false, err
 	}
 	if err := crypto.WriteMasterSecret(e.files, crypto.MasterSecretFileName, ms); err != nil {
-		return crypto.MasterSecret{}, err
+		return crypto.MasterSecret{}, false, err
 	}
 	p.Detail("wrote %s (mode 0600): back it up, it is the only way to recover the nodes' keys", e.path(crypto.MasterSecretFileName))
-	return ms, nil
+	return ms, false, nil
 }
 
 func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
@@ -143,7 +145,11 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err != nil {
 		return err
 	}
-	ms, err := e.masterSecret(p)
+	ms, resuming, err := e.masterSecret(p)
+	if err != nil {
+		return err
+	}
+	clusterID, ownerID, err := expectedIDs(ms)
 	if err != nil {
 		return err
 	}
@@ -162,6 +168,16 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err != nil {
 		return err
 	}
+	// An interrupted apply may have left the node initializing (or initialized) for this master secret:
+	// it then shows this cluster's PCR 15 and resumes instead of starting over.
+	resumeRefs, err := cfg.Attestation.Measurements.WithClusterID(clusterID)
+	if err != nil {
+		return err
+	}
+	resumeValidator, err := e.validator(cfg, resumeRefs)
+	if err != nil {
+		return err
+	}
 	version, err := versions.ResolveKubernetes(cfg.KubernetesVersion)
 	if err != nil {
 		return err
@@ -176,17 +192,29 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	}
 	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initPort))
 	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)
-	resp, err := e.deps.initer.Init(ctx, endpoint, validator, req, func(step, msg string) {
-		p.Detail("%s: %s", step, msg)
-	})
+	progress := func(step, msg string) { p.Detail("%s: %s", step, msg) }
+	var resp *initproto.InitSuccessResponse
+	_, err = whileBooting(ctx, p, "the node's Init API", func() error {
+		var err error
+		resp, err = e.deps.initer.Init(ctx, endpoint, validator, req, progress)
+		return err
+	}, nil)
+	var failed *initFailedError
+	if err != nil && resuming && !errors.As(err, &failed) && ctx.Err() == nil {
+		p.Detail("the node is not fresh; checking whether it is this cluster's, initialized by an interrupted apply")
+		var resumeErr error
+		if resp, resumeErr = e.deps.initer.Init(ctx, endpoint, resumeValidator, req, progress); resumeErr == nil {
+			err = nil
+		} else if errors.As(resumeErr, &failed) {
+			err = resumeErr
+		} else {
+			err = fmt.Errorf("%w\n(checked as a node of this cluster too: %v)", err, resumeErr)
+		}
+	}
 	if err != nil {
-		return e.initFailed(endpoint, err)
+		return e.initFailed(ctx, endpoint, err)
 	}
 	p.Done()
-	clusterID, ownerID, err := expectedIDs(ms)
-	if err != nil {
-		return err
-	}
 	// The node derived them from what we sent; different values mean it is not running our bootstrapper.
 	if subtle.ConstantTimeCompare(resp.GetClusterId(), clusterID) != 1 || subtle.ConstantTimeCompare(resp.GetOwnerId(), ownerID) != 1 {
 		return fmt.Errorf("the node answered with a cluster ID or owner ID that does not follow from the master secret; do not use this cluster")
@@ -198,7 +226,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	return st.Write(e.files, state.FileName)
 }
 
-func (e *env) initFailed(endpoint string, err error) error {
+func (e *env) initFailed(ctx context.Context, endpoint string, err error) error {
 	var failed *initFailedError
 	if errors.As(err, &failed) {
 		if werr := e.files.Write(ClusterLogFile, failed.logs, file.OptOverwrite, file.OptSecret); werr != nil {
@@ -207,8 +235,8 @@ func (e *env) initFailed(endpoint string, err error) error {
 		return fmt.Errorf("initializing the cluster failed: %w\nThe node's logs are in %s. Fix the cause and re-run "+
 			"'constellation apply', or remove the cluster with 'constellation terminate'", err, e.path(ClusterLogFile))
 	}
-	if errors.Is(err, context.Canceled) {
-		return fmt.Errorf("interrupted while initializing the cluster: re-run 'constellation apply' to continue")
+	if ctx.Err() != nil || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+		return fmt.Errorf("interrupted while initializing the cluster (the node carries on): re-run 'constellation apply' to continue")
 	}
 	return fmt.Errorf("initializing the cluster at %s failed: %w\nIf the node failed attestation, nothing was sent to it: "+
 		"check attestation.measurements (e.g. with 'constellation config fetch-measurements') and the node image", endpoint, err)

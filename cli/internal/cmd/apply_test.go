@@ -6,10 +6,13 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/cli/internal/terraform"
@@ -20,8 +23,10 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/state"
+	"github.com/constellation-go/constellation/internal/tpm"
 )
 
 type fakeInfra struct {
@@ -66,11 +71,20 @@ type fakeIniter struct {
 	sent *initproto.InitRequest
 	// fail makes the node report a failure with logs.
 	fail bool
+	// interrupt makes the call end as if the user pressed Ctrl-C after the node took its lock.
+	interrupt bool
+	calls     int
+	// booting refuses connections this many times first.
+	booting int
 }
 
 func (f *fakeIniter) Init(ctx context.Context, _ string, v attestation.Validator, req *initproto.InitRequest,
 	progress func(string, string),
 ) (*initproto.InitSuccessResponse, error) {
+	if f.booting > 0 {
+		f.booting--
+		return nil, status.Error(codes.Unavailable, "connection error: dial tcp 10.42.0.2:9000: connect: connection refused")
+	}
 	nonce := bytes.Repeat([]byte{1}, 32)
 	doc, err := vtpm.NewIssuer(variant.QEMUVTPM, f.node.TPM, vtpm.WithEventLog(func() ([]byte, error) { return f.node.EventLog, nil })).
 		Issue(ctx, nil, nonce)
@@ -78,14 +92,20 @@ func (f *fakeIniter) Init(ctx context.Context, _ string, v attestation.Validator
 	if _, err := v.Validate(ctx, doc, nonce); err != nil {
 		return nil, err
 	}
+	f.calls++
 	f.sent = req
 	progress("kubeadm-init", "running kubeadm init")
-	if f.fail {
-		return nil, &initFailedError{message: "kubeadm init failed", logs: []byte("kubelet: boom\n")}
-	}
 	ms := crypto.MasterSecret{Key: req.GetMasterSecret(), Salt: req.GetSalt()}
 	clusterID, ownerID, err := expectedIDs(ms)
 	require.NoError(f.t, err)
+	if f.interrupt {
+		f.interrupt = false
+		require.NoError(f.t, tpm.Extend(f.node.TPM, measurements.PCRClusterID, measurements.ClusterIDEvent(clusterID)))
+		return nil, status.Error(codes.Canceled, "context canceled")
+	}
+	if f.fail {
+		return nil, &initFailedError{message: "kubeadm init failed", logs: []byte("kubelet: boom\n")}
+	}
 	return &initproto.InitSuccessResponse{Kubeconfig: []byte("apiVersion: v1\nkind: Config\n"), ClusterId: clusterID, OwnerId: ownerID}, nil
 }
 
@@ -237,6 +257,52 @@ func TestApplyReusesTheMasterSecret(t *testing.T) {
 	in.fail = false
 	require.Equal(t, 0, execute(context.Background(), []string{"apply"}, e))
 	assert.Equal(t, first, in.sent.GetMasterSecret())
+}
+
+// TestApplyResumesAnInterruptedInit: Ctrl-C after the node took its lock; the node now shows this
+// cluster's PCR 15, and a second apply resumes instead of failing.
+func TestApplyResumesAnInterruptedInit(t *testing.T) {
+	fs := afero.NewMemMapFs()
+	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot), interrupt: true}
+	e, out, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
+	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+	require.Equal(t, 1, execute(context.Background(), []string{"apply"}, e))
+	assert.Contains(t, errOut.String(), "re-run 'constellation apply' to continue")
+
+	out.Reset()
+	errOut.Reset()
+	require.Equal(t, 0, execute(context.Background(), []string{"apply"}, e), errOut.String())
+	assert.Contains(t, errOut.String(), "interrupted apply")
+	assert.Contains(t, out.String(), "is initialized")
+	assert.Equal(t, 2, in.calls, "the fresh-node check fails, the resumed one succeeds")
+
+	// A node locked to another cluster is not taken for ours.
+	other := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
+	require.NoError(t, tpm.Extend(other.node.TPM, measurements.PCRClusterID, measurements.ClusterIDEvent(bytes.Repeat([]byte{9}, 32))))
+	fs2 := afero.NewMemMapFs()
+	writeLocalConfig(t, fs2, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	e2, _, errOut2 := testEnv(t, fs2, &fakeInfra{}, other, nil)
+	e2.deps.artifacts = e.deps.artifacts
+	require.NoError(t, crypto.WriteMasterSecret(file.NewHandler(fs2), crypto.MasterSecretFileName, crypto.MasterSecret{
+		Key: bytes.Repeat([]byte{1}, 32), Salt: bytes.Repeat([]byte{2}, 32),
+	}))
+	assert.Equal(t, 1, execute(context.Background(), []string{"apply"}, e2))
+	assert.Contains(t, errOut2.String(), "PCR 15")
+	assert.Zero(t, other.calls, "nothing is sent to a node of another cluster")
+}
+
+// TestApplyWaitsForABootingNode: the node's Init API does not listen yet right after create.
+func TestApplyWaitsForABootingNode(t *testing.T) {
+	bootPoll = time.Millisecond
+	fs := afero.NewMemMapFs()
+	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot), booting: 3}
+	e, out, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
+	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+	require.Equal(t, 0, execute(context.Background(), []string{"apply"}, e), errOut.String())
+	assert.Contains(t, errOut.String(), "still booting")
+	assert.Contains(t, out.String(), "is initialized")
 }
 
 // servicesFixture is an artifacts directory with (fake) service image archives.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,6 +32,9 @@ type deps struct {
 	artifacts func() (artifacts, error)
 	initer    initer
 	attester  attester
+	recoverer recoverer
+	// reachable tells whether a TCP address accepts connections.
+	reachable func(ctx context.Context, addr string) bool
 	// kube returns a client of the cluster of an admin kubeconfig.
 	kube func(kubeconfig []byte) (kubernetes.Interface, error)
 	// isTerminal tells whether the user can answer a question on stdin.
@@ -51,6 +55,15 @@ func defaultDeps() deps {
 		artifacts: findArtifacts,
 		initer:    grpcIniter{},
 		attester:  grpcAttester{},
+		recoverer: grpcRecoverer{},
+		reachable: func(ctx context.Context, addr string) bool {
+			conn, err := (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return false
+			}
+			_ = conn.Close()
+			return true
+		},
 		kube: func(kubeconfig []byte) (kubernetes.Interface, error) {
 			cfg, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
 			if err != nil {

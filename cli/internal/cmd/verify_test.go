@@ -5,11 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
@@ -169,4 +174,46 @@ func TestTerminate(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestStatus(t *testing.T) {
+	fs := afero.NewMemMapFs()
+	writeInitializedState(t, fs, bytes.Repeat([]byte{3}, 32))
+	require.NoError(t, afero.WriteFile(fs, AdminConfFile, []byte("kubeconfig"), 0o600))
+	ready := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue}
+	notReady := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionFalse, Reason: "KubeletNotReady"}
+	k8s := k8sfake.NewClientset(
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cp-0"}, Status: corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{ready}, NodeInfo: corev1.NodeSystemInfo{KubeletVersion: "v1.33.13", OSImage: "Debian"},
+		}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-0"}, Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{notReady}}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: attestationConfigMap, Namespace: "kube-system"},
+			Data: map[string]string{attestationConfigKey: "variant: qemu-vtpm\nmeasurements:\n  4:\n    expected: \"" +
+				strings.Repeat("00", 32) + "\"\n  12:\n    expected: \"" + strings.Repeat("11", 32) + "\"\n    warnOnly: true\n"}},
+	)
+	e, out, errOut := testEnv(t, fs, &fakeInfra{}, nil, nil)
+	var gotKubeconfig []byte
+	e.deps.kube = func(kubeconfig []byte) (kubernetes.Interface, error) {
+		gotKubeconfig = kubeconfig
+		return k8s, nil
+	}
+	require.Zero(t, execute(context.Background(), []string{"status"}, e), errOut.String())
+	assert.Equal(t, "kubeconfig", string(gotKubeconfig))
+	assert.Regexp(t, `cp-0\s+control-plane\s+10.42.0.2\s+yes\s+v1.33.13\s+Debian`, out.String())
+	assert.Regexp(t, `worker-0\s+worker\s+10.42.0.3\s+no \(KubeletNotReady\)`, out.String())
+	assert.Contains(t, out.String(), "enforced PCRs [4], warn-only [12]")
+
+	out.Reset()
+	require.Zero(t, execute(context.Background(), []string{"status", "-o", "json"}, e))
+	var res statusResult
+	require.NoError(t, json.Unmarshal(out.Bytes(), &res))
+	require.Len(t, res.Nodes, 2)
+	assert.True(t, res.Nodes[0].Ready)
+	assert.False(t, res.Nodes[1].Ready)
+	assert.Equal(t, []uint32{4}, res.Attestation.PCRs)
+
+	// Without a cluster: what to do.
+	empty, out2, errOut2 := testEnv(t, afero.NewMemMapFs(), &fakeInfra{}, nil, nil)
+	assert.Equal(t, 1, execute(context.Background(), []string{"status"}, empty), out2.String())
+	assert.Contains(t, errOut2.String(), "constellation apply")
 }

@@ -126,10 +126,14 @@ func localVariables(cfg *config.Config, in Inputs) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	nodes, err := moduleNodes(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return map[string]any{
 		"bridge_cidr":        cfg.Provider.Local.BridgeCIDR,
 		"kubernetes_version": version,
 		"services_dir":       in.ServicesDir,
-		"nodes":              nodesVariable(Nodes(cfg)),
+		"nodes":              nodes,
 	}, nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
@@ -18,7 +17,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/encoding/protojson"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -181,20 +179,5 @@ func loadComponents(path string) ([]*components.Component, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading components: %w", err)
 	}
-	// Each element is decoded with protojson so the file uses the API's field names.
-	var raw struct {
-		Components []json.RawMessage `json:"components"`
-	}
-	if err := json.Unmarshal(data, &raw); err != nil {
-		return nil, fmt.Errorf("decoding components: %w", err)
-	}
-	comps := make([]*components.Component, 0, len(raw.Components))
-	for i, r := range raw.Components {
-		c := &components.Component{}
-		if err := protojson.Unmarshal(r, c); err != nil {
-			return nil, fmt.Errorf("decoding component %d: %w", i, err)
-		}
-		comps = append(comps, c)
-	}
-	return comps, nil
+	return components.UnmarshalList(data)
 }

@@ -251,7 +251,8 @@ func Stop(ctx context.Context, cluster string) error {
 // and the cluster's directory once it is empty. The daemon must be stopped.
 func Remove(cluster string) error {
 	var errs []error
-	for _, p := range []string{specFile(cluster), instancesDir(cluster), pidFile(cluster), LogFile(cluster), ProviderLogFile(cluster)} {
+	for _, p := range []string{specFile(cluster), instancesDir(cluster), pidFile(cluster), LogFile(cluster), ProviderLogFile(cluster),
+		filepath.Join(Dir(cluster), ".lock")} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}
@@ -308,13 +309,14 @@ func run(ctx context.Context, clusterName string, ready io.WriteCloser, log *slo
 	if err := writeJSON(pidFile(clusterName), self); err != nil {
 		return err
 	}
+	// Before "ready": a SIGHUP's default action would end the daemon.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log.Info("serving", "bridge", nw.BridgeAddr(), "instances", len(st.Instances))
 	fmt.Fprintln(ready, "ready")
 	ready.Close()
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-ctx.Done():

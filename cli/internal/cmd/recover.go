@@ -1,0 +1,220 @@
+package cmd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
+	"github.com/constellation-go/constellation/internal/atls"
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/measurements"
+)
+
+// recoveryPort is the bootstrapper's Recovery API on a restarted node.
+const recoveryPort = 9999
+
+// recoverer sends the master secret to a restarted node over aTLS; the handshake checks the node first.
+type recoverer interface {
+	Recover(ctx context.Context, endpoint string, validator attestation.Validator, req *recoverproto.RecoverRequest) error
+}
+
+type grpcRecoverer struct{}
+
+func (grpcRecoverer) Recover(ctx context.Context, endpoint string, validator attestation.Validator, req *recoverproto.RecoverRequest) error {
+	creds, err := atls.NewCredentials(nil, []attestation.Validator{validator})
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = recoverproto.NewAPIClient(conn).Recover(ctx, req)
+	return err
+}
+
+func newRecoverCmd(e *env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "recover",
+		Short: "Unlock restarted control planes with the master secret",
+		Long: `When every control plane restarted, none can hand the others their state disk keys: their
+state disks stay locked and Kubernetes does not come back. recover checks each control plane's
+attestation (the configured measurements, and PCR 15 zero: a node that has not unlocked yet) and then
+sends it the master secret from constellation-mastersecret.json over attested TLS. The node unlocks its
+state disk, locks itself to the cluster again (PCR 15), reinstalls its components and restarts its
+Kubernetes services from the encrypted disk. recover then waits for the Kubernetes API.
+
+Nodes that do not wait for recovery (running normally, or recovered already) are reported and left
+alone; re-running recover is safe.`,
+		Example: `  constellation recover
+  constellation recover --node cp-0`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nodes, err := cmd.Flags().GetStringSlice(flagNode)
+			if err != nil {
+				return err
+			}
+			return e.recover(cmd.Context(), nodes)
+		},
+	}
+	cmd.Flags().StringSlice(flagNode, nil, "control plane to recover, by name or address (repeatable; default: every control plane)")
+	_ = cmd.RegisterFlagCompletionFunc(flagNode, e.completeNodes)
+	return cmd
+}
+
+func (e *env) recover(ctx context.Context, only []string) error {
+	cfg, err := e.loadConfig()
+	if err != nil {
+		return err
+	}
+	st, err := e.requireState()
+	if err != nil {
+		return err
+	}
+	if !st.IsInitialized() {
+		return errors.New("the cluster was never initialized: there is nothing to recover (run 'constellation apply')")
+	}
+	ms, err := crypto.ReadMasterSecret(e.files, crypto.MasterSecretFileName)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s is missing: without the master secret the nodes cannot be unlocked", e.path(crypto.MasterSecretFileName))
+	}
+	if err != nil {
+		return err
+	}
+	refs := cfg.Attestation.Measurements.Clone()
+	refs[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
+	validator, err := e.validator(cfg, refs)
+	if err != nil {
+		return err
+	}
+	targets, err := selectNodes(st, only)
+	if err != nil {
+		return err
+	}
+	if len(only) == 0 {
+		targets = slices.DeleteFunc(targets, func(t target) bool { return t.role != "control-plane" })
+	}
+
+	p := e.progress()
+	recovered, failed := 0, 0
+	for _, t := range targets {
+		endpoint := net.JoinHostPort(t.ip, strconv.Itoa(recoveryPort))
+		p.Step("Recovering %s (%s)", t.name, endpoint)
+		running, err := e.recoverNode(ctx, p, t, endpoint, validator, &recoverproto.RecoverRequest{MasterSecret: ms.Key, Salt: ms.Salt})
+		switch {
+		case err != nil:
+			failed++
+			fmt.Fprintf(e.errOut, "✗ %s: %v\n", t.name, err)
+		case running:
+			p.Detail("%s runs normally (its VerificationService answers); left alone", t.name)
+			p.Done()
+		default:
+			recovered++
+			p.Done()
+		}
+	}
+	if failed > 0 {
+		err := fmt.Errorf("%d of %d control planes could not be recovered: if a node failed attestation, nothing was sent to it", failed, len(targets))
+		return err
+	}
+	if recovered > 0 {
+		p.Step("Waiting for the Kubernetes API")
+		if err := e.waitForAPI(ctx, 10*time.Minute); err != nil {
+			return fmt.Errorf("the nodes are unlocked, but the Kubernetes API does not answer yet: %w\nCheck again with 'constellation status'", err)
+		}
+		p.Done()
+	}
+	fmt.Fprintf(e.out, "Recovered %d control plane(s) (%s).\n", recovered, p.Total())
+	return nil
+}
+
+// bootWait bounds how long a command waits for a booting node's API to listen, asking every bootPoll.
+var bootWait, bootPoll = 3 * time.Minute, 2 * time.Second
+
+// refused tells whether a gRPC call failed because nothing listens yet.
+func refused(err error) bool {
+	return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "connection refused")
+}
+
+// whileBooting calls fn until it does not fail with a refused connection, for at most bootWait; a node
+// whose service is not listening yet may still be booting. done, if set, ends the wait early with
+// (true, nil).
+func whileBooting(ctx context.Context, p *progress, what string, fn func() error, done func() bool) (bool, error) {
+	deadline := time.Now().Add(bootWait)
+	waiting := false
+	for {
+		err := fn()
+		if err == nil || !refused(err) {
+			return false, err
+		}
+		if done != nil && done() {
+			return true, nil
+		}
+		if time.Now().After(deadline) {
+			return false, fmt.Errorf("%s did not answer within %s: is the node booted? (%w)", what, bootWait, err)
+		}
+		if !waiting {
+			p.Detail("waiting for %s (the node is still booting)", what)
+			waiting = true
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(bootPoll):
+		}
+	}
+}
+
+// recoverNode sends the master secret to one node. A node whose Recovery API refuses connections is either
+// still booting (wait for it) or running normally (its VerificationService answers: leave it alone).
+func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint string, validator attestation.Validator,
+	req *recoverproto.RecoverRequest,
+) (running bool, err error) {
+	return whileBooting(ctx, p, t.name+"'s Recovery API", func() error {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		defer cancel()
+		return e.deps.recoverer.Recover(cctx, endpoint, validator, req)
+	}, func() bool {
+		return e.deps.reachable(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verificationPort)))
+	})
+}
+
+// waitForAPI waits until the cluster's API server lists its nodes.
+func (e *env) waitForAPI(ctx context.Context, timeout time.Duration) error {
+	kubeconfig, err := e.files.Read(AdminConfFile)
+	if err != nil {
+		return err
+	}
+	k8s, err := e.deps.kube(kubeconfig)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		_, err := k8s.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
