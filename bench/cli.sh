@@ -33,5 +33,5 @@ for run in $(seq "$ups"); do
   done)
   printf '  run %d: mini up returned after %.1f s, both nodes Ready after %.1f s; verify (2 nodes) %s\n' \
     "$run" "$(diff "$t1" "$t0")" "$(diff "$t2" "$t0")" "$(echo "$times" | median)"
-  "$cli" -C "$ws" mini down >/dev/null
+  "$cli" -C "$ws" mini down >/dev/null 2>&1
 done

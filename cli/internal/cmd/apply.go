@@ -161,10 +161,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err != nil {
 		return err
 	}
-	// A node that has not joined or initialized a cluster shows PCR 15 zero.
-	refs := cfg.Attestation.Measurements.Clone()
-	refs[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
-	validator, err := e.validator(cfg, refs)
+	validator, err := e.validator(cfg, freshNode(cfg.Attestation.Measurements))
 	if err != nil {
 		return err
 	}
@@ -255,6 +252,14 @@ func expectedIDs(ms crypto.MasterSecret) (clusterID, ownerID []byte, err error) 
 		return nil, nil, err
 	}
 	return clusterID, ownerID, nil
+}
+
+// freshNode returns refs expecting PCR 15 zero: a node that has not joined, initialized or recovered into
+// a cluster yet (in this boot).
+func freshNode(refs measurements.M) measurements.M {
+	out := refs.Clone()
+	out[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
+	return out
 }
 
 // validator returns the configuration's validator for refs.

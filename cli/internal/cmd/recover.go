@@ -21,7 +21,6 @@ import (
 	"github.com/constellation-go/constellation/internal/atls"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/crypto"
-	"github.com/constellation-go/constellation/internal/measurements"
 )
 
 // recoveryPort is the bootstrapper's Recovery API on a restarted node.
@@ -96,9 +95,7 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	if err != nil {
 		return err
 	}
-	refs := cfg.Attestation.Measurements.Clone()
-	refs[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
-	validator, err := e.validator(cfg, refs)
+	validator, err := e.validator(cfg, freshNode(cfg.Attestation.Measurements))
 	if err != nil {
 		return err
 	}

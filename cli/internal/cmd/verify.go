@@ -87,14 +87,13 @@ func (e *env) verify(ctx context.Context, only []string, format string) error {
 	if err != nil {
 		return err
 	}
-	refs := cfg.Attestation.Measurements.Clone()
+	refs := freshNode(cfg.Attestation.Measurements)
 	if st.IsInitialized() {
-		if refs, err = refs.WithClusterID(st.ClusterValues.ClusterID); err != nil {
+		if refs, err = cfg.Attestation.Measurements.WithClusterID(st.ClusterValues.ClusterID); err != nil {
 			return err
 		}
 	} else {
 		fmt.Fprintln(e.errOut, "The cluster is not initialized: expecting PCR 15 zero (a node that never took a cluster's lock).")
-		refs[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
 	}
 	validator, err := e.validator(cfg, refs)
 	if err != nil {
