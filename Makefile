@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build services run test lint go-test bazel-test image image-test cluster-test e2e-test check-generated generate protos bench clean
+.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-test cluster-test e2e-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (swtpm, protoc, Bazel in a chroot, Go modules, the
 ## Kubernetes binaries integration tests run); idempotent and cached
@@ -46,6 +46,12 @@ services: setup
 	install -m 0644 bazel-bin/joinservice/cmd/joinservice/image.tar out/services/joinservice.tar
 	install -m 0644 bazel-bin/keyservice/cmd/keyservice/image.tar out/services/keyservice.tar
 	install -m 0644 bazel-bin/verify/cmd/verificationservice/image.tar out/services/verificationservice.tar
+
+## libvirt-provider: the libvirt Terraform provider the qemu provider needs, built from source into out/
+## (needs libvirt-daemon-system, qemu-utils and dnsmasq-base to be used)
+libvirt-provider:
+	mkdir -p out
+	terraform/libvirt/build.sh out/terraform-provider-libvirt
 
 ## run: the main job: build everything and start (or re-check) a local cluster in $(WORKSPACE_DIR)
 run: build

@@ -34,6 +34,7 @@ type infrastructure interface {
 //	image/                              the node image (local, qemu)
 //	services/<service>.tar              the services' container images (local)
 //	terraform-provider-constellation    the project's Terraform provider (local)
+//	terraform-provider-libvirt          the libvirt provider, built from source (qemu)
 type artifacts struct {
 	dir string
 }
@@ -76,6 +77,9 @@ func (a artifacts) servicesDir() string { return filepath.Join(a.dir, "services"
 func (a artifacts) providerBinary() string {
 	return filepath.Join(a.dir, "terraform-provider-constellation")
 }
+func (a artifacts) libvirtProvider() string {
+	return filepath.Join(a.dir, "terraform-provider-libvirt")
+}
 
 // terraformInfra runs the provider's module in <workspace>/constellation-terraform.
 type terraformInfra struct {
@@ -85,7 +89,11 @@ type terraformInfra struct {
 }
 
 func (t *terraformInfra) options() terraform.Options {
-	return terraform.Options{ProviderBinary: t.artifacts.providerBinary(), Progress: t.progress}
+	providers := []terraform.Provider{terraform.ConstellationProvider(t.artifacts.providerBinary())}
+	if _, err := os.Stat(t.artifacts.libvirtProvider()); err == nil {
+		providers = append(providers, terraform.LibvirtProvider(t.artifacts.libvirtProvider()))
+	}
+	return terraform.Options{Providers: providers, Progress: t.progress}
 }
 
 func (t *terraformInfra) Apply(ctx context.Context, cfg *config.Config) (terraform.Outputs, error) {
@@ -174,6 +182,14 @@ func (t *terraformInfra) Destroy(ctx context.Context) error {
 	r, err := terraform.Open(t.workspace, t.options())
 	if err != nil {
 		return err
+	}
+	// The qemu module's resources live in libvirtd, which must run to remove them.
+	if vars, err := r.Variables(); err == nil {
+		if uri, ok := vars["libvirt_uri"].(string); ok {
+			if err := ensureLibvirtd(ctx, uri); err != nil {
+				return err
+			}
+		}
 	}
 	if err := r.Destroy(ctx); err != nil {
 		return err

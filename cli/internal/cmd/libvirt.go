@@ -9,8 +9,11 @@ import (
 	"time"
 )
 
-// libvirtSocket is where a system libvirtd listens.
-const libvirtSocket = "/run/libvirt/libvirt-sock"
+// Where the system libvirtd and virtlogd listen (variables for tests).
+var (
+	libvirtSocket  = "/run/libvirt/libvirt-sock"
+	virtlogdSocket = "/run/libvirt/virtlogd-sock"
+)
 
 // ensureLibvirtd starts virtlogd and libvirtd for a local qemu:///system URI when none runs (machines
 // without systemd have nobody else to start them).
@@ -21,13 +24,17 @@ func ensureLibvirtd(ctx context.Context, uri string) error {
 	if _, err := os.Stat(libvirtSocket); err == nil {
 		return nil
 	}
-	for _, daemon := range []string{"virtlogd", "libvirtd"} {
-		bin, err := exec.LookPath(daemon)
+	// Each daemon is started only if its socket is missing: a second instance fails on the pid file.
+	for _, d := range []struct{ name, socket string }{{"virtlogd", virtlogdSocket}, {"libvirtd", libvirtSocket}} {
+		if _, err := os.Stat(d.socket); err == nil {
+			continue
+		}
+		bin, err := exec.LookPath(d.name)
 		if err != nil {
-			return fmt.Errorf("the qemu provider needs libvirt, and %s is not installed: apt-get install libvirt-daemon-system", daemon)
+			return fmt.Errorf("the qemu provider needs libvirt, and %s is not installed: apt-get install libvirt-daemon-system qemu-utils dnsmasq-base", d.name)
 		}
 		if out, err := exec.CommandContext(ctx, bin, "-d").CombinedOutput(); err != nil {
-			return fmt.Errorf("starting %s: %w: %s", daemon, err, out)
+			return fmt.Errorf("starting %s: %w: %s", d.name, err, out)
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)

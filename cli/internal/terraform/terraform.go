@@ -10,9 +10,9 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/terraform-exec/tfexec"
@@ -74,9 +74,9 @@ type Runner struct {
 type Options struct {
 	// Terraform is the terraform binary; empty means $CONSTELLATION_TERRAFORM, then PATH.
 	Terraform string
-	// ProviderBinary is the project's Terraform provider, installed into the working directory's
-	// filesystem mirror (local provider only).
-	ProviderBinary string
+	// Providers are installed into the working directory's filesystem mirror (the registry is not needed
+	// for them).
+	Providers []Provider
 	// Progress receives one line per resource event (creating, created, destroying, ...); may be nil.
 	Progress func(string)
 }
@@ -122,7 +122,7 @@ func Prepare(workspace, providerName string, vars map[string]any, opts Options) 
 			return nil, err
 		}
 	}
-	if err := writeCLIConfig(fh, dir, providerName, opts.ProviderBinary); err != nil {
+	if err := writeCLIConfig(fh, dir, providerName, opts.Providers); err != nil {
 		return nil, err
 	}
 	return open(dir, providerName, bin, opts.Progress)
@@ -210,56 +210,86 @@ func writeModule(fh file.Handler, dir, providerName string) error {
 	return nil
 }
 
-// writeCLIConfig points Terraform at the working directory's filesystem mirror for the project's
-// provider, so `terraform init` needs no registry for it.
-func writeCLIConfig(fh file.Handler, dir, providerName, providerBinary string) error {
+// Provider is a Terraform provider binary the CLI installs into the working directory's filesystem mirror.
+type Provider struct {
+	// Address is the provider's source address, e.g. registry.terraform.io/dmacvicar/libvirt.
+	Address string
+	Version string
+	Binary  string
+}
+
+// ConstellationProvider is the project's own provider, built as binary.
+func ConstellationProvider(binary string) Provider {
+	return Provider{Address: provider.Address, Version: provider.Version, Binary: binary}
+}
+
+// LibvirtProvider is the libvirt provider the qemu module pins, built from source as binary.
+func LibvirtProvider(binary string) Provider {
+	return Provider{Address: "registry.terraform.io/dmacvicar/libvirt", Version: "0.7.6", Binary: binary}
+}
+
+// requiredProviders are the providers a module cannot do without here (no registry).
+var requiredProviders = map[string]string{"local": provider.Address}
+
+// writeCLIConfig installs the given providers into the working directory's filesystem mirror and points
+// Terraform at it for them, so `terraform init` needs no registry for them; other providers come from
+// their registries.
+func writeCLIConfig(fh file.Handler, dir, providerName string, providers []Provider) error {
 	mirror := filepath.Join(dir, mirrorDir)
-	host, namespace, typ := providerAddress()
-	pattern := path.Join(host, namespace, "*")
-	if providerName == "local" {
-		if providerBinary == "" {
-			return errors.New("the local provider needs the project's Terraform provider binary (terraform-provider-constellation)")
+	var mirrored []string
+	changed := false
+	for _, p := range providers {
+		if p.Binary == "" {
+			continue
 		}
-		changed, err := installProvider(mirror, host, namespace, typ, providerBinary)
+		c, err := installProvider(mirror, p)
 		if err != nil {
 			return err
 		}
-		if changed {
-			// The lock file pins the old binary's hash; Terraform would refuse the new one.
-			for _, p := range []string{filepath.Join(dir, lockFile), filepath.Join(dir, ".terraform", "providers")} {
-				if err := os.RemoveAll(p); err != nil {
-					return err
-				}
+		changed = changed || c
+		mirrored = append(mirrored, p.Address)
+	}
+	if want, ok := requiredProviders[providerName]; ok && !slices.Contains(mirrored, want) {
+		return fmt.Errorf("the %s module needs the Terraform provider %s (terraform-provider-constellation): build it with 'make build'", providerName, want)
+	}
+	if changed {
+		// The lock file pins the old binaries' hashes; Terraform would refuse the new ones.
+		for _, p := range []string{filepath.Join(dir, lockFile), filepath.Join(dir, ".terraform", "providers")} {
+			if err := os.RemoveAll(p); err != nil {
+				return err
 			}
 		}
 	}
-	cfg := fmt.Sprintf(`provider_installation {
-  filesystem_mirror {
-    path    = %q
-    include = [%q]
-  }
-  direct {
-    exclude = [%q]
-  }
-}
-`, mirror, pattern, pattern)
-	return fh.Write(filepath.Join(dir, cliConfigFile), []byte(cfg), file.OptOverwrite)
-}
-
-func providerAddress() (host, namespace, typ string) {
-	parts := strings.SplitN(provider.Address, "/", 3)
-	return parts[0], parts[1], parts[2]
-}
-
-// installProvider copies the provider binary into the mirror's unpacked layout; it reports whether the
-// binary there changed.
-func installProvider(mirror, host, namespace, typ, binary string) (bool, error) {
-	src, err := os.ReadFile(binary)
-	if err != nil {
-		return false, fmt.Errorf("reading the Terraform provider: %w (build it with 'make build')", err)
+	var cfg strings.Builder
+	cfg.WriteString("provider_installation {\n")
+	if len(mirrored) > 0 {
+		quoted := make([]string, len(mirrored))
+		for i, m := range mirrored {
+			quoted[i] = fmt.Sprintf("%q", m)
+		}
+		list := strings.Join(quoted, ", ")
+		fmt.Fprintf(&cfg, "  filesystem_mirror {\n    path    = %q\n    include = [%s]\n  }\n", mirror, list)
+		fmt.Fprintf(&cfg, "  direct {\n    exclude = [%s]\n  }\n", list)
+	} else {
+		cfg.WriteString("  direct {}\n")
 	}
-	target := filepath.Join(mirror, host, namespace, typ, provider.Version, "linux_amd64",
-		fmt.Sprintf("terraform-provider-%s_v%s", typ, provider.Version))
+	cfg.WriteString("}\n")
+	return fh.Write(filepath.Join(dir, cliConfigFile), []byte(cfg.String()), file.OptOverwrite)
+}
+
+// installProvider copies a provider binary into the mirror's unpacked layout; it reports whether the
+// binary there changed.
+func installProvider(mirror string, p Provider) (bool, error) {
+	src, err := os.ReadFile(p.Binary)
+	if err != nil {
+		return false, fmt.Errorf("reading the Terraform provider %s: %w (build it with 'make build')", p.Address, err)
+	}
+	parts := strings.Split(p.Address, "/")
+	if len(parts) != 3 {
+		return false, fmt.Errorf("provider address %q is not host/namespace/type", p.Address)
+	}
+	target := filepath.Join(mirror, parts[0], parts[1], parts[2], p.Version, "linux_amd64",
+		fmt.Sprintf("terraform-provider-%s_v%s", parts[2], p.Version))
 	if old, err := os.ReadFile(target); err == nil && bytes.Equal(old, src) {
 		return false, nil
 	}

@@ -16,7 +16,7 @@ func TestPrepare(t *testing.T) {
 	require.NoError(t, os.WriteFile(fakeTF, []byte("#!/bin/sh\n"), 0o755))
 	providerBin := filepath.Join(t.TempDir(), "terraform-provider-constellation")
 	require.NoError(t, os.WriteFile(providerBin, []byte("v1"), 0o755))
-	opts := Options{Terraform: fakeTF, ProviderBinary: providerBin}
+	opts := Options{Terraform: fakeTF, Providers: []Provider{ConstellationProvider(providerBin)}}
 	dir := filepath.Join(ws, Dir)
 
 	// A stale file of an earlier module version goes; Terraform's state stays.
@@ -36,7 +36,7 @@ func TestPrepare(t *testing.T) {
 	rc, err := os.ReadFile(filepath.Join(dir, cliConfigFile))
 	require.NoError(t, err)
 	assert.Contains(t, string(rc), `path    = "`+filepath.Join(dir, mirrorDir)+`"`)
-	assert.Contains(t, string(rc), `"registry.terraform.io/constellation-go/*"`)
+	assert.Contains(t, string(rc), `include = ["registry.terraform.io/constellation-go/constellation"]`)
 	installed := filepath.Join(dir, mirrorDir, "registry.terraform.io/constellation-go/constellation/0.1.0/linux_amd64/terraform-provider-constellation_v0.1.0")
 	got, err := os.ReadFile(installed)
 	require.NoError(t, err)
@@ -63,6 +63,30 @@ func TestPrepare(t *testing.T) {
 	assert.Equal(t, "abcd", vars["init_secret"])
 }
 
+// TestPrepareQEMU: the libvirt provider comes from the mirror when it was built; without it, from the
+// registry.
+func TestPrepareQEMU(t *testing.T) {
+	fakeTF := filepath.Join(t.TempDir(), "terraform")
+	require.NoError(t, os.WriteFile(fakeTF, []byte("#!/bin/sh\n"), 0o755))
+	lv := filepath.Join(t.TempDir(), "terraform-provider-libvirt")
+	require.NoError(t, os.WriteFile(lv, []byte("libvirt"), 0o755))
+
+	ws := t.TempDir()
+	_, err := Prepare(ws, "qemu", nil, Options{Terraform: fakeTF, Providers: []Provider{LibvirtProvider(lv)}})
+	require.NoError(t, err)
+	rc, err := os.ReadFile(filepath.Join(ws, Dir, cliConfigFile))
+	require.NoError(t, err)
+	assert.Contains(t, string(rc), `include = ["registry.terraform.io/dmacvicar/libvirt"]`)
+	assert.FileExists(t, filepath.Join(ws, Dir, mirrorDir, "registry.terraform.io/dmacvicar/libvirt/0.7.6/linux_amd64/terraform-provider-libvirt_v0.7.6"))
+
+	ws = t.TempDir()
+	_, err = Prepare(ws, "qemu", nil, Options{Terraform: fakeTF})
+	require.NoError(t, err)
+	rc, err = os.ReadFile(filepath.Join(ws, Dir, cliConfigFile))
+	require.NoError(t, err)
+	assert.NotContains(t, string(rc), "filesystem_mirror")
+}
+
 func TestPrepareErrors(t *testing.T) {
 	fakeTF := filepath.Join(t.TempDir(), "terraform")
 	require.NoError(t, os.WriteFile(fakeTF, []byte("#!/bin/sh\n"), 0o755))
@@ -73,7 +97,7 @@ func TestPrepareErrors(t *testing.T) {
 	}{
 		"no terraform":           {provider: "local", opts: Options{Terraform: "/nonexistent/terraform"}, want: "go install github.com/hashicorp/terraform"},
 		"no provider binary":     {provider: "local", opts: Options{Terraform: fakeTF}, want: "terraform-provider-constellation"},
-		"missing provider build": {provider: "local", opts: Options{Terraform: fakeTF, ProviderBinary: "/nonexistent"}, want: "make build"},
+		"missing provider build": {provider: "local", opts: Options{Terraform: fakeTF, Providers: []Provider{ConstellationProvider("/nonexistent")}}, want: "make build"},
 		"unknown module":         {provider: "openstack", opts: Options{Terraform: fakeTF}, want: "no Terraform module"},
 	}
 	for name, tc := range testCases {

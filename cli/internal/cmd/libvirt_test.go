@@ -1,0 +1,31 @@
+package cmd
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestEnsureLibvirtd(t *testing.T) {
+	dir := t.TempDir()
+	oldLibvirt, oldVirtlogd := libvirtSocket, virtlogdSocket
+	t.Cleanup(func() { libvirtSocket, virtlogdSocket = oldLibvirt, oldVirtlogd })
+	libvirtSocket, virtlogdSocket = filepath.Join(dir, "libvirt-sock"), filepath.Join(dir, "virtlogd-sock")
+	t.Setenv("PATH", t.TempDir()) // no libvirt binaries
+
+	// A remote or session URI is not ours to start.
+	assert.NoError(t, ensureLibvirtd(context.Background(), "qemu+ssh://host/system"))
+	// Not running and not installed: say what to install.
+	err := ensureLibvirtd(context.Background(), "qemu:///system")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "apt-get install libvirt-daemon-system")
+	// Running: nothing is started.
+	for _, s := range []string{libvirtSocket, virtlogdSocket} {
+		require.NoError(t, os.WriteFile(s, nil, 0o600))
+	}
+	assert.NoError(t, ensureLibvirtd(context.Background(), "qemu:///system"))
+}
