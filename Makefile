@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-test cluster-test e2e-test check-generated generate protos bench clean
+.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-test cluster-test e2e-test qemu-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (swtpm, protoc, Bazel in a chroot, Go modules, the
 ## Kubernetes binaries integration tests run); idempotent and cached
@@ -25,6 +25,11 @@ setup:
 	command -v mcopy >/dev/null || missing="$$missing mtools"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@missing=""; command -v libvirtd >/dev/null || missing="$$missing libvirt-daemon-system"; \
+	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
+	command -v dnsmasq >/dev/null || missing="$$missing dnsmasq-base"; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (the qemu provider)"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	@command -v terraform >/dev/null || { echo "installing terraform v1.5.7 from source (Go module proxy)"; \
 		GOBIN=/usr/local/bin go install github.com/hashicorp/terraform@v1.5.7; }
 	bazel/setup.sh
@@ -49,7 +54,7 @@ services: setup
 
 ## libvirt-provider: the libvirt Terraform provider the qemu provider needs, built from source into out/
 ## (needs libvirt-daemon-system, qemu-utils and dnsmasq-base to be used)
-libvirt-provider:
+libvirt-provider: setup
 	mkdir -p out
 	terraform/libvirt/build.sh out/terraform-provider-libvirt
 
@@ -58,7 +63,7 @@ run: build
 	$(CLI) -C $(WORKSPACE_DIR) mini up
 
 ## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
-test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test
+test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test qemu-test
 
 ## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs
 image: setup
@@ -76,6 +81,11 @@ cluster-test: setup image services
 ## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), mini down
 e2e-test: build
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 40m -v -run TestMiniUp ./cli/e2e/
+
+## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
+qemu-test: build libvirt-provider
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) CONSTELLATION_E2E_QEMU=1 go test -count=1 -timeout 40m -v \
+		-run TestQEMUCreate ./cli/e2e/
 
 ## lint: gofmt, go vet, staticcheck, go.mod tidiness
 lint:
