@@ -20,8 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 
+	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
 	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
-	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
 	"github.com/constellation-go/constellation/internal/tpm"
@@ -37,9 +37,9 @@ func TestMain(m *testing.M) {
 }
 
 // restartNode stops and starts a node as a reboot would: the same image and state disk, a fresh vTPM.
-func restartNode(ctx context.Context, t *testing.T, ws, cluster, name string, index int) {
+func restartNode(ctx context.Context, t *testing.T, ws, clusterName, name string, index int) {
 	t.Helper()
-	spec, err := daemon.ReadSpec(cluster)
+	spec, err := daemon.ReadSpec(clusterName)
 	require.NoError(t, err)
 	nw, err := spec.Network()
 	require.NoError(t, err)
@@ -50,8 +50,8 @@ func restartNode(ctx context.Context, t *testing.T, ws, cluster, name string, in
 	}
 	require.NoError(t, json.Unmarshal(data, &vars))
 	_, err = node.Restart(ctx, node.Config{
-		Cluster: cluster, Name: name, Index: index, Network: nw, ImageDir: vars.Image,
-		MetadataURL: fmt.Sprintf("http://%s:%d", nw.BridgeAddr(), metadata.DefaultPort),
+		Cluster: clusterName, Name: name, Index: index, Network: nw, ImageDir: vars.Image,
+		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()),
 	})
 	require.NoError(t, err)
 }

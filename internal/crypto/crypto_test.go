@@ -52,6 +52,17 @@ func TestClusterIDVector(t *testing.T) {
 	id, err := crypto.ClusterID(ms, TestVectorSalt)
 	require.NoError(t, err)
 	assert.Equal(t, "bc9cb582a07915ec2e3ed227b2b5594273ee1a23adda549a160049614f1b5a2c", hex.EncodeToString(id))
+
+	// The same from the master secret in one step.
+	ident, err := cryptotest.MasterSecret().Identity()
+	require.NoError(t, err)
+	assert.Equal(t, "ea7fedd14f5a29b1b8545592fc20bfdae06918e4ff447b1a0b8e4f3356005bda", hex.EncodeToString(ident.MeasurementSecret))
+	assert.Equal(t, "bc9cb582a07915ec2e3ed227b2b5594273ee1a23adda549a160049614f1b5a2c", hex.EncodeToString(ident.ClusterID))
+	owner, err := crypto.DeriveKey(TestVectorSecret, TestVectorSalt, crypto.OwnerIDKeyID, 32)
+	require.NoError(t, err)
+	assert.Equal(t, owner, ident.OwnerID)
+	_, err = crypto.MasterSecret{Salt: TestVectorSalt}.Identity()
+	assert.Error(t, err, "an empty master secret derives nothing")
 }
 
 func TestDeriveKeyRejects(t *testing.T) {

@@ -30,6 +30,33 @@ func (m MasterSecret) Validate() error {
 	return errors.Join(errs...)
 }
 
+// Identity is what a master secret and its salt determine about their cluster; the CLI, the init and the
+// recovery of a node derive it the same way.
+type Identity struct {
+	// MeasurementSecret = HKDF(master secret, salt, "key-measurementSecret").
+	MeasurementSecret []byte
+	// ClusterID = HKDF(measurement secret, salt, "key-clusterID"): what a node's PCR 15 is locked to.
+	ClusterID []byte
+	// OwnerID = HKDF(master secret, salt, "key-ownerID").
+	OwnerID []byte
+}
+
+// Identity derives the cluster's identity from m.
+func (m MasterSecret) Identity() (Identity, error) {
+	var id Identity
+	var err error
+	if id.MeasurementSecret, err = DeriveKey(m.Key, m.Salt, MeasurementSecretID, 32); err != nil {
+		return Identity{}, err
+	}
+	if id.ClusterID, err = ClusterID(id.MeasurementSecret, m.Salt); err != nil {
+		return Identity{}, err
+	}
+	if id.OwnerID, err = DeriveKey(m.Key, m.Salt, OwnerIDKeyID, 32); err != nil {
+		return Identity{}, err
+	}
+	return id, nil
+}
+
 // String never prints the secret.
 func (m MasterSecret) String() string {
 	return "MasterSecret{redacted}"

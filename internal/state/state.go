@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/file"
 )
 
@@ -110,8 +111,8 @@ func (s *State) Validate() error {
 			if _, err := netip.ParseAddr(n.IP); err != nil {
 				fail("infrastructure.nodes."+name+".ip", "%q is not an IP address", n.IP)
 			}
-			if n.Role != "control-plane" && n.Role != "worker" {
-				fail("infrastructure.nodes."+name+".role", "%q is not control-plane or worker", n.Role)
+			if n.Role != config.RoleControlPlane && n.Role != config.RoleWorker {
+				fail("infrastructure.nodes."+name+".role", "%q is not %s or %s", n.Role, config.RoleControlPlane, config.RoleWorker)
 			}
 		}
 		if inf.IPCidrNode != "" {

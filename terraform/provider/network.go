@@ -75,12 +75,11 @@ func (m *networkModel) spec() (daemon.Spec, error) {
 	if len(secret) < 16 {
 		return daemon.Spec{}, errors.New("init_secret: must be at least 16 characters")
 	}
+	// Whether the directory holds the service images is checked by the daemon when it starts (and its error
+	// ends Create or Update): hashing them here too would cost every plan's Read.
 	dir, err := filepath.Abs(m.ServicesDir.ValueString())
 	if err != nil {
 		return daemon.Spec{}, err
-	}
-	if _, err := cluster.ServiceSet(dir); err != nil {
-		return daemon.Spec{}, fmt.Errorf("services_dir: %w", err)
 	}
 	return daemon.Spec{
 		Cluster: m.Name.ValueString(), BridgeCIDR: prefix, KubernetesVersion: m.KubernetesVersion.ValueString(),
@@ -92,8 +91,8 @@ func (m *networkModel) setComputed(nw *network.Network) {
 	bridge := nw.BridgeAddr()
 	m.ID = m.Name
 	m.BridgeAddress = types.StringValue(bridge.String())
-	m.MetadataURL = types.StringValue("http://" + netip.AddrPortFrom(bridge, metadata.DefaultPort).String())
-	m.ComponentURL = types.StringValue("http://" + netip.AddrPortFrom(bridge, cluster.ComponentPort).String())
+	m.MetadataURL = types.StringValue(cluster.MetadataURL(bridge))
+	m.ComponentURL = types.StringValue(cluster.ComponentURL(bridge))
 }
 
 // ensure creates or completes the network and the daemon: Create and Read both use it, so an apply after a
@@ -193,12 +192,12 @@ func (r *networkResource) Delete(ctx context.Context, req resource.DeleteRequest
 		resp.Diagnostics.AddError("Stopping the local provider daemon", err.Error())
 		return
 	}
-	prefix, err := netip.ParsePrefix(m.BridgeCIDR.ValueString())
+	spec, err := m.spec()
 	if err != nil {
 		resp.Diagnostics.AddError("Invalid local network", err.Error())
 		return
 	}
-	nw, err := network.New(network.Config{Cluster: name, BridgeCIDR: prefix})
+	nw, err := spec.Network()
 	if err == nil {
 		err = nw.Destroy()
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"golang.org/x/sys/unix"
 
+	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
 	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
@@ -70,10 +71,10 @@ func (r *nodeResource) Schema(_ context.Context, _ resource.SchemaRequest, resp 
 
 // config is the node's runtime configuration; it reads the network's Spec, which must exist.
 func (m *nodeModel) config() (node.Config, metadata.Instance, error) {
-	cluster := m.Network.ValueString()
-	spec, err := daemon.ReadSpec(cluster)
+	clusterName := m.Network.ValueString()
+	spec, err := daemon.ReadSpec(clusterName)
 	if err != nil {
-		return node.Config{}, metadata.Instance{}, fmt.Errorf("the local network %s: %w", cluster, err)
+		return node.Config{}, metadata.Instance{}, fmt.Errorf("the local network %s: %w", clusterName, err)
 	}
 	nw, err := spec.Network()
 	if err != nil {
@@ -93,8 +94,8 @@ func (m *nodeModel) config() (node.Config, metadata.Instance, error) {
 		size = m.StateDiskSizeGB.ValueInt64() << 30
 	}
 	cfg := node.Config{
-		Cluster: cluster, Name: m.Name.ValueString(), Index: index, Network: nw, ImageDir: img,
-		MetadataURL: fmt.Sprintf("http://%s:%d", nw.BridgeAddr(), metadata.DefaultPort), StateDiskSize: size,
+		Cluster: clusterName, Name: m.Name.ValueString(), Index: index, Network: nw, ImageDir: img,
+		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()), StateDiskSize: size,
 	}
 	in := metadata.Instance{Name: cfg.Name, Role: metadata.Role(m.Role.ValueString()), IP: alloc.IP, PodCIDR: alloc.PodCIDR}
 	return cfg, in, nil

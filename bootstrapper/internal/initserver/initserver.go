@@ -44,9 +44,6 @@ import (
 	"github.com/constellation-go/constellation/keyservice/kms"
 )
 
-// OwnerIDKeyID derives the owner ID from the master secret.
-const OwnerIDKeyID = crypto.OwnerIDKeyID
-
 // logChunkSize bounds each log message of a failure report.
 const logChunkSize = 64 << 10
 
@@ -309,15 +306,11 @@ func (s *Server) validate(req *initproto.InitRequest) (Request, error) {
 		APIServerCertSANs: req.GetApiserverCertSans(),
 		KMSURI:            kmsURI,
 	}
-	if r.MeasurementSecret, err = crypto.DeriveKey(master.Key, master.Salt, crypto.MeasurementSecretID, 32); err != nil {
+	id, err := master.Identity()
+	if err != nil {
 		return Request{}, err
 	}
-	if r.ClusterID, err = crypto.ClusterID(r.MeasurementSecret, master.Salt); err != nil {
-		return Request{}, err
-	}
-	if r.OwnerID, err = crypto.DeriveKey(master.Key, master.Salt, OwnerIDKeyID, 32); err != nil {
-		return Request{}, err
-	}
+	r.MeasurementSecret, r.ClusterID, r.OwnerID = id.MeasurementSecret, id.ClusterID, id.OwnerID
 	if err := s.init.Validate(r); err != nil {
 		return Request{}, err
 	}

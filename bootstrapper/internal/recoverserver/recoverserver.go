@@ -82,14 +82,11 @@ func (s *Server) Recover(_ context.Context, req *recoverproto.RecoverRequest) (*
 	if err := ms.Validate(); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "master secret: %v", err)
 	}
-	measurementSecret, err := crypto.DeriveKey(ms.Key, ms.Salt, crypto.MeasurementSecretID, 32)
+	id, err := ms.Identity()
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	clusterID, err := crypto.ClusterID(measurementSecret, ms.Salt)
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
+	clusterID := id.ClusterID
 
 	// One recovery at a time; a repeated one returns what the first did.
 	s.mu.Lock()

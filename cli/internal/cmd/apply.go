@@ -149,7 +149,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err != nil {
 		return err
 	}
-	clusterID, ownerID, err := expectedIDs(ms)
+	id, err := ms.Identity()
 	if err != nil {
 		return err
 	}
@@ -167,7 +167,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	}
 	// An interrupted apply may have left the node initializing (or initialized) for this master secret:
 	// it then shows this cluster's PCR 15 and resumes instead of starting over.
-	resumeRefs, err := cfg.Attestation.Measurements.WithClusterID(clusterID)
+	resumeRefs, err := cfg.Attestation.Measurements.WithClusterID(id.ClusterID)
 	if err != nil {
 		return err
 	}
@@ -213,13 +213,13 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	}
 	p.Done()
 	// The node derived them from what we sent; different values mean it is not running our bootstrapper.
-	if subtle.ConstantTimeCompare(resp.GetClusterId(), clusterID) != 1 || subtle.ConstantTimeCompare(resp.GetOwnerId(), ownerID) != 1 {
+	if subtle.ConstantTimeCompare(resp.GetClusterId(), id.ClusterID) != 1 || subtle.ConstantTimeCompare(resp.GetOwnerId(), id.OwnerID) != 1 {
 		return fmt.Errorf("the node answered with a cluster ID or owner ID that does not follow from the master secret; do not use this cluster")
 	}
 	if err := e.files.Write(AdminConfFile, resp.GetKubeconfig(), file.OptOverwrite, file.OptSecret); err != nil {
 		return err
 	}
-	st.ClusterValues = state.ClusterValues{ClusterID: clusterID, OwnerID: ownerID, MeasurementSalt: ms.Salt}
+	st.ClusterValues = state.ClusterValues{ClusterID: id.ClusterID, OwnerID: id.OwnerID, MeasurementSalt: ms.Salt}
 	return st.Write(e.files, state.FileName)
 }
 
@@ -237,21 +237,6 @@ func (e *env) initFailed(ctx context.Context, endpoint string, err error) error 
 	}
 	return fmt.Errorf("initializing the cluster at %s failed: %w\nIf the node failed attestation, nothing was sent to it: "+
 		"check attestation.measurements (e.g. with 'constellation config fetch-measurements') and the node image", endpoint, err)
-}
-
-// expectedIDs derives the cluster and owner IDs as the bootstrapper does.
-func expectedIDs(ms crypto.MasterSecret) (clusterID, ownerID []byte, err error) {
-	measurementSecret, err := crypto.DeriveKey(ms.Key, ms.Salt, crypto.MeasurementSecretID, 32)
-	if err != nil {
-		return nil, nil, err
-	}
-	if clusterID, err = crypto.ClusterID(measurementSecret, ms.Salt); err != nil {
-		return nil, nil, err
-	}
-	if ownerID, err = crypto.DeriveKey(ms.Key, ms.Salt, crypto.OwnerIDKeyID, 32); err != nil {
-		return nil, nil, err
-	}
-	return clusterID, ownerID, nil
 }
 
 // freshNode returns refs expecting PCR 15 zero: a node that has not joined, initialized or recovered into

@@ -96,8 +96,9 @@ func (f *fakeIniter) Init(ctx context.Context, _ string, v attestation.Validator
 	f.sent = req
 	progress("kubeadm-init", "running kubeadm init")
 	ms := crypto.MasterSecret{Key: req.GetMasterSecret(), Salt: req.GetSalt()}
-	clusterID, ownerID, err := expectedIDs(ms)
+	id, err := ms.Identity()
 	require.NoError(f.t, err)
+	clusterID, ownerID := id.ClusterID, id.OwnerID
 	if f.interrupt {
 		f.interrupt = false
 		require.NoError(f.t, tpm.Extend(f.node.TPM, measurements.PCRClusterID, measurements.ClusterIDEvent(clusterID)))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/state"
 )
@@ -113,7 +114,7 @@ func (e *env) create(ctx context.Context, cfg *config.Config, p *progress) (*sta
 	if err != nil {
 		return nil, err
 	}
-	p.Step("Creating the infrastructure (%s, %d nodes)", cfg.GetProvider(), countNodes(cfg))
+	p.Step("Creating the infrastructure (%s, %d nodes)", cfg.GetProvider(), len(terraform.Nodes(cfg)))
 	out, err := infra.Apply(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating the infrastructure: %w\nRe-run the command to continue; 'constellation terminate' removes what was created", err)
@@ -136,12 +137,4 @@ func (e *env) create(ctx context.Context, cfg *config.Config, p *progress) (*sta
 	}
 	p.Done()
 	return st, nil
-}
-
-func countNodes(cfg *config.Config) int {
-	n := 0
-	for _, g := range cfg.NodeGroups {
-		n += g.InitialCount
-	}
-	return n
 }

@@ -121,13 +121,10 @@ func (t *terraformInfra) Apply(ctx context.Context, cfg *config.Config) (terrafo
 // resources, and a node that already knows the init secret's hash must still accept it.
 func (t *terraformInfra) inputs(cfg *config.Config) (terraform.Inputs, error) {
 	in := terraform.Inputs{}
-	if r, err := terraform.Open(t.workspace, t.options()); err == nil {
-		if vars, err := r.Variables(); err == nil {
-			uid, _ := vars["uid"].(string)
-			secret, _ := vars["init_secret"].(string)
-			in.UID = uid
-			in.InitSecret, _ = hex.DecodeString(secret)
-		}
+	if uid, secret, err := t.Identity(); err == nil {
+		// Rendered as hex again, so the text the nodes hashed stays the same.
+		in.UID = uid
+		in.InitSecret, _ = hex.DecodeString(string(secret))
 	}
 	if in.UID == "" {
 		in.UID = randomUID()
@@ -161,11 +158,7 @@ func (t *terraformInfra) Outputs(ctx context.Context) (terraform.Outputs, error)
 }
 
 func (t *terraformInfra) Identity() (string, []byte, error) {
-	r, err := terraform.Open(t.workspace, t.options())
-	if err != nil {
-		return "", nil, err
-	}
-	vars, err := r.Variables()
+	vars, err := terraform.ReadVariables(t.workspace)
 	if err != nil {
 		return "", nil, err
 	}
@@ -184,7 +177,7 @@ func (t *terraformInfra) Destroy(ctx context.Context) error {
 		return err
 	}
 	// The qemu module's resources live in libvirtd, which must run to remove them.
-	if vars, err := r.Variables(); err == nil {
+	if vars, err := terraform.ReadVariables(t.workspace); err == nil {
 		if uri, ok := vars["libvirt_uri"].(string); ok {
 			if err := ensureLibvirtd(ctx, uri); err != nil {
 				return err

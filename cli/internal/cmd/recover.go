@@ -20,6 +20,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/atls"
 	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 )
 
@@ -104,7 +105,7 @@ func (e *env) recover(ctx context.Context, only []string) error {
 		return err
 	}
 	if len(only) == 0 {
-		targets = slices.DeleteFunc(targets, func(t target) bool { return t.role != "control-plane" })
+		targets = slices.DeleteFunc(targets, func(t target) bool { return t.role != config.RoleControlPlane })
 	}
 
 	p := e.progress()

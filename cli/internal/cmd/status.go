@@ -56,19 +56,22 @@ type statusNode struct {
 }
 
 type statusResult struct {
-	Cluster     string       `json:"cluster"`
-	Provider    string       `json:"provider"`
-	Endpoint    string       `json:"endpoint"`
-	Initialized bool         `json:"initialized"`
-	ClusterID   string       `json:"clusterID,omitempty"`
-	Kubernetes  string       `json:"kubernetesVersion,omitempty"`
-	Nodes       []statusNode `json:"nodes"`
-	Attestation *struct {
-		Variant string   `json:"variant"`
-		PCRs    []uint32 `json:"enforcedPCRs"`
-		WarnOn  []uint32 `json:"warnOnlyPCRs,omitempty"`
-	} `json:"attestation,omitempty"`
-	Error string `json:"error,omitempty"`
+	Cluster     string             `json:"cluster"`
+	Provider    string             `json:"provider"`
+	Endpoint    string             `json:"endpoint"`
+	Initialized bool               `json:"initialized"`
+	ClusterID   string             `json:"clusterID,omitempty"`
+	Kubernetes  string             `json:"kubernetesVersion,omitempty"`
+	Nodes       []statusNode       `json:"nodes"`
+	Attestation *statusAttestation `json:"attestation,omitempty"`
+	Error       string             `json:"error,omitempty"`
+}
+
+// statusAttestation is the attestation config the JoinService enforces.
+type statusAttestation struct {
+	Variant string   `json:"variant"`
+	PCRs    []uint32 `json:"enforcedPCRs"`
+	WarnOn  []uint32 `json:"warnOnlyPCRs,omitempty"`
 }
 
 func (e *env) status(ctx context.Context, format string) error {
@@ -191,11 +194,7 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 	if err := yaml.Unmarshal([]byte(cm.Data[attestationConfigKey]), &att); err != nil {
 		return fmt.Errorf("parsing the attestation config: %w", err)
 	}
-	res.Attestation = &struct {
-		Variant string   `json:"variant"`
-		PCRs    []uint32 `json:"enforcedPCRs"`
-		WarnOn  []uint32 `json:"warnOnlyPCRs,omitempty"`
-	}{Variant: att.Variant}
+	res.Attestation = &statusAttestation{Variant: att.Variant}
 	for idx, m := range att.Measurements {
 		if m.WarnOnly {
 			res.Attestation.WarnOn = append(res.Attestation.WarnOn, idx)

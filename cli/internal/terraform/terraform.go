@@ -65,7 +65,6 @@ type NodeOutput struct {
 // Runner runs a provider's module in a workspace's Terraform directory.
 type Runner struct {
 	dir      string
-	provider string
 	tf       *tfexec.Terraform
 	progress func(string)
 }
@@ -125,7 +124,7 @@ func Prepare(workspace, providerName string, vars map[string]any, opts Options) 
 	if err := writeCLIConfig(fh, dir, providerName, opts.Providers); err != nil {
 		return nil, err
 	}
-	return open(dir, providerName, bin, opts.Progress)
+	return open(dir, bin, opts.Progress)
 }
 
 // Open returns a Runner for an existing working directory (for destroy and outputs).
@@ -141,10 +140,10 @@ func Open(workspace string, opts Options) (*Runner, error) {
 	if _, err := os.Stat(filepath.Join(dir, VarsFile)); err != nil {
 		return nil, fmt.Errorf("no Terraform workspace at %s: %w", dir, err)
 	}
-	return open(dir, "", bin, opts.Progress)
+	return open(dir, bin, opts.Progress)
 }
 
-func open(dir, providerName, bin string, progress func(string)) (*Runner, error) {
+func open(dir, bin string, progress func(string)) (*Runner, error) {
 	tf, err := tfexec.NewTerraform(dir, bin)
 	if err != nil {
 		return nil, err
@@ -159,7 +158,7 @@ func open(dir, providerName, bin string, progress func(string)) (*Runner, error)
 	if err := tf.SetEnv(tfexec.CleanEnv(env)); err != nil {
 		return nil, err
 	}
-	r := &Runner{dir: dir, provider: providerName, tf: tf, progress: progress}
+	r := &Runner{dir: dir, tf: tf, progress: progress}
 	logf, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -353,10 +352,11 @@ func (r *Runner) Outputs(ctx context.Context) (Outputs, error) {
 	return out, nil
 }
 
-// Variables returns the variables of the last rendering (e.g. to learn the init secret).
-func (r *Runner) Variables() (map[string]any, error) {
+// ReadVariables returns the variables last rendered into the workspace's Terraform directory (e.g. to learn
+// the init secret); it needs no Terraform.
+func ReadVariables(workspace string) (map[string]any, error) {
 	var vars map[string]any
-	if err := file.NewHandler(afero.NewOsFs()).ReadJSON(filepath.Join(r.dir, VarsFile), &vars); err != nil {
+	if err := file.NewHandler(afero.NewOsFs()).ReadJSON(filepath.Join(workspace, Dir, VarsFile), &vars); err != nil {
 		return nil, err
 	}
 	return vars, nil

@@ -56,9 +56,9 @@ func TestPrepare(t *testing.T) {
 	assert.Equal(t, "v2", string(got))
 
 	// Variables survive a Prepare without new ones (destroy, outputs).
-	r, err := Open(ws, opts)
+	_, err = Open(ws, opts)
 	require.NoError(t, err)
-	vars, err := r.Variables()
+	vars, err := ReadVariables(ws)
 	require.NoError(t, err)
 	assert.Equal(t, "abcd", vars["init_secret"])
 }

@@ -20,8 +20,8 @@ type Node struct {
 	Role string
 	// Group is the node group of the configuration the node belongs to.
 	Group string
-	// Index is the node's stable position in the cluster; the local and qemu modules derive its address
-	// from it.
+	// Index is the node's position in the list of Nodes (control planes first); the local and qemu modules
+	// derive its address from it, so adding a control plane moves the workers.
 	Index           int
 	StateDiskSizeGB int
 	InstanceType    string

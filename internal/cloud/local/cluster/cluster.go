@@ -112,6 +112,16 @@ func Create(ctx context.Context, cfg Config) (_ *Cluster, retErr error) {
 	return c, nil
 }
 
+// MetadataURL is the base URL of the metadata API on the bridge address, as nodes reach it.
+func MetadataURL(bridge netip.Addr) string {
+	return "http://" + netip.AddrPortFrom(bridge, metadata.DefaultPort).String()
+}
+
+// ComponentURL is the base URL of the component server on the bridge address.
+func ComponentURL(bridge netip.Addr) string {
+	return "http://" + netip.AddrPortFrom(bridge, ComponentPort).String()
+}
+
 // Servers are the provider's servers on the bridge address: the metadata API (metadata.DefaultPort) and
 // the component server (ComponentPort).
 type Servers struct {
@@ -198,7 +208,7 @@ func (c *Cluster) nodeConfig(n NodeSpec) node.Config {
 	}
 	return node.Config{
 		Cluster: c.cfg.Name, Name: n.Name, Index: c.index[n.Name], Network: c.net, ImageDir: img,
-		MetadataURL:      fmt.Sprintf("http://%s", netip.AddrPortFrom(c.net.BridgeAddr(), metadata.DefaultPort)),
+		MetadataURL:      MetadataURL(c.net.BridgeAddr()),
 		BootstrapperArgs: c.cfg.BootstrapperArgs, Log: c.log.With("node", n.Name),
 	}
 }
@@ -236,7 +246,7 @@ func (c *Cluster) NodeIP(name string) (netip.Addr, error) {
 // JoinService): the Kubernetes set's node components and every extra set, with URLs on the component
 // server.
 func (c *Cluster) Components() ([]*components.Component, error) {
-	return ComponentsAt("http://"+netip.AddrPortFrom(c.net.BridgeAddr(), ComponentPort).String(), c.cfg.KubernetesVersion, c.cfg.Extra)
+	return ComponentsAt(ComponentURL(c.net.BridgeAddr()), c.cfg.KubernetesVersion, c.cfg.Extra)
 }
 
 // ComponentsAt returns the components of the Kubernetes version's pinned set and of the extra sets, with
