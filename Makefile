@@ -5,31 +5,12 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-test cluster-test e2e-test qemu-test check-generated generate protos bench clean
+.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-locked reproduce image-test cluster-test e2e-test qemu-test check-generated generate protos bench clean
 
-## setup: install what a fresh machine lacks (swtpm, protoc, Bazel in a chroot, Go modules, the
-## Kubernetes binaries integration tests run); idempotent and cached
+## setup: install what a fresh machine lacks (the host tools of bazel/hosttools.sh, Terraform, Bazel in a
+## chroot, Go modules, the Kubernetes binaries integration tests run); idempotent and cached
 setup:
-	@missing=""; command -v swtpm >/dev/null || missing="$$missing swtpm"; \
-	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
-	command -v containerd >/dev/null || missing="$$missing containerd"; \
-	[ -e /usr/lib/systemd/boot/efi/linuxx64.efi.stub ] || missing="$$missing systemd-boot-efi"; \
-	command -v osslsigncode >/dev/null || missing="$$missing osslsigncode"; \
-	command -v sbsign >/dev/null || missing="$$missing sbsigntool"; \
-	command -v objcopy >/dev/null || missing="$$missing binutils"; \
-	command -v veritysetup >/dev/null || missing="$$missing cryptsetup-bin"; \
-	command -v mkfs.erofs >/dev/null || missing="$$missing erofs-utils"; \
-	command -v qemu-system-x86_64 >/dev/null || missing="$$missing qemu-system-x86"; \
-	[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing="$$missing ovmf"; \
-	command -v mkfs.vfat >/dev/null || missing="$$missing dosfstools"; \
-	command -v mcopy >/dev/null || missing="$$missing mtools"; \
-	if [ -n "$$missing" ]; then echo "installing$$missing"; apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
-	@missing=""; command -v libvirtd >/dev/null || missing="$$missing libvirt-daemon-system"; \
-	command -v qemu-img >/dev/null || missing="$$missing qemu-utils"; \
-	command -v dnsmasq >/dev/null || missing="$$missing dnsmasq-base"; \
-	if [ -n "$$missing" ]; then echo "installing$$missing (the qemu provider)"; apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+	bazel/hosttools.sh install
 	@command -v terraform >/dev/null || { echo "installing terraform v1.5.7 from source (Go module proxy)"; \
 		GOBIN=/usr/local/bin go install github.com/hashicorp/terraform@v1.5.7; }
 	bazel/setup.sh
@@ -65,25 +46,41 @@ run: build
 ## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
 test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test qemu-test
 
-## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs
+## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs.
+## Packages come from Debian's archive as it is today; a difference from image/mkosi/packages.lock is a notice
 image: setup
 	image/mkosi/build.sh
 
+## image-locked: a release build: fails unless the image holds exactly packages.lock, and saves the
+## package bundle that rebuilds it later without the archive to out/image-packages.tar
+image-locked: setup
+	image/mkosi/build.sh --locked --save-bundle out/image-packages.tar
+
+## reproduce: rebuild the image from this tree and compare its PCRs with a published measurements.json:
+## make reproduce MEASUREMENTS=measurements.json [PUBLIC_KEY=cosign.pub] [BUNDLE=image-packages.tar]
+reproduce: setup
+	image/reproduce.sh --measurements "$(MEASUREMENTS)" $(if $(PUBLIC_KEY),--public-key "$(PUBLIC_KEY)") \
+		$(if $(BUNDLE),--bundle "$(BUNDLE)")
+
 ## image-test: the image builds twice bit-identically and a QEMU boot shows the predicted PCRs (cached)
 image-test: setup
+	@bazel/hosttools.sh check image-test
 	image/test.sh
 
 ## cluster-test: a control plane and a worker from the image become a real kubeadm cluster (local nodes)
 cluster-test: setup image services
+	@bazel/hosttools.sh check cluster-test
 	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 30m -v \
 		-run 'TestTwoNodeCluster' ./internal/cloud/local/cluster/
 
 ## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), mini down
 e2e-test: build
+	@bazel/hosttools.sh check e2e-test
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 40m -v -run TestMiniUp ./cli/e2e/
 
 ## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
 qemu-test: build libvirt-provider
+	@bazel/hosttools.sh check qemu-test
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) CONSTELLATION_E2E_QEMU=1 go test -count=1 -timeout 40m -v \
 		-run TestQEMUCreate ./cli/e2e/
 
@@ -95,6 +92,7 @@ lint:
 	go mod tidy -diff
 
 go-test:
+	@bazel/hosttools.sh check go-test
 	MEASUREMENTS_REQUIRE_TOOLS=1 go test -race -count=1 ./...
 
 bazel-test:
@@ -102,6 +100,7 @@ bazel-test:
 
 ## check-generated: fail when BUILD files, MODULE.bazel's use_repo calls or protobuf code are stale
 check-generated: setup
+	@bazel/hosttools.sh check check-generated
 	bazel/protos.sh --check
 	bazel/check-generated.sh
 	bazel/check-generated.sh --self-test

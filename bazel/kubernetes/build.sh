@@ -2,8 +2,11 @@
 # Builds the pinned Kubernetes components of one Kubernetes version from source through the Go module proxy,
 # and the container images kubeadm runs them from.
 #
-# Usage: bazel/kubernetes/build.sh [--version VERSION] [component ... | all]
+# Usage: bazel/kubernetes/build.sh [--version VERSION] [--locked] [component ... | all]
 #   versions:   v1.33.13 (default) v1.34.10
+#   --locked:   fail when Debian's mirror no longer serves a package of debs.lock (the kube-proxy image's
+#               iptables) instead of building from the versions it serves today
+#   --debs-lock: another lock than bazel/kubernetes/debs.lock (tests)
 #   components: pause etcd coredns kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet
 #               kubeadm kubectl images
 #   all:        every binary, then images; default: etcd kube-apiserver
@@ -91,11 +94,12 @@ die() {
 }
 
 usage() {
-	sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 # --- arguments ---------------------------------------------------------------------------------------------
 version="$DEFAULT_VERSION"
+locked=false
 components=()
 want_images=false
 while [[ $# -gt 0 ]]; do
@@ -114,6 +118,16 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--version=*)
 		version="${arg#--version=}"
+		continue
+		;;
+	--locked)
+		locked=true
+		continue
+		;;
+	--debs-lock)
+		[[ $# -gt 0 ]] || die "--debs-lock needs a value"
+		DEBS_LOCK="$(realpath "$1")"
+		shift
 		continue
 		;;
 	-*) die "unknown flag $arg (see --help)" ;;
@@ -166,6 +180,8 @@ VERSION_DIR="$CACHE_ROOT/kubernetes/$KUBE_VERSION"
 OUT="$VERSION_DIR/bin"
 IMAGES_OUT="$VERSION_DIR/images"
 DEBS_DIR="$CACHE_ROOT/kubernetes/debs"
+# What the kube-proxy image of this version is built from: debs.lock, or newer versions (see fetch_debs).
+RESOLVED_DEBS="$VERSION_DIR/debs.resolved.lock"
 
 kube_version_ldflags() {
 	# Like hack/lib/version.sh: set both component-base's and client-go's version variables. -s -w as in
@@ -406,33 +422,43 @@ build() {
 	mv -f "$OUT/.$c.stamp.tmp" "$OUT/.$c.stamp"
 }
 
-# Puts the Debian packages of debs.lock into $DEBS_DIR, verified against their pinned sha256: taken from the
-# node image's package cache if it has them, otherwise downloaded with apt-get (Debian's mirror).
+# Puts the Debian packages of debs.lock into $DEBS_DIR, verified against their pinned sha256, and writes the
+# lock of what the kube-proxy image is built from to $RESOLVED_DEBS. A pinned package is taken from
+# $DEBS_DIR, the node image's package cache, a package bundle ($CONSTELLATION_PACKAGE_BUNDLE, a directory
+# saved by image/mkosi/build.sh --save-bundle) or Debian's mirror. Debian's mirror serves only the newest
+# version of each package: when a pinned version is gone, the build takes the version the mirror serves
+# today, says so, and records it (the CLI then pins this machine's kube-proxy image, with a notice;
+# internal/versions.LocalComponents); with --locked it fails instead.
 fetch_debs() {
 	mkdir -p "$DEBS_DIR"
-	local pkg ver sha file have mkosi_archives="$CACHE_ROOT/mkosi/packages/cache/apt/archives"
-	while read -r pkg ver sha; do
+	local pkg ver sha file have updated=false mkosi_archives="$CACHE_ROOT/mkosi/packages/cache/apt/archives"
+	local bundle_debs="${CONSTELLATION_PACKAGE_BUNDLE:+$CONSTELLATION_PACKAGE_BUNDLE/debs}"
+	local -a drift=()
+	: >"$RESOLVED_DEBS.tmp"
+	while read -r pkg ver sha || [[ -n "${pkg:-}" ]]; do
 		[[ -z "$pkg" || "$pkg" == \#* ]] && continue
 		file="$DEBS_DIR/${pkg}_${ver//:/%3a}.deb"
 		if [[ -f "$file" && "$(sha_of "$file")" == "$sha" ]]; then
+			echo "$pkg $ver $sha" >>"$RESOLVED_DEBS.tmp"
 			continue
 		fi
 		rm -f "$file"
-		have="$(find "$mkosi_archives" -maxdepth 1 -name "${pkg}_${ver//:/%3a}_*.deb" 2>/dev/null | head -n1 || true)"
+		have="$(find "$mkosi_archives" ${bundle_debs:+"$bundle_debs"} -maxdepth 1 -name "${pkg}_${ver//:/%3a}_*.deb" 2>/dev/null | head -n1 || true)"
 		if [[ -n "$have" && "$(sha_of "$have")" == "$sha" ]]; then
 			cp "$have" "$file.tmp"
-		else
-			command -v apt-get >/dev/null || die "apt-get is needed to download $pkg=$ver"
-			local dl
-			dl="$(mktemp -d "$DEBS_DIR/.dl.XXXXXX")"
-			chmod 0755 "$dl"
-			if ! (cd "$dl" && apt-get download -q "$pkg=$ver" >"$dl/apt.log" 2>&1); then
-				cat "$dl/apt.log" >&2
-				rm -rf "$dl"
-				die "cannot download $pkg=$ver from Debian's mirror; if a point release replaced it, update $DEBS_LOCK (to the versions in image/mkosi/packages.lock) and re-pin"
+		elif ! apt_download "$pkg=$ver" "$file.tmp"; then
+			$locked && die "Debian's mirror no longer serves $pkg=$ver, which $DEBS_LOCK pins (--locked). Build from a package bundle that has it (CONSTELLATION_PACKAGE_BUNDLE=<dir>), or update $DEBS_LOCK to the versions in image/mkosi/packages.lock and re-pin (bazel/kubernetes/pin.sh)"
+			if ! $updated; then
+				apt-get update -qq >/dev/null 2>&1 || true
+				updated=true
 			fi
-			mv "$dl"/*.deb "$file.tmp"
-			rm -rf "$dl"
+			apt_download "$pkg" "$file.new" || die "cannot download $pkg from Debian's mirror (is it reachable?)"
+			local newver
+			newver="$(dpkg-deb --field "$file.new" Version)"
+			drift+=("$pkg $ver -> $newver")
+			mv -f "$file.new" "$DEBS_DIR/${pkg}_${newver//:/%3a}.deb"
+			echo "$pkg $newver $(sha_of "$DEBS_DIR/${pkg}_${newver//:/%3a}.deb")" >>"$RESOLVED_DEBS.tmp"
+			continue
 		fi
 		have="$(sha_of "$file.tmp")"
 		if [[ "$have" != "$sha" ]]; then
@@ -440,7 +466,31 @@ fetch_debs() {
 			die "$pkg=$ver has sha256 $have, $DEBS_LOCK pins $sha"
 		fi
 		mv -f "$file.tmp" "$file"
+		echo "$pkg $ver $sha" >>"$RESOLVED_DEBS.tmp"
 	done <"$DEBS_LOCK"
+	mv -f "$RESOLVED_DEBS.tmp" "$RESOLVED_DEBS"
+	if [[ ${#drift[@]} -gt 0 ]]; then
+		local IFS=,
+		log "NOTICE: Debian's mirror no longer serves every package $DEBS_LOCK pins for the kube-proxy image; it is"
+		log "  built from the versions served today instead: ${drift[*]}."
+		log "  Where their files differ, the image's sha256 differs from this release's pin; the CLI then installs"
+		log "  this machine's build and says so. --locked makes this an error; to adopt the versions, update"
+		log "  $DEBS_LOCK (to the versions in image/mkosi/packages.lock) and re-pin (bazel/kubernetes/pin.sh)."
+	fi
+}
+
+# Downloads one package (apt-get download's PKG or PKG=VERSION) to a file.
+apt_download() {
+	local spec="$1" dest="$2" dl
+	command -v apt-get >/dev/null || die "apt-get is needed to download $spec"
+	dl="$(mktemp -d "$DEBS_DIR/.dl.XXXXXX")"
+	chmod 0755 "$dl"
+	if ! (cd "$dl" && apt-get download -q "$spec" >"$dl/apt.log" 2>&1); then
+		rm -rf "$dl"
+		return 1
+	fi
+	mv "$dl"/*.deb "$dest"
+	rm -rf "$dl"
 }
 
 build_images() {
@@ -449,7 +499,7 @@ build_images() {
 	start=$(date +%s)
 	# The image tool is part of this module: build it read-only against go.mod (never -mod=mod here).
 	(cd "$repo" && GOFLAGS="-mod=readonly -buildvcs=false" "$GO" run ./bazel/kubernetes/kubecomponents images \
-		--kubernetes-version "$KUBE_VERSION" --dir "$VERSION_DIR" --debs "$DEBS_DIR" --debs-lock "$DEBS_LOCK" \
+		--kubernetes-version "$KUBE_VERSION" --dir "$VERSION_DIR" --debs "$DEBS_DIR" --debs-lock "$RESOLVED_DEBS" \
 		--etcd-version "$ETCD_VERSION" --etcd-tag "$ETCD_IMAGE_TAG" --coredns-version "$COREDNS_VERSION" \
 		--pause-version "$PAUSE_VERSION" --go-version "$GO_VERSION") || die "building the images failed"
 	log "images: done in $(($(date +%s) - start)) s ($IMAGES_OUT)"

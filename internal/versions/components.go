@@ -1,6 +1,8 @@
 package versions
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -51,6 +53,17 @@ type Component struct {
 	Mode os.FileMode
 	// ControlPlaneOnly is set for what only control-plane nodes need (the static pods' images).
 	ControlPlaneOnly bool
+	// Debs are the Debian packages whose files an image holds (kube-proxy's iptables, from
+	// bazel/kubernetes/debs.lock). Debian's archive moves, so a machine may have had to build the image from
+	// newer packages; LocalComponents accepts such a build, and only such a build, with a notice.
+	Debs []DebianPackage
+}
+
+// DebianPackage is a Debian package an image was built from.
+type DebianPackage struct {
+	Package string `json:"package"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
 }
 
 // ComponentSet is every pinned component of one Kubernetes version.
@@ -157,4 +170,88 @@ func pinnedVersions() []string {
 	}
 	semver.Sort(vs)
 	return vs
+}
+
+// LocalComponents returns the pinned components of a version as Components does, except for an image
+// made of Debian packages (kube-proxy's) that this machine had to build from other package versions than
+// the pins, because Debian's archive no longer serves the pinned ones (bazel/kubernetes/build.sh without
+// --locked). Such an image is accepted with the hash of this machine's build, and a notice says so; the
+// build's record (components.json in the version's cache directory) must show that the image holds the
+// pinned binary and other packages than the pins, so that nothing but Debian's move can explain the
+// difference. Every other component keeps its pin. Without a record, the pins are returned unchanged (the
+// component server then names what is missing).
+func LocalComponents(kubernetesVersion string) (ComponentSet, []string, error) {
+	set, err := Components(kubernetesVersion)
+	if err != nil {
+		return ComponentSet{}, nil, err
+	}
+	data, err := os.ReadFile(filepath.Join(CacheDir(set.Kubernetes), "components.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return set, nil, nil
+	}
+	if err != nil {
+		return ComponentSet{}, nil, err
+	}
+	var idx struct {
+		Components []struct {
+			Name         string          `json:"name"`
+			SHA256       string          `json:"sha256"`
+			Size         int64           `json:"size"`
+			ImageID      string          `json:"imageID"`
+			BinarySHA256 string          `json:"binarySHA256"`
+			Debs         []DebianPackage `json:"debs"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(data, &idx); err != nil {
+		return ComponentSet{}, nil, fmt.Errorf("reading the record of the local Kubernetes %s build: %w", set.Kubernetes, err)
+	}
+	var notices []string
+	for i, c := range set.Components {
+		if len(c.Debs) == 0 {
+			continue
+		}
+		for _, local := range idx.Components {
+			if local.Name != c.Name || local.SHA256 == c.SHA256 || slices.Equal(local.Debs, c.Debs) || len(local.Debs) == 0 {
+				continue
+			}
+			bin, ok := set.Component(strings.TrimSuffix(c.Name, ".tar"))
+			if !ok || local.BinarySHA256 != bin.SHA256 {
+				continue
+			}
+			set.Components[i].SHA256, set.Components[i].Size, set.Components[i].ImageID = local.SHA256, local.Size, local.ImageID
+			set.Components[i].Debs = local.Debs
+			notices = append(notices, fmt.Sprintf("the %s image of Kubernetes %s was built on this machine from Debian packages other than this "+
+				"release pins (%s), because Debian's archive no longer serves the pinned versions: nodes install this machine's "+
+				"build (sha256 %s) instead of the release's (%s). bazel/kubernetes/build.sh --locked refuses such a build.",
+				strings.TrimSuffix(c.Name, ".tar"), set.Kubernetes, debsChange(c.Debs, local.Debs), local.SHA256, c.SHA256))
+		}
+	}
+	return set, notices, nil
+}
+
+// debsChange names the packages whose versions differ: "libc6 2.36-9+deb12u14 -> 2.36-9+deb12u15".
+func debsChange(pinned, local []DebianPackage) string {
+	have, want := map[string]string{}, map[string]bool{}
+	for _, d := range local {
+		have[d.Package] = d.Version
+	}
+	var out []string
+	for _, d := range pinned {
+		want[d.Package] = true
+		switch v, ok := have[d.Package]; {
+		case !ok:
+			out = append(out, d.Package+" "+d.Version+" -> (none)")
+		case v != d.Version:
+			out = append(out, d.Package+" "+d.Version+" -> "+v)
+		}
+	}
+	for _, d := range local {
+		if !want[d.Package] {
+			out = append(out, d.Package+" (none) -> "+d.Version)
+		}
+	}
+	if len(out) == 0 {
+		return "same versions, other files"
+	}
+	return strings.Join(out, ", ")
 }

@@ -130,9 +130,14 @@ func TestPinsMatchCache(t *testing.T) {
 	mustHave := os.Getenv("CI") == "true" && os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") == "1"
 	for _, v := range SupportedKubernetes() {
 		t.Run(v, func(t *testing.T) {
-			set, err := Components(v)
+			// A kube-proxy image built from newer Debian packages than the pins (Debian's archive moved) is
+			// expected to differ; LocalComponents accepts exactly that difference, and nothing else.
+			set, notices, err := LocalComponents(v)
 			if err != nil {
 				t.Fatal(err)
+			}
+			for _, n := range notices {
+				t.Log("notice:", n)
 			}
 			dir := CacheDir(v)
 			builtWith := ""
@@ -193,6 +198,100 @@ func TestPinnedImagesAreWhatKubeadmUses(t *testing.T) {
 				}
 			}
 			assert.ElementsMatch(t, strings.Fields(string(out)), pinned)
+		})
+	}
+}
+
+func TestLocalComponents(t *testing.T) {
+	pinned, err := Components(DefaultKubernetes)
+	require.NoError(t, err)
+	proxy, ok := pinned.Component("kube-proxy.tar")
+	require.True(t, ok)
+	require.NotEmpty(t, proxy.Debs, "the kube-proxy image's Debian packages are pinned")
+	proxyBin, ok := pinned.Component("kube-proxy")
+	require.True(t, ok)
+	kubelet, ok := pinned.Component("kubelet")
+	require.True(t, ok)
+
+	movedDebs := slices.Clone(proxy.Debs)
+	for i, d := range movedDebs {
+		if d.Package == "libc6" {
+			movedDebs[i].Version, movedDebs[i].SHA256 = d.Version+".1", strings.Repeat("e", 64)
+		}
+	}
+	const localSum = "1111111111111111111111111111111111111111111111111111111111111111"
+	entry := func(name, sum, bin string, debs []DebianPackage) map[string]any {
+		return map[string]any{"name": name, "sha256": sum, "size": 42, "imageID": "sha256:local", "binarySHA256": bin, "debs": debs}
+	}
+	testCases := map[string]struct {
+		record     string // components.json; "" for none
+		entries    []map[string]any
+		wantProxy  string
+		wantNotice []string
+		wantErr    string
+	}{
+		"no local build":        {wantProxy: proxy.SHA256},
+		"build equals the pins": {entries: []map[string]any{entry("kube-proxy.tar", proxy.SHA256, proxyBin.SHA256, proxy.Debs)}, wantProxy: proxy.SHA256},
+		"Debian moved: the local build is used with a notice": {
+			entries:    []map[string]any{entry("kube-proxy.tar", localSum, proxyBin.SHA256, movedDebs)},
+			wantProxy:  localSum,
+			wantNotice: []string{"kube-proxy image", "libc6 2.36", "-> 2.36", localSum, proxy.SHA256, "--locked"},
+		},
+		"same packages, other bytes: the pin stays": {
+			entries:   []map[string]any{entry("kube-proxy.tar", localSum, proxyBin.SHA256, proxy.Debs)},
+			wantProxy: proxy.SHA256,
+		},
+		"another kube-proxy binary inside: the pin stays": {
+			entries:   []map[string]any{entry("kube-proxy.tar", localSum, kubelet.SHA256, movedDebs)},
+			wantProxy: proxy.SHA256,
+		},
+		"no packages recorded: the pin stays": {
+			entries:   []map[string]any{entry("kube-proxy.tar", localSum, proxyBin.SHA256, nil)},
+			wantProxy: proxy.SHA256,
+		},
+		"a binary never follows the local build": {
+			entries:   []map[string]any{entry("kubelet", localSum, "", movedDebs), entry("kube-proxy.tar", proxy.SHA256, proxyBin.SHA256, proxy.Debs)},
+			wantProxy: proxy.SHA256,
+		},
+		"broken record": {record: "{", wantErr: "local Kubernetes"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			cache := t.TempDir()
+			t.Setenv("CONSTELLATION_CACHE", cache)
+			dir := CacheDir(DefaultKubernetes)
+			require.NoError(t, os.MkdirAll(dir, 0o755))
+			record := tc.record
+			if tc.entries != nil {
+				data, err := json.Marshal(map[string]any{"kubernetes": DefaultKubernetes, "components": tc.entries})
+				require.NoError(t, err)
+				record = string(data)
+			}
+			if record != "" {
+				require.NoError(t, os.WriteFile(filepath.Join(dir, "components.json"), []byte(record), 0o644))
+			}
+			set, notices, err := LocalComponents(DefaultKubernetes)
+			if tc.wantErr != "" {
+				assert.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			got, _ := set.Component("kube-proxy.tar")
+			assert.Equal(t, tc.wantProxy, got.SHA256)
+			k, _ := set.Component("kubelet")
+			assert.Equal(t, kubelet.SHA256, k.SHA256)
+			if tc.wantNotice == nil {
+				assert.Empty(t, notices)
+				assert.Equal(t, pinned, set)
+				return
+			}
+			require.Len(t, notices, 1)
+			for _, s := range tc.wantNotice {
+				assert.Contains(t, notices[0], s)
+			}
+			assert.Equal(t, movedDebs, got.Debs)
+			assert.Equal(t, int64(42), got.Size)
+			assert.Equal(t, NodeImageDir+"/kube-proxy.tar", got.InstallPath, "install paths are kept")
 		})
 	}
 }

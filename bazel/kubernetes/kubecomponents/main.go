@@ -186,6 +186,13 @@ func generate(idxs []images.Index) ([]byte, error) {
 			if c.Image != "" {
 				fmt.Fprintf(&b, ", Image: %q, ImageID: %q", c.Image, c.ImageID)
 			}
+			if len(c.Debs) > 0 {
+				b.WriteString(", Debs: []DebianPackage{\n")
+				for _, d := range c.Debs {
+					fmt.Fprintf(&b, "{Package: %q, Version: %q, SHA256: %q},\n", d.Package, d.Version, d.SHA256)
+				}
+				b.WriteString("}")
+			}
 			b.WriteString("},\n")
 		}
 		b.WriteString("},\n},\n")

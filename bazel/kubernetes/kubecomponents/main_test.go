@@ -21,10 +21,14 @@ func fakeIndex(kube string) images.Index {
 		})
 	}
 	for _, img := range images.For(images.Versions{Kubernetes: kube, EtcdTag: "3.5.24-0", CoreDNS: "v1.12.0", Pause: "3.10"}) {
-		idx.Components = append(idx.Components, images.IndexEntry{
+		e := images.IndexEntry{
 			Name: img.Name + ".tar", Kind: "image", Version: kube, File: "images/" + img.Name + ".tar",
 			SHA256: strings.Repeat("b", 64), Size: 2, Image: img.Ref, ImageID: "sha256:" + strings.Repeat("c", 64),
-		})
+		}
+		if img.Iptables {
+			e.Debs = []images.Deb{{Package: "iptables", Version: "1.8.9-2", SHA256: strings.Repeat("d", 64)}}
+		}
+		idx.Components = append(idx.Components, e)
 	}
 	return idx
 }
@@ -46,6 +50,9 @@ func TestPin(t *testing.T) {
 	assert.Less(t, strings.Index(s, `"v1.33.13": {`), strings.Index(s, `"v1.34.10": {`), "sorted by version")
 	assert.Contains(t, s, `{Name: "pause.tar", Kind: Image, Version: "v1.33.13", File: "images/pause.tar", SHA256: "bbbb`)
 	assert.Contains(t, s, `Image: "registry.k8s.io/pause:3.10"`)
+	// The kube-proxy image's Debian packages are pinned with it (versions.LocalComponents needs them).
+	assert.Contains(t, s, "Debs: []DebianPackage{\n\t\t\t\t{Package: \"iptables\", Version: \"1.8.9-2\", SHA256: \"dddd")
+	assert.Equal(t, 2, strings.Count(s, "Debs: []DebianPackage{"), "once per version, only for kube-proxy")
 
 	// An incomplete or missing set is refused with the command that builds it.
 	idx := fakeIndex("v1.33.13")

@@ -285,7 +285,11 @@ func (e *env) components(ctx context.Context, cfg *config.Config, infra infrastr
 	if err != nil {
 		return nil, err
 	}
-	return cluster.ComponentsAt(out.ComponentURL, version, []cluster.ExtraSet{services})
+	comps, notices, err := cluster.ComponentsAt(out.ComponentURL, version, []cluster.ExtraSet{services})
+	for _, n := range notices {
+		fmt.Fprintf(e.errOut, "Notice: %s\n", n)
+	}
+	return comps, err
 }
 
 // mergeKubeconfig adds the admin kubeconfig's cluster, user and context to the user's kubeconfig and

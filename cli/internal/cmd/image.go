@@ -26,6 +26,7 @@ Paths given to these commands are relative to the current directory; --workspace
 	}
 	cmd.AddCommand(newImageKeygenCmd(e))
 	cmd.AddCommand(newImageMeasureCmd(e))
+	cmd.AddCommand(newImageCompareCmd(e))
 	return cmd
 }
 

@@ -95,33 +95,72 @@ The private key's password comes from COSIGN_PASSWORD (asked for on a terminal w
 			return e.imageMeasure(cmd, args[0])
 		},
 	}
-	cmd.Flags().String(flagPlatform, platformProfiles[0].name, "firmware profile for PCR 4: "+strings.Join(platformNames(), ", "))
-	cmd.Flags().String(flagBootPath, bootPaths[0].name, "how the UKI is started: "+strings.Join(bootPathNames(), ", "))
-	cmd.Flags().String(flagBootLoader, "", "the systemd-boot EFI binary, for --boot-path systemd-boot")
+	addBootFlags(cmd)
 	cmd.Flags().String(flagImageRef, "", "image reference recorded in the file (default: sha256:<hex of the UKI>)")
 	cmd.Flags().String(flagVariant, variant.QEMUVTPM.String(), "attestation variant the measurements are for: "+strings.Join(variant.Names(), ", "))
 	cmd.Flags().String(flagOut, signed.FileName, "where to write the measurements; the signature goes to <out>.sig")
 	cmd.Flags().String(flagSignKey, "", "sign with this cosign private key (see 'constellation image keygen')")
 	addOutputFlag(cmd)
-	_ = cmd.RegisterFlagCompletionFunc(flagPlatform, cobra.FixedCompletions(platformNames(), cobra.ShellCompDirectiveNoFileComp))
-	_ = cmd.RegisterFlagCompletionFunc(flagBootPath, cobra.FixedCompletions(bootPathNames(), cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc(flagVariant, cobra.FixedCompletions(variant.Names(), cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
-type measureOptions struct {
+// addBootFlags adds the flags that say how a UKI is booted, which decide its PCRs.
+func addBootFlags(cmd *cobra.Command) {
+	cmd.Flags().String(flagPlatform, platformProfiles[0].name, "firmware profile for PCR 4: "+strings.Join(platformNames(), ", "))
+	cmd.Flags().String(flagBootPath, bootPaths[0].name, "how the UKI is started: "+strings.Join(bootPathNames(), ", "))
+	cmd.Flags().String(flagBootLoader, "", "the systemd-boot EFI binary, for --boot-path systemd-boot")
+	_ = cmd.RegisterFlagCompletionFunc(flagPlatform, cobra.FixedCompletions(platformNames(), cobra.ShellCompDirectiveNoFileComp))
+	_ = cmd.RegisterFlagCompletionFunc(flagBootPath, cobra.FixedCompletions(bootPathNames(), cobra.ShellCompDirectiveNoFileComp))
+}
+
+// bootOptions are the parsed boot flags.
+type bootOptions struct {
 	platform   *measurements.Platform
 	path       measurements.BootPath
 	pathName   string
 	bootLoader string
-	imageRef   string
-	variant    variant.Variant
-	out        string
-	signKey    string
+}
+
+type measureOptions struct {
+	bootOptions
+	imageRef string
+	variant  variant.Variant
+	out      string
+	signKey  string
 }
 
 func measureFlags(cmd *cobra.Command) (measureOptions, error) {
 	var o measureOptions
+	var err error
+	if o.bootOptions, err = bootFlags(cmd); err != nil {
+		return o, err
+	}
+	flags := cmd.Flags()
+	if o.imageRef, err = flags.GetString(flagImageRef); err != nil {
+		return o, err
+	}
+	name, err := flags.GetString(flagVariant)
+	if err != nil {
+		return o, err
+	}
+	if o.variant, err = variant.FromString(name); err != nil {
+		return o, fmt.Errorf("--%s: %w", flagVariant, err)
+	}
+	if o.out, err = flags.GetString(flagOut); err != nil {
+		return o, err
+	}
+	if o.out == "" {
+		return o, fmt.Errorf("--%s must not be empty", flagOut)
+	}
+	if o.signKey, err = flags.GetString(flagSignKey); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+func bootFlags(cmd *cobra.Command) (bootOptions, error) {
+	var o bootOptions
 	flags := cmd.Flags()
 	platform, err := flags.GetString(flagPlatform)
 	if err != nil {
@@ -150,26 +189,35 @@ func measureFlags(cmd *cobra.Command) (measureOptions, error) {
 	case o.path != measurements.BootSystemdBoot && o.bootLoader != "":
 		return o, fmt.Errorf("--%s only applies to --%s systemd-boot", flagBootLoader, flagBootPath)
 	}
-	if o.imageRef, err = flags.GetString(flagImageRef); err != nil {
-		return o, err
-	}
-	name, err := flags.GetString(flagVariant)
-	if err != nil {
-		return o, err
-	}
-	if o.variant, err = variant.FromString(name); err != nil {
-		return o, fmt.Errorf("--%s: %w", flagVariant, err)
-	}
-	if o.out, err = flags.GetString(flagOut); err != nil {
-		return o, err
-	}
-	if o.out == "" {
-		return o, fmt.Errorf("--%s must not be empty", flagOut)
-	}
-	if o.signKey, err = flags.GetString(flagSignKey); err != nil {
-		return o, err
-	}
 	return o, nil
+}
+
+// precomputeUKI reads a UKI and returns its bytes, the precomputation and the measurements a fresh node
+// shows: the predicted PCRs after the boot phases, and PCR 15 zero.
+func precomputeUKI(fh file.Handler, ukiPath string, o bootOptions) ([]byte, *measurements.Result, ref.M, error) {
+	ukiData, err := fh.Read(ukiPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	uki, err := measurements.ParseUKI(ukiData)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s is not a usable UKI: %w", ukiPath, err)
+	}
+	opts := measurements.Options{Platform: o.platform, Path: o.path}
+	if o.bootLoader != "" {
+		if opts.BootLoader, err = fh.Read(o.bootLoader); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	res, err := measurements.Precompute(uki, opts)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("precomputing the measurements of %s: %w", ukiPath, err)
+	}
+	m := res.Measurements(true)
+	// A node proves it has not joined or initialized a cluster yet by a zero PCR 15; verifiers of a
+	// running cluster expect the cluster's value there instead (measurements.PCR15ForCluster).
+	m[ref.PCRClusterID] = ref.Measurement{Expected: make(ref.Digest, ref.DigestSize)}
+	return ukiData, res, m, nil
 }
 
 // pcrRow is one line of the measure command's output.
@@ -212,32 +260,13 @@ func (e *env) imageMeasure(cmd *cobra.Command, ukiPath string) error {
 		}
 	}
 
-	ukiData, err := fh.Read(ukiPath)
+	ukiData, res, m, err := precomputeUKI(fh, ukiPath, o.bootOptions)
 	if err != nil {
 		return err
 	}
-	uki, err := measurements.ParseUKI(ukiData)
-	if err != nil {
-		return fmt.Errorf("%s is not a usable UKI: %w", ukiPath, err)
-	}
-	opts := measurements.Options{Platform: o.platform, Path: o.path}
-	if o.bootLoader != "" {
-		if opts.BootLoader, err = fh.Read(o.bootLoader); err != nil {
-			return err
-		}
-	}
-	res, err := measurements.Precompute(uki, opts)
-	if err != nil {
-		return fmt.Errorf("precomputing the measurements of %s: %w", ukiPath, err)
-	}
 	if o.imageRef == "" {
-		sum := sha256.Sum256(ukiData)
-		o.imageRef = "sha256:" + hex.EncodeToString(sum[:])
+		o.imageRef = ukiImageRef(ukiData)
 	}
-	m := res.Measurements(true)
-	// A node proves it has not joined or initialized a cluster yet by a zero PCR 15; verifiers of a
-	// running cluster expect the cluster's value there instead (measurements.PCR15ForCluster).
-	m[ref.PCRClusterID] = ref.Measurement{Expected: make(ref.Digest, ref.DigestSize)}
 	mf := &signed.File{Version: signed.Version1, Image: o.imageRef, Variant: o.variant.String(), Measurements: m}
 	data, err := mf.Marshal()
 	if err != nil {
@@ -364,4 +393,10 @@ func (e *env) printMeasureResult(r measureResult) error {
 			"into a configuration with 'constellation config fetch-measurements --url %s'.\n", flagSignKey, r.File)
 	}
 	return nil
+}
+
+// ukiImageRef is the default image reference of a UKI: "sha256:<hex of its bytes>".
+func ukiImageRef(uki []byte) string {
+	sum := sha256.Sum256(uki)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }

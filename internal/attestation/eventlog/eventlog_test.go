@@ -41,17 +41,6 @@ func readLog(t testing.TB, name string) []byte {
 	return raw
 }
 
-// knownWrongAppDigests lists the logs whose efi_app_digests_sha256 in expected.json do not describe their
-// EV_EFI_BOOT_SERVICES_APPLICATION events. The PCRs in the same file do match, and the application events
-// are all in PCR 4, so the digests the parser returns are the ones PCR 4 was built from.
-var knownWrongAppDigests = map[string]string{
-	"gdc-host.bin":                               "copy of cos-101-amd-sev.bin's list; none of those digests occur in the file",
-	"arch-linux-workstation.bin":                 "lists no applications, the log has 2",
-	"glinux-alex.bin":                            "lists no applications, the log has 1",
-	"eventlogwithsp800155.bin":                   "lists no applications, the log has 3",
-	"confidential-gke-debug-251000_eventlog.bin": "lists no applications, the log has 3",
-}
-
 func TestCorpus(t *testing.T) {
 	sha1_256 := map[Alg]int{AlgSHA1: 20, AlgSHA256: 32}
 	sha1_256_384 := map[Alg]int{AlgSHA1: 20, AlgSHA256: 32, AlgSHA384: 48}
@@ -118,20 +107,7 @@ func TestCorpus(t *testing.T) {
 				assert.Equal(uint32(4), e.PCR, "application event %d outside PCR 4", e.Index)
 				apps = append(apps, hex.EncodeToString(e.Digests[AlgSHA256]))
 			}
-			if reason, ok := knownWrongAppDigests[name]; ok {
-				// If expected.json gets fixed, this fails so that the exception is removed.
-				assert.NotEqual(want.AppDigests, apps, "expected.json was fixed (%s): drop the exception", reason)
-				assert.NotEmpty(apps)
-				if name == "gdc-host.bin" {
-					for _, d := range want.AppDigests {
-						b, err := hex.DecodeString(d)
-						require.NoError(err)
-						assert.False(bytes.Contains(raw, b), "digest %s does occur in %s", d, name)
-					}
-				}
-			} else {
-				assert.Equal(want.AppDigests, nilIfEmpty(apps))
-			}
+			assert.Equal(want.AppDigests, nilIfEmpty(apps))
 
 			var locality []int
 			for _, e := range log.Events {

@@ -171,7 +171,7 @@ func imageEntry(img Image, v Versions, s stamp) IndexEntry {
 	}
 	return IndexEntry{
 		Name: img.Name + ".tar", Kind: "image", Version: version, File: "images/" + img.Name + ".tar",
-		SHA256: s.SHA256, Image: img.Ref, ImageID: s.ImageID,
+		SHA256: s.SHA256, Image: img.Ref, ImageID: s.ImageID, BinarySHA256: s.Binary, Debs: s.Debs,
 	}
 }
 

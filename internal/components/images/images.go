@@ -107,7 +107,9 @@ var netBindServiceCapability = string([]byte{
 
 // Deb is a pinned Debian package (a line of debs.lock).
 type Deb struct {
-	Package, Version, SHA256 string
+	Package string `json:"package"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
 }
 
 // FileName is the package's file name in the debs directory: "<package>_<version>.deb", ":" as "%3a".
@@ -296,6 +298,11 @@ type IndexEntry struct {
 	// Image and ImageID (the config digest) are set for images.
 	Image   string `json:"image,omitempty"`
 	ImageID string `json:"imageID,omitempty"`
+	// BinarySHA256 is the sha256 of the binary an image was made of (images only).
+	BinarySHA256 string `json:"binarySHA256,omitempty"`
+	// Debs are the Debian packages whose files the image holds (kube-proxy's iptables), as built: when
+	// Debian no longer serves a version debs.lock pins, a build takes today's (see bazel/kubernetes/build.sh).
+	Debs []Deb `json:"debs,omitempty"`
 }
 
 // ReadIndex reads a components.json.

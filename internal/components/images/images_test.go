@@ -92,7 +92,8 @@ func TestDebsLockMatchesNodeImage(t *testing.T) {
 	node := map[string]string{}
 	for _, line := range strings.Split(string(lock), "\n") {
 		f := strings.Fields(line)
-		if len(f) == 3 && f[0] == "image" {
+		// "<scope> <name> <version> <arch> <sha256>" (image/packages)
+		if len(f) == 5 && f[0] == "image" {
 			node[f[1]] = f[2]
 		}
 	}
@@ -223,6 +224,15 @@ func TestBuildAll(t *testing.T) {
 	assert.Equal(t, idx, onDisk)
 	for _, c := range idx.Components {
 		assert.Equal(t, sum(t, filepath.Join(dir, c.File)), c.SHA256, c.Name)
+		if c.Kind == "image" {
+			// What an image was made of, so that a verifier can tell why its hash differs from a pin.
+			assert.Equal(t, sum(t, filepath.Join(dir, "bin", strings.TrimSuffix(c.Name, ".tar"))), c.BinarySHA256, c.Name)
+			if c.Name == "kube-proxy.tar" {
+				assert.Equal(t, debs, c.Debs)
+			} else {
+				assert.Empty(t, c.Debs, c.Name)
+			}
+		}
 	}
 
 	// The kube-proxy archive: tagged as kubeadm expects, root, PATH with /usr/sbin, iptables inside.

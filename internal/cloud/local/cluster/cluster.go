@@ -150,9 +150,12 @@ func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetes
 	}
 	s.serve(ctx, metaLn, func(ctx context.Context, ln net.Listener) error { return s.Metadata.Serve(ctx, ln) })
 
-	set, err := versions.Components(kubernetesVersion)
+	set, notices, err := versions.LocalComponents(kubernetesVersion)
 	if err != nil {
 		return nil, err
+	}
+	for _, n := range notices {
+		log.Warn("serving a locally built component", "notice", n)
 	}
 	sets := []versions.ComponentSet{set}
 	dirs := map[string]string{set.Kubernetes: versions.CacheDir(set.Kubernetes)}
@@ -246,21 +249,23 @@ func (c *Cluster) NodeIP(name string) (netip.Addr, error) {
 // JoinService): the Kubernetes set's node components and every extra set, with URLs on the component
 // server.
 func (c *Cluster) Components() ([]*components.Component, error) {
-	return ComponentsAt(ComponentURL(c.net.BridgeAddr()), c.cfg.KubernetesVersion, c.cfg.Extra)
+	comps, _, err := ComponentsAt(ComponentURL(c.net.BridgeAddr()), c.cfg.KubernetesVersion, c.cfg.Extra)
+	return comps, err
 }
 
-// ComponentsAt returns the components of the Kubernetes version's pinned set and of the extra sets, with
-// URLs on the component server at base (http://<bridge address>:<ComponentPort>).
-func ComponentsAt(base, kubernetesVersion string, extra []ExtraSet) ([]*components.Component, error) {
-	set, err := versions.Components(kubernetesVersion)
+// ComponentsAt returns the components of the Kubernetes version's pinned set (as this machine built it,
+// see versions.LocalComponents, whose notices it returns) and of the extra sets, with URLs on the
+// component server at base (http://<bridge address>:<ComponentPort>).
+func ComponentsAt(base, kubernetesVersion string, extra []ExtraSet) ([]*components.Component, []string, error) {
+	set, notices, err := versions.LocalComponents(kubernetesVersion)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := set.Proto(base, set.NodeComponents(true))
 	for _, e := range extra {
 		out = append(out, e.Set.Proto(base, e.Set.NodeComponents(true))...)
 	}
-	return out, nil
+	return out, notices, nil
 }
 
 // Destroy stops and removes every node, the servers and the network.
