@@ -299,3 +299,74 @@ func TestGRPCOverBufconn(t *testing.T) {
 	require.NoError(t, call(qemuIssuer, qemuValidator))
 	assert.Error(t, call(nil, qemuValidator), "the server requires the client to attest")
 }
+
+// countingValidator counts validations.
+type countingValidator struct {
+	testValidator
+	n *int
+}
+
+func (v countingValidator) Validate(ctx context.Context, raw, nonce []byte) ([]byte, error) {
+	*v.n++
+	return v.testValidator.Validate(ctx, raw, nonce)
+}
+
+// A TLS session resumed from a ticket skips the certificate and so the attestation: a node that attested
+// once could come back for days, also after its measurements were revoked. Every handshake must attest.
+// (A client that validates the server cannot be tricked into resuming: it keeps no sessions and its server
+// name, the session cache's key, is a fresh nonce every time.)
+func TestNoSessionResumption(t *testing.T) {
+	validations := 0
+	validators := []attestation.Validator{countingValidator{testValidator{v: variant.QEMUVTPM}, &validations}}
+	serverCfg, err := NewServerConfig(nil, validators)
+	require.NoError(t, err)
+	// The attacker's client keeps sessions and sends its first server name (the cache's key) again.
+	cache := tls.NewLRUClientSessionCache(4)
+	serverName := ""
+	for i := range 3 {
+		clientCfg, err := NewClientConfig(qemuIssuer, nil)
+		require.NoError(t, err)
+		clientCfg.ClientSessionCache = cache
+		if serverName == "" {
+			serverName = clientCfg.ServerName
+		}
+		clientCfg.ServerName = serverName
+		resumed := exchange(t, serverCfg, clientCfg)
+		assert.False(t, resumed, "handshake %d resumed a session", i+1)
+		assert.Equal(t, i+1, validations, "handshake %d was not attested", i+1)
+	}
+}
+
+// exchange connects, has the server send a byte that the client reads (which makes a TLS 1.3 client take
+// the session tickets the server sent after the handshake) and tells whether the client resumed a session.
+func exchange(t *testing.T, serverCfg, clientCfg *tls.Config) bool {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer lis.Close()
+	done := make(chan error, 1)
+	go func() {
+		s, err := lis.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		srv := tls.Server(s, serverCfg)
+		defer srv.Close()
+		if _, err := srv.Write([]byte{1}); err != nil {
+			done <- err
+			return
+		}
+		_, err = io.ReadAll(srv)
+		done <- err
+	}()
+	c, err := net.Dial("tcp", lis.Addr().String())
+	require.NoError(t, err)
+	cli := tls.Client(c, clientCfg)
+	_, err = io.ReadFull(cli, make([]byte, 1))
+	require.NoError(t, err)
+	resumed := cli.ConnectionState().DidResume
+	require.NoError(t, cli.Close())
+	require.NoError(t, <-done)
+	return resumed
+}

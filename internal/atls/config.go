@@ -26,6 +26,8 @@ func NewServerConfig(issuer attestation.Issuer, validators []attestation.Validat
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{alpnH2},
+		// A resumed session skips the certificate and with it the attestation: never issue tickets.
+		SessionTicketsDisabled: true,
 		// A fresh configuration per connection: each handshake has its own nonces and certificate.
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			return serverConnConfig(hello, issuer, validators)
@@ -35,7 +37,7 @@ func NewServerConfig(issuer attestation.Issuer, validators []attestation.Validat
 
 func serverConnConfig(hello *tls.ClientHelloInfo, issuer attestation.Issuer, validators []attestation.Validator) (*tls.Config, error) {
 	ctx := hello.Context()
-	cfg := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{alpnH2}}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{alpnH2}, SessionTicketsDisabled: true}
 	var clientNonce []byte
 	if issuer != nil {
 		var err error
@@ -86,6 +88,8 @@ func NewClientConfig(issuer attestation.Issuer, validators []attestation.Validat
 		ServerName: encodeClientNonce(clientNonce),
 		// Certificates are self-signed: trust comes from the attestation, checked below, not from a CA.
 		InsecureSkipVerify: true, //nolint:gosec // verified by VerifyPeerCertificate
+		// No session cache: a resumed session would skip the server's attestation.
+		ClientSessionCache: nil,
 	}
 	if len(validators) > 0 {
 		cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {

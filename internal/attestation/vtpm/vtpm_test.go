@@ -231,6 +231,12 @@ func TestAttackMatrix(t *testing.T) {
 			},
 			wantErr: ErrBadAK,
 		},
+		"self-written TPMS_ATTEST signed by the real AK through TPM2_Hash": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				return forgeWithHashTicket(t, f), f.nonce, good(f)
+			},
+			wantErr: ErrNotTPMGenerated,
+		},
 		"garbage AK": {
 			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
 				d := decode(t, f.doc)
@@ -445,6 +451,35 @@ func forgeWithUnrestrictedKey(t *testing.T, f *fixture) []byte {
 	}.Execute(f.other.tpm)
 	require.NoError(t, err, "an unrestricted key signs any digest: that is the attack")
 	d.AKPublic = tpm2.Marshal(rsp.OutPublic)
+	d.Quote.Quoted = quoted
+	d.Quote.Signature = tpm2.Marshal(sig.Signature)
+	return encode(t, d)
+}
+
+// forgeWithHashTicket is the attack of whoever can use a node's TPM (root on the node): write a TPMS_ATTEST
+// that claims the reference PCR values (the node itself may run anything), have the TPM hash it with
+// TPM2_Hash, which returns a ticket for any data that does not start with TPM_GENERATED_VALUE, and sign the
+// digest with the node's real, restricted AK, which accepts the ticket. Only the magic value tells this
+// structure from a quote.
+func forgeWithHashTicket(t *testing.T, f *fixture) []byte {
+	t.Helper()
+	i := f.node.issuer
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	d := decode(t, f.doc)
+	attest, err := tpm2.Unmarshal[tpm2.TPMSAttest](d.Quote.Quoted)
+	require.NoError(t, err)
+	attest.Magic = 0 // anything but TPM_GENERATED_VALUE, or TPM2_Hash gives no ticket
+	quoted := tpm2.Marshal(attest)
+	hash, err := tpm2.Hash{Data: tpm2.TPM2BMaxBuffer{Buffer: quoted}, HashAlg: tpm2.TPMAlgSHA256, Hierarchy: tpm2.TPMRHOwner}.Execute(i.tpm)
+	require.NoError(t, err)
+	sig, err := tpm2.Sign{
+		KeyHandle:  tpm2.AuthHandle{Handle: i.ak.handle, Name: i.ak.name, Auth: tpm2.PasswordAuth(nil)},
+		Digest:     hash.OutHash,
+		InScheme:   tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+		Validation: hash.Validation,
+	}.Execute(i.tpm)
+	require.NoError(t, err, "the restricted AK signs a digest with a hash ticket: that is the attack")
 	d.Quote.Quoted = quoted
 	d.Quote.Signature = tpm2.Marshal(sig.Signature)
 	return encode(t, d)
