@@ -52,9 +52,10 @@ image: setup
 	image/mkosi/build.sh
 
 ## image-locked: a release build: fails unless the image holds exactly packages.lock, and saves the
-## package bundle that rebuilds it later without the archive to out/image-packages.tar
+## package bundle that rebuilds it later without the archive to out/image-packages.tar. (CONSTELLATION_LOCKED=1
+## makes every step strict: the Bazel chroot's version, the kube-proxy image's packages, the image.)
 image-locked: setup
-	image/mkosi/build.sh --locked --save-bundle out/image-packages.tar
+	CONSTELLATION_LOCKED=1 image/mkosi/build.sh --locked --save-bundle out/image-packages.tar
 
 ## reproduce: rebuild the image from this tree and compare its PCRs with a published measurements.json:
 ## make reproduce MEASUREMENTS=measurements.json [PUBLIC_KEY=cosign.pub] [BUNDLE=image-packages.tar]

@@ -5,7 +5,7 @@
 # Usage: bazel/kubernetes/build.sh [--version VERSION] [--locked] [component ... | all]
 #   versions:   v1.33.13 (default) v1.34.10
 #   --locked:   fail when Debian's mirror no longer serves a package of debs.lock (the kube-proxy image's
-#               iptables) instead of building from the versions it serves today
+#               iptables) instead of building from the versions it serves today (also CONSTELLATION_LOCKED=1)
 #   --debs-lock: another lock than bazel/kubernetes/debs.lock (tests)
 #   components: pause etcd coredns kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet
 #               kubeadm kubectl images
@@ -100,6 +100,7 @@ usage() {
 # --- arguments ---------------------------------------------------------------------------------------------
 version="$DEFAULT_VERSION"
 locked=false
+[[ "${CONSTELLATION_LOCKED:-}" != 1 ]] || locked=true
 components=()
 want_images=false
 while [[ $# -gt 0 ]]; do

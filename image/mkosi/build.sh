@@ -10,8 +10,9 @@
 #   --out            where to link the finished image (default: out/image; empty: no link)
 #   --no-cache       build even when an image of the same inputs exists, into a new directory outside the
 #                    cache (reproducibility checks compare it with the cached one)
-#   --locked         fail unless the image holds exactly the packages of the lock (release builds);
-#                    without it, other versions are reported in a notice and the build goes on
+#   --locked         fail unless the image holds exactly the packages of the lock (release builds; also
+#                    CONSTELLATION_LOCKED=1); without it, other versions are reported in a notice and the
+#                    build goes on
 #   --lock           the lock to compare with (default: image/mkosi/packages.lock)
 #   --update-lock    build from the archive and rewrite packages.lock from what the build installed
 #   --bundle         build only from the packages of a bundle (saved by --save-bundle), with every network
@@ -40,7 +41,9 @@ source "$here/env.sh"
 
 UKI_MAX_BYTES=$((60 * 1024 * 1024))
 
+# CONSTELLATION_LOCKED=1 makes every build of the tree strict (release builds), as --locked does here.
 bootstrapper="" imagepackages="" out="$repo/out/image" use_cache=1 update_lock=0 locked=0
+[ "${CONSTELLATION_LOCKED:-}" != 1 ] || locked=1
 lock="$here/packages.lock" bundle="" save_bundle=""
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -60,7 +60,7 @@ func TestBuildShDebianMoved(t *testing.T) {
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(filepath.Join(repo, "bazel/kubernetes/build.sh"), append([]string{"--debs-lock", movedLock}, args...)...)
 		cmd.Dir = repo
-		cmd.Env = append(os.Environ(), "CONSTELLATION_CACHE="+cache)
+		cmd.Env = append(os.Environ(), "CONSTELLATION_CACHE="+cache, "CONSTELLATION_LOCKED=")
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
