@@ -33,9 +33,12 @@ type InitRequest struct {
 	ClusterName          string                  `protobuf:"bytes,6,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
 	ApiserverCertSans    []string                `protobuf:"bytes,7,rep,name=apiserver_cert_sans,json=apiserverCertSans,proto3" json:"apiserver_cert_sans,omitempty"`
 	// kms_uri selects the key backend, e.g. "kms://cluster-kms?salt=...".
-	KmsUri        string `protobuf:"bytes,8,opt,name=kms_uri,json=kmsUri,proto3" json:"kms_uri,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KmsUri string `protobuf:"bytes,8,opt,name=kms_uri,json=kmsUri,proto3" json:"kms_uri,omitempty"`
+	// attestation_config is the attestation section of the admin's constellation-conf.yaml (YAML): exactly
+	// what the JoinService enforces for joining nodes (variant, every measurement, the platform CA).
+	AttestationConfig []byte `protobuf:"bytes,9,opt,name=attestation_config,json=attestationConfig,proto3" json:"attestation_config,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
@@ -122,6 +125,13 @@ func (x *InitRequest) GetKmsUri() string {
 		return x.KmsUri
 	}
 	return ""
+}
+
+func (x *InitRequest) GetAttestationConfig() []byte {
+	if x != nil {
+		return x.AttestationConfig
+	}
+	return nil
 }
 
 type InitResponse struct {
@@ -442,7 +452,7 @@ var File_bootstrapper_initproto_init_proto protoreflect.FileDescriptor
 
 const file_bootstrapper_initproto_init_proto_rawDesc = "" +
 	"\n" +
-	"!bootstrapper/initproto/init.proto\x12\x04init\x1a-internal/versions/components/components.proto\"\xce\x02\n" +
+	"!bootstrapper/initproto/init.proto\x12\x04init\x1a-internal/versions/components/components.proto\"\xfd\x02\n" +
 	"\vInitRequest\x12\x1f\n" +
 	"\vinit_secret\x18\x01 \x01(\fR\n" +
 	"initSecret\x12#\n" +
@@ -452,7 +462,8 @@ const file_bootstrapper_initproto_init_proto_rawDesc = "" +
 	"\x15kubernetes_components\x18\x05 \x03(\v2\x15.components.ComponentR\x14kubernetesComponents\x12!\n" +
 	"\fcluster_name\x18\x06 \x01(\tR\vclusterName\x12.\n" +
 	"\x13apiserver_cert_sans\x18\a \x03(\tR\x11apiserverCertSans\x12\x17\n" +
-	"\akms_uri\x18\b \x01(\tR\x06kmsUri\"\xf3\x01\n" +
+	"\akms_uri\x18\b \x01(\tR\x06kmsUri\x12-\n" +
+	"\x12attestation_config\x18\t \x01(\fR\x11attestationConfig\"\xf3\x01\n" +
 	"\fInitResponse\x12>\n" +
 	"\finit_success\x18\x01 \x01(\v2\x19.init.InitSuccessResponseH\x00R\vinitSuccess\x12>\n" +
 	"\finit_failure\x18\x02 \x01(\v2\x19.init.InitFailureResponseH\x00R\vinitFailure\x12%\n" +

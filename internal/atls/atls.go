@@ -54,14 +54,22 @@ func newNonce() ([]byte, error) {
 	return nonce, nil
 }
 
-// keyDigest is the user data an attestation must carry: SHA-256 of the key's DER SubjectPublicKeyInfo.
+// keyDomain separates aTLS's user data from every other use of a node's attestation key (the
+// VerificationService binds its answers to another domain, verify/verifyproto.Binding): no document issued
+// for something else can pass as the attestation of a TLS key.
+const keyDomain = "constellation-atls-v1\x00"
+
+// keyDigest is the user data an attestation must carry: SHA-256 of the domain and the key's DER
+// SubjectPublicKeyInfo.
 func keyDigest(pub any) ([]byte, error) {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("encoding public key: %w", err)
 	}
-	d := sha256.Sum256(der)
-	return d[:], nil
+	h := sha256.New()
+	h.Write([]byte(keyDomain))
+	h.Write(der)
+	return h.Sum(nil), nil
 }
 
 // attestedCertificate creates a fresh key and a self-signed certificate whose extension holds issuer's

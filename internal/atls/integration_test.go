@@ -3,7 +3,9 @@ package atls_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -24,6 +27,8 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/verify/server"
+	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
 const (
@@ -42,8 +47,8 @@ func measuredParty(t testing.TB, events []vtpmtest.Event) (attestation.Issuer, [
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
 	t.Cleanup(issuer.Close)
 	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
-		Measurements:    vtpmtest.ReferenceValues(vtpmtest.Boot),
-		RequireEventLog: true,
+		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot),
+		AKRoots:      vtpmtest.AKRoots(t),
 	})
 	require.NoError(t, err)
 	return issuer, []attestation.Validator{validator}
@@ -207,4 +212,53 @@ func TestTwoProcesses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// oracle is the attack on a VerificationService that signs whatever it is asked: a man in the middle makes
+// its own TLS key and asks a genuine node's VerificationService for an attestation of that key, bound to the
+// client's nonce.
+type oracle struct{ srv *server.Server }
+
+func (o oracle) Variant() variant.Variant { return variant.QEMUVTPM }
+
+func (o oracle) Issue(ctx context.Context, userData, nonce []byte) ([]byte, error) {
+	resp, err := o.srv.GetAttestation(ctx, &verifyproto.GetAttestationRequest{Nonce: nonce, UserData: userData})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetAttestation(), nil
+}
+
+// An answer of the VerificationService never passes as an aTLS attestation: the two bind their documents to
+// different domains.
+func TestVerificationServiceIsNoATLSOracle(t *testing.T) {
+	genuine, validators := measuredParty(t, vtpmtest.Boot)
+	srv := server.New(genuine, "cp-0", slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	serverCfg, err := atls.NewServerConfig(oracle{srv}, nil)
+	require.NoError(t, err)
+	clientCfg, err := atls.NewClientConfig(nil, validators)
+	require.NoError(t, err)
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer lis.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		s := tls.Server(c, serverCfg)
+		done <- s.Handshake()
+		_ = s.Close()
+	}()
+	c, err := net.Dial("tcp", lis.Addr().String())
+	require.NoError(t, err)
+	cli := tls.Client(c, clientCfg)
+	err = cli.Handshake()
+	_ = cli.Close()
+	<-done
+	require.Error(t, err, "the client accepted a VerificationService answer as the server's attestation")
+	assert.ErrorIs(t, err, atls.ErrKeyMismatch)
 }

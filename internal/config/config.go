@@ -95,6 +95,7 @@ type AttestationConfig struct {
 	Variant      string         `yaml:"variant" jsonschema_description:"Attestation variant: qemu-vtpm (local, qemu), aws-sev-snp, gcp-sev-snp or azure-sev-snp."`
 	Measurements measurements.M `yaml:"measurements" jsonschema_description:"Expected PCR values by PCR index. Fill them in with 'constellation config fetch-measurements' or 'constellation image measure'; a node is only trusted when every enforced PCR matches."`
 	SEVSNP       *SEVSNPConfig  `yaml:"sevSNP,omitempty" jsonschema_description:"Minimum firmware versions (TCB) of an SEV-SNP report. Only for the *-sev-snp variants."`
+	PlatformCA   string         `yaml:"platformCA,omitempty" jsonschema_description:"PEM certificate of the CA of the platform that makes the nodes' vTPMs (qemu-vtpm only): a node is trusted only if its attestation key is certified by this CA. 'constellation create' fills it in from the provider; 'constellation apply' and 'verify' refuse to run without it."`
 }
 
 // SEVSNPConfig holds the minimum acceptable SEV-SNP TCB versions.

@@ -220,6 +220,28 @@ func TestParseRejects(t *testing.T) {
 			}),
 			wantField: "attestation.measurements", wantMsg: "PCR 24: index out of range",
 		},
+		"warn-only enforced PCR": {
+			data: mutate(t, func(m map[string]any) {
+				sub(m, "attestation")["measurements"] = map[int]any{9: map[string]any{"expected": strings.Repeat("ab", 32), "warnOnly": true}}
+			}),
+			wantField: "attestation.measurements.9.warnOnly", wantMsg: "PCR 9 is always enforced",
+		},
+		"platform CA that is not a certificate": {
+			data: mutate(t, func(m map[string]any) {
+				sub(m, "attestation")["platformCA"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+			}),
+			wantField: "attestation.platformCA", wantMsg: "not a PEM certificate",
+		},
+		"platform CA on an SEV-SNP variant": {
+			data: mutate(t, func(m map[string]any) {
+				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
+				delete(sub(m, "provider"), "local")
+				sub(m, "attestation")["variant"] = "aws-sev-snp"
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
+				sub(m, "attestation")["platformCA"] = "x"
+			}),
+			wantField: "attestation.platformCA", wantMsg: "only applies to qemu-vtpm",
+		},
 		"bridge not private": {
 			data:      mutate(t, func(m map[string]any) { sub(m, "provider", "local")["bridgeCIDR"] = "8.8.8.0/24" }),
 			wantField: "provider.local.bridgeCIDR", wantMsg: "must be a private IPv4 prefix",

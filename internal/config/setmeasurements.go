@@ -214,3 +214,55 @@ func sameMeasurements(a, b measurements.M) bool {
 	}
 	return true
 }
+
+// SetPlatformCA returns the configuration file data with attestation.platformCA set to pemCert. data must be
+// a valid configuration. The file is re-encoded from its YAML tree, which keeps comments and values; the
+// result is parsed again and must equal the old configuration with only the platform CA changed.
+func SetPlatformCA(data []byte, pemCert string) ([]byte, error) {
+	old, err := Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	want := *old
+	want.Attestation.PlatformCA = pemCert
+	if err := want.Validate(); err != nil {
+		return nil, err
+	}
+	root, att, err := attestationNode(data)
+	if err != nil {
+		return nil, err
+	}
+	if att.Kind != yaml.MappingNode {
+		return nil, errors.New("attestation is not a mapping")
+	}
+	value := yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: pemCert, Style: yaml.LiteralStyle}
+	if _, old := mappingEntry(att, "platformCA"); old != nil {
+		*old = value
+	} else {
+		field := yamlFields(reflect.TypeFor[AttestationConfig]())["platformCA"]
+		key := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "platformCA",
+			HeadComment: wrap(field.Tag.Get("jsonschema_description"), commentWidth)}
+		att.Content = append(att.Content, key, &value)
+	}
+	out, err := file.EncodeYAML(root)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the configuration: %w", err)
+	}
+	out = spaceSections(out)
+	got, err := Parse(out)
+	if err != nil {
+		return nil, err
+	}
+	if !reflect.DeepEqual(normalize(got), normalize(&want)) {
+		return nil, errors.New("setting attestation.platformCA changed other fields")
+	}
+	return out, nil
+}
+
+// normalize clears the fields reflect.DeepEqual cannot compare meaningfully (measurement digests compare
+// by value elsewhere).
+func normalize(c *Config) Config {
+	out := *c
+	out.Attestation.Measurements = nil
+	return out
+}

@@ -2,8 +2,16 @@ package config
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -16,7 +24,7 @@ func testMeasurements() measurements.M {
 	return measurements.M{
 		4:  {Expected: bytes.Repeat([]byte{0x44}, 32)},
 		9:  {Expected: bytes.Repeat([]byte{0x99}, 32)},
-		11: {Expected: bytes.Repeat([]byte{0x11}, 32), WarnOnly: true},
+		14: {Expected: bytes.Repeat([]byte{0x14}, 32), WarnOnly: true},
 	}
 }
 
@@ -67,6 +75,9 @@ const userEditedOldBlock = `    measurements:
         # from last week's build
         4:
             expected: "0x` + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" + `"
+            warnOnly: false
+        14:
+            expected: "0x` + "1414141414141414141414141414141414141414141414141414141414141414" + `"
             warnOnly: true
 
         15: {expected: "1515151515151515151515151515151515151515151515151515151515151515", warnOnly: false}
@@ -105,9 +116,9 @@ func TestSetMeasurementsKeepsEverythingElse(t *testing.T) {
         expected: "9999999999999999999999999999999999999999999999999999999999999999"
         # Report a mismatch as a warning instead of failing the attestation.
         warnOnly: false
-      11:
+      14:
         # Expected SHA-256 PCR value, 64 hex digits.
-        expected: "1111111111111111111111111111111111111111111111111111111111111111"
+        expected: "1414141414141414141414141414141414141414141414141414141414141414"
         # Report a mismatch as a warning instead of failing the attestation.
         warnOnly: true
 `, block)
@@ -203,4 +214,46 @@ func TestSetMeasurementsRejects(t *testing.T) {
 
 	_, err = SetMeasurements(bytes.Replace(data, []byte("name: constell"), []byte("name: Bad_Name"), 1), testMeasurements())
 	assert.ErrorIs(t, err, ErrInvalid, "an invalid configuration is not edited")
+}
+
+func TestSetPlatformCA(t *testing.T) {
+	const ca = "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIQFbVQ5q0CNWZ0k6nNE6d1kDAKBggqhkjOPQQDAjAYMRYwFAYDVQQDEw1w\nbGF0Zm9ybSBDQSAwHhcNMjYwMTAxMDAwMDAwWhcNNDYwMTAxMDAwMDAwWjAYMRYwFAYDVQQDEw1w\n-----END CERTIFICATE-----\n"
+	cfg, err := Default(cloudprovider.Local)
+	require.NoError(t, err)
+	data, err := cfg.Marshal()
+	require.NoError(t, err)
+	data = append([]byte("# my own note\n"), data...)
+
+	_, err = SetPlatformCA(data, ca)
+	require.Error(t, err, "a PEM block that is no certificate is refused")
+	assert.ErrorContains(t, err, "attestation.platformCA")
+
+	real := testCA(t)
+	out, err := SetPlatformCA(data, real)
+	require.NoError(t, err)
+	got, err := Parse(out)
+	require.NoError(t, err)
+	assert.Equal(t, real, got.Attestation.PlatformCA)
+	assert.Contains(t, string(out), "# my own note")
+	assert.Contains(t, string(out), "platformCA: |")
+
+	// Replacing keeps one field.
+	again, err := SetPlatformCA(out, real)
+	require.NoError(t, err)
+	assert.Equal(t, 1, strings.Count(string(again), "platformCA:"))
+}
+
+// testCA returns a self-signed CA certificate in PEM.
+func testCA(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test platform CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

@@ -9,7 +9,9 @@ import (
 	"strings"
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/versions"
 )
 
@@ -159,6 +161,20 @@ func (c *Config) validateAttestation(v *validator, provider cloudprovider.Provid
 	}
 	if err := c.Attestation.Measurements.Validate(); err != nil {
 		v.errs = append(v.errs, &FieldError{Field: "attestation.measurements", Err: err})
+	}
+	for _, idx := range measurements.DefaultEnforced {
+		if c.Attestation.Measurements[idx].WarnOnly {
+			v.fail(fmt.Sprintf("attestation.measurements.%d.warnOnly", idx),
+				"PCR %d is always enforced: a warn-only value would let any node through; set it to false", idx)
+		}
+	}
+	switch {
+	case c.Attestation.PlatformCA != "" && !att.Equal(variant.QEMUVTPM):
+		v.fail("attestation.platformCA", "only applies to qemu-vtpm, not %s; remove it", att)
+	case c.Attestation.PlatformCA != "":
+		if _, err := akcert.ParseCertificates([]byte(c.Attestation.PlatformCA)); err != nil {
+			v.fail("attestation.platformCA", "not a PEM certificate: %v", err)
+		}
 	}
 	switch {
 	case att.IsSEVSNP() && c.Attestation.SEVSNP == nil:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"maps"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	ref "github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/tooltest"
 	"github.com/constellation-go/constellation/internal/tpm"
@@ -285,14 +287,18 @@ func referenceValues(res *measurements.Result) ref.M {
 // it against refs.
 func attest(t testing.TB, tp transport.TPM, logPath string, refs ref.M) (*vtpm.Result, error) {
 	t.Helper()
+	// The platform certifies the vTPM, as the local provider does before it launches a node.
+	ca, err := manufacturer.NewCA("launcher test platform CA")
+	require.NoError(t, err)
+	require.NoError(t, ca.Manufacture(tp, "launcher-test"))
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, tp, vtpm.WithEventLogFile(logPath))
 	defer issuer.Close()
 	nonce := make([]byte, 32)
-	_, err := rand.Read(nonce)
+	_, err = rand.Read(nonce)
 	require.NoError(t, err)
 	doc, err := issuer.Issue(context.Background(), []byte("user data"), nonce)
 	require.NoError(t, err)
-	v, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: refs, RequireEventLog: true})
+	v, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: refs, AKRoots: []*x509.Certificate{ca.Certificate()}})
 	require.NoError(t, err)
 	return v.ValidateDetailed(context.Background(), doc, nonce)
 }

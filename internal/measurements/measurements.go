@@ -16,6 +16,15 @@ import (
 // PCRCount is the number of PCRs of a TPM 2.0 with the standard PC client profile.
 const PCRCount = 24
 
+// AllPCRs returns the indices of every PCR, 0 to PCRCount-1.
+func AllPCRs() []uint32 {
+	out := make([]uint32, PCRCount)
+	for i := range out {
+		out[i] = uint32(i)
+	}
+	return out
+}
+
 // DigestSize is the size of a SHA-256 PCR value.
 const DigestSize = 32
 

@@ -18,7 +18,6 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
-	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/config"
 )
@@ -36,21 +35,7 @@ func Parse(data []byte, log *slog.Logger) (attestation.Validator, error) {
 	if err := dec.Decode(&cfg); err != nil {
 		return nil, fmt.Errorf("decoding attestation config: %w", err)
 	}
-	v, err := variant.FromString(cfg.Variant)
-	if err != nil {
-		return nil, err
-	}
-	vcfg := choose.ValidatorConfig{Measurements: cfg.Measurements.WithFreshNode(), Log: log}
-	if cfg.SEVSNP != nil {
-		vcfg.SEVSNP = snp.Policy{
-			MinimumTCB: snp.TCB{
-				Bootloader: cfg.SEVSNP.BootloaderVersion, TEE: cfg.SEVSNP.TEEVersion,
-				SNP: cfg.SEVSNP.SNPVersion, Microcode: cfg.SEVSNP.MicrocodeVersion,
-			},
-			Product: cfg.SEVSNP.Product,
-		}
-	}
-	return choose.Validator(v, vcfg)
+	return choose.ForConfig(cfg, cfg.Measurements.WithFreshNode(), log)
 }
 
 // Validator is an attestation.Validator whose configuration follows a file.

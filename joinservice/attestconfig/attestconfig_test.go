@@ -36,7 +36,7 @@ func loadSeed(t *testing.T) vtpmtest.Seed {
 
 func configYAML(t *testing.T, m measurements.M) []byte {
 	t.Helper()
-	out, err := yaml.Marshal(config.AttestationConfig{Variant: "qemu-vtpm", Measurements: m})
+	out, err := yaml.Marshal(config.AttestationConfig{Variant: "qemu-vtpm", Measurements: m, PlatformCA: string(vtpmtest.PlatformCA(t).CertificatePEM())})
 	require.NoError(t, err)
 	return out
 }

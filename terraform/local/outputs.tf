@@ -23,3 +23,8 @@ output "component_url" {
   value       = constellation_local_network.this.component_url
   description = "Where nodes download the pinned components."
 }
+
+output "platform_ca" {
+  value       = constellation_local_network.this.platform_ca_certificate
+  description = "PEM certificate of the CA that certifies the nodes' vTPMs: attestation.platformCA in the configuration."
+}

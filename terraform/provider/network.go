@@ -36,6 +36,7 @@ type networkModel struct {
 	BridgeAddress     types.String `tfsdk:"bridge_address"`
 	MetadataURL       types.String `tfsdk:"metadata_url"`
 	ComponentURL      types.String `tfsdk:"component_url"`
+	PlatformCA        types.String `tfsdk:"platform_ca_certificate"`
 }
 
 func (r *networkResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
@@ -61,6 +62,9 @@ func (r *networkResource) Schema(_ context.Context, _ resource.SchemaRequest, re
 			"bridge_address": schema.StringAttribute{Computed: true, PlanModifiers: keep},
 			"metadata_url":   schema.StringAttribute{Computed: true, PlanModifiers: keep},
 			"component_url":  schema.StringAttribute{Computed: true, PlanModifiers: keep},
+			"platform_ca_certificate": schema.StringAttribute{Computed: true, PlanModifiers: keep,
+				Description: "PEM certificate of the CA that certifies every node's vTPM (the platform is the vTPMs' " +
+					"manufacturer): the trust root of the nodes' attestation keys, for the configuration's attestation.platformCA."},
 		},
 	}
 }
@@ -143,8 +147,14 @@ func apply(ctx context.Context, plan tfsdk.Plan, st *tfsdk.State, restart bool) 
 		diags.AddError("Setting up the local network", err.Error())
 		return diags
 	}
+	ca, err := daemon.PlatformCA(spec.Cluster, true)
+	if err != nil {
+		diags.AddError("Setting up the local platform CA", err.Error())
+		return diags
+	}
 	log.Info("network ready", "bridge", nw.BridgeName(), "address", nw.BridgeAddr(), "daemonRestarted", restart)
 	m.setComputed(nw)
+	m.PlatformCA = types.StringValue(string(ca.CertificatePEM()))
 	return append(diags, st.Set(ctx, &m)...)
 }
 
@@ -173,6 +183,10 @@ func (r *networkResource) Read(ctx context.Context, req resource.ReadRequest, re
 			fmt.Sprintf("The daemon serving cluster %s's metadata API and components was not running; it runs again (log: %s).",
 				spec.Cluster, daemon.LogFile(spec.Cluster)))
 		m.setComputed(nw)
+	}
+	// The CA's certificate as it is on disk: if it changed (files replaced by hand), the plan shows it.
+	if ca, err := daemon.PlatformCA(spec.Cluster, false); err == nil {
+		m.PlatformCA = types.StringValue(string(ca.CertificatePEM()))
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }

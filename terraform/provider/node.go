@@ -115,6 +115,11 @@ func (r *nodeResource) Create(ctx context.Context, req resource.CreateRequest, r
 	log, done := logger(cfg.Cluster)
 	defer done()
 	cfg.Log = log.With("node", cfg.Name)
+	// The network resource made the CA; a node never makes its own.
+	if cfg.PlatformCA, err = daemon.PlatformCA(cfg.Cluster, false); err != nil {
+		resp.Diagnostics.AddError("Starting the node", fmt.Sprintf("the local network %s has no platform CA: %v", cfg.Cluster, err))
+		return
+	}
 	// Registered first: the bootstrapper asks the metadata API who it is as soon as it starts.
 	if err := daemon.AddInstance(cfg.Cluster, in); err != nil {
 		resp.Diagnostics.AddError("Registering the node", err.Error())

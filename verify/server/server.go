@@ -32,18 +32,19 @@ type issuer interface {
 type Server struct {
 	verifyproto.UnimplementedAPIServer
 	issuer   issuer
+	node     string
 	log      *slog.Logger
 	requests *prometheus.CounterVec
 }
 
-// New returns a Server; its metrics go to reg.
-func New(i issuer, log *slog.Logger, reg prometheus.Registerer) *Server {
+// New returns the Server of node (its Kubernetes node name); its metrics go to reg.
+func New(i issuer, node string, log *slog.Logger, reg prometheus.Registerer) *Server {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "verificationservice_attestation_requests_total",
 		Help: "Attestation requests by protocol and result (ok, invalid, error).",
 	}, []string{"protocol", "result"})
 	reg.MustRegister(requests)
-	return &Server{issuer: i, log: log, requests: requests}
+	return &Server{issuer: i, node: node, log: log, requests: requests}
 }
 
 // Register adds the gRPC API to g.
@@ -65,7 +66,8 @@ func (s *Server) attest(ctx context.Context, protocol string, nonce, userData []
 		s.requests.WithLabelValues(protocol, "invalid").Inc()
 		return nil, errUserData
 	}
-	doc, err := s.issuer.Issue(ctx, userData, nonce)
+	// Never the caller's user data as it is: see verifyproto.Binding.
+	doc, err := s.issuer.Issue(ctx, verifyproto.Binding(s.node, userData), nonce)
 	if err != nil {
 		s.requests.WithLabelValues(protocol, "error").Inc()
 		s.log.Error("issuing attestation failed", "error", err)
@@ -84,12 +86,14 @@ func (s *Server) GetAttestation(ctx context.Context, req *verifyproto.GetAttesta
 	case err != nil:
 		return nil, status.Error(codes.Internal, "issuing the attestation failed")
 	}
-	return &verifyproto.GetAttestationResponse{Attestation: doc}, nil
+	return &verifyproto.GetAttestationResponse{Attestation: doc, NodeName: s.node}, nil
 }
 
 // HTTPResponse is the body of the HTTP endpoint's answer.
 type HTTPResponse struct {
 	Attestation []byte `json:"attestation"`
+	// NodeName is the node that answered; the attestation is bound to verifyproto.Binding(NodeName, userData).
+	NodeName string `json:"nodeName"`
 }
 
 // ServeHTTP answers GET /?nonce=<hex>&userData=<hex>.
@@ -118,5 +122,5 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(HTTPResponse{Attestation: doc})
+	_ = json.NewEncoder(w).Encode(HTTPResponse{Attestation: doc, NodeName: s.node})
 }

@@ -39,9 +39,9 @@ func node(t *testing.T) (*Server, *vtpm.Validator) {
 	log := n.EventLog
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
 	t.Cleanup(issuer.Close)
-	v, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot), RequireEventLog: true})
+	v, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot), AKRoots: vtpmtest.AKRoots(t)})
 	require.NoError(t, err)
-	return New(issuer, slog.New(slog.DiscardHandler), prometheus.NewRegistry()), v
+	return New(issuer, "worker-0", slog.New(slog.DiscardHandler), prometheus.NewRegistry()), v
 }
 
 func TestGRPC(t *testing.T) {
@@ -63,7 +63,8 @@ func TestGRPC(t *testing.T) {
 	require.NoError(t, err)
 	userData, err := v.Validate(context.Background(), resp.GetAttestation(), nonce)
 	require.NoError(t, err, "the returned document validates for the caller's nonce")
-	assert.Equal(t, []byte("cli"), userData)
+	assert.Equal(t, verifyproto.Binding("worker-0", []byte("cli")), userData, "bound to the node and the caller's data")
+	assert.Equal(t, "worker-0", resp.GetNodeName())
 
 	_, err = v.Validate(context.Background(), resp.GetAttestation(), bytes.Repeat([]byte{8}, 32))
 	assert.ErrorIs(t, err, vtpm.ErrNonceMismatch, "and only for it")
@@ -94,7 +95,8 @@ func TestHTTP(t *testing.T) {
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
 	userData, err := v.Validate(context.Background(), body.Attestation, nonce)
 	require.NoError(t, err)
-	assert.Equal(t, []byte("u"), userData)
+	assert.Equal(t, verifyproto.Binding("worker-0", []byte("u")), userData)
+	assert.Equal(t, "worker-0", body.NodeName)
 
 	testCases := map[string]struct {
 		method, query string
@@ -115,5 +117,18 @@ func TestHTTP(t *testing.T) {
 			_ = resp.Body.Close()
 			assert.Equal(t, tc.want, resp.StatusCode)
 		})
+	}
+}
+
+func TestBindingSeparatesNodesAndData(t *testing.T) {
+	seen := map[string]string{}
+	for _, c := range []struct {
+		node string
+		data []byte
+	}{{"a", nil}, {"a", []byte("b")}, {"ab", nil}, {"", []byte("ab")}, {"b", nil}} {
+		b := string(verifyproto.Binding(c.node, c.data))
+		_, dup := seen[b]
+		assert.False(t, dup, "%q/%q shares a binding with %s", c.node, c.data, seen[b])
+		seen[b] = c.node + "/" + string(c.data)
 	}
 }

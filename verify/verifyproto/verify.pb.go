@@ -75,8 +75,12 @@ func (x *GetAttestationRequest) GetUserData() []byte {
 }
 
 type GetAttestationResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Attestation   []byte                 `protobuf:"bytes,1,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// attestation is bound to the nonce and to Binding(node_name, user_data) (binding.go), never to the
+	// caller's user data alone: it cannot stand in for an aTLS attestation.
+	Attestation []byte `protobuf:"bytes,1,opt,name=attestation,proto3" json:"attestation,omitempty"`
+	// node_name is the node that answered.
+	NodeName      string `protobuf:"bytes,2,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -118,6 +122,13 @@ func (x *GetAttestationResponse) GetAttestation() []byte {
 	return nil
 }
 
+func (x *GetAttestationResponse) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
 var File_verify_verifyproto_verify_proto protoreflect.FileDescriptor
 
 const file_verify_verifyproto_verify_proto_rawDesc = "" +
@@ -125,9 +136,10 @@ const file_verify_verifyproto_verify_proto_rawDesc = "" +
 	"\x1fverify/verifyproto/verify.proto\x12\x06verify\"J\n" +
 	"\x15GetAttestationRequest\x12\x14\n" +
 	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12\x1b\n" +
-	"\tuser_data\x18\x02 \x01(\fR\buserData\":\n" +
+	"\tuser_data\x18\x02 \x01(\fR\buserData\"W\n" +
 	"\x16GetAttestationResponse\x12 \n" +
-	"\vattestation\x18\x01 \x01(\fR\vattestation2V\n" +
+	"\vattestation\x18\x01 \x01(\fR\vattestation\x12\x1b\n" +
+	"\tnode_name\x18\x02 \x01(\tR\bnodeName2V\n" +
 	"\x03API\x12O\n" +
 	"\x0eGetAttestation\x12\x1d.verify.GetAttestationRequest\x1a\x1e.verify.GetAttestationResponseB>Z<github.com/constellation-go/constellation/verify/verifyprotob\x06proto3"
 

@@ -217,7 +217,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Variant: v.String(), TPMAddress: f.tpm, EventLogPath: f.eventLog, Images: f.images,
 	}, clusterinit.Dependencies{
 		Disk: disk, Installer: installer, Kubeadm: runner,
-		PCRs: func() (map[uint32][]byte, error) { return tpm.ReadPCRs(t, measurements.DefaultEnforced) },
+		// Every PCR: the admin's configuration may enforce more than the default set.
+		PCRs: func() (map[uint32][]byte, error) { return tpm.ReadPCRs(t, measurements.AllPCRs()) },
 	}, log.With("component", "init"))
 	nodeLogs := func() []byte {
 		kubeadmOut.Flush()

@@ -361,7 +361,7 @@ func newStack(t *testing.T) *stack {
 	evLog := node.EventLog
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, node.TPM, vtpm.WithEventLog(func() ([]byte, error) { return evLog, nil }))
 	t.Cleanup(issuer.Close)
-	fresh, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), RequireEventLog: true})
+	fresh, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t)})
 	require.NoError(t, err)
 
 	// The JoinService.

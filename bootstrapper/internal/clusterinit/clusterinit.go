@@ -130,17 +130,25 @@ func (i *Initializer) kubeadmInput(req initserver.Request, token string) kubeadm
 // Validate builds the kubeadm configuration from the request without using it, so that a request it
 // cannot use is refused before the node lock is taken.
 func (i *Initializer) Validate(req initserver.Request) error {
-	_, err := kubeadmconfig.GenerateInit(i.kubeadmInput(req, "abcdef.0123456789abcdef"))
+	if _, err := kubeadmconfig.GenerateInit(i.kubeadmInput(req, "abcdef.0123456789abcdef")); err != nil {
+		return err
+	}
+	_, err := i.attestationConfig(req)
 	return err
 }
 
-// Init sets up the node and the cluster.
-func (i *Initializer) Init(ctx context.Context, req initserver.Request, progress initserver.Progress) ([]byte, error) {
+// attestationConfig is the JoinService's attestation config: the admin's, checked against this node.
+func (i *Initializer) attestationConfig(req initserver.Request) ([]byte, error) {
 	pcrs, err := i.deps.PCRs()
 	if err != nil {
 		return nil, fmt.Errorf("reading this node's measurements: %w", err)
 	}
-	attestationConfig, err := deploy.AttestationConfig(i.cfg.Variant, pcrs)
+	return deploy.AttestationConfig(req.AttestationConfig, i.cfg.Variant, pcrs)
+}
+
+// Init sets up the node and the cluster.
+func (i *Initializer) Init(ctx context.Context, req initserver.Request, progress initserver.Progress) ([]byte, error) {
+	attestationConfig, err := i.attestationConfig(req)
 	if err != nil {
 		return nil, err
 	}

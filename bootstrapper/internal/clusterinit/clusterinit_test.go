@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -25,9 +26,12 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/initserver"
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/kubetest"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/versions/components"
 )
 
@@ -113,9 +117,24 @@ func testConfig(t *testing.T) Config {
 	}
 }
 
-func testRequest() initserver.Request {
+// testAttestation is the admin's attestation config for a node with pcrs().
+func testAttestation(t *testing.T) []byte {
+	t.Helper()
+	values, _ := pcrs()
+	m := measurements.M{}
+	for idx, v := range values {
+		m[idx] = measurements.Measurement{Expected: v}
+	}
+	m[measurements.PCRClusterID] = measurements.Measurement{Expected: measurements.Zero}
+	raw, err := yaml.Marshal(config.AttestationConfig{Variant: variant.QEMUVTPM.String(), Measurements: m, PlatformCA: string(vtpmtest.PlatformCA(t).CertificatePEM())})
+	require.NoError(t, err)
+	return raw
+}
+
+func testRequest(t *testing.T) initserver.Request {
 	m := cryptotest.MasterSecret()
 	return initserver.Request{
+		AttestationConfig: testAttestation(t),
 		MasterSecret:      *m,
 		KubernetesVersion: "v1.33.13",
 		ClusterName:       "mini",
@@ -135,7 +154,7 @@ func TestInitAgainstAPIServer(t *testing.T) {
 	kubeadm := &fakeKubeadm{adminPath: cfg.AdminKubeconfig, kubeconfig: cluster.Kubeconfig, client: cluster.Client}
 	init := New(cfg, Dependencies{Disk: disk, Installer: installer, Kubeadm: kubeadm, PCRs: pcrs}, slog.New(slog.DiscardHandler))
 
-	req := testRequest()
+	req := testRequest(t)
 	require.NoError(t, init.Validate(req))
 	var steps []string
 	kubeconfig, err := init.Init(context.Background(), req, func(step, _ string) { steps = append(steps, step) })
@@ -191,7 +210,7 @@ current-context: c
 			edit: func(_ *Config, d *Dependencies, _ *fakeKubeadm) {
 				d.PCRs = func() (map[uint32][]byte, error) { return map[uint32][]byte{4: make([]byte, 32)}, nil }
 			},
-			wantErr: "no value for PCRs",
+			wantErr: "this node does not show the configured measurements",
 		},
 		"no disk UUID": {
 			edit:     func(_ *Config, d *Dependencies, _ *fakeKubeadm) { d.Disk = &fakeDisk{uuidErr: errors.New("read-only")} },
@@ -240,7 +259,7 @@ current-context: c
 			deps := Dependencies{Disk: &fakeDisk{}, Installer: &fakeInstaller{}, Kubeadm: k, PCRs: pcrs}
 			tc.edit(&cfg, &deps, k)
 			var last string
-			_, err := New(cfg, deps, slog.New(slog.DiscardHandler)).Init(context.Background(), testRequest(), func(step, _ string) { last = step })
+			_, err := New(cfg, deps, slog.New(slog.DiscardHandler)).Init(context.Background(), testRequest(t), func(step, _ string) { last = step })
 			require.ErrorContains(t, err, tc.wantErr)
 			assert.Equal(t, tc.wantStep, last)
 		})
@@ -248,12 +267,22 @@ current-context: c
 }
 
 func TestValidate(t *testing.T) {
-	init := New(testConfig(t), Dependencies{}, slog.New(slog.DiscardHandler))
-	require.NoError(t, init.Validate(testRequest()))
-	req := testRequest()
+	init := New(testConfig(t), Dependencies{PCRs: pcrs}, slog.New(slog.DiscardHandler))
+	require.NoError(t, init.Validate(testRequest(t)))
+	req := testRequest(t)
 	req.ClusterName = "My Cluster"
 	require.ErrorContains(t, init.Validate(req), "cluster name")
-	req = testRequest()
+	req = testRequest(t)
 	req.APIServerCertSANs = []string{"bad name"}
 	require.ErrorContains(t, init.Validate(req), "SAN")
+	// The attestation config is checked before the node locks itself to the cluster.
+	req = testRequest(t)
+	req.AttestationConfig = nil
+	require.ErrorIs(t, init.Validate(req), deploy.ErrAttestationConfig)
+	other := New(testConfig(t), Dependencies{PCRs: func() (map[uint32][]byte, error) {
+		p, _ := pcrs()
+		p[11] = bytes.Repeat([]byte{0xee}, 32)
+		return p, nil
+	}}, slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, other.Validate(testRequest(t)), "PCR 11: configured")
 }

@@ -18,6 +18,7 @@
 package deploy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -157,36 +158,49 @@ func (c *Config) complete() error {
 	return errors.Join(errs...)
 }
 
-// AttestationConfig returns the attestation config (the attestation section of constellation-conf.yaml,
-// which attestconfig.Parse reads) that expects joining nodes to show exactly pcrs, the values this node
-// measured, in every enforced PCR, and PCR 15 zero: a joining node has not taken its node lock. The CLI
-// validated these values of this node against the admin's configuration before it sent Init.
-func AttestationConfig(v string, pcrs map[uint32][]byte) ([]byte, error) {
-	m := measurements.M{}
-	var missing []uint32
-	for _, idx := range measurements.DefaultEnforced {
-		if idx == measurements.PCRClusterID {
-			m[idx] = measurements.Measurement{Expected: measurements.Zero}
+// ErrAttestationConfig marks an attestation config from the CLI that the cluster cannot use.
+var ErrAttestationConfig = errors.New("unusable attestation config")
+
+// AttestationConfig checks the attestation config the CLI sent with Init (the attestation section of the
+// admin's constellation-conf.yaml) and returns it in the canonical form the JoinService reads
+// (attestconfig.Parse): the JoinService then enforces exactly what the admin configured, every extra PCR
+// and the platform CA included. The config must be for this node's variant, and this node must show every
+// enforced value it names (pcrs, except PCR 15, which a joining node shows as zero): otherwise no node of
+// this image could ever join.
+func AttestationConfig(raw []byte, variant string, pcrs map[uint32][]byte) ([]byte, error) {
+	if len(raw) == 0 {
+		return nil, fmt.Errorf("%w: the request carries none (a CLI older than this node?)", ErrAttestationConfig)
+	}
+	var att config.AttestationConfig
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&att); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAttestationConfig, err)
+	}
+	if att.Variant != variant {
+		return nil, fmt.Errorf("%w: it is for variant %q, this node attests as %q", ErrAttestationConfig, att.Variant, variant)
+	}
+	var differ []string
+	for _, idx := range att.Measurements.Indices() {
+		m := att.Measurements[idx]
+		if idx == measurements.PCRClusterID || m.WarnOnly {
 			continue
 		}
-		val, ok := pcrs[idx]
-		if !ok {
-			missing = append(missing, idx)
-			continue
+		if got, ok := pcrs[idx]; !ok || !bytes.Equal(got, m.Expected) {
+			differ = append(differ, fmt.Sprintf("PCR %d: configured %s, this node %s", idx, m.Expected, measurements.Digest(got)))
 		}
-		m[idx] = measurements.Measurement{Expected: val}
 	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("attestation config: no value for PCRs %v", missing)
+	if len(differ) > 0 {
+		return nil, fmt.Errorf("%w: this node does not show the configured measurements (%s)", ErrAttestationConfig, strings.Join(differ, "; "))
 	}
-	raw, err := yaml.Marshal(config.AttestationConfig{Variant: v, Measurements: m})
+	out, err := yaml.Marshal(att)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := attestconfig.Parse(raw, nil); err != nil {
-		return nil, fmt.Errorf("attestation config: %w", err)
+	if _, err := attestconfig.Parse(out, nil); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAttestationConfig, err)
 	}
-	return raw, nil
+	return out, nil
 }
 
 // Deploy creates or updates the services and their configuration.
@@ -436,6 +450,10 @@ func verificationService(cfg Config) *appsv1.DaemonSet {
 			"--tpm=" + cfg.TPMAddress,
 			"--event-log=" + cfg.EventLogPath,
 		},
+		// Every answer is bound to the node's name (verifyproto.Binding).
+		Env: []corev1.EnvVar{{Name: "VERIFICATIONSERVICE_NODE_NAME", ValueFrom: &corev1.EnvVarSource{
+			FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"},
+		}}},
 		Ports:         []corev1.ContainerPort{hostPort(verificationServiceGRPCPort), hostPort(verificationServiceHTTPPort)},
 		LivenessProbe: healthProbe("", verificationServiceHTTPPort),
 		// The event log's directory, not the file: the node runtime replaces the file as boot progresses.

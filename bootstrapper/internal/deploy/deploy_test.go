@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,6 +23,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/kubetest"
@@ -36,7 +39,7 @@ func TestMain(m *testing.M) {
 
 func nodePCRs() map[uint32][]byte {
 	pcrs := map[uint32][]byte{}
-	for _, idx := range []uint32{4, 9, 11, 12, 13} {
+	for _, idx := range []uint32{4, 9, 11, 12, 13, 14} {
 		pcrs[idx] = bytes.Repeat([]byte{byte(idx)}, 32)
 	}
 	// PCR 15 as the node shows it after taking its lock: the config must expect zero instead.
@@ -46,7 +49,7 @@ func nodePCRs() map[uint32][]byte {
 
 func testConfig(t *testing.T) Config {
 	t.Helper()
-	att, err := AttestationConfig(variant.QEMUVTPM.String(), nodePCRs())
+	att, err := AttestationConfig(adminAttestationYAML(t, nil), variant.QEMUVTPM.String(), nodePCRs())
 	require.NoError(t, err)
 	return Config{
 		APIServerEndpoint: "10.42.0.2:6443",
@@ -63,24 +66,78 @@ func testConfig(t *testing.T) Config {
 	}
 }
 
+// adminAttestation is the attestation section of an admin's configuration for a node with nodePCRs: the
+// default PCRs, an extra enforced PCR 14, and the platform CA.
+func adminAttestation(t *testing.T) config.AttestationConfig {
+	t.Helper()
+	m := measurements.M{}
+	for idx, v := range nodePCRs() {
+		m[idx] = measurements.Measurement{Expected: v}
+	}
+	m[15] = measurements.Measurement{Expected: measurements.Zero}
+	return config.AttestationConfig{Variant: variant.QEMUVTPM.String(), Measurements: m, PlatformCA: string(vtpmtest.PlatformCA(t).CertificatePEM())}
+}
+
+func adminAttestationYAML(t *testing.T, edit func(*config.AttestationConfig)) []byte {
+	t.Helper()
+	att := adminAttestation(t)
+	if edit != nil {
+		edit(&att)
+	}
+	raw, err := yaml.Marshal(att)
+	require.NoError(t, err)
+	return raw
+}
+
+// The JoinService enforces exactly the admin's attestation config: every configured PCR (an extra one
+// too) and the platform CA.
 func TestAttestationConfig(t *testing.T) {
-	raw, err := AttestationConfig(variant.QEMUVTPM.String(), nodePCRs())
+	raw, err := AttestationConfig(adminAttestationYAML(t, nil), variant.QEMUVTPM.String(), nodePCRs())
 	require.NoError(t, err)
 	v, err := attestconfig.Parse(raw, nil)
 	require.NoError(t, err)
 	assert.True(t, v.Variant().Equal(variant.QEMUVTPM))
-	assert.Contains(t, string(raw), "variant: qemu-vtpm")
-	assert.Contains(t, string(raw), strings.Repeat("09", 32), "PCR 9 as the node measured it")
-	assert.Contains(t, string(raw), measurements.Zero.String(), "PCR 15 zero for joining nodes")
-	assert.NotContains(t, string(raw), strings.Repeat("ff", 32), "not the init node's own PCR 15")
-	assert.NotContains(t, string(raw), "warnOnly: true", "everything enforced")
+	var got config.AttestationConfig
+	require.NoError(t, yaml.Unmarshal(raw, &got))
+	assert.Equal(t, adminAttestation(t).PlatformCA, got.PlatformCA)
+	assert.Equal(t, bytes.Repeat([]byte{14}, 32), []byte(got.Measurements[14].Expected), "the admin's extra PCR is kept")
+	assert.Equal(t, []byte(measurements.Zero), []byte(got.Measurements[15].Expected), "PCR 15 zero for joining nodes")
 
-	pcrs := nodePCRs()
-	delete(pcrs, 11)
-	_, err = AttestationConfig(variant.QEMUVTPM.String(), pcrs)
-	require.ErrorContains(t, err, "11")
-	_, err = AttestationConfig("no-such-variant", nodePCRs())
-	require.Error(t, err)
+	testCases := map[string]struct {
+		raw     []byte
+		pcrs    map[uint32][]byte
+		wantErr string
+	}{
+		"none":           {raw: nil, wantErr: "carries none"},
+		"not YAML":       {raw: []byte("{"), wantErr: "unusable attestation config"},
+		"unknown field":  {raw: append(adminAttestationYAML(t, nil), []byte("trustEveryone: true\n")...), wantErr: "trustEveryone"},
+		"other variant":  {raw: adminAttestationYAML(t, func(a *config.AttestationConfig) { a.Variant = "aws-sev-snp" }), wantErr: `this node attests as "qemu-vtpm"`},
+		"no platform CA": {raw: adminAttestationYAML(t, func(a *config.AttestationConfig) { a.PlatformCA = "" }), wantErr: "no platform CA"},
+		"this node differs": {
+			raw: adminAttestationYAML(t, nil),
+			pcrs: func() map[uint32][]byte {
+				p := nodePCRs()
+				p[9] = bytes.Repeat([]byte{0x99}, 32)
+				return p
+			}(),
+			wantErr: "PCR 9: configured",
+		},
+		"a required PCR missing": {
+			raw:     adminAttestationYAML(t, func(a *config.AttestationConfig) { delete(a.Measurements, 11) }),
+			wantErr: "no reference value for an enforced PCR",
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			pcrs := tc.pcrs
+			if pcrs == nil {
+				pcrs = nodePCRs()
+			}
+			_, err := AttestationConfig(tc.raw, variant.QEMUVTPM.String(), pcrs)
+			require.ErrorIs(t, err, ErrAttestationConfig)
+			assert.ErrorContains(t, err, tc.wantErr)
+		})
+	}
 }
 
 func TestConfigRefusals(t *testing.T) {

@@ -70,6 +70,9 @@ type Request struct {
 	APIServerCertSANs []string
 	// KMSURI is the KeyService's backend, kms://cluster-kms by default.
 	KMSURI string
+	// AttestationConfig is the attestation section of the admin's configuration (YAML), what the
+	// JoinService enforces.
+	AttestationConfig []byte
 }
 
 // Progress reports a step of the init to the caller.
@@ -305,6 +308,7 @@ func (s *Server) validate(req *initproto.InitRequest) (Request, error) {
 		ClusterName:       req.GetClusterName(),
 		APIServerCertSANs: req.GetApiserverCertSans(),
 		KMSURI:            kmsURI,
+		AttestationConfig: req.GetAttestationConfig(),
 	}
 	id, err := master.Identity()
 	if err != nil {

@@ -133,7 +133,7 @@ func (e *env) client(t *testing.T, pcr15 measurements.Digest) initproto.APIClien
 	t.Helper()
 	refs := vtpmtest.ReferenceValues(vtpmtest.Boot)
 	refs[measurements.PCRClusterID] = measurements.Measurement{Expected: pcr15}
-	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: refs, RequireEventLog: true})
+	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: refs, AKRoots: vtpmtest.AKRoots(t)})
 	require.NoError(t, err)
 	creds, err := atls.NewCredentials(nil, []attestation.Validator{validator})
 	require.NoError(t, err)

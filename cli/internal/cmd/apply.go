@@ -16,12 +16,12 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
-	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
 	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
 	"github.com/constellation-go/constellation/internal/config"
@@ -72,14 +72,16 @@ again on an initialized cluster changes nothing; after an interruption it contin
 			if err != nil {
 				return err
 			}
-			return e.apply(cmd.Context(), e.progress(), merge)
+			return e.apply(cmd.Context(), e.progress(), merge, false)
 		},
 	}
 	cmd.Flags().Bool(flagMergeKubeconfig, false, "merge the cluster's admin kubeconfig into your kubeconfig ($KUBECONFIG or ~/.kube/config)")
 	return cmd
 }
 
-func (e *env) apply(ctx context.Context, p *progress, merge bool) error {
+// apply creates (if needed) and initializes the cluster. replaceCA lets the platform's CA replace another
+// attestation.platformCA (mini up, which owns its configuration).
+func (e *env) apply(ctx context.Context, p *progress, merge, replaceCA bool) error {
 	cfg, err := e.loadConfig()
 	if err != nil {
 		return err
@@ -98,7 +100,20 @@ func (e *env) apply(ctx context.Context, p *progress, merge bool) error {
 		return nil
 	}
 	if !st.HasInfrastructure() {
-		if st, err = e.create(ctx, cfg, p); err != nil {
+		if st, err = e.create(ctx, cfg, p, replaceCA); err != nil {
+			return err
+		}
+	} else if cfg.Attestation.PlatformCA == "" || replaceCA {
+		// A create interrupted before it recorded the platform's CA.
+		infra, err := e.infra(p)
+		if err != nil {
+			return err
+		}
+		out, err := infra.Outputs(ctx)
+		if err != nil {
+			return err
+		}
+		if err := e.trustPlatformCA(cfg, out.PlatformCA, replaceCA, p); err != nil {
 			return err
 		}
 	}
@@ -183,9 +198,14 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if !slices.Contains(sans, st.Infrastructure.ClusterEndpoint) {
 		sans = append(sans, st.Infrastructure.ClusterEndpoint)
 	}
+	attestationConfig, err := yaml.Marshal(cfg.Attestation)
+	if err != nil {
+		return err
+	}
 	req := &initproto.InitRequest{
 		InitSecret: initSecret, MasterSecret: ms.Key, Salt: ms.Salt, KubernetesVersion: version,
 		KubernetesComponents: comps, ClusterName: cfg.Name, ApiserverCertSans: sans,
+		AttestationConfig: attestationConfig,
 	}
 	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initPort))
 	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)
@@ -249,17 +269,7 @@ func freshNode(refs measurements.M) measurements.M {
 
 // validator returns the configuration's validator for refs.
 func (e *env) validator(cfg *config.Config, refs measurements.M) (attestation.Validator, error) {
-	v, err := cfg.GetAttestationVariant()
-	if err != nil {
-		return nil, err
-	}
-	vcfg := choose.ValidatorConfig{Measurements: refs, RequireEventLog: true, Log: e.log}
-	if s := cfg.Attestation.SEVSNP; s != nil {
-		vcfg.SEVSNP = snp.Policy{Product: s.Product, MinimumTCB: snp.TCB{
-			Bootloader: s.BootloaderVersion, TEE: s.TEEVersion, SNP: s.SNPVersion, Microcode: s.MicrocodeVersion,
-		}}
-	}
-	return choose.Validator(v, vcfg)
+	return choose.ForConfig(cfg.Attestation, refs, e.log)
 }
 
 // components are what the first control plane installs: for local, the pinned Kubernetes set and the

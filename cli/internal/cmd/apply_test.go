@@ -13,12 +13,14 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
@@ -34,6 +36,8 @@ type fakeInfra struct {
 	destroyErr error
 	applied    int
 	destroyed  int
+	// platformCA is what the provider reports; empty means the test nodes' CA (vtpmtest).
+	platformCA string
 }
 
 func (f *fakeInfra) Apply(context.Context, *config.Config) (terraform.Outputs, error) {
@@ -45,9 +49,13 @@ func (f *fakeInfra) Apply(context.Context, *config.Config) (terraform.Outputs, e
 }
 
 func (f *fakeInfra) Outputs(context.Context) (terraform.Outputs, error) {
+	ca := f.platformCA
+	if ca == "" {
+		ca = testPlatformCA
+	}
 	return terraform.Outputs{
 		ClusterEndpoint: "10.42.0.2", InClusterEndpoint: "10.42.0.2", APIServerCertSANs: []string{"10.42.0.2"},
-		IPCidrNode: "10.42.0.0/24", ComponentURL: "http://10.42.0.1:9081",
+		IPCidrNode: "10.42.0.0/24", ComponentURL: "http://10.42.0.1:9081", PlatformCA: ca,
 		Nodes: map[string]terraform.NodeOutput{
 			"cp-0": {IP: "10.42.0.2", Role: "control-plane"}, "worker-0": {IP: "10.42.0.3", Role: "worker"},
 		},
@@ -62,6 +70,15 @@ func (f *fakeInfra) Destroy(context.Context) error {
 	f.destroyed++
 	return f.destroyErr
 }
+
+// testPlatformCA is the CA of the test nodes' vTPMs (vtpmtest), as the local provider reports its own.
+var testPlatformCA = func() string {
+	ca, err := vtpmtest.PlatformCAForProcess()
+	if err != nil {
+		panic(err)
+	}
+	return string(ca.CertificatePEM())
+}()
 
 // fakeIniter stands for the first control plane: like aTLS, it lets the validator check the node's
 // attestation (from a real vTPM) before the request is "sent".
@@ -135,6 +152,18 @@ func writeLocalConfig(t *testing.T, fs afero.Fs, m measurements.M) {
 		data, err = config.SetMeasurements(data, m)
 		require.NoError(t, err)
 	}
+	require.NoError(t, afero.WriteFile(fs, config.FileName, data, 0o644))
+}
+
+// writeCreatedConfig writes the local configuration of a created cluster: with the platform CA that
+// create recorded.
+func writeCreatedConfig(t *testing.T, fs afero.Fs, m measurements.M) {
+	t.Helper()
+	writeLocalConfig(t, fs, m)
+	data, err := afero.ReadFile(fs, config.FileName)
+	require.NoError(t, err)
+	data, err = config.SetPlatformCA(data, testPlatformCA)
+	require.NoError(t, err)
 	require.NoError(t, afero.WriteFile(fs, config.FileName, data, 0o644))
 }
 
@@ -316,4 +345,52 @@ func servicesFixture(t *testing.T) string {
 		require.NoError(t, afero.WriteFile(osFs, dir+"/services/"+s+".tar", []byte(s), 0o644))
 	}
 	return dir
+}
+
+// The platform's CA becomes the configuration's trust root at create; a configuration that trusts another
+// platform is not silently rewritten, and no node of this platform is trusted under it.
+func TestApplyRecordsThePlatformCA(t *testing.T) {
+	artifactsFn := func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+
+	fs := afero.NewMemMapFs()
+	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
+	e, _, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
+	e.deps.artifacts = artifactsFn
+	require.Equal(t, 0, execute(context.Background(), []string{"apply"}, e), errOut.String())
+	assert.Contains(t, errOut.String(), "to attestation.platformCA")
+	cfg, err := config.Load(file.NewHandler(fs), config.FileName)
+	require.NoError(t, err)
+	assert.Equal(t, testPlatformCA, cfg.Attestation.PlatformCA)
+	var sent config.AttestationConfig
+	require.NoError(t, yaml.Unmarshal(in.sent.GetAttestationConfig(), &sent))
+	assert.Equal(t, testPlatformCA, sent.PlatformCA, "the JoinService gets the same trust root")
+	assert.Equal(t, cfg.Attestation.Measurements.Indices(), sent.Measurements.Indices())
+
+	// Another platform (say, re-created after terminate): refused, config untouched, nothing sent.
+	other, err := manufacturer.NewCA("other platform CA")
+	require.NoError(t, err)
+	fs2 := afero.NewMemMapFs()
+	writeCreatedConfig(t, fs2, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	before, err := afero.ReadFile(fs2, config.FileName)
+	require.NoError(t, err)
+	in2 := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
+	e2, _, errOut2 := testEnv(t, fs2, &fakeInfra{platformCA: string(other.CertificatePEM())}, in2, nil)
+	e2.deps.artifacts = artifactsFn
+	require.Equal(t, 1, execute(context.Background(), []string{"apply"}, e2))
+	assert.Contains(t, errOut2.String(), "names another CA than the one the provider's platform certifies")
+	after, err := afero.ReadFile(fs2, config.FileName)
+	require.NoError(t, err)
+	assert.Equal(t, before, after)
+	assert.Nil(t, in2.sent)
+
+	// A node whose vTPM another CA certified is refused before anything is sent.
+	fs3 := afero.NewMemMapFs()
+	writeLocalConfig(t, fs3, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	in3 := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
+	e3, _, errOut3 := testEnv(t, fs3, &fakeInfra{platformCA: string(other.CertificatePEM())}, in3, nil)
+	e3.deps.artifacts = artifactsFn
+	require.Equal(t, 1, execute(context.Background(), []string{"apply"}, e3))
+	assert.Contains(t, errOut3.String(), "attestation key is not trusted")
+	assert.Nil(t, in3.sent)
 }

@@ -233,11 +233,11 @@ func TestConfigFetchMeasurementsJSONAndRerun(t *testing.T) {
 	data, sig := signedFile(t, "qemu-vtpm")
 	fs := newKeyFs(t)
 	cfgData := localConfig(t)
-	// PCR 15 was set by hand and PCR 4 to another value: the signed file replaces both.
+	// PCR 14 was set by hand and PCR 4 to another value: the signed file replaces both.
 	cfgData, err := config.SetMeasurements(cfgData, measurements.M{
 		4:  {Expected: bytes.Repeat([]byte{0xff}, 32)},
 		11: {Expected: bytes.Repeat([]byte{0x11}, 32)},
-		15: {Expected: make([]byte, 32), WarnOnly: true},
+		14: {Expected: make([]byte, 32), WarnOnly: true},
 	})
 	require.NoError(t, err)
 	require.NoError(t, afero.WriteFile(fs, config.FileName, cfgData, 0o644))
@@ -257,7 +257,7 @@ func TestConfigFetchMeasurementsJSONAndRerun(t *testing.T) {
 	for _, m := range got.Measurements {
 		changes[m.PCR] = m.Change
 	}
-	assert.Equal(t, map[uint32]string{4: "changed", 9: "added", 11: "unchanged", 12: "added", 15: "removed"}, changes)
+	assert.Equal(t, map[uint32]string{4: "changed", 9: "added", 11: "unchanged", 12: "added", 14: "removed"}, changes)
 
 	updated, err := afero.ReadFile(fs, config.FileName)
 	require.NoError(t, err)

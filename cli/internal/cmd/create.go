@@ -11,7 +11,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/constellation-go/constellation/cli/internal/terraform"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/state"
 )
 
@@ -35,7 +37,7 @@ that still matches the configuration.`,
 				return err
 			}
 			p := e.progress()
-			st, err := e.create(cmd.Context(), cfg, p)
+			st, err := e.create(cmd.Context(), cfg, p, false)
 			if err != nil {
 				return err
 			}
@@ -105,7 +107,7 @@ func (e *env) infra(p *progress) (infrastructure, error) {
 }
 
 // create applies the infrastructure and records it in the state.
-func (e *env) create(ctx context.Context, cfg *config.Config, p *progress) (*state.State, error) {
+func (e *env) create(ctx context.Context, cfg *config.Config, p *progress, replaceCA bool) (*state.State, error) {
 	st, err := e.readState()
 	if err != nil {
 		return nil, err
@@ -135,6 +137,44 @@ func (e *env) create(ctx context.Context, cfg *config.Config, p *progress) (*sta
 	if err := st.Write(e.files, state.FileName); err != nil {
 		return nil, err
 	}
+	if err := e.trustPlatformCA(cfg, out.PlatformCA, replaceCA, p); err != nil {
+		return nil, err
+	}
 	p.Done()
 	return st, nil
+}
+
+// trustPlatformCA records the CA that certifies the nodes' vTPMs (reported by the provider) in the
+// configuration's attestation.platformCA, the trust root of qemu-vtpm attestation keys. An empty field is
+// filled in; a different CA is refused unless replace is set (mini up, which owns its configuration): the
+// configured CA is the admin's statement of which platform to trust. cfg is updated in place.
+func (e *env) trustPlatformCA(cfg *config.Config, pemCert string, replace bool, p *progress) error {
+	if pemCert == "" || cfg.Attestation.PlatformCA == pemCert {
+		return nil
+	}
+	certs, err := akcert.ParseCertificates([]byte(pemCert))
+	if err != nil {
+		return fmt.Errorf("the provider reported a platform CA that is not a PEM certificate: %w", err)
+	}
+	fingerprint := sha256.Sum256(certs[0].Raw)
+	if cfg.Attestation.PlatformCA != "" && !replace {
+		return fmt.Errorf("attestation.platformCA in %s names another CA than the one the provider's platform certifies "+
+			"its vTPMs with (SHA-256 fingerprint %x): nodes would be refused. If the platform was re-created (e.g. after "+
+			"'constellation terminate') and you trust it, remove attestation.platformCA and re-run the command",
+			e.path(config.FileName), fingerprint)
+	}
+	data, err := e.files.Read(config.FileName)
+	if err != nil {
+		return err
+	}
+	if data, err = config.SetPlatformCA(data, pemCert); err != nil {
+		return fmt.Errorf("writing attestation.platformCA: %w", err)
+	}
+	if err := e.files.Write(config.FileName, data, file.OptOverwrite); err != nil {
+		return err
+	}
+	cfg.Attestation.PlatformCA = pemCert
+	p.Detail("wrote the platform's CA (SHA-256 fingerprint %x) to attestation.platformCA in %s: only vTPMs it certified are trusted",
+		fingerprint, e.path(config.FileName))
+	return nil
 }

@@ -145,25 +145,27 @@ func (grpcIniter) Init(ctx context.Context, endpoint string, validator attestati
 	return nil, errors.New("the node closed the init stream without a result")
 }
 
-// attester asks a node's VerificationService for an attestation bound to nonce.
+// attester asks a node's VerificationService for an attestation bound to nonce; it returns the document
+// and the name of the node that says it answered.
 type attester interface {
-	GetAttestation(ctx context.Context, endpoint string, nonce []byte) ([]byte, error)
+	GetAttestation(ctx context.Context, endpoint string, nonce []byte) (doc []byte, node string, err error)
 }
 
 type grpcAttester struct{}
 
-func (grpcAttester) GetAttestation(ctx context.Context, endpoint string, nonce []byte) ([]byte, error) {
-	// No transport security needed: the document is signed by the node's TPM and bound to the nonce.
+func (grpcAttester) GetAttestation(ctx context.Context, endpoint string, nonce []byte) ([]byte, string, error) {
+	// No transport security needed: the document is signed by the node's TPM and bound to the nonce and,
+	// through verifyproto.Binding, to the node's name.
 	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer conn.Close()
 	resp, err := verifyproto.NewAPIClient(conn).GetAttestation(ctx, &verifyproto.GetAttestationRequest{Nonce: nonce})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return resp.GetAttestation(), nil
+	return resp.GetAttestation(), resp.GetNodeName(), nil
 }
 
 // progress prints what a long command is doing to stderr, one line per step with its duration, so

@@ -41,7 +41,7 @@ Re-running continues an interrupted mini up; on a running cluster it changes not
 			if err := e.miniConfig(p); err != nil {
 				return err
 			}
-			return e.apply(cmd.Context(), p, false)
+			return e.apply(cmd.Context(), p, false, true)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{

@@ -80,7 +80,7 @@ func TestRecover(t *testing.T) {
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
 			fs := afero.NewMemMapFs()
-			writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+			writeCreatedConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
 			writeInitializedState(t, fs, bytes.Repeat([]byte{3}, 32))
 			if !tc.noSecret {
 				require.NoError(t, crypto.WriteMasterSecret(file.NewHandler(fs), crypto.MasterSecretFileName, ms))

@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/state"
+	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
 // verificationPort is the VerificationService's gRPC port on every node.
@@ -154,6 +156,9 @@ type target struct {
 	name, ip, role string
 }
 
+// endpointTarget names the cluster endpoint when the state lists no nodes.
+const endpointTarget = "endpoint"
+
 // selectNodes picks the nodes to verify from the state: all, or those named (by name or address).
 func selectNodes(st *state.State, only []string) ([]target, error) {
 	var all []target
@@ -161,7 +166,7 @@ func selectNodes(st *state.State, only []string) ([]target, error) {
 		all = append(all, target{name: name, ip: n.IP, role: n.Role})
 	}
 	if len(all) == 0 {
-		all = append(all, target{name: "endpoint", ip: st.Infrastructure.ClusterEndpoint})
+		all = append(all, target{name: endpointTarget, ip: st.Infrastructure.ClusterEndpoint})
 	}
 	slices.SortFunc(all, func(a, b target) int { return strings.Compare(a.name, b.name) })
 	if len(only) == 0 {
@@ -193,17 +198,28 @@ func (e *env) verifyNode(ctx context.Context, t target, validator attestation.Va
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	doc, err := e.deps.attester.GetAttestation(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verificationPort)), nonce)
+	doc, answered, err := e.deps.attester.GetAttestation(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verificationPort)), nonce)
 	if err != nil {
 		r.Error = fmt.Sprintf("getting an attestation from the VerificationService: %v", err)
 		return r
 	}
-	if _, err := validator.Validate(ctx, doc, nonce); err != nil {
+	userData, err := validator.Validate(ctx, doc, nonce)
+	if err != nil {
 		var verr *attestation.ValidationError
 		if errors.As(err, &verr) {
 			r.Mismatches, r.Failures = verr.Mismatches, verr.Failures
 		}
 		r.Error = err.Error()
+		return r
+	}
+	// The answer must come from the node asked: its document is bound to the answering node's name.
+	node := t.name
+	if t.name == endpointTarget {
+		node = answered // no node list in the state: the endpoint's node, whichever it is
+	}
+	if !bytes.Equal(userData, verifyproto.Binding(node, nil)) {
+		r.Error = fmt.Sprintf("the answer is not %s's own: its attestation is bound to another node (it says %q); "+
+			"the address answered with another node's attestation, so this node is not verified", t.name, answered)
 		return r
 	}
 	r.Verified = true

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -23,21 +25,35 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/verify/server"
+	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
-// fakeAttester answers for nodes by address from real vTPMs, like the VerificationService does.
+// fakeAttester answers for nodes by address from real vTPMs, through the real VerificationService.
 type fakeAttester struct {
 	t     *testing.T
 	nodes map[string]*vtpmtest.Node
+	// names are the nodes' names by address; default: by the test's cluster layout.
+	names map[string]string
 }
 
-func (f *fakeAttester) GetAttestation(ctx context.Context, endpoint string, nonce []byte) ([]byte, error) {
+func (f *fakeAttester) GetAttestation(ctx context.Context, endpoint string, nonce []byte) ([]byte, string, error) {
 	n, ok := f.nodes[endpoint]
 	if !ok {
-		return nil, errors.New("connection refused")
+		return nil, "", errors.New("connection refused")
 	}
-	return vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return n.EventLog, nil })).
-		Issue(ctx, nil, nonce)
+	name := f.names[endpoint]
+	if name == "" {
+		name = map[string]string{"10.42.0.2:30081": "cp-0", "10.42.0.3:30081": "worker-0"}[endpoint]
+	}
+	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return n.EventLog, nil }))
+	defer issuer.Close()
+	srv := server.New(issuer, name, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	resp, err := srv.GetAttestation(ctx, &verifyproto.GetAttestationRequest{Nonce: nonce})
+	if err != nil {
+		return nil, "", err
+	}
+	return resp.GetAttestation(), resp.GetNodeName(), nil
 }
 
 // lockedNode is a node booted with events that took the node lock for clusterID (PCR 15).
@@ -53,11 +69,18 @@ func TestVerify(t *testing.T) {
 	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: vtpmtest.Boot[3].Type, Data: "console=ttyS0 init=/bin/sh"})
 	testCases := map[string]struct {
 		cp, worker  *vtpmtest.Node
+		names       map[string]string
 		args        []string
 		wantCode    int
 		wantStdout  []string
 		wantMissing []string
 	}{
+		"an answer relayed from another node": {
+			// worker-0's address answers with cp-0's VerificationService (both genuine, same cluster).
+			cp: lockedNode(t, vtpmtest.Boot, clusterID), worker: lockedNode(t, vtpmtest.Boot, clusterID),
+			names: map[string]string{"10.42.0.3:30081": "cp-0"}, wantCode: 1,
+			wantStdout: []string{"✓ cp-0", "✗ worker-0", "bound to another node", `it says "cp-0"`},
+		},
 		"every node verifies": {
 			cp: lockedNode(t, vtpmtest.Boot, clusterID), worker: lockedNode(t, vtpmtest.Boot, clusterID),
 			wantStdout: []string{"✓ cp-0", "✓ worker-0", "All 2 nodes verified"},
@@ -89,9 +112,9 @@ func TestVerify(t *testing.T) {
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
 			fs := afero.NewMemMapFs()
-			writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+			writeCreatedConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
 			writeInitializedState(t, fs, clusterID)
-			att := &fakeAttester{t: t, nodes: map[string]*vtpmtest.Node{"10.42.0.2:30081": tc.cp}}
+			att := &fakeAttester{t: t, nodes: map[string]*vtpmtest.Node{"10.42.0.2:30081": tc.cp}, names: tc.names}
 			if tc.worker != nil {
 				att.nodes["10.42.0.3:30081"] = tc.worker
 			}

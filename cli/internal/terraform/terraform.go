@@ -54,6 +54,8 @@ type Outputs struct {
 	Nodes             map[string]NodeOutput `json:"nodes"`
 	// ComponentURL is the local provider's component server.
 	ComponentURL string `json:"component_url,omitempty"`
+	// PlatformCA is the PEM certificate of the CA that certifies the nodes' vTPMs (local provider).
+	PlatformCA string `json:"platform_ca,omitempty"`
 }
 
 // NodeOutput is a node as the module reports it.

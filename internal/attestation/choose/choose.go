@@ -2,6 +2,7 @@
 package choose
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/measurements"
 )
 
@@ -31,24 +34,33 @@ func Issuer(v variant.Variant, t transport.TPM, eventLogPath string) (attestatio
 	return nil, fmt.Errorf("%w: %q", ErrIssuerUnavailable, v)
 }
 
-// ValidatorConfig is what a validator of any variant needs.
+// ValidatorConfig is what a validator of any variant needs. There are no escape hatches here: every
+// validator requires an event log, a trusted attestation key and enforced required PCRs.
 type ValidatorConfig struct {
-	Measurements    measurements.M
-	RequireEventLog bool
+	Measurements measurements.M
+	// PlatformCA are the CAs that certify the attestation keys of qemu-vtpm vTPMs (the configuration's
+	// attestation.platformCA); required for qemu-vtpm.
+	PlatformCA []*x509.Certificate
 	// SEVSNP is the hardware policy of the *-sev-snp variants.
 	SEVSNP snp.Policy
 	Log    *slog.Logger
 }
 
+// ErrNoPlatformCA is returned for a qemu-vtpm validator without a platform CA.
+var ErrNoPlatformCA = errors.New("no platform CA to check the nodes' attestation keys against (attestation.platformCA is empty: 'constellation create' fills it in)")
+
 // Validator returns the validator of variant v.
 func Validator(v variant.Variant, cfg ValidatorConfig) (attestation.Validator, error) {
 	vcfg := vtpm.ValidatorConfig{
-		Measurements:    cfg.Measurements,
-		RequireEventLog: cfg.RequireEventLog,
-		Log:             cfg.Log,
+		Measurements: cfg.Measurements,
+		Log:          cfg.Log,
 	}
 	switch {
 	case v.Equal(variant.QEMUVTPM):
+		if len(cfg.PlatformCA) == 0 {
+			return nil, fmt.Errorf("%s validator: %w", v, ErrNoPlatformCA)
+		}
+		vcfg.AKRoots = cfg.PlatformCA
 	case v.IsSEVSNP():
 		if cfg.SEVSNP.Product == "" {
 			return nil, fmt.Errorf("%s validator: the SEV-SNP policy names no product (Milan, Genoa, Turin)", v)
@@ -62,4 +74,26 @@ func Validator(v variant.Variant, cfg ValidatorConfig) (attestation.Validator, e
 		return nil, fmt.Errorf("%s validator: %w", v, err)
 	}
 	return val, nil
+}
+
+// ForConfig returns the validator an attestation config (the attestation section of constellation-conf.yaml,
+// also what the JoinService enforces) describes, with refs as the reference values (the config's
+// measurements, adjusted by the caller for the node's expected PCR 15).
+func ForConfig(att config.AttestationConfig, refs measurements.M, log *slog.Logger) (attestation.Validator, error) {
+	v, err := variant.FromString(att.Variant)
+	if err != nil {
+		return nil, err
+	}
+	cfg := ValidatorConfig{Measurements: refs, Log: log}
+	if s := att.SEVSNP; s != nil {
+		cfg.SEVSNP = snp.Policy{Product: s.Product, MinimumTCB: snp.TCB{
+			Bootloader: s.BootloaderVersion, TEE: s.TEEVersion, SNP: s.SNPVersion, Microcode: s.MicrocodeVersion,
+		}}
+	}
+	if att.PlatformCA != "" {
+		if cfg.PlatformCA, err = akcert.ParseCertificates([]byte(att.PlatformCA)); err != nil {
+			return nil, fmt.Errorf("attestation.platformCA: %w", err)
+		}
+	}
+	return Validator(v, cfg)
 }

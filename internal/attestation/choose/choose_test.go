@@ -10,6 +10,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/measurements"
 )
 
@@ -22,17 +23,19 @@ func fullMeasurements() measurements.M {
 }
 
 func TestValidator(t *testing.T) {
+	roots := vtpmtest.AKRoots(t)
 	testCases := map[string]struct {
 		v       variant.Variant
 		cfg     ValidatorConfig
 		wantErr string
 	}{
-		"qemu-vtpm":             {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: fullMeasurements()}},
+		"qemu-vtpm":             {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: fullMeasurements(), PlatformCA: roots}},
+		"qemu-vtpm without CA":  {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "no platform CA"},
 		"aws-sev-snp":           {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Milan"}}},
 		"gcp-sev-snp":           {v: variant.GCPSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Milan"}}},
 		"azure-sev-snp":         {v: variant.AzureSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Genoa"}}},
 		"snp without a product": {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "names no product"},
-		"missing references":    {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: measurements.M{}}, wantErr: "no reference value for an enforced PCR"},
+		"missing references":    {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: measurements.M{}, PlatformCA: roots}, wantErr: "no reference value for an enforced PCR"},
 		"no variant":            {v: variant.Variant{}, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "no validator"},
 	}
 	for name, tc := range testCases {
@@ -47,8 +50,10 @@ func TestValidator(t *testing.T) {
 			assert.True(t, val.Variant().Equal(tc.v))
 		})
 	}
-	_, err := Validator(variant.QEMUVTPM, ValidatorConfig{Measurements: measurements.M{}})
+	_, err := Validator(variant.QEMUVTPM, ValidatorConfig{Measurements: measurements.M{}, PlatformCA: roots})
 	assert.ErrorIs(t, err, vtpm.ErrMissingReference)
+	_, err = Validator(variant.QEMUVTPM, ValidatorConfig{Measurements: fullMeasurements()})
+	assert.ErrorIs(t, err, ErrNoPlatformCA)
 }
 
 func TestIssuer(t *testing.T) {

@@ -1,45 +1,26 @@
 package vtpm
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 )
 
-// akTemplate is a restricted ECDSA P-256 signing key: the TPM signs only structures it generated itself
-// (quotes) with it, never caller-chosen data that could imitate a quote. Created in the endorsement
-// hierarchy from this fixed template, it is the same key every time on the same TPM.
-var akTemplate = tpm2.TPMTPublic{
-	Type:    tpm2.TPMAlgECC,
-	NameAlg: tpm2.TPMAlgSHA256,
-	ObjectAttributes: tpm2.TPMAObject{
-		FixedTPM:            true,
-		FixedParent:         true,
-		SensitiveDataOrigin: true,
-		UserWithAuth:        true,
-		NoDA:                true,
-		Restricted:          true,
-		SignEncrypt:         true,
-	},
-	Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-		Scheme: tpm2.TPMTECCScheme{
-			Scheme:  tpm2.TPMAlgECDSA,
-			Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
-		},
-		CurveID: tpm2.TPMECCNistP256,
-	}),
-	Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-		X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
-		Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
-	}),
-}
+// akTemplate is the attestation key's template (akcert.Template): a restricted ECDSA P-256 signing key of
+// the endorsement hierarchy.
+var akTemplate = akcert.Template()
 
 // loadedAK is an attestation key loaded in the TPM.
 type loadedAK struct {
 	handle tpm2.TPMHandle
 	name   tpm2.TPM2BName
 	public []byte // TPM2B_PUBLIC
+	// cert is the AK certificate from akcert.NVIndex; nil if the vTPM has none.
+	cert []byte
 }
 
 func createAK(t transport.TPM) (*loadedAK, error) {
@@ -50,7 +31,12 @@ func createAK(t transport.TPM) (*loadedAK, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating attestation key: %w", err)
 	}
-	return &loadedAK{handle: rsp.ObjectHandle, name: rsp.Name, public: tpm2.Marshal(rsp.OutPublic)}, nil
+	ak := &loadedAK{handle: rsp.ObjectHandle, name: rsp.Name, public: tpm2.Marshal(rsp.OutPublic)}
+	if ak.cert, err = akcert.ReadNV(t, akcert.NVIndex); err != nil && !errors.Is(err, akcert.ErrNoNVIndex) {
+		ak.flush(t)
+		return nil, fmt.Errorf("reading the attestation key's certificate: %w", err)
+	}
+	return ak, nil
 }
 
 func (ak *loadedAK) flush(t transport.TPM) {

@@ -29,6 +29,9 @@ type Document struct {
 	UserData []byte `json:"userData"`
 	// InstanceInfo carries variant-specific evidence, e.g. an SEV-SNP report that vouches for the AK.
 	InstanceInfo []byte `json:"instanceInfo,omitempty"`
+	// AKCert is the AK's certificate from the vTPM's NV memory (DER, see akcert.NVIndex); qemu-vtpm
+	// validators require it to chain to the platform CA the configuration names.
+	AKCert []byte `json:"akCert,omitempty"`
 }
 
 // Quote is a TPM quote.

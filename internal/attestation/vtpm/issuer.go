@@ -70,10 +70,7 @@ func WithInstanceInfo(f InstanceInfoFunc) IssuerOption {
 
 // NewIssuer returns an Issuer that quotes all 24 SHA-256 PCRs of t.
 func NewIssuer(v variant.Variant, t transport.TPM, opts ...IssuerOption) *Issuer {
-	i := &Issuer{variant: v, tpm: t}
-	for idx := range uint32(measurements.PCRCount) {
-		i.pcrs = append(i.pcrs, idx)
-	}
+	i := &Issuer{variant: v, tpm: t, pcrs: measurements.AllPCRs()}
 	for _, opt := range opts {
 		opt(i)
 	}
@@ -121,6 +118,7 @@ func (i *Issuer) Issue(ctx context.Context, userData, nonce []byte) ([]byte, err
 	doc := Document{
 		Version:  documentVersion,
 		AKPublic: i.ak.public,
+		AKCert:   i.ak.cert,
 		Quote:    *quote,
 		UserData: userData,
 	}

@@ -39,7 +39,7 @@ func TestUpdateSeed(t *testing.T) {
 
 func seedValidator(tb testing.TB, s seed) *Validator {
 	tb.Helper()
-	v, err := NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: s.Measurements, RequireEventLog: true})
+	v, err := NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: s.Measurements, AKRoots: vtpmtest.AKRoots(tb)})
 	require.NoError(tb, err)
 	return v
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,12 +15,14 @@ import (
 	"math/big"
 	"slices"
 	"strings"
+	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/tpm"
 )
@@ -45,24 +48,42 @@ type AKVerifier func(ctx context.Context, doc *Document, ak crypto.PublicKey, no
 
 // ValidatorConfig configures a Validator. The zero value of every field is the secure choice.
 type ValidatorConfig struct {
-	// Measurements are the reference values. Every PCR in Required must have one.
+	// Measurements are the reference values. Every PCR in Required must have one, and a required PCR may
+	// not be warn-only.
 	Measurements measurements.M
 	// Required lists the PCRs that must have reference values; nil means measurements.DefaultEnforced.
 	Required []uint32
-	// RequireEventLog refuses documents without an event log.
-	RequireEventLog bool
-	// VerifyAK establishes trust in the attestation key. Nil accepts the key the document names, which
-	// proves only that some TPM signed the quote: right for qemu-vtpm, where nothing can vouch for the AK.
+	// VerifyAK establishes trust in the attestation key, e.g. through a hardware report (SEV-SNP).
 	VerifyAK AKVerifier
+	// AKRoots are the CAs whose AK certificates (Document.AKCert) establish trust in the attestation key:
+	// for qemu-vtpm, the platform's CA. Used when VerifyAK is nil.
+	AKRoots []*x509.Certificate
+	// AllowUnverifiedAK accepts the AK a document names when neither VerifyAK nor AKRoots is set. Then any
+	// software key wrapped in a restricted key's attributes passes as a TPM: only for tests of other parts.
+	AllowUnverifiedAK bool
+	// AllowMissingEventLog accepts documents without an event log (whose PCRs then cannot be explained).
+	AllowMissingEventLog bool
+	// AllowWarnOnlyRequired accepts warn-only reference values on required PCRs, which then enforce
+	// nothing: only for tests of the warning path.
+	AllowWarnOnlyRequired bool
 	// Log receives warn-only mismatches; nil discards them.
 	Log *slog.Logger
 }
+
+// Errors of a validator's configuration.
+var (
+	ErrNoAKTrust        = errors.New("nothing establishes trust in attestation keys (no AK roots, no AK verifier)")
+	ErrWarnOnlyRequired = errors.New("a required PCR is warn-only")
+	// ErrEscapeHatch is returned for an escape hatch (Allow*) outside a test binary.
+	ErrEscapeHatch = errors.New("the validator's Allow* options are for tests only")
+)
 
 // Validator validates vTPM attestation documents.
 type Validator struct {
 	variant variant.Variant
 	cfg     ValidatorConfig
 	log     *slog.Logger
+	akRoots *x509.CertPool
 }
 
 // NewValidator returns a Validator. A required PCR without a reference value is an error: it would
@@ -78,13 +99,37 @@ func NewValidator(v variant.Variant, cfg ValidatorConfig) (*Validator, error) {
 	if missing := cfg.Measurements.Missing(required); len(missing) > 0 {
 		return nil, fmt.Errorf("%w: PCRs %v (fill them in with 'constellation config fetch-measurements')", ErrMissingReference, missing)
 	}
+	if (cfg.AllowUnverifiedAK || cfg.AllowMissingEventLog || cfg.AllowWarnOnlyRequired) && !testing.Testing() {
+		return nil, ErrEscapeHatch
+	}
+	if !cfg.AllowWarnOnlyRequired {
+		var warnOnly []uint32
+		for _, idx := range required {
+			if cfg.Measurements[idx].WarnOnly {
+				warnOnly = append(warnOnly, idx)
+			}
+		}
+		if len(warnOnly) > 0 {
+			return nil, fmt.Errorf("%w: PCRs %v must be enforced (set warnOnly: false)", ErrWarnOnlyRequired, warnOnly)
+		}
+	}
+	if cfg.VerifyAK == nil && len(cfg.AKRoots) == 0 && !cfg.AllowUnverifiedAK {
+		return nil, ErrNoAKTrust
+	}
+	var roots *x509.CertPool
+	if len(cfg.AKRoots) > 0 {
+		roots = x509.NewCertPool()
+		for _, c := range cfg.AKRoots {
+			roots.AddCert(c)
+		}
+	}
 	cfg.Measurements = cfg.Measurements.Clone()
 	cfg.Required = slices.Clone(required)
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Validator{variant: v, cfg: cfg, log: log}, nil
+	return &Validator{variant: v, cfg: cfg, log: log, akRoots: roots}, nil
 }
 
 // Variant returns the validator's attestation variant.
@@ -124,10 +169,17 @@ func (v *Validator) ValidateDetailed(ctx context.Context, raw, nonce []byte) (*R
 	if err != nil {
 		return nil, err
 	}
-	if v.cfg.VerifyAK != nil {
+	switch {
+	case v.cfg.VerifyAK != nil:
 		if err := v.cfg.VerifyAK(ctx, doc, akPub, nonce); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrUntrustedAK, err)
 		}
+	case v.akRoots != nil:
+		if err := akcert.Verify(doc.AKCert, akPub, v.akRoots); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrUntrustedAK, err)
+		}
+	case !v.cfg.AllowUnverifiedAK:
+		return nil, ErrNoAKTrust // NewValidator refuses this; a zero Validator must not accept anything either
 	}
 	pcrs, err := verifyQuote(doc, akPub, nonce)
 	if err != nil {
@@ -305,7 +357,7 @@ func verifySignature(ak crypto.PublicKey, digest, rawSig []byte) error {
 // PCRs the log does not touch (extended by userspace, such as PCR 15) are left to the measurements.
 func (v *Validator) checkEventLog(raw []byte, quoted map[uint32][]byte) (*eventlog.Log, error) {
 	if len(raw) == 0 {
-		if v.cfg.RequireEventLog {
+		if !v.cfg.AllowMissingEventLog {
 			return nil, ErrNoEventLog
 		}
 		return nil, nil

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
@@ -20,6 +22,8 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/tpm"
@@ -71,7 +75,7 @@ func TestIssueAndValidate(t *testing.T) {
 	require.NoError(t, err)
 	assert.Less(t, len(doc), 8<<10, "documents must stay small for TLS")
 
-	v := newValidator(t, ValidatorConfig{Measurements: n.refs, RequireEventLog: true})
+	v := newValidator(t, ValidatorConfig{Measurements: n.refs, AKRoots: vtpmtest.AKRoots(t)})
 	res, err := v.ValidateDetailed(context.Background(), doc, nonce)
 	require.NoError(t, err)
 	assert.Equal(t, userData, res.UserData)
@@ -92,14 +96,14 @@ func TestWarnOnlyMismatchIsReportedNotFatal(t *testing.T) {
 	n := newNode(t, boot)
 	refs := n.refs.Clone()
 	other := sha256.Sum256([]byte("other boot loader"))
-	refs[12] = measurements.Measurement{Expected: other[:], WarnOnly: true}
+	refs[14] = measurements.Measurement{Expected: other[:], WarnOnly: true} // not a required PCR
 	nonce := newNonce(t)
 	doc, err := n.issuer.Issue(context.Background(), nil, nonce)
 	require.NoError(t, err)
-	res, err := newValidator(t, ValidatorConfig{Measurements: refs}).ValidateDetailed(context.Background(), doc, nonce)
+	res, err := newValidator(t, ValidatorConfig{Measurements: refs, AKRoots: vtpmtest.AKRoots(t)}).ValidateDetailed(context.Background(), doc, nonce)
 	require.NoError(t, err)
 	require.Len(t, res.Warnings, 1)
-	assert.Equal(t, uint32(12), res.Warnings[0].PCR)
+	assert.Equal(t, uint32(14), res.Warnings[0].PCR)
 	assert.True(t, res.Warnings[0].WarnOnly)
 }
 
@@ -111,7 +115,7 @@ func TestMismatchNamesPCRAndEvents(t *testing.T) {
 	nonce := newNonce(t)
 	doc, err := n.issuer.Issue(context.Background(), nil, nonce)
 	require.NoError(t, err)
-	_, err = newValidator(t, ValidatorConfig{Measurements: want.refs}).Validate(context.Background(), doc, nonce)
+	_, err = newValidator(t, ValidatorConfig{Measurements: want.refs, AKRoots: vtpmtest.AKRoots(t)}).Validate(context.Background(), doc, nonce)
 	require.ErrorIs(t, err, attestation.ErrMeasurementMismatch)
 	var verr *attestation.ValidationError
 	require.ErrorAs(t, err, &verr)
@@ -132,12 +136,37 @@ func TestNewValidatorRequiresReferences(t *testing.T) {
 	n := newNode(t, boot)
 	refs := n.refs.Clone()
 	delete(refs, 11)
-	_, err := NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: refs})
+	_, err := NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: refs, AKRoots: vtpmtest.AKRoots(t)})
 	require.ErrorIs(t, err, ErrMissingReference)
 	assert.Contains(t, err.Error(), "[11]")
 
 	_, err = NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: measurements.M{4: {Expected: []byte{1}}}, Required: []uint32{}})
 	assert.ErrorContains(t, err, "PCR 4: expected value must be 32 bytes")
+}
+
+// The zero value of every option is the strict one; the escape hatches are named.
+func TestNewValidatorIsStrictByDefault(t *testing.T) {
+	n := newNode(t, boot)
+	_, err := NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: n.refs})
+	require.ErrorIs(t, err, ErrNoAKTrust, "nothing vouches for the AK: a software key would pass")
+
+	_, err = NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: n.refs, AllowUnverifiedAK: true})
+	require.NoError(t, err, "the escape hatch is named")
+
+	refs := n.refs.Clone()
+	refs[12] = measurements.Measurement{Expected: refs[12].Expected, WarnOnly: true}
+	_, err = NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: refs, AKRoots: vtpmtest.AKRoots(t)})
+	require.ErrorIs(t, err, ErrWarnOnlyRequired, "a warn-only required PCR enforces nothing")
+	assert.ErrorContains(t, err, "[12]")
+	_, err = NewValidator(variant.QEMUVTPM, ValidatorConfig{Measurements: refs, AKRoots: vtpmtest.AKRoots(t), AllowWarnOnlyRequired: true})
+	require.NoError(t, err)
+
+	// A Validator made without NewValidator accepts nothing.
+	nonce := newNonce(t)
+	doc, err := n.issuer.Issue(context.Background(), nil, nonce)
+	require.NoError(t, err)
+	_, err = (&Validator{cfg: ValidatorConfig{Measurements: n.refs}}).Validate(context.Background(), doc, nonce)
+	require.ErrorIs(t, err, ErrNoAKTrust)
 }
 
 func decode(t *testing.T, raw []byte) *Document {
@@ -174,7 +203,9 @@ func TestAttackMatrix(t *testing.T) {
 	var err error
 	f.doc, err = f.node.issuer.Issue(context.Background(), []byte("user data"), f.nonce)
 	require.NoError(t, err)
-	good := func(f *fixture) ValidatorConfig { return ValidatorConfig{Measurements: f.node.refs} }
+	good := func(f *fixture) ValidatorConfig {
+		return ValidatorConfig{Measurements: f.node.refs, AKRoots: vtpmtest.AKRoots(t)}
+	}
 
 	matrix := map[string]forgery{
 		"wrong nonce": {
@@ -223,7 +254,64 @@ func TestAttackMatrix(t *testing.T) {
 				d.AKPublic = decode(t, otherDoc).AKPublic
 				return encode(t, d), f.nonce, good(f)
 			},
+			wantErr: ErrUntrustedAK,
+			wantMsg: "for another key",
+		},
+		"AK and its certificate replaced, quote kept": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				otherDoc, err := f.other.issuer.Issue(context.Background(), []byte("user data"), f.nonce)
+				require.NoError(t, err)
+				d := decode(t, f.doc)
+				d.AKPublic, d.AKCert = decode(t, otherDoc).AKPublic, decode(t, otherDoc).AKCert
+				return encode(t, d), f.nonce, good(f)
+			},
 			wantErr: ErrQuoteSignature,
+		},
+		"software key as the AK": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				return forgeWithSoftwareAK(t, f, nil), f.nonce, good(f)
+			},
+			wantErr: ErrUntrustedAK,
+			wantMsg: "carries none",
+		},
+		"software key as the AK, certified by the attacker's CA": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				attackerCA, err := manufacturer.NewCA("vtpmtest platform CA") // same name, other key
+				require.NoError(t, err)
+				return forgeWithSoftwareAK(t, f, attackerCA), f.nonce, good(f)
+			},
+			wantErr: akcert.ErrCertificate,
+			wantMsg: "unknown authority",
+		},
+		"certificate of another vTPM": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				otherDoc, err := f.other.issuer.Issue(context.Background(), []byte("user data"), f.nonce)
+				require.NoError(t, err)
+				d := decode(t, f.doc)
+				d.AKCert = decode(t, otherDoc).AKCert
+				return encode(t, d), f.nonce, good(f)
+			},
+			wantErr: akcert.ErrCertificate,
+			wantMsg: "for another key",
+		},
+		"the vTPM's EK certificate as the AK certificate": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				ek, err := akcert.ReadNV(f.node.tpm, manufacturer.ECCEKCertNVIndex)
+				require.NoError(t, err)
+				d := decode(t, f.doc)
+				d.AKCert = ek
+				return encode(t, d), f.nonce, good(f)
+			},
+			wantErr: akcert.ErrCertificate,
+			wantMsg: "not an attestation key certificate",
+		},
+		"AK certificate stripped": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				d := decode(t, f.doc)
+				d.AKCert = nil
+				return encode(t, d), f.nonce, good(f)
+			},
+			wantErr: akcert.ErrCertificate,
 		},
 		"AK that can sign arbitrary data": {
 			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
@@ -327,13 +415,11 @@ func TestAttackMatrix(t *testing.T) {
 			},
 			wantErr: ErrEventLogMismatch,
 		},
-		"event log stripped where one is required": {
+		"event log stripped": {
 			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
 				d := decode(t, f.doc)
 				d.EventLog = nil
-				cfg := good(f)
-				cfg.RequireEventLog = true
-				return encode(t, d), f.nonce, cfg
+				return encode(t, d), f.nonce, good(f)
 			},
 			wantErr: ErrNoEventLog,
 		},
@@ -342,7 +428,7 @@ func TestAttackMatrix(t *testing.T) {
 				refs := f.node.refs.Clone()
 				other := sha256.Sum256([]byte("the published kernel command line"))
 				refs[9] = measurements.Measurement{Expected: other[:]}
-				return f.doc, f.nonce, ValidatorConfig{Measurements: refs}
+				return f.doc, f.nonce, ValidatorConfig{Measurements: refs, AKRoots: vtpmtest.AKRoots(t)}
 			},
 			wantErr: attestation.ErrMeasurementMismatch,
 			wantMsg: "PCR 9 (enforced)",
@@ -354,7 +440,7 @@ func TestAttackMatrix(t *testing.T) {
 				require.NoError(t, tpm.Extend(n.tpm, measurements.PCRClusterID, ev))
 				doc, err := n.issuer.Issue(context.Background(), nil, f.nonce)
 				require.NoError(t, err)
-				return doc, f.nonce, ValidatorConfig{Measurements: f.node.refs.WithFreshNode()}
+				return doc, f.nonce, ValidatorConfig{Measurements: f.node.refs.WithFreshNode(), AKRoots: vtpmtest.AKRoots(t)}
 			},
 			wantErr: attestation.ErrMeasurementMismatch,
 			wantMsg: "PCR 15 (enforced)",
@@ -367,7 +453,7 @@ func TestAttackMatrix(t *testing.T) {
 				require.NoError(t, err)
 				refs, err := f.node.refs.WithClusterID([]byte("cluster B"))
 				require.NoError(t, err)
-				return doc, f.nonce, ValidatorConfig{Measurements: refs}
+				return doc, f.nonce, ValidatorConfig{Measurements: refs, AKRoots: vtpmtest.AKRoots(t)}
 			},
 			wantErr: attestation.ErrMeasurementMismatch,
 			wantMsg: "PCR 15 (enforced)",
@@ -485,6 +571,54 @@ func forgeWithHashTicket(t *testing.T, f *fixture) []byte {
 	return encode(t, d)
 }
 
+// forgeWithSoftwareAK is the attack on an unverified AK: a software ECDSA key wrapped in the attributes
+// of a restricted TPM signing key, and a TPMS_ATTEST the attacker wrote (claiming the reference PCRs, with
+// the right magic: software can write anything) signed with it. With ca, the attacker also certifies the key.
+func forgeWithSoftwareAK(t *testing.T, f *fixture, ca *manufacturer.CA) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	pub := akTemplate
+	pub.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: key.X.FillBytes(make([]byte, 32))},
+		Y: tpm2.TPM2BECCParameter{Buffer: key.Y.FillBytes(make([]byte, 32))},
+	})
+	d := decode(t, f.doc)
+	digest := sha256.Sum256(d.Quote.Quoted) // the real quote's structure, re-signed: any content would do
+	r, sigS, err := ecdsa.Sign(rand.Reader, key, digest[:])
+	require.NoError(t, err)
+	d.AKPublic = tpm2.Marshal(tpm2.New2B(pub))
+	d.Quote.Signature = tpm2.Marshal(tpm2.TPMTSignature{
+		SigAlg: tpm2.TPMAlgECDSA,
+		Signature: tpm2.NewTPMUSignature(tpm2.TPMAlgECDSA, &tpm2.TPMSSignatureECC{
+			Hash:       tpm2.TPMAlgSHA256,
+			SignatureR: tpm2.TPM2BECCParameter{Buffer: r.Bytes()},
+			SignatureS: tpm2.TPM2BECCParameter{Buffer: sigS.Bytes()},
+		}),
+	})
+	d.AKCert = nil
+	if ca != nil {
+		d.AKCert, err = ca.IssueAKCertificate(&key.PublicKey, "attacker")
+		require.NoError(t, err)
+	}
+	return encode(t, d)
+}
+
+// A software AK is a complete forgery wherever nothing vouches for the AK: this is what AKRoots closes.
+func TestSoftwareAKPassesOnlyWithoutTrustRoot(t *testing.T) {
+	f := &fixture{node: newNode(t, boot), nonce: newNonce(t)}
+	var err error
+	f.doc, err = f.node.issuer.Issue(context.Background(), []byte("user data"), f.nonce)
+	require.NoError(t, err)
+	forged := forgeWithSoftwareAK(t, f, nil)
+	unverified := newValidator(t, ValidatorConfig{Measurements: f.node.refs, AllowUnverifiedAK: true})
+	userData, err := unverified.Validate(context.Background(), forged, f.nonce)
+	require.NoError(t, err, "without a trust root the forgery passes: the attack is real")
+	assert.Equal(t, []byte("user data"), userData)
+	_, err = newValidator(t, ValidatorConfig{Measurements: f.node.refs, AKRoots: vtpmtest.AKRoots(t)}).Validate(context.Background(), forged, f.nonce)
+	require.ErrorIs(t, err, ErrUntrustedAK)
+}
+
 // forgeSHA1Quote has the node's real AK quote the SHA-1 bank, properly bound to the nonce.
 func forgeSHA1Quote(t *testing.T, f *fixture) []byte {
 	t.Helper()
@@ -511,7 +645,7 @@ func forgeSHA1Quote(t *testing.T, f *fixture) []byte {
 func TestIssuerSeesPCRChanges(t *testing.T) {
 	n := newNode(t, boot)
 	nonce := newNonce(t)
-	v := newValidator(t, ValidatorConfig{Measurements: n.refs})
+	v := newValidator(t, ValidatorConfig{Measurements: n.refs, AKRoots: vtpmtest.AKRoots(t)})
 	first, err := n.issuer.Issue(context.Background(), nil, nonce)
 	require.NoError(t, err)
 	_, err = v.Validate(context.Background(), first, nonce)

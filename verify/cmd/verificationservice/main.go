@@ -34,6 +34,7 @@ func run(args []string) error {
 	variantName := fs.String("variant", variant.QEMUVTPM.String(), "attestation variant")
 	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "TPM address (device:<path> or swtpm:<socket>)")
 	eventLog := fs.String("event-log", vtpm.DefaultEventLogPath, "TCG event log to attach")
+	nodeName := fs.String("node-name", "", "this node's name, which every answer is bound to (the DaemonSet sets it from spec.nodeName)")
 	logLevel, logFormat := service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "VERIFICATIONSERVICE", args); err != nil {
 		return err
@@ -45,6 +46,9 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	if *nodeName == "" {
+		return fmt.Errorf("--node-name (or VERIFICATIONSERVICE_NODE_NAME) is required: answers are bound to the node")
+	}
 	v, err := variant.FromString(*variantName)
 	if err != nil {
 		return err
@@ -60,7 +64,7 @@ func run(args []string) error {
 	}
 
 	reg := service.NewRegistry()
-	srv := server.New(issuer, log, reg)
+	srv := server.New(issuer, *nodeName, log, reg)
 	g := grpc.NewServer()
 	srv.Register(g)
 	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{

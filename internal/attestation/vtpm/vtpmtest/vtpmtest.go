@@ -3,12 +3,17 @@
 package vtpmtest
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/sha256"
+	"crypto/x509"
+	"sync"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/launcher"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/tpm"
@@ -58,6 +63,10 @@ func NewNode(t testing.TB, events []Event) *Node {
 		t.Fatalf("opening swtpm: %v", err)
 	}
 	t.Cleanup(func() { _ = tp.Close() })
+	// The platform certifies the vTPM before anything runs on it, as the local provider does.
+	if err := PlatformCA(t).Manufacture(tp, "test-node"); err != nil {
+		t.Fatalf("certifying the test vTPM: %v", err)
+	}
 	b := eventlog.NewBuilder()
 	measured := make([]boot.Event, len(events))
 	for i, ev := range events {
@@ -68,6 +77,36 @@ func NewNode(t testing.TB, events []Event) *Node {
 		t.Fatalf("measuring test boot: %v", err)
 	}
 	return &Node{TPM: tp, Address: p.Address(), EventLog: b.Bytes()}
+}
+
+// platformCA is the platform CA of every test node. Its key is fixed, so that a test binary trusts the
+// nodes its child processes made (each makes its own CA object, of the same key).
+var platformCA = sync.OnceValues(func() (*manufacturer.CA, error) {
+	scalar := sha256.Sum256([]byte("vtpmtest platform CA key; for tests only"))
+	key, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), scalar[:])
+	if err != nil {
+		return nil, err
+	}
+	return manufacturer.NewCAWithKey("vtpmtest platform CA", key)
+})
+
+// PlatformCAForProcess returns the CA that certifies every NewNode's vTPM, outside a test function.
+func PlatformCAForProcess() (*manufacturer.CA, error) { return platformCA() }
+
+// PlatformCA returns the CA that certified every NewNode's vTPM.
+func PlatformCA(t testing.TB) *manufacturer.CA {
+	t.Helper()
+	ca, err := platformCA()
+	if err != nil {
+		t.Fatalf("creating the test platform CA: %v", err)
+	}
+	return ca
+}
+
+// AKRoots returns the roots a validator needs to trust NewNode's attestation keys.
+func AKRoots(t testing.TB) []*x509.Certificate {
+	t.Helper()
+	return []*x509.Certificate{PlatformCA(t).Certificate()}
 }
 
 // ReferenceValues returns what a node that measured events shows in the default enforced PCRs (PCR 15 as on

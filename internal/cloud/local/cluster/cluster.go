@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
@@ -48,7 +49,9 @@ type Config struct {
 	Extra []ExtraSet
 	// BootstrapperArgs are passed to every node's bootstrapper.
 	BootstrapperArgs []string
-	Log              *slog.Logger
+	// PlatformCA certifies the nodes' vTPMs.
+	PlatformCA *manufacturer.CA
+	Log        *slog.Logger
 }
 
 // ExtraSet is a component set served from Dir.
@@ -211,7 +214,7 @@ func (c *Cluster) nodeConfig(n NodeSpec) node.Config {
 	}
 	return node.Config{
 		Cluster: c.cfg.Name, Name: n.Name, Index: c.index[n.Name], Network: c.net, ImageDir: img,
-		MetadataURL:      MetadataURL(c.net.BridgeAddr()),
+		MetadataURL: MetadataURL(c.net.BridgeAddr()), PlatformCA: c.cfg.PlatformCA,
 		BootstrapperArgs: c.cfg.BootstrapperArgs, Log: c.log.With("node", n.Name),
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,6 +36,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
@@ -64,9 +66,11 @@ func TestTwoNodeCluster(t *testing.T) {
 
 	secret := randomBytes(t, 32)
 	name := localtest.ClusterName(t)
+	ca, err := manufacturer.NewCA(name + " platform CA")
+	require.NoError(t, err)
 	cfg := Config{
 		Name: name, BridgeCIDR: localtest.BridgeCIDR(t), ImageDir: img, KubernetesVersion: versions.DefaultKubernetes,
-		InitSecret: secret, Extra: []ExtraSet{extra}, Log: log,
+		InitSecret: secret, Extra: []ExtraSet{extra}, Log: log, PlatformCA: ca,
 		Nodes: []NodeSpec{
 			{Name: "cp-0", Role: metadata.RoleControlPlane},
 			{Name: "worker-0", Role: metadata.RoleWorker},
@@ -103,7 +107,7 @@ func TestTwoNodeCluster(t *testing.T) {
 	require.NoError(t, err)
 
 	// Init, as the CLI does: the node must show the image's predicted PCRs and PCR 15 zero.
-	client := initClient(t, cpIP, predicted(t, img))
+	client := initClient(t, cpIP, predicted(t, img), ca)
 	initStart := time.Now()
 	stream, err := client.Init(ctx, &initproto.InitRequest{
 		InitSecret: secret, MasterSecret: randomBytes(t, 32), Salt: randomBytes(t, 32),
@@ -213,9 +217,9 @@ func predicted(t *testing.T, img string) ref.M {
 	return m
 }
 
-func initClient(t *testing.T, ip netip.Addr, refs ref.M) initproto.APIClient {
+func initClient(t *testing.T, ip netip.Addr, refs ref.M, ca *manufacturer.CA) initproto.APIClient {
 	t.Helper()
-	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: refs, RequireEventLog: true})
+	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{Measurements: refs, AKRoots: []*x509.Certificate{ca.Certificate()}})
 	require.NoError(t, err)
 	creds, err := atls.NewCredentials(nil, []attestation.Validator{validator})
 	require.NoError(t, err)

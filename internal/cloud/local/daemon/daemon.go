@@ -34,6 +34,7 @@ import (
 
 	"github.com/spf13/afero"
 
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
@@ -70,6 +71,20 @@ func Dir(cluster string) string { return filepath.Join(node.DefaultStateRoot, cl
 func specFile(cluster string) string     { return filepath.Join(Dir(cluster), "provider.json") }
 func instancesDir(cluster string) string { return filepath.Join(Dir(cluster), "instances") }
 func pidFile(cluster string) string      { return filepath.Join(Dir(cluster), "daemon.json") }
+
+// PlatformCA returns the CA that certifies the cluster's vTPMs, kept beside the provider's files
+// (platform-ca.key, 0600, and platform-ca.crt; node names are DNS labels and never clash with them). With
+// create, a missing CA is made; otherwise it must exist: only the network resource creates it, so that the
+// CA in Terraform's state is the one that certified the nodes.
+func PlatformCA(cluster string, create bool) (*manufacturer.CA, error) {
+	if create {
+		if err := os.MkdirAll(Dir(cluster), 0o700); err != nil {
+			return nil, err
+		}
+		return manufacturer.LoadOrCreateCA(Dir(cluster), cluster+" local platform CA")
+	}
+	return manufacturer.LoadCA(Dir(cluster))
+}
 
 // ProviderLogFile is the Terraform provider's log.
 func ProviderLogFile(cluster string) string { return filepath.Join(Dir(cluster), "provider.log") }
@@ -251,8 +266,9 @@ func Stop(ctx context.Context, cluster string) error {
 // and the cluster's directory once it is empty. The daemon must be stopped.
 func Remove(cluster string) error {
 	var errs []error
+	caKey, caCert := manufacturer.Files(Dir(cluster))
 	for _, p := range []string{specFile(cluster), instancesDir(cluster), pidFile(cluster), LogFile(cluster), ProviderLogFile(cluster),
-		filepath.Join(Dir(cluster), ".lock")} {
+		filepath.Join(Dir(cluster), ".lock"), caKey, caCert} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}

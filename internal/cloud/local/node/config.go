@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 	"github.com/constellation-go/constellation/measurements"
 )
@@ -99,6 +100,10 @@ type Config struct {
 	ImageDir string
 	// LaunchOptions selects the boot the launcher imitates; it must match the reference values.
 	LaunchOptions measurements.Options
+	// PlatformCA certifies the node's vTPM when it is new (package manufacturer): the platform is the
+	// vTPM's manufacturer. Start requires it (a node whose attestation key nothing vouches for is refused
+	// anyway); Stop and Destroy do not need it.
+	PlatformCA *manufacturer.CA
 	// StateDir is the node's state directory on the host; empty means DefaultStateRoot/<cluster>/<node>.
 	StateDir string
 	// MetadataURL is the metadata API's base URL, handed to the bootstrapper.

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 )
@@ -31,6 +32,7 @@ type testCluster struct {
 	nodes    map[string]Config
 	cgroups  map[string][]string
 	mounts   []string
+	ca       *manufacturer.CA
 }
 
 func newTestCluster(t *testing.T, imageDir string) *testCluster {
@@ -38,6 +40,9 @@ func newTestCluster(t *testing.T, imageDir string) *testCluster {
 	localtest.NeedRoot(t)
 	c := &testCluster{dir: localtest.TempDir(t), imageDir: imageDir, nodes: map[string]Config{}, cgroups: map[string][]string{}}
 	c.mounts = localtest.Mounts(t)
+	var err error
+	c.ca, err = manufacturer.NewCA("node test platform CA")
+	require.NoError(t, err)
 	cluster := localtest.ClusterName(t)
 	for range 10 {
 		n, err := network.New(network.Config{Cluster: cluster, BridgeCIDR: localtest.BridgeCIDR(t)})
@@ -60,7 +65,7 @@ func (c *testCluster) config(name string, index int) Config {
 		Cluster: c.net.Config().Cluster, Name: name, Index: index, Network: c.net, ImageDir: c.imageDir,
 		StateDir: filepath.Join(c.dir, name), StateDiskSize: 64 << 20,
 		MetadataURL: "http://" + net.JoinHostPort(c.net.BridgeAddr().String(), "9080"),
-		StopTimeout: 20 * time.Second,
+		StopTimeout: 20 * time.Second, PlatformCA: c.ca,
 	}
 	if testing.Verbose() {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 )
 
@@ -62,9 +63,13 @@ func startOnly(params string) error {
 	if err != nil {
 		return err
 	}
+	ca, err := manufacturer.NewCA("node test platform CA")
+	if err != nil {
+		return err
+	}
 	node, err := Start(context.Background(), Config{
 		Cluster: p.Cluster, Name: p.Name, Index: p.Index, Network: n, ImageDir: p.ImageDir, StateDir: p.StateDir,
-		StateDiskSize: 64 << 20,
+		StateDiskSize: 64 << 20, PlatformCA: ca,
 	})
 	if err != nil {
 		return err

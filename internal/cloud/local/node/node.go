@@ -132,6 +132,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err := cfg.complete(); err != nil {
 		return nil, fmt.Errorf("starting node: %w", err)
 	}
+	if cfg.PlatformCA == nil {
+		return nil, fmt.Errorf("starting node %s: no platform CA to certify its vTPM", cfg.Name)
+	}
 	t0 := time.Now()
 	log := cfg.Log.With("node", cfg.Name)
 	l := layout{cfg.StateDir}
@@ -187,6 +190,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		return nil, err
 	}
 	defer vtpm.Close()
+	// The platform certifies a new vTPM (and leaves one it certified before alone) before the node's
+	// software can touch it.
+	if err := cfg.PlatformCA.Manufacture(vtpm, cfg.Name); err != nil {
+		return nil, fmt.Errorf("certifying the vTPM: %w", err)
+	}
 	boot, err := launcher.Launch(ctx, launcher.Config{ImageDir: cfg.ImageDir, TPM: vtpm, EventLog: l.eventLog(), Options: cfg.LaunchOptions})
 	if err != nil {
 		return nil, err
