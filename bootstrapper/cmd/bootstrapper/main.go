@@ -242,7 +242,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	joinCreds, err := atls.NewCredentials(issuer, nil)
+	// Mutual aTLS: the node takes nothing from a JoinService that is not a control plane of its own image
+	// in a cluster.
+	serviceValidator, err := joinclient.NewServiceValidator(v, t)
+	if err != nil {
+		return err
+	}
+	joinCreds, err := atls.NewCredentials(issuer, []attestation.Validator{serviceValidator})
 	if err != nil {
 		return err
 	}

@@ -386,42 +386,46 @@ func keyService(cfg Config) *appsv1.DaemonSet {
 }
 
 func joinService(cfg Config) *appsv1.DaemonSet {
+	container := corev1.Container{
+		Name:  JoinServiceName,
+		Image: cfg.Images.JoinService,
+		Args: []string{
+			"--grpc-addr=:" + strconv.Itoa(joinServiceGRPCPort),
+			"--http-addr=:" + strconv.Itoa(joinServiceHTTPPort),
+			"--keyservice-addr=" + KeyServiceAddr,
+			"--attestation-config=" + path.Join(attestationMount, attestationConfigFile),
+			"--pki-dir=" + pkiDir,
+			"--api-endpoint=" + cfg.APIServerEndpoint,
+			"--measurement-salt=" + path.Join(mastersecretMount, MeasurementSaltKey),
+			"--kubernetes-version=" + cfg.KubernetesVersion,
+			"--components=" + path.Join(joinConfigMount, ComponentsKey),
+		},
+		// In-cluster configuration, but with the API server on this very node rather than the
+		// kubernetes Service, which needs kube-proxy.
+		Env: []corev1.EnvVar{
+			{Name: "KUBERNETES_SERVICE_HOST", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
+			{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiServerPort)},
+		},
+		Ports:          []corev1.ContainerPort{hostPort(joinServiceGRPCPort), hostPort(joinServiceHTTPPort)},
+		ReadinessProbe: healthProbe("", joinServiceHTTPPort),
+		// The cluster CA's key is readable by root only (kubeadm writes it 0600); the image's default
+		// user is unprivileged.
+		SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(0)), RunAsGroup: ptr(int64(0))},
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: "pki", MountPath: pkiDir, ReadOnly: true},
+			{Name: "attestation", MountPath: attestationMount, ReadOnly: true},
+			{Name: "salt", MountPath: mastersecretMount, ReadOnly: true},
+			{Name: "join", MountPath: joinConfigMount, ReadOnly: true},
+		},
+	}
+	// The JoinService attests to joining nodes too (mutual aTLS): a node accepts a disk key and components
+	// only from a control plane of its own image that belongs to a cluster.
+	attestationVolumes := withAttestation(cfg, &container)
 	return daemonSet(JoinServiceName, priorityClusterCritical, corev1.PodSpec{
 		NodeSelector:       controlPlanesOnly(),
 		ServiceAccountName: JoinServiceName,
-		Containers: []corev1.Container{{
-			Name:  JoinServiceName,
-			Image: cfg.Images.JoinService,
-			Args: []string{
-				"--grpc-addr=:" + strconv.Itoa(joinServiceGRPCPort),
-				"--http-addr=:" + strconv.Itoa(joinServiceHTTPPort),
-				"--keyservice-addr=" + KeyServiceAddr,
-				"--attestation-config=" + path.Join(attestationMount, attestationConfigFile),
-				"--pki-dir=" + pkiDir,
-				"--api-endpoint=" + cfg.APIServerEndpoint,
-				"--measurement-salt=" + path.Join(mastersecretMount, MeasurementSaltKey),
-				"--kubernetes-version=" + cfg.KubernetesVersion,
-				"--components=" + path.Join(joinConfigMount, ComponentsKey),
-			},
-			// In-cluster configuration, but with the API server on this very node rather than the
-			// kubernetes Service, which needs kube-proxy.
-			Env: []corev1.EnvVar{
-				{Name: "KUBERNETES_SERVICE_HOST", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
-				{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiServerPort)},
-			},
-			Ports:          []corev1.ContainerPort{hostPort(joinServiceGRPCPort), hostPort(joinServiceHTTPPort)},
-			ReadinessProbe: healthProbe("", joinServiceHTTPPort),
-			// The cluster CA's key is readable by root only (kubeadm writes it 0600); the image's default
-			// user is unprivileged.
-			SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(0)), RunAsGroup: ptr(int64(0))},
-			VolumeMounts: []corev1.VolumeMount{
-				{Name: "pki", MountPath: pkiDir, ReadOnly: true},
-				{Name: "attestation", MountPath: attestationMount, ReadOnly: true},
-				{Name: "salt", MountPath: mastersecretMount, ReadOnly: true},
-				{Name: "join", MountPath: joinConfigMount, ReadOnly: true},
-			},
-		}},
-		Volumes: []corev1.Volume{
+		Containers:         []corev1.Container{container},
+		Volumes: append([]corev1.Volume{
 			{Name: "pki", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: pkiDir, Type: ptr(corev1.HostPathDirectory)}}},
 			{Name: "attestation", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 				LocalObjectReference: corev1.LocalObjectReference{Name: AttestationConfigName},
@@ -434,21 +438,17 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 			{Name: "join", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 				LocalObjectReference: corev1.LocalObjectReference{Name: JoinConfigName},
 			}}},
-		},
+		}, attestationVolumes...),
 	})
 }
 
 func verificationService(cfg Config) *appsv1.DaemonSet {
-	eventLogDir := path.Dir(cfg.EventLogPath)
 	container := corev1.Container{
 		Name:  VerificationServiceName,
 		Image: cfg.Images.VerificationService,
 		Args: []string{
 			"--grpc-addr=:" + strconv.Itoa(verificationServiceGRPCPort),
 			"--http-addr=:" + strconv.Itoa(verificationServiceHTTPPort),
-			"--variant=" + cfg.Variant,
-			"--tpm=" + cfg.TPMAddress,
-			"--event-log=" + cfg.EventLogPath,
 		},
 		// Every answer is bound to the node's name (verifyproto.Binding).
 		Env: []corev1.EnvVar{{Name: "VERIFICATIONSERVICE_NODE_NAME", ValueFrom: &corev1.EnvVarSource{
@@ -456,9 +456,22 @@ func verificationService(cfg Config) *appsv1.DaemonSet {
 		}}},
 		Ports:         []corev1.ContainerPort{hostPort(verificationServiceGRPCPort), hostPort(verificationServiceHTTPPort)},
 		LivenessProbe: healthProbe("", verificationServiceHTTPPort),
-		// The event log's directory, not the file: the node runtime replaces the file as boot progresses.
-		VolumeMounts: []corev1.VolumeMount{{Name: verificationEventLogMountName, MountPath: eventLogDir, ReadOnly: true}},
 	}
+	volumes := withAttestation(cfg, &container)
+	return daemonSet(VerificationServiceName, priorityNodeCritical, corev1.PodSpec{
+		AutomountServiceAccountToken: ptr(false),
+		Containers:                   []corev1.Container{container},
+		Volumes:                      volumes,
+	})
+}
+
+// withAttestation gives a container the node's TPM and event log, and the flags to issue attestations with
+// them (--variant, --tpm, --event-log); it returns the volumes the pod needs for that.
+func withAttestation(cfg Config, container *corev1.Container) []corev1.Volume {
+	eventLogDir := path.Dir(cfg.EventLogPath)
+	container.Args = append(container.Args, "--variant="+cfg.Variant, "--tpm="+cfg.TPMAddress, "--event-log="+cfg.EventLogPath)
+	// The event log's directory, not the file: the node runtime replaces the file as boot progresses.
+	container.VolumeMounts = append(container.VolumeMounts, corev1.VolumeMount{Name: verificationEventLogMountName, MountPath: eventLogDir, ReadOnly: true})
 	volumes := []corev1.Volume{{Name: verificationEventLogMountName, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
 		Path: eventLogDir, Type: ptr(corev1.HostPathDirectory),
 	}}}}
@@ -476,18 +489,17 @@ func verificationService(cfg Config) *appsv1.DaemonSet {
 			Path: dev, Type: ptr(corev1.HostPathCharDev),
 		}}})
 		// A device node is only usable from a container that the device cgroup lets at it.
-		container.SecurityContext = &corev1.SecurityContext{Privileged: ptr(true)}
+		if container.SecurityContext == nil {
+			container.SecurityContext = &corev1.SecurityContext{}
+		}
+		container.SecurityContext.Privileged = ptr(true)
 	}
 	// The TPM and the event log belong to root on every node (as securityfs' log does on real hosts).
 	if container.SecurityContext == nil {
 		container.SecurityContext = &corev1.SecurityContext{}
 	}
 	container.SecurityContext.RunAsUser, container.SecurityContext.RunAsGroup = ptr(int64(0)), ptr(int64(0))
-	return daemonSet(VerificationServiceName, priorityNodeCritical, corev1.PodSpec{
-		AutomountServiceAccountToken: ptr(false),
-		Containers:                   []corev1.Container{container},
-		Volumes:                      volumes,
-	})
+	return volumes
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -27,6 +27,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/measurements"
@@ -85,14 +86,29 @@ func (f *fakeJoinService) callTimes() []time.Time {
 	return append([]time.Time(nil), f.calls...)
 }
 
-// serve runs the JoinService on 127.0.0.1 and returns its port.
+// joinServiceClusterID is the cluster the JoinService's control plane belongs to.
+var joinServiceClusterID = bytes.Repeat([]byte{0x77}, 32)
+
+// serve runs the JoinService on 127.0.0.1, on a control plane of the published image that belongs to a
+// cluster, and returns its port.
 func serve(t *testing.T, svc joinproto.APIServer) int {
+	t.Helper()
+	cp := vtpmtest.NewNode(t, vtpmtest.Boot)
+	require.NoError(t, tpm.Extend(cp.TPM, measurements.PCRClusterID, measurements.ClusterIDEvent(joinServiceClusterID)))
+	return serveOn(t, svc, cp)
+}
+
+// serveOn runs the JoinService attesting with node's vTPM.
+func serveOn(t *testing.T, svc joinproto.APIServer, node *vtpmtest.Node) int {
 	t.Helper()
 	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
 		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t),
 	})
 	require.NoError(t, err)
-	creds, err := atls.NewCredentials(nil, []attestation.Validator{validator})
+	log := node.EventLog
+	issuer := vtpm.NewIssuer(variant.QEMUVTPM, node.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
+	t.Cleanup(issuer.Close)
+	creds, err := atls.NewCredentials(issuer, []attestation.Validator{validator})
 	require.NoError(t, err)
 	g := grpc.NewServer(grpc.Creds(creds))
 	joinproto.RegisterAPIServer(g, svc)
@@ -163,7 +179,9 @@ func newNode(t *testing.T, events []vtpmtest.Event, port int) *testNode {
 	log := node.EventLog
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, node.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
 	t.Cleanup(issuer.Close)
-	creds, err := atls.NewCredentials(issuer, nil)
+	service, err := NewServiceValidator(variant.QEMUVTPM, node.TPM)
+	require.NoError(t, err)
+	creds, err := atls.NewCredentials(issuer, []attestation.Validator{service})
 	require.NoError(t, err)
 	n := &testNode{lock: nodelock.New(node.TPM), tpm: node, joiner: &fakeJoiner{}}
 	n.md = &fakeMetadata{
@@ -270,6 +288,34 @@ func TestTamperedNodeNeverJoins(t *testing.T) {
 	assert.Empty(t, svc.callTimes(), "the JoinService refused the handshake")
 	assert.False(t, n.joiner.joined())
 	assert.Equal(t, []byte(measurements.Zero), n.pcr15(t))
+}
+
+// An impostor on the JoinService's port gets nothing from the node and gives it nothing: the node checks
+// the JoinService's attestation before it sends its request (and so before it could take a key).
+func TestImpostorJoinServiceIsRefused(t *testing.T) {
+	otherCA, err := manufacturer.NewCA("another platform CA")
+	require.NoError(t, err)
+	locked := func(n *vtpmtest.Node) *vtpmtest.Node {
+		require.NoError(t, tpm.Extend(n.TPM, measurements.PCRClusterID, measurements.ClusterIDEvent(joinServiceClusterID)))
+		return n
+	}
+	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: eventlog.EvIPL, Data: "console=ttyS0 init=/bin/sh"})
+	testCases := map[string]*vtpmtest.Node{
+		"a node of another image":                 locked(vtpmtest.NewNode(t, tampered)),
+		"a node that belongs to no cluster":       vtpmtest.NewNode(t, vtpmtest.Boot),
+		"a node whose vTPM another platform made": locked(vtpmtest.NewNodeWithCA(t, vtpmtest.Boot, otherCA)),
+	}
+	for name, impostor := range testCases {
+		t.Run(name, func(t *testing.T) {
+			svc := &fakeJoinService{}
+			n := newNode(t, vtpmtest.Boot, serveOn(t, svc, impostor))
+			err := run(t, n.client, 500*time.Millisecond)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.Empty(t, svc.callTimes(), "the node sent no request")
+			assert.False(t, n.joiner.joined(), "the node took no ticket")
+			assert.Equal(t, []byte(measurements.Zero), n.pcr15(t), "and no lock")
+		})
+	}
 }
 
 func TestNoControlPlaneYet(t *testing.T) {

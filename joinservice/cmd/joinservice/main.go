@@ -23,7 +23,11 @@ import (
 
 	"github.com/constellation-go/constellation/internal/atls"
 	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/choose"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/service"
+	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 	"github.com/constellation-go/constellation/joinservice/kubeadm"
@@ -51,6 +55,9 @@ func run(args []string) error {
 	saltFile := fs.String("measurement-salt", "/var/run/constellation/mastersecret/measurementSalt", "measurement salt file")
 	k8sVersion := fs.String("kubernetes-version", "", "Kubernetes version joining nodes install")
 	componentsFile := fs.String("components", "", "JSON list of components (url, hash, installPath, extract)")
+	variantName := fs.String("variant", variant.QEMUVTPM.String(), "attestation variant of this node, which attests to joining nodes")
+	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "this node's TPM (device:<path> or swtpm:<socket>)")
+	eventLog := fs.String("event-log", vtpm.DefaultEventLogPath, "this node's TCG event log")
 	logLevel, logFormat := service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "JOINSERVICE", args); err != nil {
 		return err
@@ -102,10 +109,23 @@ func run(args []string) error {
 		KubernetesVersion: *k8sVersion, Components: comps, PKIDir: *pkiDir,
 	}, server.NewKeyServiceClient(keyserviceproto.NewAPIClient(keyConn)), kubeadm.NewTokenIssuer(client),
 		kubeadm.NewCSRSigner(ca, caKey), log, reg)
-	// Only the joining node attests, as the design specifies. A joining node therefore cannot tell a genuine
-	// JoinService from an impostor that hands it a disk key of its choosing; mutual aTLS (the control plane's
-	// vTPM as issuer, validated without PCR 15) would close that and is a planned change.
-	creds, err := atls.NewCredentials(nil, []attestation.Validator{srv.CountingValidator(validator)})
+	// Mutual aTLS: the joining node attests to the JoinService, and the JoinService (its control plane's
+	// vTPM) to the joining node, which accepts a disk key and components only from a control plane of its
+	// own image that belongs to a cluster (bootstrapper/internal/joinclient.ServiceValidator).
+	v, err := variant.FromString(*variantName)
+	if err != nil {
+		return err
+	}
+	t, err := tpm.Open(*tpmAddr)
+	if err != nil {
+		return err
+	}
+	defer t.Close()
+	issuer, err := choose.Issuer(v, t, *eventLog)
+	if err != nil {
+		return err
+	}
+	creds, err := atls.NewCredentials(issuer, []attestation.Validator{srv.CountingValidator(validator)})
 	if err != nil {
 		return err
 	}

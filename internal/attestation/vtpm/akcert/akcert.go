@@ -24,6 +24,9 @@ const (
 	NVIndex tpm2.TPMHandle = 0x01500001
 	// MaxSize bounds the certificate (the NV index's size).
 	MaxSize = 1536
+	// CANVIndex holds the certificate of the platform CA that certified the vTPM (DER): a node's own trust
+	// root when it checks another node's attestation (the JoinService's, before it joins).
+	CANVIndex tpm2.TPMHandle = 0x01500002
 )
 
 // EKU is the extended key usage an AK certificate must carry, so that no other certificate of the
@@ -161,4 +164,17 @@ func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 		}
 	}
 	return certs, nil
+}
+
+// ReadPlatformCA returns the certificate of the CA that certified this vTPM, from CANVIndex.
+func ReadPlatformCA(t transport.TPM) (*x509.Certificate, error) {
+	der, err := ReadNV(t, CANVIndex)
+	if err != nil {
+		return nil, fmt.Errorf("reading the platform CA's certificate from the vTPM: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("the vTPM's platform CA certificate: %w", err)
+	}
+	return cert, nil
 }

@@ -202,7 +202,8 @@ func (ca *CA) CertificatePEM() []byte {
 }
 
 // Manufacture certifies the vTPM t, named name in its certificates: an EK certificate and an AK
-// certificate in NV memory, both write-locked. It is idempotent: a vTPM that this CA already certified is
+// certificate in NV memory, and the CA's own certificate (the node's trust root for its peers), all
+// write-locked. It is idempotent: a vTPM that this CA already certified is
 // left alone (a node that restarts keeps its vTPM state); one certified by another CA is refused.
 func (ca *CA) Manufacture(t transport.TPM, name string) error {
 	akTmpl := akcert.Template()
@@ -217,6 +218,9 @@ func (ca *CA) Manufacture(t transport.TPM, name string) error {
 		pool.AddCert(ca.cert)
 		if verr := akcert.Verify(existing, akPub, pool); verr != nil {
 			return fmt.Errorf("%w: %w", ErrOtherManufacturer, verr)
+		}
+		if _, cerr := akcert.ReadPlatformCA(t); cerr != nil {
+			return fmt.Errorf("the vTPM was certified only in part (its NV lacks the CA's certificate): replace the node: %w", cerr)
 		}
 		return nil
 	case !errors.Is(err, akcert.ErrNoNVIndex):
@@ -243,6 +247,10 @@ func (ca *CA) Manufacture(t transport.TPM, name string) error {
 	}
 	if err := writeLockedNV(t, akcert.NVIndex, akCert); err != nil {
 		return fmt.Errorf("storing the AK certificate: %w", err)
+	}
+	// Last: a vTPM with the CA's certificate is a completely manufactured one.
+	if err := writeLockedNV(t, akcert.CANVIndex, ca.cert.Raw); err != nil {
+		return fmt.Errorf("storing the platform CA's certificate: %w", err)
 	}
 	return nil
 }

@@ -58,6 +58,10 @@ func TestManufacture(t *testing.T) {
 	require.NoError(t, err, "the EK certificate chains to the CA")
 	assert.Error(t, akcert.Verify(ek, akPublic(t, tp), roots), "an EK certificate is no AK certificate")
 
+	caCert, err := akcert.ReadPlatformCA(tp)
+	require.NoError(t, err)
+	assert.Equal(t, ca.Certificate().Raw, caCert.Raw, "the node can read its platform's CA")
+
 	// A restarted node keeps its vTPM state: manufacturing again changes nothing.
 	require.NoError(t, ca.Manufacture(tp, "cp-0"))
 	again, err := akcert.ReadNV(tp, akcert.NVIndex)

@@ -54,8 +54,14 @@ type Node struct {
 	EventLog []byte
 }
 
-// NewNode starts an swtpm and measures events into it.
+// NewNode starts an swtpm that the test platform CA (PlatformCA) certifies and measures events into it.
 func NewNode(t testing.TB, events []Event) *Node {
+	t.Helper()
+	return NewNodeWithCA(t, events, PlatformCA(t))
+}
+
+// NewNodeWithCA is NewNode with a vTPM certified by ca: a node of another platform.
+func NewNodeWithCA(t testing.TB, events []Event, ca *manufacturer.CA) *Node {
 	t.Helper()
 	p := swtpmtest.Start(t)
 	tp, err := tpm.Open(p.Address())
@@ -64,7 +70,7 @@ func NewNode(t testing.TB, events []Event) *Node {
 	}
 	t.Cleanup(func() { _ = tp.Close() })
 	// The platform certifies the vTPM before anything runs on it, as the local provider does.
-	if err := PlatformCA(t).Manufacture(tp, "test-node"); err != nil {
+	if err := ca.Manufacture(tp, "test-node"); err != nil {
 		t.Fatalf("certifying the test vTPM: %v", err)
 	}
 	b := eventlog.NewBuilder()
