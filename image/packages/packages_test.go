@@ -419,3 +419,24 @@ func TestServeRepo(t *testing.T) {
 	cancel()
 	assert.NoError(t, <-done)
 }
+
+// FuzzParseLock: any input either parses into entries that survive a round trip or is refused; no panic.
+func FuzzParseLock(f *testing.F) {
+	f.Add("image libc6 2.36-9+deb12u14 amd64 " + sum("a") + "\n")
+	f.Add("# c\ntools tzdata 2026c all " + sum("b") + "\nimage x 1 all " + sum("c"))
+	f.Add("image ../x 1 all " + sum("a"))
+	f.Fuzz(func(t *testing.T, in string) {
+		l, err := ParseLock(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		var b bytes.Buffer
+		require.NoError(t, l.Write(&b))
+		back, err := ParseLock(&b)
+		require.NoError(t, err)
+		require.Equal(t, l, back)
+		for _, e := range l {
+			require.NotContains(t, e.DebFileName(), "/", "a lock entry names a file outside the bundle")
+		}
+	})
+}

@@ -75,9 +75,26 @@ var (
 	qemuValidator = []attestation.Validator{testValidator{v: variant.QEMUVTPM}}
 )
 
-// handshake runs one TLS handshake over loopback and returns the client's and the server's errors. (A
-// net.Pipe is unbuffered: both sides sending an alert at once would deadlock.)
+// handshake runs one TLS handshake over loopback and returns the client's and the server's errors.
 func handshake(t *testing.T, serverCfg, clientCfg *tls.Config) (clientErr, serverErr error) {
+	t.Helper()
+	return connect(t, serverCfg, clientCfg, func(srv *tls.Conn) error {
+		err := srv.Handshake()
+		if err == nil {
+			// TLS 1.3 servers finish before reading the client's certificate; a read completes it.
+			_, err = srv.Read(make([]byte, 1))
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+		}
+		return err
+	}, func(cli *tls.Conn) error { return cli.Handshake() })
+}
+
+// connect runs server on the one connection a loopback listener accepts and client on the connection
+// dialed to it, and returns their errors. (A net.Pipe is unbuffered: both sides sending an alert at once
+// would deadlock.)
+func connect(t *testing.T, serverCfg, clientCfg *tls.Config, server func(*tls.Conn) error, client func(*tls.Conn) error) (clientErr, serverErr error) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -90,24 +107,16 @@ func handshake(t *testing.T, serverCfg, clientCfg *tls.Config) (clientErr, serve
 			return
 		}
 		srv := tls.Server(s, serverCfg)
-		err = srv.Handshake()
-		if err == nil {
-			// TLS 1.3 servers finish before reading the client's certificate; a read completes it.
-			_, err = srv.Read(make([]byte, 1))
-			if errors.Is(err, io.EOF) {
-				err = nil
-			}
-		}
+		err = server(srv)
 		_ = srv.Close()
 		done <- err
 	}()
 	c, err := net.Dial("tcp", lis.Addr().String())
 	require.NoError(t, err)
 	cli := tls.Client(c, clientCfg)
-	clientErr = cli.Handshake()
+	clientErr = client(cli)
 	_ = cli.Close()
-	serverErr = <-done
-	return clientErr, serverErr
+	return clientErr, <-done
 }
 
 func TestHandshakeModes(t *testing.T) {
@@ -341,32 +350,19 @@ func TestNoSessionResumption(t *testing.T) {
 // the session tickets the server sent after the handshake) and tells whether the client resumed a session.
 func exchange(t *testing.T, serverCfg, clientCfg *tls.Config) bool {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer lis.Close()
-	done := make(chan error, 1)
-	go func() {
-		s, err := lis.Accept()
-		if err != nil {
-			done <- err
-			return
-		}
-		srv := tls.Server(s, serverCfg)
-		defer srv.Close()
+	resumed := false
+	clientErr, serverErr := connect(t, serverCfg, clientCfg, func(srv *tls.Conn) error {
 		if _, err := srv.Write([]byte{1}); err != nil {
-			done <- err
-			return
+			return err
 		}
-		_, err = io.ReadAll(srv)
-		done <- err
-	}()
-	c, err := net.Dial("tcp", lis.Addr().String())
-	require.NoError(t, err)
-	cli := tls.Client(c, clientCfg)
-	_, err = io.ReadFull(cli, make([]byte, 1))
-	require.NoError(t, err)
-	resumed := cli.ConnectionState().DidResume
-	require.NoError(t, cli.Close())
-	require.NoError(t, <-done)
+		_, err := io.ReadAll(srv)
+		return err
+	}, func(cli *tls.Conn) error {
+		_, err := io.ReadFull(cli, make([]byte, 1))
+		resumed = cli.ConnectionState().DidResume
+		return err
+	})
+	require.NoError(t, clientErr)
+	require.NoError(t, serverErr)
 	return resumed
 }

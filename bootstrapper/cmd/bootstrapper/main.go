@@ -171,19 +171,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	bi := buildinfo.Get()
 	log.Info("bootstrapper starting", "version", bi.Version, "commit", bi.Commit)
 
-	v, err := variant.FromString(f.variant)
+	own, err := choose.OpenNode(f.variant, f.tpm, f.eventLog)
 	if err != nil {
 		return err
 	}
-	t, err := tpm.Open(f.tpm)
-	if err != nil {
-		return err
-	}
-	defer t.Close()
-	issuer, err := choose.Issuer(v, t, f.eventLog)
-	if err != nil {
-		return err
-	}
+	defer own.Close()
+	v, t, issuer := own.Variant, own.TPM, own.Issuer
 	md, err := localMetadata(f)
 	if err != nil {
 		return err

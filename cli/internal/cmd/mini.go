@@ -102,22 +102,10 @@ func (e *env) miniConfig(p *progress) error {
 	return nil
 }
 
-// measureImage precomputes the PCRs a node booted from the image directly (as the local provider does)
-// shows, and PCR 15 zero.
+// measureImage precomputes the PCRs a node booted from the image directly by the local provider's launcher
+// (which models a generic UEFI firmware, measurements.Options' default) shows, and PCR 15 zero.
 func measureImage(fh file.Handler, img string) (ref.M, error) {
-	data, err := fh.Read(filepath.Join(img, "constellation.efi"))
-	if err != nil {
-		return nil, err
-	}
-	uki, err := measurements.ParseUKI(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s is not a usable UKI: %w", filepath.Join(img, "constellation.efi"), err)
-	}
-	res, err := measurements.Precompute(uki, measurements.Options{})
-	if err != nil {
-		return nil, err
-	}
-	m := res.Measurements(true)
-	m[ref.PCRClusterID] = ref.Measurement{Expected: make(ref.Digest, ref.DigestSize)}
-	return m, nil
+	_, _, m, err := precomputeUKI(fh, filepath.Join(img, "constellation.efi"),
+		bootOptions{platform: &measurements.GenericUEFI, path: measurements.BootDirect})
+	return m, err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/tpm"
 )
 
 // ErrIssuerUnavailable is returned for variants whose evidence this build cannot produce.
@@ -97,3 +98,32 @@ func ForConfig(att config.AttestationConfig, refs measurements.M, log *slog.Logg
 	}
 	return Validator(v, cfg)
 }
+
+// Node is a node's own attestation: its variant, its TPM and the issuer on it.
+type Node struct {
+	Variant variant.Variant
+	TPM     transport.TPMCloser
+	Issuer  attestation.Issuer
+}
+
+// OpenNode opens the TPM at tpmAddr (tpm.Open) and returns the issuer of the variant named variantName,
+// attaching the event log at eventLogPath. Close releases the TPM.
+func OpenNode(variantName, tpmAddr, eventLogPath string) (*Node, error) {
+	v, err := variant.FromString(variantName)
+	if err != nil {
+		return nil, err
+	}
+	t, err := tpm.Open(tpmAddr)
+	if err != nil {
+		return nil, err
+	}
+	issuer, err := Issuer(v, t, eventLogPath)
+	if err != nil {
+		_ = t.Close()
+		return nil, err
+	}
+	return &Node{Variant: v, TPM: t, Issuer: issuer}, nil
+}
+
+// Close releases the TPM.
+func (n *Node) Close() error { return n.TPM.Close() }

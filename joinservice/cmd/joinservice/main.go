@@ -112,19 +112,12 @@ func run(args []string) error {
 	// Mutual aTLS: the joining node attests to the JoinService, and the JoinService (its control plane's
 	// vTPM) to the joining node, which accepts a disk key and components only from a control plane of its
 	// own image that belongs to a cluster (bootstrapper/internal/joinclient.ServiceValidator).
-	v, err := variant.FromString(*variantName)
+	node, err := choose.OpenNode(*variantName, *tpmAddr, *eventLog)
 	if err != nil {
 		return err
 	}
-	t, err := tpm.Open(*tpmAddr)
-	if err != nil {
-		return err
-	}
-	defer t.Close()
-	issuer, err := choose.Issuer(v, t, *eventLog)
-	if err != nil {
-		return err
-	}
+	defer node.Close()
+	issuer := node.Issuer
 	creds, err := atls.NewCredentials(issuer, []attestation.Validator{srv.CountingValidator(validator)})
 	if err != nil {
 		return err

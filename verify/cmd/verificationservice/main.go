@@ -49,19 +49,12 @@ func run(args []string) error {
 	if *nodeName == "" {
 		return fmt.Errorf("--node-name (or VERIFICATIONSERVICE_NODE_NAME) is required: answers are bound to the node")
 	}
-	v, err := variant.FromString(*variantName)
+	node, err := choose.OpenNode(*variantName, *tpmAddr, *eventLog)
 	if err != nil {
 		return err
 	}
-	t, err := tpm.Open(*tpmAddr)
-	if err != nil {
-		return err
-	}
-	defer t.Close()
-	issuer, err := choose.Issuer(v, t, *eventLog)
-	if err != nil {
-		return err
-	}
+	defer node.Close()
+	issuer := node.Issuer
 
 	reg := service.NewRegistry()
 	srv := server.New(issuer, *nodeName, log, reg)
