@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -41,6 +42,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
+	"github.com/constellation-go/constellation/internal/config"
 	ref "github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/measurements"
@@ -107,12 +109,19 @@ func TestTwoNodeCluster(t *testing.T) {
 	require.NoError(t, err)
 
 	// Init, as the CLI does: the node must show the image's predicted PCRs and PCR 15 zero.
-	client := initClient(t, cpIP, predicted(t, img), ca)
+	refs := predicted(t, img)
+	client := initClient(t, cpIP, refs, ca)
+	// The admin's attestation config, which the JoinService then enforces: the image's PCRs and this
+	// platform's CA.
+	attestationConfig, err := yaml.Marshal(config.AttestationConfig{
+		Variant: variant.QEMUVTPM.String(), Measurements: refs, PlatformCA: string(ca.CertificatePEM()),
+	})
+	require.NoError(t, err)
 	initStart := time.Now()
 	stream, err := client.Init(ctx, &initproto.InitRequest{
 		InitSecret: secret, MasterSecret: randomBytes(t, 32), Salt: randomBytes(t, 32),
 		KubernetesVersion: versions.DefaultKubernetes, KubernetesComponents: comps, ClusterName: name,
-		ApiserverCertSans: []string{cpIP.String()},
+		ApiserverCertSans: []string{cpIP.String()}, AttestationConfig: attestationConfig,
 	})
 	require.NoError(t, err)
 	kubeconfig := receiveKubeconfig(t, stream)
