@@ -49,9 +49,12 @@ func restartNode(ctx context.Context, t *testing.T, ws, clusterName, name string
 		Image string `json:"image"`
 	}
 	require.NoError(t, json.Unmarshal(data, &vars))
+	// The vTPM keeps its state (the provider certified it when it was new), so the platform CA only checks.
+	ca, err := daemon.PlatformCA(clusterName, false)
+	require.NoError(t, err)
 	_, err = node.Restart(ctx, node.Config{
 		Cluster: clusterName, Name: name, Index: index, Network: nw, ImageDir: vars.Image,
-		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()),
+		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()), PlatformCA: ca,
 	})
 	require.NoError(t, err)
 }
