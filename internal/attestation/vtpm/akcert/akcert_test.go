@@ -64,3 +64,13 @@ func FuzzVerify(f *testing.F) {
 		_, _ = ParseCertificates(in)
 	})
 }
+
+// BenchmarkVerify is the trust-root check's share of a validation: one certificate chain (ECDSA P-256).
+func BenchmarkVerify(b *testing.B) {
+	pool, der, ak := testChain(b)
+	for b.Loop() {
+		if err := Verify(der, &ak.PublicKey, pool); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
