@@ -15,7 +15,9 @@ import (
 	"math/big"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -84,6 +86,46 @@ type Validator struct {
 	cfg     ValidatorConfig
 	log     *slog.Logger
 	akRoots *x509.CertPool
+	// trusted remembers AK certificates that passed the chain check (with the AK they certify), for
+	// trustedFor: a node presents the same certificate with every document, and the chain check (an
+	// ECDSA verification) would otherwise be a third of a validation's cost.
+	trustedMu sync.Mutex
+	trusted   map[[sha256.Size]byte]time.Time
+}
+
+const (
+	// trustedFor bounds how long a verified AK certificate is taken without checking it again (its
+	// validity period is checked again after that).
+	trustedFor = 5 * time.Minute
+	// maxTrusted bounds the cache; a full one is emptied.
+	maxTrusted = 4096
+)
+
+// checkAKCertificate checks the document's AK certificate against the roots, or remembers that it did.
+func (v *Validator) checkAKCertificate(doc *Document, ak crypto.PublicKey) error {
+	h := sha256.New()
+	h.Write(doc.AKCert)
+	h.Write([]byte{0})
+	h.Write(doc.AKPublic)
+	var key [sha256.Size]byte
+	h.Sum(key[:0])
+	now := time.Now()
+	v.trustedMu.Lock()
+	until, ok := v.trusted[key]
+	v.trustedMu.Unlock()
+	if ok && now.Before(until) {
+		return nil
+	}
+	if err := akcert.Verify(doc.AKCert, ak, v.akRoots); err != nil {
+		return err
+	}
+	v.trustedMu.Lock()
+	defer v.trustedMu.Unlock()
+	if v.trusted == nil || len(v.trusted) >= maxTrusted {
+		v.trusted = map[[sha256.Size]byte]time.Time{}
+	}
+	v.trusted[key] = now.Add(trustedFor)
+	return nil
 }
 
 // NewValidator returns a Validator. A required PCR without a reference value is an error: it would
@@ -175,7 +217,7 @@ func (v *Validator) ValidateDetailed(ctx context.Context, raw, nonce []byte) (*R
 			return nil, fmt.Errorf("%w: %w", ErrUntrustedAK, err)
 		}
 	case v.akRoots != nil:
-		if err := akcert.Verify(doc.AKCert, akPub, v.akRoots); err != nil {
+		if err := v.checkAKCertificate(doc, akPub); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrUntrustedAK, err)
 		}
 	case !v.cfg.AllowUnverifiedAK:
