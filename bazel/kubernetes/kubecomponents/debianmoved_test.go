@@ -103,7 +103,7 @@ func TestBuildShDebianMoved(t *testing.T) {
 	assert.Equal(t, built.SHA256, got.SHA256)
 }
 
-// linkTree hard-links every file under src into dst (created).
+// linkTree hard-links (or copies) every file under src into dst (created).
 func linkTree(t *testing.T, src, dst string) {
 	t.Helper()
 	require.NoError(t, filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
@@ -121,6 +121,18 @@ func linkTree(t *testing.T, src, dst string) {
 		if !d.Type().IsRegular() {
 			return nil
 		}
-		return os.Link(path, target)
+		if err := os.Link(path, target); err == nil {
+			return nil
+		}
+		// Another file system (a cache outside /tmp): a copy, with the original's mode.
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, fi.Mode().Perm())
 	}))
 }
