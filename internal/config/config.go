@@ -7,7 +7,9 @@ package config
 
 import (
 	"fmt"
+	"time"
 
+	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
 	"github.com/constellation-go/constellation/internal/measurements"
@@ -92,19 +94,37 @@ type AzureConfig struct {
 
 // AttestationConfig selects the attestation variant and its reference values.
 type AttestationConfig struct {
-	Variant      string         `yaml:"variant" jsonschema_description:"Attestation variant: qemu-vtpm (local, qemu), aws-sev-snp, gcp-sev-snp or azure-sev-snp."`
-	Measurements measurements.M `yaml:"measurements" jsonschema_description:"Expected PCR values by PCR index. Fill them in with 'constellation config fetch-measurements' or 'constellation image measure'; a node is only trusted when every enforced PCR matches."`
-	SEVSNP       *SEVSNPConfig  `yaml:"sevSNP,omitempty" jsonschema_description:"Minimum firmware versions (TCB) of an SEV-SNP report. Only for the *-sev-snp variants."`
-	PlatformCA   string         `yaml:"platformCA,omitempty" jsonschema_description:"PEM certificate of the CA of the platform that makes the nodes' vTPMs (qemu-vtpm only): a node is trusted only if its attestation key is certified by this CA. 'constellation create' fills it in from the provider; 'constellation apply' and 'verify' refuse to run without it."`
+	Variant            string              `yaml:"variant" jsonschema_description:"Attestation variant: qemu-vtpm (local, qemu), aws-sev-snp, gcp-sev-snp or azure-sev-snp."`
+	Measurements       measurements.M      `yaml:"measurements" jsonschema_description:"Expected PCR values by PCR index. Fill them in with 'constellation config fetch-measurements' or 'constellation image measure'; a node is only trusted when every enforced PCR matches."`
+	SEVSNP             *SEVSNPConfig       `yaml:"sevSNP,omitempty" jsonschema_description:"What an SEV-SNP report must show: the launch digest of the nodes' firmware and minimum firmware versions (TCB). Only for the *-sev-snp variants."`
+	PlatformCA         string              `yaml:"platformCA,omitempty" jsonschema_description:"PEM certificate of the CA of the platform that makes the nodes' vTPMs (qemu-vtpm only): a node is trusted only if its attestation key is certified by this CA. 'constellation create' fills it in from the provider; 'constellation apply' and 'verify' refuse to run without it."`
+	MeasurementsSource *MeasurementsSource `yaml:"measurementsSource,omitempty" jsonschema_description:"Where the measurements came from, recorded by 'constellation config fetch-measurements': the image they are for and when the publisher issued them. A later fetch refuses a file issued earlier (a rollback) or one for another image, unless told otherwise."`
 }
 
-// SEVSNPConfig holds the minimum acceptable SEV-SNP TCB versions.
+// MeasurementsSource records the signed measurements file the configuration's measurements came from.
+type MeasurementsSource struct {
+	Image  string `yaml:"image" jsonschema_description:"The image the measurements file is for, as the file names it."`
+	Issued string `yaml:"issued" jsonschema_description:"The file's issue time (RFC 3339, UTC)."`
+}
+
+// IssuedTime returns the parsed issue time.
+func (s *MeasurementsSource) IssuedTime() (time.Time, error) {
+	t, err := time.Parse(time.RFC3339, s.Issued)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("attestation.measurementsSource.issued %q: not an RFC 3339 time: %w", s.Issued, err)
+	}
+	return t, nil
+}
+
+// SEVSNPConfig holds the reference values of SEV-SNP reports: accepted launch digests and minimum TCB
+// versions.
 type SEVSNPConfig struct {
-	Product           string `yaml:"product" jsonschema:"enum=Milan,enum=Genoa,enum=Turin" jsonschema_description:"AMD product line of the nodes' CPUs (Milan, Genoa or Turin); its AMD root key anchors the report's certificate chain."`
-	BootloaderVersion uint8  `yaml:"bootloaderVersion" jsonschema_description:"Minimum bootloader SVN."`
-	TEEVersion        uint8  `yaml:"teeVersion" jsonschema_description:"Minimum TEE (PSP OS) SVN."`
-	SNPVersion        uint8  `yaml:"snpVersion" jsonschema_description:"Minimum SNP firmware SVN."`
-	MicrocodeVersion  uint8  `yaml:"microcodeVersion" jsonschema_description:"Minimum CPU microcode SVN."`
+	Product            string   `yaml:"product" jsonschema:"enum=Milan,enum=Genoa,enum=Turin" jsonschema_description:"AMD product line of the nodes' CPUs (Milan, Genoa or Turin); its AMD root key anchors the report's certificate chain."`
+	LaunchMeasurements []string `yaml:"launchMeasurements" jsonschema_description:"Accepted launch digests (the report's MEASUREMENT, 48 bytes as hex) of the nodes' firmware; a report of any other launch is refused. Required."`
+	BootloaderVersion  uint8    `yaml:"bootloaderVersion" jsonschema_description:"Minimum bootloader SVN."`
+	TEEVersion         uint8    `yaml:"teeVersion" jsonschema_description:"Minimum TEE (PSP OS) SVN."`
+	SNPVersion         uint8    `yaml:"snpVersion" jsonschema_description:"Minimum SNP firmware SVN."`
+	MicrocodeVersion   uint8    `yaml:"microcodeVersion" jsonschema_description:"Minimum CPU microcode SVN."`
 }
 
 // NodeGroup is a set of identical nodes.
@@ -134,7 +154,12 @@ func Default(provider cloudprovider.Provider) (*Config, error) {
 	}
 	if v.IsSEVSNP() {
 		// The default instance types of every cloud below run on Milan CPUs.
-		cfg.Attestation.SEVSNP = &SEVSNPConfig{Product: "Milan"}
+		// The default minimum TCB is written out so that the admin sees (and reviews) what is enforced. The
+		// launch digests depend on the cloud's firmware build; validation asks for them.
+		tcb, _ := snp.DefaultMinimumTCB("Milan")
+		cfg.Attestation.SEVSNP = &SEVSNPConfig{
+			Product: "Milan", BootloaderVersion: tcb.Bootloader, TEEVersion: tcb.TEE, SNPVersion: tcb.SNP, MicrocodeVersion: tcb.Microcode,
+		}
 	}
 
 	cp := NodeGroup{Role: RoleControlPlane, StateDiskSizeGB: 10, InitialCount: 1}

@@ -35,6 +35,9 @@ func fillCloud(c *Config) {
 		c.Provider.Azure.ResourceGroup = "rg"
 		c.Provider.Azure.UserAssignedIdentity = "/subscriptions/x/identity"
 	}
+	if c.Attestation.SEVSNP != nil {
+		c.Attestation.SEVSNP.LaunchMeasurements = []string{strings.Repeat("5a", 48)}
+	}
 	for name, g := range c.NodeGroups {
 		g.Zone = "zone-a"
 		c.NodeGroups[name] = g
@@ -50,15 +53,18 @@ func TestDefaultRoundTrip(t *testing.T) {
 		cloudprovider.AWS: {wantMissing: []string{
 			"image", "provider.aws.region", "provider.aws.iamProfileControlPlane", "provider.aws.iamProfileWorkerNodes",
 			"nodeGroups.control_plane_default.zone", "nodeGroups.worker_default.zone",
+			"attestation.sevSNP.launchMeasurements",
 		}},
 		cloudprovider.GCP: {wantMissing: []string{
 			"image", "provider.gcp.project", "provider.gcp.region",
 			"nodeGroups.control_plane_default.zone", "nodeGroups.worker_default.zone",
+			"attestation.sevSNP.launchMeasurements",
 		}},
 		cloudprovider.Azure: {wantMissing: []string{
 			"image", "provider.azure.subscription", "provider.azure.tenant", "provider.azure.location",
 			"provider.azure.resourceGroup", "provider.azure.userAssignedIdentity",
 			"nodeGroups.control_plane_default.zone", "nodeGroups.worker_default.zone",
+			"attestation.sevSNP.launchMeasurements",
 		}},
 	}
 	for provider, tc := range testCases {
@@ -189,7 +195,7 @@ func TestParseRejects(t *testing.T) {
 		"variant of another provider": {
 			data: mutate(t, func(m map[string]any) {
 				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "launchMeasurements": []string{strings.Repeat("ab", 48)}, "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
 			}),
 			wantField: "attestation.variant", wantMsg: "local nodes cannot produce aws-sev-snp attestations; use qemu-vtpm",
 		},
@@ -201,6 +207,33 @@ func TestParseRejects(t *testing.T) {
 				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Naples", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
 			}),
 			wantField: "attestation.sevSNP.product", wantMsg: `"Naples" is not one of Milan, Genoa, Turin`,
+		},
+		"sev-snp without launch measurements": {
+			data: mutate(t, func(m map[string]any) {
+				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
+				delete(sub(m, "provider"), "local")
+				sub(m, "attestation")["variant"] = "aws-sev-snp"
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "bootloaderVersion": 3, "teeVersion": 0, "snpVersion": 8, "microcodeVersion": 115}
+			}),
+			wantField: "attestation.sevSNP.launchMeasurements", wantMsg: "must be set: the launch digests",
+		},
+		"sev-snp launch measurement of the wrong size": {
+			data: mutate(t, func(m map[string]any) {
+				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
+				delete(sub(m, "provider"), "local")
+				sub(m, "attestation")["variant"] = "aws-sev-snp"
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "launchMeasurements": []string{strings.Repeat("ab", 32)}}
+			}),
+			wantField: "attestation.sevSNP.launchMeasurements.0", wantMsg: "must be 48 bytes (96 hex digits), got 32",
+		},
+		"sev-snp on Genoa without a minimum TCB": {
+			data: mutate(t, func(m map[string]any) {
+				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
+				delete(sub(m, "provider"), "local")
+				sub(m, "attestation")["variant"] = "aws-sev-snp"
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Genoa", "launchMeasurements": []string{strings.Repeat("ab", 48)}}
+			}),
+			wantField: "attestation.sevSNP", wantMsg: "no default minimum firmware versions for Genoa",
 		},
 		"sev-snp section on qemu-vtpm": {
 			data: mutate(t, func(m map[string]any) {
@@ -237,7 +270,7 @@ func TestParseRejects(t *testing.T) {
 				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
 				delete(sub(m, "provider"), "local")
 				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
+				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "launchMeasurements": []string{strings.Repeat("ab", 48)}, "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
 				sub(m, "attestation")["platformCA"] = "x"
 			}),
 			wantField: "attestation.platformCA", wantMsg: "only applies to qemu-vtpm",

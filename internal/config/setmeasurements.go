@@ -219,12 +219,30 @@ func sameMeasurements(a, b measurements.M) bool {
 // a valid configuration. The file is re-encoded from its YAML tree, which keeps comments and values; the
 // result is parsed again and must equal the old configuration with only the platform CA changed.
 func SetPlatformCA(data []byte, pemCert string) ([]byte, error) {
+	value := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: pemCert, Style: yaml.LiteralStyle}
+	return setAttestationField(data, "platformCA", value, func(att *AttestationConfig) { att.PlatformCA = pemCert })
+}
+
+// SetMeasurementsSource returns the configuration file data with attestation.measurementsSource set to src,
+// like SetPlatformCA.
+func SetMeasurementsSource(data []byte, src MeasurementsSource) ([]byte, error) {
+	var value yaml.Node
+	if err := value.Encode(src); err != nil {
+		return nil, fmt.Errorf("encoding the measurements source: %w", err)
+	}
+	comment(&value, reflect.TypeFor[MeasurementsSource]())
+	return setAttestationField(data, "measurementsSource", &value, func(att *AttestationConfig) { att.MeasurementsSource = &src })
+}
+
+// setAttestationField sets attestation.<name> to value in data's YAML tree and re-encodes it. set applies
+// the same change to the parsed configuration: the result must be valid and parse to exactly that.
+func setAttestationField(data []byte, name string, value *yaml.Node, set func(*AttestationConfig)) ([]byte, error) {
 	old, err := Parse(data)
 	if err != nil {
 		return nil, err
 	}
 	want := *old
-	want.Attestation.PlatformCA = pemCert
+	set(&want.Attestation)
 	if err := want.Validate(); err != nil {
 		return nil, err
 	}
@@ -235,14 +253,13 @@ func SetPlatformCA(data []byte, pemCert string) ([]byte, error) {
 	if att.Kind != yaml.MappingNode {
 		return nil, errors.New("attestation is not a mapping")
 	}
-	value := yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: pemCert, Style: yaml.LiteralStyle}
-	if _, old := mappingEntry(att, "platformCA"); old != nil {
-		*old = value
+	if _, old := mappingEntry(att, name); old != nil {
+		*old = *value
 	} else {
-		field := yamlFields(reflect.TypeFor[AttestationConfig]())["platformCA"]
-		key := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: "platformCA",
+		field := yamlFields(reflect.TypeFor[AttestationConfig]())[name]
+		key := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: name,
 			HeadComment: wrap(field.Tag.Get("jsonschema_description"), commentWidth)}
-		att.Content = append(att.Content, key, &value)
+		att.Content = append(att.Content, key, value)
 	}
 	out, err := file.EncodeYAML(root)
 	if err != nil {
@@ -254,7 +271,7 @@ func SetPlatformCA(data []byte, pemCert string) ([]byte, error) {
 		return nil, err
 	}
 	if !reflect.DeepEqual(normalize(got), normalize(&want)) {
-		return nil, errors.New("setting attestation.platformCA changed other fields")
+		return nil, fmt.Errorf("setting attestation.%s changed other fields", name)
 	}
 	return out, nil
 }

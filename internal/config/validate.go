@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
@@ -183,7 +185,63 @@ func (c *Config) validateAttestation(v *validator, provider cloudprovider.Provid
 		v.fail("attestation.sevSNP", "only applies to SEV-SNP variants, not %s; remove it", att)
 	case c.Attestation.SEVSNP != nil && !slices.Contains(snpProducts, c.Attestation.SEVSNP.Product):
 		v.fail("attestation.sevSNP.product", "%q is not one of %s", c.Attestation.SEVSNP.Product, strings.Join(snpProducts, ", "))
+	case c.Attestation.SEVSNP != nil:
+		c.Attestation.SEVSNP.validate(v)
 	}
+	if src := c.Attestation.MeasurementsSource; src != nil {
+		if src.Image == "" {
+			v.fail("attestation.measurementsSource.image", "must be set (or remove measurementsSource)")
+		}
+		if _, err := src.IssuedTime(); err != nil {
+			v.fail("attestation.measurementsSource.issued", "must be an RFC 3339 time like 2026-12-04T18:00:00Z")
+		}
+	}
+}
+
+// validate checks the SEV-SNP reference values: a policy without launch digests, or without a minimum TCB
+// where no default exists, could not refuse a report of another guest or of known-vulnerable firmware.
+func (s *SEVSNPConfig) validate(v *validator) {
+	if len(s.LaunchMeasurements) == 0 {
+		v.fail("attestation.sevSNP.launchMeasurements",
+			"must be set: the launch digests (SEV-SNP MEASUREMENT, 48 bytes as hex) of the nodes' firmware; reports of any other launch are refused")
+	}
+	for i, m := range s.LaunchMeasurements {
+		if _, err := snpLaunchMeasurement(m); err != nil {
+			v.fail(fmt.Sprintf("attestation.sevSNP.launchMeasurements.%d", i), "%v", err)
+		}
+	}
+	if s.BootloaderVersion == 0 && s.TEEVersion == 0 && s.SNPVersion == 0 && s.MicrocodeVersion == 0 {
+		if _, ok := snp.DefaultMinimumTCB(s.Product); !ok {
+			v.fail("attestation.sevSNP", "no default minimum firmware versions for %s: set bootloaderVersion, teeVersion, snpVersion and microcodeVersion from AMD's current security bulletins", s.Product)
+		}
+	}
+}
+
+// snpLaunchMeasurement decodes one configured launch digest.
+func snpLaunchMeasurement(m string) ([]byte, error) {
+	b, err := hex.DecodeString(m)
+	if err != nil {
+		return nil, fmt.Errorf("not hex: %w", err)
+	}
+	if len(b) != snp.LaunchMeasurementSize {
+		return nil, fmt.Errorf("must be %d bytes (%d hex digits), got %d", snp.LaunchMeasurementSize, 2*snp.LaunchMeasurementSize, len(b))
+	}
+	return b, nil
+}
+
+// SNPPolicy returns the SEV-SNP validation policy the section describes (after Parse validated it).
+func (s *SEVSNPConfig) SNPPolicy() (snp.Policy, error) {
+	policy := snp.Policy{Product: s.Product, MinimumTCB: snp.TCB{
+		Bootloader: s.BootloaderVersion, TEE: s.TEEVersion, SNP: s.SNPVersion, Microcode: s.MicrocodeVersion,
+	}}
+	for i, m := range s.LaunchMeasurements {
+		b, err := snpLaunchMeasurement(m)
+		if err != nil {
+			return snp.Policy{}, fmt.Errorf("attestation.sevSNP.launchMeasurements.%d: %w", i, err)
+		}
+		policy.LaunchMeasurements = append(policy.LaunchMeasurements, b)
+	}
+	return policy, nil
 }
 
 func (c *Config) validateNodeGroups(v *validator, provider cloudprovider.Provider) {

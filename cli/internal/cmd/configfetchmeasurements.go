@@ -9,11 +9,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
@@ -26,6 +28,8 @@ const (
 	flagSignatureURL = "signature-url"
 	flagPublicKey    = "public-key"
 	flagTimeout      = "timeout"
+	flagAllowOlder   = "allow-older"
+	flagAllowOther   = "allow-other-image"
 
 	// builtInKey selects releasePublicKey for --public-key.
 	builtInKey = "built-in"
@@ -46,6 +50,12 @@ public key, check that the measurements are for the configuration's attestation 
 replace attestation.measurements in constellation-conf.yaml with them. The rest of the file,
 comments included, is kept as it is.
 
+The file must be for the configuration's image (local, qemu: sha256 of the image's UKI; clouds: the
+'image' field) and, if the configuration already holds fetched measurements, issued no earlier than
+those (attestation.measurementsSource records the image and issue time): a validly signed but older
+file could bring back measurements the publisher has since replaced. --allow-older and
+--allow-other-image lift these checks when that is what you mean to do.
+
 --url and --signature-url take an http(s) URL or a file path (relative to the current directory,
 not the workspace). Nothing is written unless every check passes.`,
 		Example: `  constellation config fetch-measurements --url measurements.json --public-key cosign.pub
@@ -60,6 +70,8 @@ not the workspace). Nothing is written unless every check passes.`,
 	cmd.Flags().String(flagSignatureURL, "", "http(s) URL or path of the signature (default: --url with .sig appended)")
 	cmd.Flags().String(flagPublicKey, "cosign.pub", "cosign public key (PEM) to verify the signature with, or \""+builtInKey+"\" for the release key")
 	cmd.Flags().Duration(flagTimeout, 30*time.Second, "time limit for the downloads")
+	cmd.Flags().Bool(flagAllowOlder, false, "accept a file issued before the measurements the configuration holds, or one without an issue time (v1)")
+	cmd.Flags().Bool(flagAllowOther, false, "accept a file for another image than the configuration's")
 	addOutputFlag(cmd)
 	return cmd
 }
@@ -73,14 +85,17 @@ type fetchedPCR struct {
 }
 
 type fetchResult struct {
-	Config       string       `json:"config"`
-	URL          string       `json:"url"`
-	SignatureURL string       `json:"signatureUrl"`
-	PublicKey    string       `json:"publicKey"`
-	Image        string       `json:"image"`
-	Variant      string       `json:"variant"`
-	Changed      bool         `json:"changed"`
-	Measurements []fetchedPCR `json:"measurements"`
+	Config       string `json:"config"`
+	URL          string `json:"url"`
+	SignatureURL string `json:"signatureUrl"`
+	PublicKey    string `json:"publicKey"`
+	Image        string `json:"image"`
+	Variant      string `json:"variant"`
+	Issued       string `json:"issued,omitempty"`
+	// PreviousIssued is the issue time of the measurements the configuration held before, if recorded.
+	PreviousIssued string       `json:"previousIssued,omitempty"`
+	Changed        bool         `json:"changed"`
+	Measurements   []fetchedPCR `json:"measurements"`
 }
 
 func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
@@ -105,6 +120,14 @@ func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
 		return err
 	}
 	timeout, err := flags.GetDuration(flagTimeout)
+	if err != nil {
+		return err
+	}
+	allowOlder, err := flags.GetBool(flagAllowOlder)
+	if err != nil {
+		return err
+	}
+	allowOther, err := flags.GetBool(flagAllowOther)
 	if err != nil {
 		return err
 	}
@@ -150,14 +173,53 @@ func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
 			src, mf.Variant, cfgPath, cfg.Attestation.Variant, cfg.Attestation.Variant, cfgPath)
 	}
 
+	if !allowOther {
+		want, err := e.configuredImageRef(cfg)
+		if err != nil {
+			return fmt.Errorf("checking that %s is for the configuration's image: %w\nPass --%s to skip this check. %s is unchanged", src, err, flagAllowOther, cfgPath)
+		}
+		if mf.Image != want {
+			return fmt.Errorf("%s holds measurements for image %s, but the image %s configures is %s: fetch the measurements published for that image, or pass --%s if you are changing images. %s is unchanged",
+				src, mf.Image, cfgPath, want, flagAllowOther, cfgPath)
+		}
+	}
+	var previous time.Time
+	if held := cfg.Attestation.MeasurementsSource; held != nil {
+		if previous, err = held.IssuedTime(); err != nil {
+			return err
+		}
+	}
+	if !allowOlder {
+		switch {
+		case mf.Issued.IsZero():
+			return fmt.Errorf("%s has no issue time (format %s), so a rollback to older measurements could not be noticed: ask the publisher for a %s file, or pass --%s. %s is unchanged",
+				src, mf.Version, signed.Version2, flagAllowOlder, cfgPath)
+		case mf.Issued.Before(previous):
+			return fmt.Errorf("%s was issued %s, before the measurements %s holds (issued %s): a validly signed but older file can bring back measurements the publisher has since replaced. Fetch the current file, or pass --%s if you mean to go back. %s is unchanged",
+				src, mf.Issued.Format(time.RFC3339), cfgPath, previous.Format(time.RFC3339), flagAllowOlder, cfgPath)
+		}
+	}
+
 	newData, err := config.SetMeasurements(cfgData, mf.Measurements)
 	if err != nil {
 		return fmt.Errorf("%s: %w. %s is unchanged", cfgPath, err, cfgPath)
+	}
+	if !mf.Issued.IsZero() {
+		source := config.MeasurementsSource{Image: mf.Image, Issued: mf.Issued.UTC().Format(time.RFC3339)}
+		if newData, err = config.SetMeasurementsSource(newData, source); err != nil {
+			return fmt.Errorf("%s: recording where the measurements came from: %w. %s is unchanged", cfgPath, err, cfgPath)
+		}
 	}
 	result := fetchResult{
 		Config: cfgPath, URL: src, SignatureURL: sigSrc, PublicKey: keySrc,
 		Image: mf.Image, Variant: mf.Variant, Changed: !bytes.Equal(newData, cfgData),
 		Measurements: measurementChanges(cfg.Attestation.Measurements, mf.Measurements),
+	}
+	if !mf.Issued.IsZero() {
+		result.Issued = mf.Issued.UTC().Format(time.RFC3339)
+	}
+	if !previous.IsZero() {
+		result.PreviousIssued = previous.UTC().Format(time.RFC3339)
 	}
 	if result.Changed {
 		if err := e.files.Write(config.FileName, newData, file.OptOverwrite); err != nil {
@@ -171,7 +233,11 @@ func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(result)
 	}
-	fmt.Fprintf(e.out, "Verified %s with %s: image %s, variant %s.\n", src, keySrc, mf.Image, mf.Variant)
+	issued := "no issue time"
+	if result.Issued != "" {
+		issued = "issued " + result.Issued
+	}
+	fmt.Fprintf(e.out, "Verified %s with %s: image %s, variant %s, %s.\n", src, keySrc, mf.Image, mf.Variant, issued)
 	if !result.Changed {
 		_, err := fmt.Fprintf(e.out, "%s already has these measurements; nothing changed.\n", cfgPath)
 		return err
@@ -185,6 +251,30 @@ func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
 		fmt.Fprintf(e.out, "  PCR %-2d  %-9s  %s%s\n", m.PCR, m.Change, m.Expected, suffix)
 	}
 	return nil
+}
+
+// configuredImageRef is the image reference a measurements file for the configuration's image carries: for
+// local and qemu, sha256:<hex> of the UKI in the configured image directory (as 'image measure' writes it);
+// for the clouds, the configured image ID.
+func (e *env) configuredImageRef(cfg *config.Config) (string, error) {
+	switch cfg.GetProvider() {
+	case cloudprovider.Local, cloudprovider.QEMU:
+	default:
+		return cfg.Image, nil
+	}
+	dir := cfg.Image
+	if dir == "" {
+		a, err := e.deps.artifacts()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(a.dir, "image")
+	}
+	uki, err := file.NewHandler(e.osFs).Read(filepath.Join(dir, "constellation.efi"))
+	if err != nil {
+		return "", fmt.Errorf("reading the configured image's UKI: %w (build the image with 'make image', or set 'image' in %s)", err, config.FileName)
+	}
+	return ukiImageRef(uki), nil
 }
 
 // publicKey reads the verification key from a file, or the built-in release key.

@@ -35,12 +35,36 @@ func fetchedMeasurements() measurements.M {
 	}
 }
 
-// signedFile returns a measurements.json for v, and its signature by the test key.
+// The configuration of the fetch tests names the image directory imageDir, whose UKI is imageUKI; the
+// measurements files are for it unless a test says otherwise.
+const imageDir = "img"
+
+var (
+	imageUKI = []byte("the UKI of the configured image")
+	imageRef = ukiImageRef(imageUKI)
+	// fileIssued is when the test files were issued.
+	fileIssued = time.Date(2026, time.December, 1, 12, 0, 0, 0, time.UTC)
+)
+
+// signedFile returns a measurements.json for v and the configured image, and its signature by the test key.
 func signedFile(t *testing.T, v string) (data, sig []byte) {
 	t.Helper()
-	data, sig, err := signed.Sign(&signed.File{Version: signed.Version1, Image: "constellation-node-v1.2.0", Variant: v, Measurements: fetchedMeasurements()}, testSigner(t))
+	return signFile(t, &signed.File{Version: signed.Version2, Image: imageRef, Variant: v, Issued: fileIssued, Measurements: fetchedMeasurements()})
+}
+
+func signFile(t *testing.T, f *signed.File) (data, sig []byte) {
+	t.Helper()
+	data, sig, err := signed.Sign(f, testSigner(t))
 	require.NoError(t, err)
 	return data, sig
+}
+
+// withSource returns the configuration data with a recorded measurements source issued at issued.
+func withSource(t *testing.T, data []byte, issued time.Time) []byte {
+	t.Helper()
+	out, err := config.SetMeasurementsSource(data, config.MeasurementsSource{Image: imageRef, Issued: issued.Format(time.RFC3339)})
+	require.NoError(t, err)
+	return out
 }
 
 // signRaw signs arbitrary bytes with the test key: a publisher's mistake rather than an attack.
@@ -55,6 +79,7 @@ func localConfig(t *testing.T) []byte {
 	t.Helper()
 	cfg, err := config.Default(cloudprovider.Local)
 	require.NoError(t, err)
+	cfg.Image = imageDir
 	data, err := cfg.Marshal()
 	require.NoError(t, err)
 	// A user's own comment, which the update must keep.
@@ -69,6 +94,8 @@ func TestConfigFetchMeasurements(t *testing.T) {
 	invalidData := []byte(`{"version":"v1","image":"x","variant":"qemu-vtpm","measurements":{"4":{"expected":"00","warnOnly":false}}}`)
 	invalidSig := signRaw(t, invalidData)
 	flipped := bytes.Replace(goodData, []byte(`"0404`), []byte(`"0504`), 1)
+	otherImageData, otherImageSig := signFile(t, &signed.File{Version: signed.Version2, Image: "sha256:" + strings.Repeat("0", 64), Variant: "qemu-vtpm", Issued: fileIssued, Measurements: fetchedMeasurements()})
+	v1Data, v1Sig := signFile(t, &signed.File{Version: signed.Version1, Image: imageRef, Variant: "qemu-vtpm", Measurements: fetchedMeasurements()})
 	badSig := []byte(strings.Replace(string(goodSig), string(goodSig[10]), string(goodSig[10]^1), 1))
 
 	// Served files; a path with "slow" hangs until the client gives up.
@@ -104,7 +131,42 @@ func TestConfigFetchMeasurements(t *testing.T) {
 	}{
 		"file": {
 			files:      map[string][]byte{"measurements.json": goodData, "measurements.json.sig": goodSig},
-			wantStdout: []string{"Verified measurements.json with cosign.pub: image constellation-node-v1.2.0, variant qemu-vtpm.", "PCR 4   added      0404"},
+			wantStdout: []string{"Verified measurements.json with cosign.pub: image " + imageRef + ", variant qemu-vtpm, issued 2026-12-01T12:00:00Z.", "PCR 4   added      0404"},
+		},
+		"a file issued after the one the configuration holds": {
+			files:  map[string][]byte{"measurements.json": goodData, "measurements.json.sig": goodSig},
+			config: withSource(t, localConfig(t), fileIssued.Add(-time.Hour)),
+		},
+		"the same file again": {
+			files:  map[string][]byte{"measurements.json": goodData, "measurements.json.sig": goodSig},
+			config: withSource(t, localConfig(t), fileIssued),
+		},
+		"rollback: a validly signed file issued before the one the configuration holds": {
+			files:    map[string][]byte{"measurements.json": goodData, "measurements.json.sig": goodSig},
+			config:   withSource(t, localConfig(t), fileIssued.Add(time.Hour)),
+			wantCode: 1, wantStderr: "measurements.json was issued 2026-12-01T12:00:00Z, before the measurements ws/constellation-conf.yaml holds (issued 2026-12-01T13:00:00Z)",
+		},
+		"rollback allowed by name": {
+			files:  map[string][]byte{"measurements.json": goodData, "measurements.json.sig": goodSig},
+			config: withSource(t, localConfig(t), fileIssued.Add(time.Hour)),
+			args:   []string{"--allow-older"},
+		},
+		"a file without issue time (v1)": {
+			files:    map[string][]byte{"measurements.json": v1Data, "measurements.json.sig": v1Sig},
+			wantCode: 1, wantStderr: "has no issue time (format v1), so a rollback to older measurements could not be noticed",
+		},
+		"a file for another image": {
+			files:    map[string][]byte{"measurements.json": otherImageData, "measurements.json.sig": otherImageSig},
+			wantCode: 1, wantStderr: "holds measurements for image sha256:0000000000000000000000000000000000000000000000000000000000000000, but the image ws/constellation-conf.yaml configures is " + imageRef,
+		},
+		"a file for another image, allowed by name": {
+			files: map[string][]byte{"measurements.json": otherImageData, "measurements.json.sig": otherImageSig},
+			args:  []string{"--allow-other-image"},
+		},
+		"the configured image is not built": {
+			files:    map[string][]byte{"measurements.json": goodData, "measurements.json.sig": goodSig},
+			config:   bytes.Replace(localConfig(t), []byte("image: img"), []byte("image: missing"), 1),
+			wantCode: 1, wantStderr: "reading the configured image's UKI",
 		},
 		"http": {
 			args:       []string{"--url", srv.URL + "/m.json"},
@@ -199,6 +261,7 @@ func TestConfigFetchMeasurements(t *testing.T) {
 				cfgData = localConfig(t)
 			}
 			require.NoError(t, afero.WriteFile(fs, "ws/"+config.FileName, cfgData, 0o644))
+			require.NoError(t, afero.WriteFile(fs, imageDir+"/constellation.efi", imageUKI, 0o644))
 			for name, data := range tc.files {
 				require.NoError(t, afero.WriteFile(fs, name, data, 0o644))
 			}
@@ -220,8 +283,16 @@ func TestConfigFetchMeasurements(t *testing.T) {
 			cfg, err := config.Parse(got)
 			require.NoError(t, err)
 			assert.Equal(t, fetchedMeasurements(), cfg.Attestation.Measurements)
-			// Only the measurements changed.
+			// Only the measurements and their source changed.
+			served := tc.files["measurements.json"]
+			if served == nil { // fetched over HTTP, or from another path: the good file
+				served = goodData
+			}
+			mf, err := signed.Parse(served)
+			require.NoError(t, err)
 			want, err := config.SetMeasurements(cfgData, fetchedMeasurements())
+			require.NoError(t, err)
+			want, err = config.SetMeasurementsSource(want, config.MeasurementsSource{Image: mf.Image, Issued: mf.Issued.Format(time.RFC3339)})
 			require.NoError(t, err)
 			assert.Equal(t, string(want), string(got))
 			assert.True(t, strings.HasSuffix(string(got), "# my own note\n"))
@@ -241,6 +312,7 @@ func TestConfigFetchMeasurementsJSONAndRerun(t *testing.T) {
 	})
 	require.NoError(t, err)
 	require.NoError(t, afero.WriteFile(fs, config.FileName, cfgData, 0o644))
+	require.NoError(t, afero.WriteFile(fs, imageDir+"/constellation.efi", imageUKI, 0o644))
 	require.NoError(t, afero.WriteFile(fs, "measurements.json", data, 0o644))
 	require.NoError(t, afero.WriteFile(fs, "measurements.json.sig", sig, 0o644))
 
@@ -251,7 +323,9 @@ func TestConfigFetchMeasurementsJSONAndRerun(t *testing.T) {
 	dec.DisallowUnknownFields()
 	require.NoError(t, dec.Decode(&got))
 	assert.True(t, got.Changed)
-	assert.Equal(t, "constellation-node-v1.2.0", got.Image)
+	assert.Equal(t, imageRef, got.Image)
+	assert.Equal(t, "2026-12-01T12:00:00Z", got.Issued)
+	assert.Empty(t, got.PreviousIssued)
 	assert.Equal(t, "measurements.json.sig", got.SignatureURL)
 	changes := map[uint32]string{}
 	for _, m := range got.Measurements {
@@ -264,6 +338,9 @@ func TestConfigFetchMeasurementsJSONAndRerun(t *testing.T) {
 	res = run(t, fs, "config", "fetch-measurements")
 	require.Equal(t, 0, res.code, res.stderr)
 	assert.Contains(t, res.stdout, "constellation-conf.yaml already has these measurements; nothing changed.")
+	cfg, err := config.Parse(updated)
+	require.NoError(t, err)
+	assert.Equal(t, &config.MeasurementsSource{Image: imageRef, Issued: "2026-12-01T12:00:00Z"}, cfg.Attestation.MeasurementsSource)
 	again, err := afero.ReadFile(fs, config.FileName)
 	require.NoError(t, err)
 	assert.Equal(t, updated, again)
@@ -291,6 +368,13 @@ func TestKeygenMeasureFetch(t *testing.T) {
 		res := run(t, fs, args...)
 		require.Equal(t, 0, res.code, "%v: %s", args, res.stderr)
 	}
+	// The configuration names the image whose UKI was measured.
+	require.NoError(t, afero.WriteFile(fs, "img/constellation.efi", testUKI(), 0o644))
+	generated, err := afero.ReadFile(fs, "ws/"+config.FileName)
+	require.NoError(t, err)
+	withImage := bytes.Replace(generated, []byte(`image: ""`), []byte(`image: img`), 1)
+	require.NotEqual(t, generated, withImage)
+	require.NoError(t, afero.WriteFile(fs, "ws/"+config.FileName, withImage, 0o644))
 
 	data, err := afero.ReadFile(fs, signed.FileName)
 	require.NoError(t, err)

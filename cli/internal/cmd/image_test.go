@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
@@ -222,6 +223,7 @@ func TestImageMeasure(t *testing.T) {
 		wantSigned   bool
 		wantOut      string
 		wantNoOutput bool
+		wantIssued   time.Time // zero: about now
 	}{
 		"unsigned": {
 			wantStdout: []string{
@@ -281,6 +283,15 @@ func TestImageMeasure(t *testing.T) {
 		"bad image reference": {
 			args: []string{"--image-ref", "has space"}, wantCode: 1, wantStderr: "--image-ref", wantNoOutput: true,
 		},
+		"fixed issue time": {
+			args:       []string{"--issued", "2026-11-30T08:00:00Z"},
+			wantStdout: []string{"issued 2026-11-30T08:00:00Z"},
+			wantImage:  "sha256:" + hex.EncodeToString(ukiSum[:]), wantVariant: "qemu-vtpm", wantResult: direct,
+			wantIssued: time.Date(2026, time.November, 30, 8, 0, 0, 0, time.UTC),
+		},
+		"issue time not in UTC": {
+			args: []string{"--issued", "2026-11-30T09:00:00+01:00"}, wantCode: 1, wantStderr: "--issued", wantNoOutput: true,
+		},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
@@ -318,6 +329,12 @@ func TestImageMeasure(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, tc.wantImage, f.Image)
 			assert.Equal(t, tc.wantVariant, f.Variant)
+			assert.Equal(t, signed.Version2, f.Version)
+			if tc.wantIssued.IsZero() {
+				assert.WithinDuration(t, time.Now(), f.Issued, time.Minute)
+			} else {
+				assert.Equal(t, tc.wantIssued, f.Issued)
+			}
 			want := tc.wantResult.Measurements(true)
 			want[15] = ref.Measurement{Expected: make(ref.Digest, 32)}
 			assert.Equal(t, want, f.Measurements, "PCR 11 includes the boot phases; PCR 15 is a fresh node's")

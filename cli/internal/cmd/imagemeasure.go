@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +28,7 @@ const (
 	flagVariant    = "variant"
 	flagOut        = "out"
 	flagSignKey    = "sign-key"
+	flagIssued     = "issued"
 )
 
 // platformProfiles maps --platform names to the firmware profiles of package measurements; the first is
@@ -99,6 +101,7 @@ The private key's password comes from COSIGN_PASSWORD (asked for on a terminal w
 	cmd.Flags().String(flagImageRef, "", "image reference recorded in the file (default: sha256:<hex of the UKI>)")
 	cmd.Flags().String(flagVariant, variant.QEMUVTPM.String(), "attestation variant the measurements are for: "+strings.Join(variant.Names(), ", "))
 	cmd.Flags().String(flagOut, signed.FileName, "where to write the measurements; the signature goes to <out>.sig")
+	cmd.Flags().String(flagIssued, "", "issue time recorded in the file, RFC 3339 in UTC (default: now; set it for a reproducible file). 'config fetch-measurements' refuses a file issued before the one a configuration holds")
 	cmd.Flags().String(flagSignKey, "", "sign with this cosign private key (see 'constellation image keygen')")
 	addOutputFlag(cmd)
 	_ = cmd.RegisterFlagCompletionFunc(flagVariant, cobra.FixedCompletions(variant.Names(), cobra.ShellCompDirectiveNoFileComp))
@@ -124,6 +127,7 @@ type bootOptions struct {
 
 type measureOptions struct {
 	bootOptions
+	issued   time.Time
 	imageRef string
 	variant  variant.Variant
 	out      string
@@ -139,6 +143,18 @@ func measureFlags(cmd *cobra.Command) (measureOptions, error) {
 	flags := cmd.Flags()
 	if o.imageRef, err = flags.GetString(flagImageRef); err != nil {
 		return o, err
+	}
+	issued, err := flags.GetString(flagIssued)
+	if err != nil {
+		return o, err
+	}
+	o.issued = time.Now().UTC().Truncate(time.Second)
+	if issued != "" {
+		t, err := time.Parse(time.RFC3339, issued)
+		if err != nil || t.Format(time.RFC3339) != t.UTC().Format(time.RFC3339) {
+			return o, fmt.Errorf("--%s %q: must be a UTC time like 2026-12-04T18:00:00Z", flagIssued, issued)
+		}
+		o.issued = t.UTC()
 	}
 	name, err := flags.GetString(flagVariant)
 	if err != nil {
@@ -231,6 +247,7 @@ type measureResult struct {
 	UKI              string   `json:"uki"`
 	Image            string   `json:"image"`
 	Variant          string   `json:"variant"`
+	Issued           string   `json:"issued"`
 	Platform         string   `json:"platform"`
 	PlatformVerified bool     `json:"platformVerified"`
 	BootPath         string   `json:"bootPath"`
@@ -267,7 +284,7 @@ func (e *env) imageMeasure(cmd *cobra.Command, ukiPath string) error {
 	if o.imageRef == "" {
 		o.imageRef = ukiImageRef(ukiData)
 	}
-	mf := &signed.File{Version: signed.Version1, Image: o.imageRef, Variant: o.variant.String(), Measurements: m}
+	mf := &signed.File{Version: signed.Version2, Image: o.imageRef, Variant: o.variant.String(), Issued: o.issued, Measurements: m}
 	data, err := mf.Marshal()
 	if err != nil {
 		return fmt.Errorf("--%s: %w", flagImageRef, err)
@@ -280,7 +297,7 @@ func (e *env) imageMeasure(cmd *cobra.Command, ukiPath string) error {
 	}
 
 	result := measureResult{
-		UKI: ukiPath, Image: o.imageRef, Variant: o.variant.String(),
+		UKI: ukiPath, Image: o.imageRef, Variant: o.variant.String(), Issued: o.issued.Format(time.RFC3339),
 		Platform: o.platform.Name, PlatformVerified: o.platform.Verified, BootPath: o.pathName,
 		PCR11AfterStub: hex.EncodeToString(res.PCRs(false)[measurements.PCRUKI]),
 		File:           o.out,
@@ -375,9 +392,9 @@ func (e *env) printMeasureResult(r measureResult) error {
 	}
 	fmt.Fprintln(e.out)
 	if r.Signature != "" {
-		fmt.Fprintf(e.out, "Wrote %s (image %s, variant %s) and its signature %s.\n", r.File, r.Image, r.Variant, r.Signature)
+		fmt.Fprintf(e.out, "Wrote %s (image %s, variant %s, issued %s) and its signature %s.\n", r.File, r.Image, r.Variant, r.Issued, r.Signature)
 	} else {
-		fmt.Fprintf(e.out, "Wrote %s (image %s, variant %s), unsigned.\n", r.File, r.Image, r.Variant)
+		fmt.Fprintf(e.out, "Wrote %s (image %s, variant %s, issued %s), unsigned.\n", r.File, r.Image, r.Variant, r.Issued)
 	}
 	if r.RemovedSignature != "" {
 		fmt.Fprintf(e.out, "Removed %s: it signed the previous content.\n", r.RemovedSignature)

@@ -63,8 +63,8 @@ func Validator(v variant.Variant, cfg ValidatorConfig) (attestation.Validator, e
 		}
 		vcfg.AKRoots = cfg.PlatformCA
 	case v.IsSEVSNP():
-		if cfg.SEVSNP.Product == "" {
-			return nil, fmt.Errorf("%s validator: the SEV-SNP policy names no product (Milan, Genoa, Turin)", v)
+		if err := cfg.SEVSNP.Check(); err != nil {
+			return nil, fmt.Errorf("%s validator: %w", v, err)
 		}
 		vcfg.VerifyAK = snp.VerifyAK(cfg.SEVSNP)
 	default:
@@ -87,9 +87,9 @@ func ForConfig(att config.AttestationConfig, refs measurements.M, log *slog.Logg
 	}
 	cfg := ValidatorConfig{Measurements: refs, Log: log}
 	if s := att.SEVSNP; s != nil {
-		cfg.SEVSNP = snp.Policy{Product: s.Product, MinimumTCB: snp.TCB{
-			Bootloader: s.BootloaderVersion, TEE: s.TEEVersion, SNP: s.SNPVersion, Microcode: s.MicrocodeVersion,
-		}}
+		if cfg.SEVSNP, err = s.SNPPolicy(); err != nil {
+			return nil, err
+		}
 	}
 	if att.PlatformCA != "" {
 		if cfg.PlatformCA, err = akcert.ParseCertificates([]byte(att.PlatformCA)); err != nil {

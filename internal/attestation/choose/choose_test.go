@@ -31,12 +31,20 @@ func TestValidator(t *testing.T) {
 	}{
 		"qemu-vtpm":             {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: fullMeasurements(), PlatformCA: roots}},
 		"qemu-vtpm without CA":  {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "no platform CA"},
-		"aws-sev-snp":           {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Milan"}}},
-		"gcp-sev-snp":           {v: variant.GCPSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Milan"}}},
-		"azure-sev-snp":         {v: variant.AzureSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Genoa"}}},
-		"snp without a product": {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "names no product"},
-		"missing references":    {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: measurements.M{}, PlatformCA: roots}, wantErr: "no reference value for an enforced PCR"},
-		"no variant":            {v: variant.Variant{}, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "no validator"},
+		"aws-sev-snp":           {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snpPolicy("Milan", snp.TCB{})}},
+		"gcp-sev-snp":           {v: variant.GCPSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snpPolicy("Milan", snp.TCB{})}},
+		"azure-sev-snp":         {v: variant.AzureSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snpPolicy("Genoa", snp.TCB{SNP: 1})}},
+		"snp without a product": {v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "no AMD product line given"},
+		"snp without launch measurements": {
+			v: variant.AWSSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snp.Policy{Product: "Milan"}},
+			wantErr: "no launch measurement",
+		},
+		"snp on Genoa without a minimum TCB": {
+			v: variant.AzureSEVSNP, cfg: ValidatorConfig{Measurements: fullMeasurements(), SEVSNP: snpPolicy("Genoa", snp.TCB{})},
+			wantErr: "no default minimum TCB for Genoa",
+		},
+		"missing references": {v: variant.QEMUVTPM, cfg: ValidatorConfig{Measurements: measurements.M{}, PlatformCA: roots}, wantErr: "no reference value for an enforced PCR"},
+		"no variant":         {v: variant.Variant{}, cfg: ValidatorConfig{Measurements: fullMeasurements()}, wantErr: "no validator"},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
@@ -64,4 +72,8 @@ func TestIssuer(t *testing.T) {
 		_, err := Issuer(v, nil, "")
 		assert.ErrorIs(t, err, ErrIssuerUnavailable, v.String())
 	}
+}
+
+func snpPolicy(product string, minimum snp.TCB) snp.Policy {
+	return snp.Policy{Product: product, MinimumTCB: minimum, LaunchMeasurements: [][]byte{make([]byte, snp.LaunchMeasurementSize)}}
 }

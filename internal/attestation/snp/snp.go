@@ -2,7 +2,9 @@
 // proves nothing about the machine it runs on; an AMD SEV-SNP report, signed by the AMD secure processor
 // and carrying a hash of the vTPM attestation key (AK) in REPORT_DATA, extends trust in AMD's silicon to
 // that AK. This package establishes that the report really comes from AMD hardware at an acceptable
-// firmware level, in a non-debuggable guest, and that it vouches for the expected AK.
+// firmware level, that it describes a launch the cluster expects (the firmware's launch digest, VMPL 0, a
+// guest policy without debugging or a migration agent), and that it vouches for the expected AK and was
+// made for this attestation (REPORT_DATA = SHA-256(AK) || SHA-256(nonce), see Binding).
 //
 // Signature and certificate checking is go-sev-guest's; this package only wires it up so that it never
 // touches the network and then applies the cluster's policy.
@@ -44,7 +46,19 @@ var (
 	ErrReportDataMismatch = errors.New("SEV-SNP REPORT_DATA mismatch")
 	// ErrInvalidPolicy marks a policy the validator cannot work with; the attestation was not judged.
 	ErrInvalidPolicy = errors.New("invalid SEV-SNP validation policy")
+	// ErrLaunchMeasurement marks a report whose MEASUREMENT (the launch digest of the guest's initial memory,
+	// i.e. its firmware) is none of the policy's: another firmware, or another guest altogether.
+	ErrLaunchMeasurement = errors.New("SEV-SNP launch measurement not accepted")
+	// ErrVMPL marks a report requested from a VM privilege level other than 0: software that runs below the
+	// guest's most privileged level (and could be made to lie about the rest) asked for it.
+	ErrVMPL = errors.New("SEV-SNP report not from VMPL 0")
+	// ErrMigrationAgent marks a report whose guest policy allows a migration agent, which can export the
+	// guest's memory and state to another machine.
+	ErrMigrationAgent = errors.New("SEV-SNP guest policy allows a migration agent")
 )
+
+// LaunchMeasurementSize is the size of a report's MEASUREMENT (SHA-384).
+const LaunchMeasurementSize = 48
 
 // Attestation is what a node sends: the raw report plus the certificates it got from the host.
 type Attestation struct {
@@ -70,12 +84,20 @@ type TCB struct {
 	Microcode  uint8
 }
 
-// Policy is what a cluster accepts. Product is required; debugging is refused unless allowed explicitly.
+// Policy is what a cluster accepts. Product and LaunchMeasurements are required; the zero value of every
+// other field is the strict choice.
 type Policy struct {
+	// LaunchMeasurements are the accepted MEASUREMENT values (48 bytes each): the launch digests of the
+	// firmware the nodes boot with, computed from the image's firmware. Required: without a reference the
+	// report could come from any guest on any SNP machine.
+	LaunchMeasurements [][]byte
 	// MinimumTCB is compared per component with the report's REPORTED_TCB, which must also be the TCB the
 	// endorsement certificate was issued for: old firmware with known flaws cannot sign with a newer key.
-	// The zero value accepts any firmware; set it to keep nodes with known-vulnerable firmware out.
+	// The zero value means the product line's default (DefaultMinimumTCB); a product line without a default
+	// needs an explicit minimum.
 	MinimumTCB TCB
+	// AllowMigrationAgent accepts guests whose policy allows a migration agent (MIGRATE_MA).
+	AllowMigrationAgent bool
 	// AllowDebug accepts guests whose policy lets the host debug them, which exposes all guest memory.
 	// Only for test clusters.
 	AllowDebug bool
@@ -91,12 +113,36 @@ type Policy struct {
 	Now time.Time
 }
 
-// AKBinding returns the REPORT_DATA the vTPM variants put into the report: SHA-256 of the AK public key
-// (in the encoding the issuer hashed) followed by 32 zero bytes, so the report vouches for exactly that AK.
-func AKBinding(akPublic []byte) [64]byte {
+// defaultMinimumTCBs are the minimum firmware levels a policy without an explicit MinimumTCB requires. Milan:
+// the levels Constellation documents as its Azure defaults (bootloader 3, TEE 0, SNP 8, microcode 115),
+// which fix the SNP firmware vulnerabilities of AMD's 2023 bulletins. No default is embedded for Genoa and
+// Turin: a made-up level either refuses good nodes or admits vulnerable ones, so those need an explicit
+// minimum from AMD's current security bulletins.
+var defaultMinimumTCBs = map[string]TCB{
+	"Milan": {Bootloader: 3, TEE: 0, SNP: 8, Microcode: 115},
+}
+
+// DefaultMinimumTCB returns the minimum firmware levels of product line product used when a policy sets none.
+func DefaultMinimumTCB(product string) (TCB, bool) {
+	tcb, ok := defaultMinimumTCBs[product]
+	return tcb, ok
+}
+
+// nonceDomain separates the hash of the nonce in REPORT_DATA from any other use of SHA-256 over a nonce.
+const nonceDomain = "constellation sev-snp report nonce\x00"
+
+// Binding returns the REPORT_DATA the vTPM variants put into the report: SHA-256 of the AK public key (in
+// the encoding the issuer hashed), so the report vouches for exactly that AK, followed by SHA-256 of the
+// attestation's nonce, so the report was made for this attestation and cannot be replayed from an earlier
+// one (e.g. one made before the node's firmware was downgraded or its measurements were revoked).
+func Binding(akPublic, nonce []byte) [64]byte {
 	var binding [64]byte
-	sum := sha256.Sum256(akPublic)
-	copy(binding[:], sum[:])
+	ak := sha256.Sum256(akPublic)
+	copy(binding[:32], ak[:])
+	h := sha256.New()
+	h.Write([]byte(nonceDomain))
+	h.Write(nonce)
+	copy(binding[32:], h.Sum(nil))
 	return binding
 }
 
@@ -110,6 +156,9 @@ func AKBinding(akPublic []byte) [64]byte {
 func Validate(att Attestation, policy Policy, reportData [64]byte) (*sevsnp.Report, error) {
 	roots, err := trustedRoots(policy)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkReferences(policy); err != nil {
 		return nil, err
 	}
 	report, err := decodeReport(att.Report)
@@ -183,6 +232,45 @@ func trustedRoots(policy Policy) ([]*trust.AMDRootCerts, error) {
 		}
 	}
 	return roots, nil
+}
+
+// Check reports whether the policy can be used to judge reports (ErrInvalidPolicy if not), so that a
+// validator refuses a bad policy when it is built rather than at the first node.
+func (p Policy) Check() error {
+	if _, err := trustedRoots(p); err != nil {
+		return err
+	}
+	return checkReferences(p)
+}
+
+// checkReferences refuses a policy that could not refuse anything: no launch measurement, one of the wrong
+// size, or no minimum TCB for a product line without a default.
+func checkReferences(policy Policy) error {
+	if len(policy.LaunchMeasurements) == 0 {
+		return fmt.Errorf("%w: no launch measurement to compare reports with (attestation.sevSNP.launchMeasurements)", ErrInvalidPolicy)
+	}
+	for i, m := range policy.LaunchMeasurements {
+		if len(m) != LaunchMeasurementSize {
+			return fmt.Errorf("%w: launch measurement %d is %d bytes, want %d", ErrInvalidPolicy, i, len(m), LaunchMeasurementSize)
+		}
+	}
+	if _, err := minimumTCB(policy); err != nil {
+		return err
+	}
+	return nil
+}
+
+// minimumTCB returns the policy's minimum TCB, or its product line's default when it sets none.
+func minimumTCB(policy Policy) (TCB, error) {
+	if policy.MinimumTCB != (TCB{}) {
+		return policy.MinimumTCB, nil
+	}
+	tcb, ok := DefaultMinimumTCB(policy.Product)
+	if !ok {
+		return TCB{}, fmt.Errorf("%w: no default minimum TCB for %s; set the minimum SVNs (attestation.sevSNP.*Version) from AMD's current security bulletins",
+			ErrInvalidPolicy, policy.Product)
+	}
+	return tcb, nil
 }
 
 func knownProducts() string {
@@ -314,23 +402,40 @@ func checkCertBinding(report *sevsnp.Report, key abi.ReportSigner, der []byte) e
 func checkPolicy(report *sevsnp.Report, policy Policy, reportData [64]byte) error {
 	var errs []error
 
+	if !slices.ContainsFunc(policy.LaunchMeasurements, func(m []byte) bool { return bytes.Equal(m, report.GetMeasurement()) }) {
+		errs = append(errs, fmt.Errorf("%w: the report's MEASUREMENT is %x, which is not one of the %d configured",
+			ErrLaunchMeasurement, report.GetMeasurement(), len(policy.LaunchMeasurements)))
+	}
+	if report.GetVmpl() != 0 {
+		errs = append(errs, fmt.Errorf("%w: the report was requested at VMPL %d", ErrVMPL, report.GetVmpl()))
+	}
+
 	guest, err := abi.ParseSnpPolicy(report.GetPolicy())
 	if err != nil {
 		errs = append(errs, fmt.Errorf("%w: guest policy: %w", ErrMalformedReport, err))
-	} else if guest.Debug && !policy.AllowDebug {
-		errs = append(errs, fmt.Errorf("%w: guest policy %#x has DEBUG set, so the host can read guest memory",
-			ErrDebugEnabled, report.GetPolicy()))
+	} else {
+		if guest.Debug && !policy.AllowDebug {
+			errs = append(errs, fmt.Errorf("%w: guest policy %#x has DEBUG set, so the host can read guest memory",
+				ErrDebugEnabled, report.GetPolicy()))
+		}
+		if guest.MigrateMA && !policy.AllowMigrationAgent {
+			errs = append(errs, fmt.Errorf("%w: guest policy %#x has MIGRATE_MA set", ErrMigrationAgent, report.GetPolicy()))
+		}
 	}
 
+	minimum, err := minimumTCB(policy)
+	if err != nil {
+		return err
+	}
 	reported := kds.DecomposeTCBVersion(kds.TCBVersion(report.GetReportedTcb()))
 	for _, c := range []struct {
 		name         string
 		minimum, got uint8
 	}{
-		{"bootloader", policy.MinimumTCB.Bootloader, reported.BlSpl},
-		{"TEE", policy.MinimumTCB.TEE, reported.TeeSpl},
-		{"SNP", policy.MinimumTCB.SNP, reported.SnpSpl},
-		{"microcode", policy.MinimumTCB.Microcode, reported.UcodeSpl},
+		{"bootloader", minimum.Bootloader, reported.BlSpl},
+		{"TEE", minimum.TEE, reported.TeeSpl},
+		{"SNP", minimum.SNP, reported.SnpSpl},
+		{"microcode", minimum.Microcode, reported.UcodeSpl},
 	} {
 		if c.got < c.minimum {
 			errs = append(errs, fmt.Errorf("%w: %s SVN is %d, policy requires at least %d",

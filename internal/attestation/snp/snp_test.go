@@ -84,10 +84,11 @@ func facts(tb testing.TB) realFacts {
 // that accepts it must say so.
 func realPolicy(tb testing.TB) Policy {
 	return Policy{
-		MinimumTCB: facts(tb).tcb,
-		AllowDebug: true,
-		Product:    "Milan",
-		Now:        validAt,
+		LaunchMeasurements: [][]byte{facts(tb).measurement},
+		MinimumTCB:         facts(tb).tcb,
+		AllowDebug:         true,
+		Product:            "Milan",
+		Now:                validAt,
 	}
 }
 
@@ -117,7 +118,7 @@ func flip(offset int) func(*Attestation) {
 
 var allSentinels = []error{
 	ErrMalformedReport, ErrSignature, ErrMissingCertificate, ErrDebugEnabled, ErrTCBTooLow,
-	ErrReportDataMismatch, ErrInvalidPolicy,
+	ErrReportDataMismatch, ErrInvalidPolicy, ErrLaunchMeasurement, ErrVMPL, ErrMigrationAgent,
 }
 
 // requireOnly asserts that err is want and none of the other sentinels, so each failure is classified
@@ -165,8 +166,15 @@ func TestValidate(t *testing.T) {
 		wantMsg    string
 	}{
 		"real report at exactly its own TCB": {},
-		"real report, no TCB minimum": {
-			policy: func(p *Policy) { p.MinimumTCB = TCB{} },
+		"real report, no TCB minimum: Milan's default is newer than its firmware": {
+			policy:  func(p *Policy) { p.MinimumTCB = TCB{} },
+			wantErr: ErrTCBTooLow,
+			wantMsg: "bootloader SVN is 2, policy requires at least 3",
+		},
+		"real report among other accepted launch measurements": {
+			policy: func(p *Policy) {
+				p.LaunchMeasurements = [][]byte{bytes.Repeat([]byte{1}, 48), f.measurement, bytes.Repeat([]byte{2}, 48)}
+			},
 		},
 		"host-supplied ASK and ARK are accepted but not needed": {
 			att: func(a *Attestation) { a.CertChain = [][]byte{askDER, arkDER} },
@@ -333,13 +341,33 @@ func TestValidate(t *testing.T) {
 			wantErr: ErrTCBTooLow,
 			wantMsg: fmt.Sprintf("microcode SVN is %d, policy requires at least %d", f.tcb.Microcode, f.tcb.Microcode+1),
 		},
+		"report of another launch (firmware)": {
+			policy:  func(p *Policy) { p.LaunchMeasurements = [][]byte{bytes.Repeat([]byte{0xaa}, 48)} },
+			wantErr: ErrLaunchMeasurement,
+			wantMsg: "the report's MEASUREMENT is " + hex.EncodeToString(f.measurement),
+		},
+		"policy without launch measurements": {
+			policy:  func(p *Policy) { p.LaunchMeasurements = nil },
+			wantErr: ErrInvalidPolicy,
+			wantMsg: "no launch measurement",
+		},
+		"launch measurement of the wrong size": {
+			policy:  func(p *Policy) { p.LaunchMeasurements = [][]byte{f.measurement[:32]} },
+			wantErr: ErrInvalidPolicy,
+			wantMsg: "launch measurement 0 is 32 bytes, want 48",
+		},
+		"product line without a default minimum TCB": {
+			policy:  func(p *Policy) { p.Product, p.MinimumTCB = "Genoa", TCB{} },
+			wantErr: ErrInvalidPolicy,
+			wantMsg: "no default minimum TCB for Genoa",
+		},
 		"REPORT_DATA differs in its last byte": {
 			reportData: func(d *[64]byte) { d[63] ^= 0x01 },
 			wantErr:    ErrReportDataMismatch,
 			wantMsg:    "report carries " + hex.EncodeToString(f.reportData[:]),
 		},
 		"report vouches for another AK": {
-			reportData: func(d *[64]byte) { *d = AKBinding([]byte("the AK the verifier expected")) },
+			reportData: func(d *[64]byte) { *d = Binding([]byte("the AK the verifier expected"), []byte("nonce")) },
 			wantErr:    ErrReportDataMismatch,
 			wantMsg:    "REPORT_DATA mismatch",
 		},
@@ -402,7 +430,7 @@ func TestValidateReportsAllPolicyFailuresAtOnce(t *testing.T) {
 	policy.MinimumTCB = TCB{
 		Bootloader: f.tcb.Bootloader + 1, TEE: f.tcb.TEE + 1, SNP: f.tcb.SNP + 1, Microcode: f.tcb.Microcode + 1,
 	}
-	reportData := AKBinding([]byte("another AK"))
+	reportData := Binding([]byte("another AK"), []byte("nonce"))
 
 	report, err := Validate(realAttestation(), policy, reportData)
 
@@ -421,7 +449,7 @@ func TestValidateReportsAllPolicyFailuresAtOnce(t *testing.T) {
 // A tampered report must fail on its signature even when the policy would refuse it too, and even when the
 // tampering makes REPORT_DATA match what the verifier expects: nothing from an unverified report is judged.
 func TestValidateChecksSignatureBeforePolicy(t *testing.T) {
-	forgedBinding := AKBinding([]byte("attacker's AK"))
+	forgedBinding := Binding([]byte("attacker's AK"), []byte("nonce"))
 	att := realAttestation()
 	copy(att.Report[offReportData:], forgedBinding[:])
 
@@ -557,12 +585,14 @@ func sha256Hex(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func TestAKBinding(t *testing.T) {
+func TestBinding(t *testing.T) {
 	// SHA-256("abc") from FIPS 180-2, appendix B.1.
-	want := "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad" + strings.Repeat("00", 32)
-	got := AKBinding([]byte("abc"))
-	assert.Equal(t, want, hex.EncodeToString(got[:]))
-	assert.NotEqual(t, got, AKBinding([]byte("abd")))
+	wantAK := "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+	nonceSum := sha256.Sum256([]byte("constellation sev-snp report nonce\x00n1"))
+	got := Binding([]byte("abc"), []byte("n1"))
+	assert.Equal(t, wantAK+hex.EncodeToString(nonceSum[:]), hex.EncodeToString(got[:]))
+	assert.NotEqual(t, got, Binding([]byte("abd"), []byte("n1")), "another AK")
+	assert.NotEqual(t, got, Binding([]byte("abc"), []byte("n2")), "another nonce")
 }
 
 func TestTrustedRoots(t *testing.T) {

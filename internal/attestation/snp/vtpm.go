@@ -20,11 +20,11 @@ func EncodeInstanceInfo(att Attestation) ([]byte, error) {
 }
 
 // VerifyAK returns the AK check of the *-sev-snp variants: the document's instance info must be an SEV-SNP
-// attestation that is valid under policy and whose REPORT_DATA is AKBinding of the document's AK. The
-// hardware thereby vouches that the AK belongs to a vTPM inside this confidential VM; the quote's nonce
-// keeps the document fresh.
+// attestation that is valid under policy and whose REPORT_DATA is the Binding of the document's AK and the
+// attestation's nonce. The hardware thereby vouches that the AK belongs to a vTPM inside this confidential
+// VM, now: a report from an earlier attestation (older firmware, revoked measurements) does not fit.
 func VerifyAK(policy Policy) vtpm.AKVerifier {
-	return func(_ context.Context, doc *vtpm.Document, _ crypto.PublicKey, _ []byte) error {
+	return func(_ context.Context, doc *vtpm.Document, _ crypto.PublicKey, nonce []byte) error {
 		if len(doc.InstanceInfo) == 0 {
 			return ErrNoReport
 		}
@@ -34,7 +34,7 @@ func VerifyAK(policy Policy) vtpm.AKVerifier {
 		if err := dec.Decode(&att); err != nil {
 			return fmt.Errorf("%w: %w", ErrMalformedReport, err)
 		}
-		if _, err := Validate(att, policy, AKBinding(doc.AKPublic)); err != nil {
+		if _, err := Validate(att, policy, Binding(doc.AKPublic, nonce)); err != nil {
 			return err
 		}
 		return nil

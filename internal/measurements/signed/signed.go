@@ -2,9 +2,10 @@
 // travels with its cosign signature, measurements.json.sig.
 //
 //	{
-//	  "version": "v1",
+//	  "version": "v2",
 //	  "image": "sha256:<hex of the UKI>",
 //	  "variant": "qemu-vtpm",
+//	  "issued": "2026-12-04T18:00:00Z",
 //	  "measurements": {
 //	    "4": {"expected": "<64 hex digits>", "warnOnly": false},
 //	    ...
@@ -14,6 +15,10 @@
 // The signature covers the exact bytes of the file, so encoding is deterministic (PCRs in ascending order,
 // fixed indentation) and decoding is strict: unknown or repeated fields, non-canonical PCR indices and
 // trailing data are rejected, so that no two readers can see different measurements in one signed file.
+//
+// Version v2 adds the issue time, which lets a reader refuse a validly signed but older file than the one
+// it holds (a rollback to measurements that were since revoked). v1 files, which have none, still parse,
+// with a zero issue time: older than any v2 file.
 package signed
 
 import (
@@ -23,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"time"
 	"unicode"
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
@@ -35,8 +41,10 @@ const (
 	FileName = "measurements.json"
 	// SignatureSuffix is appended to the measurements file's name or URL to get its signature's.
 	SignatureSuffix = ".sig"
-	// Version1 is the current format version.
+	// Version1 is the first format version, without an issue time.
 	Version1 = "v1"
+	// Version2 is the current format version: Version1 plus the issue time.
+	Version2 = "v2"
 	// MaxFileSize bounds what a reader accepts; a real file is about 1 KiB.
 	MaxFileSize = 64 << 10
 	// maxImageLen bounds the image reference, which is shown to users and compared, never interpreted.
@@ -48,13 +56,16 @@ var ErrInvalid = errors.New("invalid measurements file")
 
 // File is the content of measurements.json.
 type File struct {
-	// Version is the format version, Version1.
+	// Version is the format version, Version2 (or Version1 for a file without issue time).
 	Version string
 	// Image names the node image the measurements belong to, e.g. constellation-node-v1.2.3 or
 	// sha256:<hex of the UKI>.
 	Image string
 	// Variant is the attestation variant the measurements are for, e.g. qemu-vtpm.
 	Variant string
+	// Issued is when the publisher issued the file (UTC, whole seconds); required from Version2 on. A newer
+	// file supersedes an older one for the same image line.
+	Issued time.Time
 	// Measurements are the reference values by PCR index.
 	Measurements measurements.M
 }
@@ -62,8 +73,19 @@ type File struct {
 // Validate checks every field.
 func (f *File) Validate() error {
 	var errs []error
-	if f.Version != Version1 {
-		errs = append(errs, fmt.Errorf("version %q is not supported: this CLI reads %s", f.Version, Version1))
+	switch f.Version {
+	case Version1:
+		if !f.Issued.IsZero() {
+			errs = append(errs, fmt.Errorf("issued: not part of version %s; use %s", Version1, Version2))
+		}
+	case Version2:
+		if f.Issued.IsZero() {
+			errs = append(errs, errors.New("issued: must be set"))
+		} else if !f.Issued.Equal(f.Issued.UTC().Truncate(time.Second)) {
+			errs = append(errs, errors.New("issued: must be whole seconds"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("version %q is not supported: this CLI reads %s and %s", f.Version, Version1, Version2))
 	}
 	if err := validateImage(f.Image); err != nil {
 		errs = append(errs, err)
@@ -103,6 +125,7 @@ type wire struct {
 	Version      string                     `json:"version"`
 	Image        string                     `json:"image"`
 	Variant      string                     `json:"variant"`
+	Issued       *string                    `json:"issued,omitempty"`
 	Measurements map[string]wireMeasurement `json:"measurements"`
 }
 
@@ -118,7 +141,11 @@ func (f *File) Marshal() ([]byte, error) {
 	}
 	var b bytes.Buffer
 	b.WriteString("{\n")
-	for _, field := range []struct{ name, value string }{{"version", f.Version}, {"image", f.Image}, {"variant", f.Variant}} {
+	fields := []struct{ name, value string }{{"version", f.Version}, {"image", f.Image}, {"variant", f.Variant}}
+	if f.Version != Version1 {
+		fields = append(fields, struct{ name, value string }{"issued", f.Issued.UTC().Format(time.RFC3339)})
+	}
+	for _, field := range fields {
 		value, err := json.Marshal(field.value)
 		if err != nil {
 			return nil, fmt.Errorf("encoding %s: %w", field.name, err)
@@ -162,6 +189,14 @@ func Parse(data []byte) (*File, error) {
 	}
 	f := &File{Version: w.Version, Image: w.Image, Variant: w.Variant, Measurements: measurements.M{}}
 	var errs []error
+	if w.Issued != nil {
+		// Only the canonical form, so that one signed file cannot be read as two different times.
+		issued, err := time.Parse(time.RFC3339, *w.Issued)
+		if err != nil || issued.UTC().Format(time.RFC3339) != *w.Issued {
+			errs = append(errs, fmt.Errorf("issued %q: must be a UTC time like 2026-12-04T18:00:00Z", *w.Issued))
+		}
+		f.Issued = issued
+	}
 	for key, m := range w.Measurements {
 		idx, err := parseIndex(key)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -20,6 +21,9 @@ func readTestdata(t *testing.T, name string) []byte {
 	require.NoError(t, err)
 	return data
 }
+
+// issued is the issue time of the test files.
+var issued = time.Date(2026, time.December, 4, 18, 0, 0, 0, time.UTC)
 
 func digest(b byte) measurements.Digest {
 	return bytes.Repeat([]byte{b}, measurements.DigestSize)
@@ -96,7 +100,7 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	verifier, err := cosign.ParsePublicKey(pubPEM)
 	require.NoError(t, err)
 
-	f := &File{Version: Version1, Image: "sha256:abc", Variant: "qemu-vtpm", Measurements: measurements.M{
+	f := &File{Version: Version2, Image: "sha256:abc", Variant: "qemu-vtpm", Issued: issued, Measurements: measurements.M{
 		12: {Expected: digest(3)}, 4: {Expected: digest(1)}, 9: {Expected: digest(2), WarnOnly: true},
 	}}
 	data, sig, err := Sign(f, signer)
@@ -111,7 +115,7 @@ func TestMarshalIsDeterministic(t *testing.T) {
 	for i := uint32(0); i < measurements.PCRCount; i++ {
 		m[i] = measurements.Measurement{Expected: digest(byte(i)), WarnOnly: i%2 == 0}
 	}
-	f := &File{Version: Version1, Image: "constellation-node-v1", Variant: "aws-sev-snp", Measurements: m}
+	f := &File{Version: Version2, Image: "constellation-node-v1", Variant: "aws-sev-snp", Issued: issued, Measurements: m}
 	first, err := f.Marshal()
 	require.NoError(t, err)
 	for range 20 {
@@ -122,6 +126,7 @@ func TestMarshalIsDeterministic(t *testing.T) {
 	text := string(first)
 	assert.Less(t, strings.Index(text, `"4":`), strings.Index(text, `"11":`), "PCRs in numeric order")
 	assert.True(t, strings.HasSuffix(text, "}\n"))
+	assert.Contains(t, text, `"issued": "2026-12-04T18:00:00Z",`)
 	parsed, err := Parse(first)
 	require.NoError(t, err)
 	assert.Equal(t, f, parsed)
@@ -157,7 +162,11 @@ func TestParseRejects(t *testing.T) {
 		"missing warnOnly":          {data: file(`{"4":{"expected":"` + d + `"}}`), wantErr: "PCR 4: warnOnly: must be set"},
 		"no measurements":           {data: file(`{}`), wantErr: "at least one PCR"},
 		"missing measurements":      {data: `{"version":"v1","image":"img","variant":"qemu-vtpm"}`, wantErr: "measurements: must be set"},
-		"wrong version":             {data: strings.Replace(valid, `"v1"`, `"v2"`, 1), wantErr: `version "v2" is not supported`},
+		"wrong version":             {data: strings.Replace(valid, `"v1"`, `"v3"`, 1), wantErr: `version "v3" is not supported`},
+		"v2 without issue time":     {data: strings.Replace(valid, `"v1"`, `"v2"`, 1), wantErr: "issued: must be set"},
+		"v1 with an issue time":     {data: strings.Replace(valid, `"variant"`, `"issued": "2026-12-04T18:00:00Z", "variant"`, 1), wantErr: "issued: not part of version v1"},
+		"issue time not in UTC":     {data: strings.Replace(strings.Replace(valid, `"v1"`, `"v2"`, 1), `"variant"`, `"issued": "2026-12-04T19:00:00+01:00", "variant"`, 1), wantErr: "must be a UTC time"},
+		"issue time not a time":     {data: strings.Replace(strings.Replace(valid, `"v1"`, `"v2"`, 1), `"variant"`, `"issued": "yesterday", "variant"`, 1), wantErr: "must be a UTC time"},
 		"unknown variant":           {data: strings.Replace(valid, `qemu-vtpm`, `tdx`, 1), wantErr: `unknown attestation variant "tdx"`},
 		"empty image":               {data: strings.Replace(valid, `constellation-node-v0.0.0-test`, ``, 1), wantErr: "image: must be set"},
 		"image with a newline":      {data: strings.Replace(valid, `constellation-node-v0.0.0-test`, `a\nb`, 1), wantErr: "must not contain spaces"},
