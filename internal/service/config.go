@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+
+	"github.com/constellation-go/constellation/internal/ratelimit"
 )
 
 // ParseFlags parses args into fs; a flag not given on the command line takes its value from the environment
@@ -53,4 +55,17 @@ func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 func LogFlags(fs *flag.FlagSet) (level, format *string) {
 	return fs.String("log-level", "info", "log level: debug, info, warn or error"),
 		fs.String("log-format", "json", "log format: json or text")
+}
+
+// RateLimitFlags adds --rate-limit and --rate-burst, the per-source limit of an endpoint whose every use
+// costs a TPM quote, with the given defaults. The returned function builds the limiter after parsing.
+func RateLimitFlags(fs *flag.FlagSet, perSecond float64, burst int) func() (*ratelimit.PerSource, error) {
+	rateFlag := fs.Float64("rate-limit", perSecond, "requests (and new connections) per second allowed from one source IP on average")
+	burstFlag := fs.Int("rate-burst", burst, "requests (and new connections) one source IP may make at once")
+	return func() (*ratelimit.PerSource, error) {
+		if *rateFlag <= 0 || *burstFlag <= 0 {
+			return nil, fmt.Errorf("--rate-limit and --rate-burst must be positive (got %g and %d)", *rateFlag, *burstFlag)
+		}
+		return ratelimit.New(*rateFlag, *burstFlag), nil
+	}
 }

@@ -9,12 +9,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+
+	"github.com/constellation-go/constellation/internal/ratelimit"
 )
 
 // ShutdownTimeout bounds how long in-flight requests may take to finish after a stop signal.
@@ -29,6 +34,9 @@ type Servers struct {
 	HTTPListener net.Listener
 	// Handlers are further HTTP routes, e.g. an HTTP form of the API.
 	Handlers map[string]http.Handler
+	// ConnLimit, if set, closes gRPC connections of sources over their limit as soon as they are accepted,
+	// before any handshake work (see internal/ratelimit).
+	ConnLimit *ratelimit.PerSource
 	// Registry holds the service's metrics; Run adds Go and process collectors.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
@@ -65,8 +73,12 @@ func Run(ctx context.Context, s Servers) error {
 	}()
 	if s.GRPC != nil {
 		running++
+		grpcListener := s.GRPCListener
+		if s.ConnLimit != nil {
+			grpcListener = s.ConnLimit.Listener(grpcListener)
+		}
 		go func() {
-			if err := s.GRPC.Serve(s.GRPCListener); err != nil {
+			if err := s.GRPC.Serve(grpcListener); err != nil {
 				errc <- fmt.Errorf("gRPC server: %w", err)
 				return
 			}
@@ -115,7 +127,7 @@ func Run(ctx context.Context, s Servers) error {
 // ListenAndRun listens on grpcAddr (unless s.GRPC is nil) and httpAddr, then runs s until ctx ends.
 func ListenAndRun(ctx context.Context, grpcAddr, httpAddr string, s Servers) error {
 	if s.GRPC != nil {
-		lis, err := net.Listen("tcp", grpcAddr)
+		lis, err := Listen(grpcAddr)
 		if err != nil {
 			return fmt.Errorf("listening for gRPC: %w", err)
 		}
@@ -130,4 +142,43 @@ func ListenAndRun(ctx context.Context, grpcAddr, httpAddr string, s Servers) err
 	}
 	s.HTTPListener = lis
 	return Run(ctx, s)
+}
+
+// UnixPrefix marks a listen address as a unix socket path, as gRPC's own target syntax does
+// (unix:///run/x.sock).
+const UnixPrefix = "unix://"
+
+// Listen listens on addr: a TCP host:port, or UnixPrefix followed by an absolute socket path. A unix socket
+// is made reachable by its owner only: its directory is created (or tightened) to 0700 and the socket is
+// 0600, so on a node only root processes that were given the directory can connect, unlike a loopback
+// port, which every process in the network namespace (any hostNetwork pod) can reach.
+func Listen(addr string) (net.Listener, error) {
+	path, ok := strings.CutPrefix(addr, UnixPrefix)
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("unix socket address %q: the path must be absolute", addr)
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating the socket's directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("restricting the socket's directory: %w", err)
+	}
+	// A socket file left by an earlier run (after a crash) would make Listen fail.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing a stale socket: %w", err)
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	// Until this chmod the directory (0700) already keeps others out.
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = lis.Close()
+		return nil, fmt.Errorf("restricting the socket: %w", err)
+	}
+	return lis, nil
 }

@@ -7,9 +7,11 @@
 // All three run with host networking, from images imported into containerd under the references in
 // Images (there is no registry, so they are never pulled):
 //
-//   - KeyService on control planes, listening on the node's loopback only (KeyServiceAddr): it has no
-//     authentication, and its only client is the JoinService on the same node. (Not the :9000 of
-//     ARCHITECTURE.md §6: that port is the bootstrapper's init API on the same network namespace.)
+//   - KeyService on control planes, its API on a unix socket (KeyServiceAddr) in a host directory that only
+//     it and the JoinService mount: the API has no authentication of its own, so it must not be reachable
+//     by anyone else. A loopback port would be reachable by every process in the node's network namespace,
+//     including any hostNetwork pod; the socket's directory is root's, 0700, and not in any other pod's
+//     mount namespace. Only /healthz and /metrics stay on the loopback (keyServiceHTTPPort).
 //   - JoinService on control planes, on :30090 (aTLS) and :30091 (health, metrics). It reads the cluster CA
 //     from the node's /etc/kubernetes/pki and reaches the API server on its own node (status.hostIP:6443),
 //     which does not depend on kube-proxy or CoreDNS being up.
@@ -41,6 +43,7 @@ import (
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 )
@@ -69,8 +72,8 @@ const (
 	joinServiceHTTPPort           = 30091
 	verificationServiceGRPCPort   = 30081
 	verificationServiceHTTPPort   = 30080
-	keyServiceGRPCPort            = 9010
 	keyServiceHTTPPort            = 9011
+	keyServiceSocketDir           = "/run/constellation/keyservice"
 	tpmSchemeSwtpm, tpmSchemeDev  = "swtpm:", "device:"
 	priorityClusterCritical       = "system-cluster-critical"
 	priorityNodeCritical          = "system-node-critical"
@@ -80,8 +83,8 @@ const (
 	verificationEventLogMountName = "eventlog"
 )
 
-// KeyServiceAddr is where the KeyService listens on each control plane's loopback.
-var KeyServiceAddr = net.JoinHostPort(keyServiceLoopback, strconv.Itoa(keyServiceGRPCPort))
+// KeyServiceAddr is the KeyService's API on each control plane: a unix socket, in gRPC's target syntax.
+var KeyServiceAddr = service.UnixPrefix + path.Join(keyServiceSocketDir, "keyservice.sock")
 
 // Images are the services' image references, as the images were imported into containerd.
 type Images struct {
@@ -362,7 +365,17 @@ func controlPlanesOnly() map[string]string {
 	return map[string]string{controlPlaneLabel: ""}
 }
 
+// keyServiceSocketVolume is the host directory of the KeyService's socket, which only the KeyService and the
+// JoinService mount.
+func keyServiceSocketVolume() (corev1.Volume, corev1.VolumeMount) {
+	return corev1.Volume{Name: "keyservice-socket", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+			Path: keyServiceSocketDir, Type: ptr(corev1.HostPathDirectoryOrCreate),
+		}}},
+		corev1.VolumeMount{Name: "keyservice-socket", MountPath: keyServiceSocketDir}
+}
+
 func keyService(cfg Config) *appsv1.DaemonSet {
+	socketVolume, socketMount := keyServiceSocketVolume()
 	return daemonSet(KeyServiceName, priorityClusterCritical, corev1.PodSpec{
 		NodeSelector:                 controlPlanesOnly(),
 		AutomountServiceAccountToken: ptr(false),
@@ -376,16 +389,19 @@ func keyService(cfg Config) *appsv1.DaemonSet {
 				"--master-secret=" + path.Join(mastersecretMount, crypto.MasterSecretFileName),
 			},
 			LivenessProbe: healthProbe(keyServiceLoopback, keyServiceHTTPPort),
-			VolumeMounts:  []corev1.VolumeMount{{Name: "mastersecret", MountPath: mastersecretMount, ReadOnly: true}},
+			VolumeMounts:  []corev1.VolumeMount{{Name: "mastersecret", MountPath: mastersecretMount, ReadOnly: true}, socketMount},
+			// Root owns the socket's host directory, and only root (the JoinService) may connect.
+			SecurityContext: &corev1.SecurityContext{RunAsUser: ptr(int64(0)), RunAsGroup: ptr(int64(0))},
 		}},
 		Volumes: []corev1.Volume{{Name: "mastersecret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName: MasterSecretName,
 			Items:      []corev1.KeyToPath{{Key: crypto.MasterSecretFileName, Path: crypto.MasterSecretFileName}},
-		}}}},
+		}}}, socketVolume},
 	})
 }
 
 func joinService(cfg Config) *appsv1.DaemonSet {
+	socketVolume, socketMount := keyServiceSocketVolume()
 	container := corev1.Container{
 		Name:  JoinServiceName,
 		Image: cfg.Images.JoinService,
@@ -416,6 +432,7 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 			{Name: "attestation", MountPath: attestationMount, ReadOnly: true},
 			{Name: "salt", MountPath: mastersecretMount, ReadOnly: true},
 			{Name: "join", MountPath: joinConfigMount, ReadOnly: true},
+			socketMount,
 		},
 	}
 	// The JoinService attests to joining nodes too (mutual aTLS): a node accepts a disk key and components
@@ -438,6 +455,7 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 			{Name: "join", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 				LocalObjectReference: corev1.LocalObjectReference{Name: JoinConfigName},
 			}}},
+			socketVolume,
 		}, attestationVolumes...),
 	})
 }

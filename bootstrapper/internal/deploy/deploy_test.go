@@ -242,7 +242,22 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 
 	key := byName[KeyServiceName]
 	assert.Equal(t, map[string]string{"node-role.kubernetes.io/control-plane": ""}, key.Spec.Template.Spec.NodeSelector)
-	assert.True(t, hasArg(container(t, key), "--grpc-addr=127.0.0.1:9010"), "the KeyService is reachable from its node only")
+	const socket = "unix:///run/constellation/keyservice/keyservice.sock"
+	assert.True(t, hasArg(container(t, key), "--grpc-addr="+socket), "the KeyService's API is a unix socket, not a port")
+	// Only the KeyService and the JoinService mount the socket's directory.
+	for name, ds := range byName {
+		var mounts []string
+		for _, v := range ds.Spec.Template.Spec.Volumes {
+			if v.HostPath != nil && v.HostPath.Path == "/run/constellation/keyservice" {
+				mounts = append(mounts, v.Name)
+			}
+		}
+		if name == KeyServiceName || name == JoinServiceName {
+			assert.Equal(t, []string{"keyservice-socket"}, mounts, name)
+		} else {
+			assert.Empty(t, mounts, "%s must not reach the KeyService", name)
+		}
+	}
 	assert.True(t, hasArg(container(t, key), "--kms-uri=kms://cluster-kms"))
 	assert.Equal(t, []corev1.KeyToPath{{Key: crypto.MasterSecretFileName, Path: crypto.MasterSecretFileName}}, volume(t, key, "mastersecret").Secret.Items)
 
@@ -250,7 +265,7 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	jc := container(t, join)
 	assert.Equal(t, map[string]string{"node-role.kubernetes.io/control-plane": ""}, join.Spec.Template.Spec.NodeSelector)
 	for _, arg := range []string{
-		"--grpc-addr=:30090", "--keyservice-addr=127.0.0.1:9010", "--api-endpoint=10.42.0.2:6443", "--kubernetes-version=v1.33.13",
+		"--grpc-addr=:30090", "--keyservice-addr=unix:///run/constellation/keyservice/keyservice.sock", "--api-endpoint=10.42.0.2:6443", "--kubernetes-version=v1.33.13",
 		"--attestation-config=/var/run/constellation/attestation/attestation-config.yaml",
 		"--measurement-salt=/var/run/constellation/mastersecret/measurementSalt", "--components=/var/run/constellation/join/components.json",
 		"--pki-dir=/etc/kubernetes/pki",

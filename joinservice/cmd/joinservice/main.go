@@ -46,7 +46,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("joinservice", flag.ContinueOnError)
 	grpcAddr := fs.String("grpc-addr", ":30090", "address of the aTLS gRPC API")
 	httpAddr := fs.String("http-addr", ":30091", "address of /healthz and /metrics")
-	keyServiceAddr := fs.String("keyservice-addr", "keyservice.kube-system.svc.cluster.local:9000", "KeyService address")
+	keyServiceAddr := fs.String("keyservice-addr", "unix:///run/constellation/keyservice/keyservice.sock", "KeyService address (gRPC target)")
 	attestationConfig := fs.String("attestation-config", "/var/run/constellation/attestation/"+attestconfig.FileName, "attestation config (mounted ConfigMap)")
 	reloadInterval := fs.Duration("reload-interval", 5*time.Second, "how often to check the attestation config for changes")
 	pkiDir := fs.String("pki-dir", "/etc/kubernetes/pki", "directory of the cluster CA (kubeadm layout)")
@@ -58,8 +58,15 @@ func run(args []string) error {
 	variantName := fs.String("variant", variant.QEMUVTPM.String(), "attestation variant of this node, which attests to joining nodes")
 	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "this node's TPM (device:<path> or swtpm:<socket>)")
 	eventLog := fs.String("event-log", vtpm.DefaultEventLogPath, "this node's TCG event log")
+	// Every aTLS handshake costs this node a TPM quote; a joining node needs one connection and retries
+	// every few seconds.
+	rateLimit := service.RateLimitFlags(fs, 1, 10)
 	logLevel, logFormat := service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "JOINSERVICE", args); err != nil {
+		return err
+	}
+	limit, err := rateLimit()
+	if err != nil {
 		return err
 	}
 	log, err := service.NewLogger(os.Stderr, *logLevel, *logFormat)
@@ -122,10 +129,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	g := grpc.NewServer(grpc.Creds(creds))
+	g := grpc.NewServer(grpc.Creds(creds), grpc.UnaryInterceptor(limit.UnaryServerInterceptor()))
 	srv.Register(g)
 
-	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{GRPC: g, Registry: reg, Log: log})
+	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{GRPC: g, ConnLimit: limit, Registry: reg, Log: log})
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

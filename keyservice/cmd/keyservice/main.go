@@ -1,4 +1,4 @@
-// Command keyservice serves GetDataKey to the JoinService and the bootstrapper of the first control plane.
+// Command keyservice serves GetDataKey to the JoinService on the same control plane, over a unix socket.
 package main
 
 import (
@@ -29,7 +29,7 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("keyservice", flag.ContinueOnError)
-	grpcAddr := fs.String("grpc-addr", ":9000", "address of the gRPC API")
+	grpcAddr := fs.String("grpc-addr", "unix:///run/constellation/keyservice/keyservice.sock", "address of the gRPC API: unix://<absolute socket path> (made 0600 in a 0700 directory: only the JoinService mounts it) or host:port")
 	httpAddr := fs.String("http-addr", ":9001", "address of /healthz and /metrics")
 	kmsURI := fs.String("kms-uri", "kms://"+kms.ClusterKMS, "key backend")
 	secretPath := fs.String("master-secret", "/var/run/constellation/mastersecret/"+crypto.MasterSecretFileName, "master secret file (for kms://cluster-kms)")

@@ -35,8 +35,14 @@ func run(args []string) error {
 	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "TPM address (device:<path> or swtpm:<socket>)")
 	eventLog := fs.String("event-log", vtpm.DefaultEventLogPath, "TCG event log to attach")
 	nodeName := fs.String("node-name", "", "this node's name, which every answer is bound to (the DaemonSet sets it from spec.nodeName)")
+	// Each answer is a TPM quote: a verify run asks every node once, a monitor every few seconds.
+	rateLimit := service.RateLimitFlags(fs, 2, 10)
 	logLevel, logFormat := service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "VERIFICATIONSERVICE", args); err != nil {
+		return err
+	}
+	limit, err := rateLimit()
+	if err != nil {
 		return err
 	}
 	log, err := service.NewLogger(os.Stderr, *logLevel, *logFormat)
@@ -58,10 +64,11 @@ func run(args []string) error {
 
 	reg := service.NewRegistry()
 	srv := server.New(issuer, *nodeName, log, reg)
-	g := grpc.NewServer()
+	// One limit per source over both APIs; /healthz and /metrics are not limited.
+	g := grpc.NewServer(grpc.UnaryInterceptor(limit.UnaryServerInterceptor()))
 	srv.Register(g)
 	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{
-		GRPC: g, Registry: reg, Log: log,
-		Handlers: map[string]http.Handler{"/{$}": srv},
+		GRPC: g, ConnLimit: limit, Registry: reg, Log: log,
+		Handlers: map[string]http.Handler{"/{$}": limit.Handler(srv)},
 	})
 }
