@@ -50,6 +50,16 @@ func startupLocality(e Event) (locality byte, ok bool, err error) {
 	return e.Data[len(startupLocalitySignature)], true, nil
 }
 
+// StartupLocality returns the locality the log's StartupLocality event names, and whether it has one.
+func (l *Log) StartupLocality() (byte, bool, error) {
+	for _, e := range l.Events {
+		if loc, ok, err := startupLocality(e); ok || err != nil {
+			return loc, ok, err
+		}
+	}
+	return 0, false, nil
+}
+
 // Replay computes the final values of the PCRs the log extends in the bank of alg. EV_NO_ACTION events are
 // not extended; a StartupLocality EV_NO_ACTION event sets PCR 0's starting value to a zero buffer whose last
 // byte is the locality, as the TPM does when started from a locality other than 0. PCRs no event extends

@@ -5,10 +5,12 @@ package vtpm
 
 import (
 	"bytes"
+	"compress/flate"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 
 	"github.com/constellation-go/constellation/internal/attestation"
 )
@@ -23,8 +25,13 @@ type Document struct {
 	AKPublic []byte `json:"akPublic"`
 	// Quote is TPM2_Quote's output over the SHA-256 PCRs.
 	Quote Quote `json:"quote"`
-	// EventLog is the TCG2 event log (binary_bios_measurements format); may be empty.
+	// EventLog is the TCG2 event log (binary_bios_measurements format), uncompressed; may be empty. Issuers
+	// send EventLogDeflate instead; this form is still accepted from nodes of older images.
 	EventLog []byte `json:"eventLog,omitempty"`
+	// EventLogDeflate is the event log compressed with DEFLATE (RFC 1951). Real logs shrink to a half or a
+	// third, which lets logs of 50 KB and more travel in an aTLS certificate. The log stays bound to the
+	// quote the same way: it must replay to the quoted PCRs.
+	EventLogDeflate []byte `json:"eventLogDeflate,omitempty"`
 	// UserData is what the caller asked to bind (aTLS: SHA-256 of the certificate's public key).
 	UserData []byte `json:"userData"`
 	// InstanceInfo carries variant-specific evidence, e.g. an SEV-SNP report that vouches for the AK.
@@ -42,6 +49,46 @@ type Quote struct {
 	Signature []byte `json:"signature"`
 	// PCRs are the SHA-256 values the quote's PCR digest covers.
 	PCRs map[uint32][]byte `json:"pcrs"`
+}
+
+// MaxEventLogSize bounds an event log after decompression, so that a small document cannot make the
+// validator inflate gigabytes. The largest real logs are about 50 KB.
+const MaxEventLogSize = 1 << 20
+
+// compressEventLog deflates an event log for EventLogDeflate.
+func compressEventLog(log []byte) ([]byte, error) {
+	var b bytes.Buffer
+	w, err := flate.NewWriter(&b, flate.BestCompression)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(log); err != nil {
+		return nil, fmt.Errorf("compressing the event log: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("compressing the event log: %w", err)
+	}
+	return b.Bytes(), nil
+}
+
+// eventLog returns the document's event log, inflated if it came compressed; nil if there is none.
+func (d *Document) eventLog() ([]byte, error) {
+	switch {
+	case len(d.EventLog) > 0 && len(d.EventLogDeflate) > 0:
+		return nil, fmt.Errorf("%w: both eventLog and eventLogDeflate are set", attestation.ErrMalformedDocument)
+	case len(d.EventLogDeflate) == 0:
+		return d.EventLog, nil
+	}
+	r := flate.NewReader(bytes.NewReader(d.EventLogDeflate))
+	defer r.Close()
+	log, err := io.ReadAll(io.LimitReader(r, MaxEventLogSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: eventLogDeflate: %w", attestation.ErrMalformedDocument, err)
+	}
+	if len(log) > MaxEventLogSize {
+		return nil, fmt.Errorf("%w: the event log inflates to more than %d bytes", attestation.ErrDocumentTooLarge, MaxEventLogSize)
+	}
+	return log, nil
 }
 
 // decodeDocument checks the size, then decodes strictly.

@@ -123,7 +123,11 @@ func (i *Issuer) Issue(ctx context.Context, userData, nonce []byte) ([]byte, err
 		UserData: userData,
 	}
 	if i.eventLog != nil {
-		if doc.EventLog, err = i.eventLog(); err != nil {
+		log, err := i.eventLog()
+		if err != nil {
+			return nil, err
+		}
+		if doc.EventLogDeflate, err = compressEventLog(log); err != nil {
 			return nil, err
 		}
 	}

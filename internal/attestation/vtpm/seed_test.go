@@ -62,6 +62,15 @@ func FuzzValidate(f *testing.F) {
 	f.Add([]byte(`{"version":1,"akPublic":"AAA=","quote":{"quoted":"AAA=","signature":"AAA=","pcrs":{"0":"AAA="}}}`))
 	var want Document
 	require.NoError(f, json.Unmarshal(s.Document, &want))
+	// The seed with its event log in the compressed form issuers send now.
+	compressed := want
+	var err error
+	compressed.EventLogDeflate, err = compressEventLog(want.EventLog)
+	require.NoError(f, err)
+	compressed.EventLog = nil
+	raw, err := json.Marshal(compressed)
+	require.NoError(f, err)
+	f.Add(raw)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		userData, err := v.Validate(context.Background(), raw, s.Nonce)
 		if err != nil {
@@ -72,6 +81,24 @@ func FuzzValidate(f *testing.F) {
 		assert.Equal(t, want.Quote.Quoted, got.Quote.Quoted)
 		assert.Equal(t, want.Quote.Signature, got.Quote.Signature)
 		assert.Equal(t, s.UserData, userData)
+	})
+}
+
+// FuzzEventLogDeflate inflates arbitrary compressed event logs: never a panic, never more than the bound.
+func FuzzEventLogDeflate(f *testing.F) {
+	good, err := compressEventLog([]byte("an event log"))
+	require.NoError(f, err)
+	bomb, err := compressEventLog(make([]byte, MaxEventLogSize+1))
+	require.NoError(f, err)
+	f.Add(good)
+	f.Add(bomb)
+	f.Add([]byte{0xff})
+	f.Fuzz(func(t *testing.T, z []byte) {
+		d := Document{EventLogDeflate: z}
+		log, err := d.eventLog()
+		if err == nil {
+			assert.LessOrEqual(t, len(log), MaxEventLogSize)
+		}
 	})
 }
 

@@ -227,7 +227,11 @@ func (v *Validator) ValidateDetailed(ctx context.Context, raw, nonce []byte) (*R
 	if err != nil {
 		return nil, err
 	}
-	log, err := v.checkEventLog(doc.EventLog, pcrs)
+	rawLog, err := doc.eventLog()
+	if err != nil {
+		return nil, err
+	}
+	log, err := v.checkEventLog(rawLog, pcrs)
 	if err != nil {
 		return nil, err
 	}

@@ -169,10 +169,15 @@ func TestNewValidatorIsStrictByDefault(t *testing.T) {
 	require.ErrorIs(t, err, ErrNoAKTrust)
 }
 
+// decode decodes a document with its event log inflated into EventLog (the uncompressed form validators
+// also accept), so that forgeries can edit the log directly.
 func decode(t *testing.T, raw []byte) *Document {
 	t.Helper()
 	var d Document
 	require.NoError(t, json.Unmarshal(raw, &d))
+	log, err := d.eventLog()
+	require.NoError(t, err)
+	d.EventLog, d.EventLogDeflate = log, nil
 	return &d
 }
 
@@ -414,6 +419,51 @@ func TestAttackMatrix(t *testing.T) {
 				return encode(t, d), f.nonce, good(f)
 			},
 			wantErr: ErrEventLogMismatch,
+		},
+		"tampered compressed event log": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				d := decode(t, f.doc)
+				b := eventlog.NewBuilder()
+				for _, ev := range boot[1:] {
+					b.Add(ev.PCR, ev.Type, sha256.Sum256([]byte(ev.Data)), []byte(ev.Data))
+				}
+				var err error
+				d.EventLog = nil
+				d.EventLogDeflate, err = compressEventLog(b.Bytes())
+				require.NoError(t, err)
+				return encode(t, d), f.nonce, good(f)
+			},
+			wantErr: ErrEventLogMismatch,
+		},
+		"compressed event log that inflates beyond the bound": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				d := decode(t, f.doc)
+				bomb, err := compressEventLog(make([]byte, MaxEventLogSize+1))
+				require.NoError(t, err)
+				d.EventLog, d.EventLogDeflate = nil, bomb
+				return encode(t, d), f.nonce, good(f)
+			},
+			wantErr: attestation.ErrDocumentTooLarge,
+			wantMsg: "inflates to more than 1048576 bytes",
+		},
+		"corrupt compressed event log": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				d := decode(t, f.doc)
+				d.EventLog, d.EventLogDeflate = nil, []byte{0xff, 0xff, 0xff}
+				return encode(t, d), f.nonce, good(f)
+			},
+			wantErr: attestation.ErrMalformedDocument,
+		},
+		"event log in both forms": {
+			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {
+				d := decode(t, f.doc)
+				var err error
+				d.EventLogDeflate, err = compressEventLog(d.EventLog)
+				require.NoError(t, err)
+				return encode(t, d), f.nonce, good(f)
+			},
+			wantErr: attestation.ErrMalformedDocument,
+			wantMsg: "both eventLog and eventLogDeflate",
 		},
 		"event log stripped": {
 			forge: func(t *testing.T, f *fixture) ([]byte, []byte, ValidatorConfig) {

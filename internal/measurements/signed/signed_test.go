@@ -188,6 +188,8 @@ func FuzzParse(f *testing.F) {
 	require.NoError(f, err)
 	f.Add(valid)
 	f.Add([]byte(`{"measurements":{"4":{}}}`))
+	v2 := bytes.Replace(bytes.Replace(valid, []byte(`"v1"`), []byte(`"v2"`), 1), []byte(`"variant"`), []byte(`"issued": "2026-12-04T18:00:00Z", "variant"`), 1)
+	f.Add(v2)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		parsed, err := Parse(data)
 		if err != nil {

@@ -40,10 +40,28 @@ type Process struct {
 	stopErr  error
 }
 
+// Option changes how Start starts the TPM.
+type Option func(*options)
+
+type options struct {
+	startupLocality uint8
+}
+
+// StartupLocality makes Start issue TPM2_Startup from locality l, as platforms with an H-CRTM or a DRTM
+// start their TPM: PCR 0 then starts as 31 zero bytes followed by l instead of all zeros (firmware records
+// this with a StartupLocality event).
+func StartupLocality(l uint8) Option {
+	return func(o *options) { o.startupLocality = l }
+}
+
 // Start runs swtpm with its state in dir (created if missing). The TPM keeps its state in dir across
 // restarts: starting again on the same dir gives the same endorsement seed, hence the same keys.
-// The TPM starts up by itself (startup-clear), so it is usable as soon as Start returns.
-func Start(ctx context.Context, dir string) (*Process, error) {
+// The TPM is started up (TPM2_Startup(CLEAR)) before Start returns, so it is usable right away.
+func Start(ctx context.Context, dir string, opts ...Option) (*Process, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	bin, err := exec.LookPath("swtpm")
 	if err != nil {
 		return nil, ErrNotInstalled
@@ -59,12 +77,16 @@ func Start(ctx context.Context, dir string) (*Process, error) {
 		}
 	}
 	p := &Process{dir: dir, done: make(chan struct{}), stderr: &lockedBuffer{}}
+	flags := "not-need-init,startup-clear"
+	if o.startupLocality != 0 {
+		flags = "not-need-init" // started up below, from the locality asked for
+	}
 	// Not exec.CommandContext: the process must outlive the start context; Stop ends it.
 	p.cmd = exec.Command(bin, "socket", "--tpm2",
 		"--tpmstate", "dir="+stateDir,
 		"--server", "type=unixio,path="+sock,
 		"--ctrl", "type=unixio,path="+ctrl,
-		"--flags", "not-need-init,startup-clear",
+		"--flags", flags,
 	)
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr
@@ -86,6 +108,12 @@ func Start(ctx context.Context, dir string) (*Process, error) {
 		// The socket file appears when swtpm binds, before it listens: only a connection proves it is ready.
 		if conn, err := net.Dial("unix", sock); err == nil {
 			_ = conn.Close()
+			if o.startupLocality != 0 {
+				if err := p.startupAt(o.startupLocality); err != nil {
+					_ = p.Stop()
+					return nil, err
+				}
+			}
 			return p, nil
 		}
 		select {
@@ -140,27 +168,64 @@ func (p *Process) Stop() error {
 	return p.stopErr
 }
 
-// cmdShutdown is CMD_SHUTDOWN of swtpm's control protocol (big-endian command code, 4-byte result).
-const cmdShutdown = 0x00000003
+// Commands of swtpm's control protocol (big-endian command code, then a 4-byte result).
+const (
+	cmdShutdown    = 0x00000003
+	cmdSetLocality = 0x00000005
+)
 
 func (p *Process) shutdown() error {
+	return p.control(cmdShutdown, nil)
+}
+
+// control sends one command on the control channel.
+func (p *Process) control(code uint32, payload []byte) error {
 	conn, err := net.DialTimeout("unix", filepath.Join(p.dir, ctrlName), time.Second)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	var cmd [4]byte
-	binary.BigEndian.PutUint32(cmd[:], cmdShutdown)
-	if _, err := conn.Write(cmd[:]); err != nil {
+	cmd := binary.BigEndian.AppendUint32(nil, code)
+	if _, err := conn.Write(append(cmd, payload...)); err != nil {
 		return err
 	}
 	var result [4]byte
 	if _, err := io.ReadFull(conn, result[:]); err != nil {
 		return err
 	}
-	if code := binary.BigEndian.Uint32(result[:]); code != 0 {
-		return fmt.Errorf("swtpm shutdown returned %#x", code)
+	if rc := binary.BigEndian.Uint32(result[:]); rc != 0 {
+		return fmt.Errorf("swtpm control command %#x returned %#x", code, rc)
+	}
+	return nil
+}
+
+// tpm2StartupClear is TPM2_Startup(TPM_SU_CLEAR): tag TPM_ST_NO_SESSIONS, size 12, TPM_CC_Startup.
+var tpm2StartupClear = []byte{0x80, 0x01, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x00, 0x01, 0x44, 0x00, 0x00}
+
+// startupAt issues TPM2_Startup(CLEAR) from locality l, then returns to locality 0 for normal commands.
+func (p *Process) startupAt(l uint8) error {
+	if err := p.control(cmdSetLocality, []byte{l}); err != nil {
+		return fmt.Errorf("setting swtpm locality %d: %w", l, err)
+	}
+	conn, err := net.DialTimeout("unix", p.SocketPath(), time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write(tpm2StartupClear); err != nil {
+		return fmt.Errorf("TPM2_Startup: %w", err)
+	}
+	var rsp [10]byte
+	if _, err := io.ReadFull(conn, rsp[:]); err != nil {
+		return fmt.Errorf("TPM2_Startup: %w", err)
+	}
+	if rc := binary.BigEndian.Uint32(rsp[6:]); rc != 0 {
+		return fmt.Errorf("TPM2_Startup at locality %d returned %#x", l, rc)
+	}
+	if err := p.control(cmdSetLocality, []byte{0}); err != nil {
+		return fmt.Errorf("resetting swtpm locality: %w", err)
 	}
 	return nil
 }

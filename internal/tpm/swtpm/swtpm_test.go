@@ -2,6 +2,8 @@ package swtpm
 
 import (
 	"context"
+	"encoding/binary"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,4 +86,43 @@ func TestNotInstalled(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	_, err := Start(context.Background(), shortDir(t))
 	assert.ErrorIs(t, err, ErrNotInstalled)
+}
+
+// readPCR0 reads PCR 0 of the SHA-256 bank with a raw TPM2_PCR_Read.
+func readPCR0(t *testing.T, p *Process) []byte {
+	t.Helper()
+	conn, err := net.Dial("unix", p.SocketPath())
+	require.NoError(t, err)
+	defer conn.Close()
+	// TPM2_PCR_Read: one selection, SHA-256, 3-byte bitmap selecting PCR 0.
+	cmd := []byte{0x80, 0x01, 0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x01, 0x7e, 0x00, 0x00, 0x00, 0x01, 0x00, 0x0b, 0x03, 0x01, 0x00, 0x00}
+	_, err = conn.Write(cmd)
+	require.NoError(t, err)
+	rsp := make([]byte, 4096)
+	n, err := conn.Read(rsp)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, n, 10+32)
+	require.Equal(t, uint32(0), binary.BigEndian.Uint32(rsp[6:10]), "TPM2_PCR_Read failed")
+	return rsp[n-32 : n]
+}
+
+func TestStartupLocality(t *testing.T) {
+	requireSwtpm(t)
+	testCases := map[string]struct {
+		opts     []Option
+		wantLast byte
+	}{
+		"locality 0 (the default)":      {wantLast: 0},
+		"locality 3, as with an H-CRTM": {opts: []Option{StartupLocality(3)}, wantLast: 3},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			p, err := Start(context.Background(), shortDir(t), tc.opts...)
+			require.NoError(t, err)
+			defer func() { require.NoError(t, p.Stop()) }()
+			want := make([]byte, 32)
+			want[31] = tc.wantLast
+			assert.Equal(t, want, readPCR0(t, p))
+		})
+	}
 }

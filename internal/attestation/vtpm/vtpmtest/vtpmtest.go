@@ -17,6 +17,7 @@ import (
 	"github.com/constellation-go/constellation/internal/launcher"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/internal/tpm/swtpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm/swtpmtest"
 	boot "github.com/constellation-go/constellation/measurements"
 )
@@ -131,4 +132,54 @@ func ReferenceValues(events []Event) measurements.M {
 		m[idx] = measurements.Measurement{Expected: pcrs[idx]}
 	}
 	return m
+}
+
+// NewNodeFromLog starts an swtpm that the test platform CA certifies and brings its SHA-256 PCRs to what the
+// real TCG event log raw records (started from the log's startup locality, every event's SHA-256 digest
+// extended), so that raw is that node's genuine event log. It returns the node and the reference values of
+// the default enforced PCRs for it, as replaying the log gives them (PCRs the log does not touch are zero).
+func NewNodeFromLog(t testing.TB, raw []byte) (*Node, measurements.M) {
+	t.Helper()
+	log, err := eventlog.Parse(raw)
+	if err != nil {
+		t.Fatalf("parsing the event log: %v", err)
+	}
+	locality, _, err := log.StartupLocality()
+	if err != nil {
+		t.Fatalf("reading the log's startup locality: %v", err)
+	}
+	p := swtpmtest.Start(t, swtpm.StartupLocality(locality))
+	tp, err := tpm.Open(p.Address())
+	if err != nil {
+		t.Fatalf("opening swtpm: %v", err)
+	}
+	t.Cleanup(func() { _ = tp.Close() })
+	if err := PlatformCA(t).Manufacture(tp, "test-node"); err != nil {
+		t.Fatalf("certifying the test vTPM: %v", err)
+	}
+	for _, ev := range log.Events[1:] { // Events[0] is the Spec ID header
+		if ev.Type == eventlog.EvNoAction {
+			continue
+		}
+		digest, ok := ev.Digests[eventlog.AlgSHA256]
+		if !ok {
+			t.Fatalf("event %d has no SHA-256 digest", ev.Index)
+		}
+		if err := tpm.Extend(tp, ev.PCR, digest); err != nil {
+			t.Fatalf("extending event %d into PCR %d: %v", ev.Index, ev.PCR, err)
+		}
+	}
+	replayed, err := log.Replay(eventlog.AlgSHA256)
+	if err != nil {
+		t.Fatalf("replaying the log: %v", err)
+	}
+	refs := measurements.M{}
+	for _, idx := range measurements.DefaultEnforced {
+		value, ok := replayed[idx]
+		if !ok {
+			value = make([]byte, sha256.Size)
+		}
+		refs[idx] = measurements.Measurement{Expected: value}
+	}
+	return &Node{TPM: tp, Address: p.Address(), EventLog: raw}, refs
 }

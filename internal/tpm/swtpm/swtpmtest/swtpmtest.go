@@ -12,7 +12,7 @@ import (
 
 // Start runs an swtpm for the duration of the test. Without swtpm installed the test is skipped with the
 // reason, except under CI (CI set), where a missing swtpm is a failure: CI installs it.
-func Start(t testing.TB) *swtpm.Process {
+func Start(t testing.TB, opts ...swtpm.Option) *swtpm.Process {
 	t.Helper()
 	// Unix socket paths are limited to 108 bytes; Bazel's test directories are longer, so use /tmp.
 	dir, err := os.MkdirTemp("", "swtpm-")
@@ -20,7 +20,7 @@ func Start(t testing.TB) *swtpm.Process {
 		t.Fatalf("creating swtpm directory: %v", err)
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	p, err := swtpm.Start(context.Background(), dir)
+	p, err := swtpm.Start(context.Background(), dir, opts...)
 	if errors.Is(err, swtpm.ErrNotInstalled) {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%v: CI must install it", err)
