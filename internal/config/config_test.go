@@ -44,6 +44,14 @@ func fillCloud(c *Config) {
 	}
 }
 
+// onAWSSNP makes m an aws-sev-snp configuration with sevSNP as its attestation.sevSNP section.
+func onAWSSNP(m map[string]any, sevSNP map[string]any) {
+	sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
+	delete(sub(m, "provider"), "local")
+	sub(m, "attestation")["variant"] = "aws-sev-snp"
+	sub(m, "attestation")["sevSNP"] = sevSNP
+}
+
 func TestDefaultRoundTrip(t *testing.T) {
 	testCases := map[cloudprovider.Provider]struct {
 		wantMissing []string // fields a user must fill in
@@ -201,37 +209,25 @@ func TestParseRejects(t *testing.T) {
 		},
 		"unknown sev-snp product": {
 			data: mutate(t, func(m map[string]any) {
-				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
-				delete(sub(m, "provider"), "local")
-				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Naples", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
+				onAWSSNP(m, map[string]any{"product": "Naples", "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1})
 			}),
 			wantField: "attestation.sevSNP.product", wantMsg: `"Naples" is not one of Milan, Genoa, Turin`,
 		},
 		"sev-snp without launch measurements": {
 			data: mutate(t, func(m map[string]any) {
-				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
-				delete(sub(m, "provider"), "local")
-				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "bootloaderVersion": 3, "teeVersion": 0, "snpVersion": 8, "microcodeVersion": 115}
+				onAWSSNP(m, map[string]any{"product": "Milan", "bootloaderVersion": 3, "teeVersion": 0, "snpVersion": 8, "microcodeVersion": 115})
 			}),
 			wantField: "attestation.sevSNP.launchMeasurements", wantMsg: "must be set: the launch digests",
 		},
 		"sev-snp launch measurement of the wrong size": {
 			data: mutate(t, func(m map[string]any) {
-				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
-				delete(sub(m, "provider"), "local")
-				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "launchMeasurements": []string{strings.Repeat("ab", 32)}}
+				onAWSSNP(m, map[string]any{"product": "Milan", "launchMeasurements": []string{strings.Repeat("ab", 32)}})
 			}),
 			wantField: "attestation.sevSNP.launchMeasurements.0", wantMsg: "must be 48 bytes (96 hex digits), got 32",
 		},
 		"sev-snp on Genoa without a minimum TCB": {
 			data: mutate(t, func(m map[string]any) {
-				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
-				delete(sub(m, "provider"), "local")
-				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Genoa", "launchMeasurements": []string{strings.Repeat("ab", 48)}}
+				onAWSSNP(m, map[string]any{"product": "Genoa", "launchMeasurements": []string{strings.Repeat("ab", 48)}})
 			}),
 			wantField: "attestation.sevSNP", wantMsg: "no default minimum firmware versions for Genoa",
 		},
@@ -267,10 +263,7 @@ func TestParseRejects(t *testing.T) {
 		},
 		"platform CA on an SEV-SNP variant": {
 			data: mutate(t, func(m map[string]any) {
-				sub(m, "provider")["aws"] = map[string]any{"region": "r", "iamProfileControlPlane": "a", "iamProfileWorkerNodes": "b"}
-				delete(sub(m, "provider"), "local")
-				sub(m, "attestation")["variant"] = "aws-sev-snp"
-				sub(m, "attestation")["sevSNP"] = map[string]any{"product": "Milan", "launchMeasurements": []string{strings.Repeat("ab", 48)}, "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1}
+				onAWSSNP(m, map[string]any{"product": "Milan", "launchMeasurements": []string{strings.Repeat("ab", 48)}, "bootloaderVersion": 1, "teeVersion": 1, "snpVersion": 1, "microcodeVersion": 1})
 				sub(m, "attestation")["platformCA"] = "x"
 			}),
 			wantField: "attestation.platformCA", wantMsg: "only applies to qemu-vtpm",
