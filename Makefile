@@ -91,6 +91,8 @@ lint:
 	go vet ./...
 	go tool staticcheck ./...
 	go mod tidy -diff
+	bazel/check-cli-deps.sh
+	bazel/check-cli-deps.sh --self-test
 
 go-test:
 	@bazel/hosttools.sh check go-test

@@ -20,13 +20,8 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 
 	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
+	"github.com/constellation-go/constellation/localprovider/providerinfo"
 )
-
-// Address is the provider's source address.
-const Address = "registry.terraform.io/constellation-go/constellation"
-
-// Version is the provider's version in the filesystem mirror; the modules pin it.
-const Version = "0.1.0"
 
 // New returns the provider.
 func New() provider.Provider { return &constellationProvider{} }
@@ -35,7 +30,7 @@ type constellationProvider struct{}
 
 func (p *constellationProvider) Metadata(_ context.Context, _ provider.MetadataRequest, resp *provider.MetadataResponse) {
 	resp.TypeName = "constellation"
-	resp.Version = Version
+	resp.Version = providerinfo.Version
 }
 
 func (p *constellationProvider) Schema(_ context.Context, _ provider.SchemaRequest, resp *provider.SchemaResponse) {

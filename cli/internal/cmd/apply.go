@@ -23,7 +23,6 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
-	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
@@ -287,7 +286,7 @@ func (e *env) components(ctx context.Context, cfg *config.Config, infra infrastr
 	if err != nil {
 		return nil, err
 	}
-	services, err := cluster.ServiceSet(a.servicesDir())
+	services, err := versions.ServiceSet(a.servicesDir())
 	if err != nil {
 		return nil, err
 	}
@@ -295,7 +294,7 @@ func (e *env) components(ctx context.Context, cfg *config.Config, infra infrastr
 	if err != nil {
 		return nil, err
 	}
-	comps, notices, err := cluster.ComponentsAt(out.ComponentURL, version, []cluster.ExtraSet{services})
+	comps, notices, err := versions.ComponentsAt(out.ComponentURL, version, []versions.ExtraSet{services})
 	for _, n := range notices {
 		fmt.Fprintf(e.errOut, "Notice: %s\n", n)
 	}

@@ -19,8 +19,8 @@ import (
 	"github.com/spf13/afero"
 
 	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/localprovider/providerinfo"
 	"github.com/constellation-go/constellation/terraform"
-	"github.com/constellation-go/constellation/terraform/provider"
 )
 
 // Dir is the Terraform working directory in the workspace.
@@ -221,7 +221,7 @@ type Provider struct {
 
 // ConstellationProvider is the project's own provider, built as binary.
 func ConstellationProvider(binary string) Provider {
-	return Provider{Address: provider.Address, Version: provider.Version, Binary: binary}
+	return Provider{Address: providerinfo.Address, Version: providerinfo.Version, Binary: binary}
 }
 
 // LibvirtProvider is the libvirt provider the qemu module pins, built from source as binary.
@@ -230,7 +230,7 @@ func LibvirtProvider(binary string) Provider {
 }
 
 // requiredProviders are the providers a module cannot do without here (no registry).
-var requiredProviders = map[string]string{"local": provider.Address}
+var requiredProviders = map[string]string{"local": providerinfo.Address}
 
 // writeCLIConfig installs the given providers into the working directory's filesystem mirror and points
 // Terraform at it for them, so `terraform init` needs no registry for them; other providers come from

@@ -46,18 +46,12 @@ type Config struct {
 	InitSecret []byte
 	Nodes      []NodeSpec
 	// Extra are more component sets to serve (the services' images), each from its directory.
-	Extra []ExtraSet
+	Extra []versions.ExtraSet
 	// BootstrapperArgs are passed to every node's bootstrapper.
 	BootstrapperArgs []string
 	// PlatformCA certifies the nodes' vTPMs.
 	PlatformCA *manufacturer.CA
 	Log        *slog.Logger
-}
-
-// ExtraSet is a component set served from Dir.
-type ExtraSet struct {
-	Set versions.ComponentSet
-	Dir string
 }
 
 // Cluster is a running local cluster's provider side.
@@ -136,7 +130,7 @@ type Servers struct {
 
 // Serve starts the metadata API with st and the component server for the Kubernetes version's pinned set
 // and the extra sets, both on the bridge address. They run until Close.
-func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetesVersion string, extra []ExtraSet, log *slog.Logger) (_ *Servers, retErr error) {
+func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetesVersion string, extra []versions.ExtraSet, log *slog.Logger) (_ *Servers, retErr error) {
 	s := &Servers{log: log}
 	defer func() {
 		if retErr != nil {
@@ -252,23 +246,8 @@ func (c *Cluster) NodeIP(name string) (netip.Addr, error) {
 // JoinService): the Kubernetes set's node components and every extra set, with URLs on the component
 // server.
 func (c *Cluster) Components() ([]*components.Component, error) {
-	comps, _, err := ComponentsAt(ComponentURL(c.net.BridgeAddr()), c.cfg.KubernetesVersion, c.cfg.Extra)
+	comps, _, err := versions.ComponentsAt(ComponentURL(c.net.BridgeAddr()), c.cfg.KubernetesVersion, c.cfg.Extra)
 	return comps, err
-}
-
-// ComponentsAt returns the components of the Kubernetes version's pinned set (as this machine built it,
-// see versions.LocalComponents, whose notices it returns) and of the extra sets, with URLs on the
-// component server at base (http://<bridge address>:<ComponentPort>).
-func ComponentsAt(base, kubernetesVersion string, extra []ExtraSet) ([]*components.Component, []string, error) {
-	set, notices, err := versions.LocalComponents(kubernetesVersion)
-	if err != nil {
-		return nil, nil, err
-	}
-	out := set.Proto(base, set.NodeComponents(true))
-	for _, e := range extra {
-		out = append(out, e.Set.Proto(base, e.Set.NodeComponents(true))...)
-	}
-	return out, notices, nil
 }
 
 // Destroy stops and removes every node, the servers and the network.

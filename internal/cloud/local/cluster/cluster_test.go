@@ -61,7 +61,7 @@ func TestTwoNodeCluster(t *testing.T) {
 	img := localtest.ImageDir(t)
 	repo, err := filepath.Abs("../../../..")
 	require.NoError(t, err)
-	extra, err := ServiceSet(filepath.Join(repo, "out", "services"))
+	extra, err := versions.ServiceSet(filepath.Join(repo, "out", "services"))
 	require.NoError(t, err, "install the service images first: make services")
 	tampered := tamperedImage(t, img)
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -72,7 +72,7 @@ func TestTwoNodeCluster(t *testing.T) {
 	require.NoError(t, err)
 	cfg := Config{
 		Name: name, BridgeCIDR: localtest.BridgeCIDR(t), ImageDir: img, KubernetesVersion: versions.DefaultKubernetes,
-		InitSecret: secret, Extra: []ExtraSet{extra}, Log: log, PlatformCA: ca,
+		InitSecret: secret, Extra: []versions.ExtraSet{extra}, Log: log, PlatformCA: ca,
 		Nodes: []NodeSpec{
 			{Name: "cp-0", Role: metadata.RoleControlPlane},
 			{Name: "worker-0", Role: metadata.RoleWorker},

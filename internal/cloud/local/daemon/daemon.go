@@ -41,6 +41,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
 	"github.com/constellation-go/constellation/internal/cloud/local/proc"
 	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/versions"
 )
 
 // arg0 marks a process started as the daemon (like the node init, it is the starting program itself).
@@ -54,7 +55,7 @@ type Spec struct {
 	Cluster           string       `json:"cluster"`
 	BridgeCIDR        netip.Prefix `json:"bridgeCIDR"`
 	KubernetesVersion string       `json:"kubernetesVersion"`
-	// ServicesDir holds the services' image archives (cluster.ServiceSet).
+	// ServicesDir holds the services' image archives (versions.ServiceSet).
 	ServicesDir string `json:"servicesDir"`
 	// InitSecretHash is the SHA-256 of the init secret (metadata.HashInitSecret).
 	InitSecretHash []byte `json:"initSecretHash"`
@@ -305,7 +306,7 @@ func run(ctx context.Context, clusterName string, ready io.WriteCloser, log *slo
 	if err != nil {
 		return err
 	}
-	extra, err := cluster.ServiceSet(spec.ServicesDir)
+	extra, err := versions.ServiceSet(spec.ServicesDir)
 	if err != nil {
 		return err
 	}
@@ -313,7 +314,7 @@ func run(ctx context.Context, clusterName string, ready io.WriteCloser, log *slo
 	if err != nil {
 		return err
 	}
-	servers, err := cluster.Serve(ctx, nw.BridgeAddr(), st, spec.KubernetesVersion, []cluster.ExtraSet{extra}, log)
+	servers, err := cluster.Serve(ctx, nw.BridgeAddr(), st, spec.KubernetesVersion, []versions.ExtraSet{extra}, log)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
+	"github.com/constellation-go/constellation/localprovider/providerinfo"
 	"github.com/constellation-go/constellation/terraform/provider"
 )
 
@@ -17,7 +18,7 @@ func main() {
 	// The nodes' init and the provider daemon are this binary, started again: they must not serve Terraform.
 	node.InitMain()
 	daemon.Main()
-	if err := providerserver.Serve(context.Background(), provider.New, providerserver.ServeOpts{Address: provider.Address}); err != nil {
+	if err := providerserver.Serve(context.Background(), provider.New, providerserver.ServeOpts{Address: providerinfo.Address}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
