@@ -25,6 +25,10 @@ import (
 // FileName is the attestation config's key in its ConfigMap.
 const FileName = "attestation-config.yaml"
 
+// ConfigMapName is the kube-system ConfigMap that holds the file (key FileName), which the JoinService mounts
+// and `constellation status` reads.
+const ConfigMapName = "attestation-config"
+
 // Parse decodes an attestation config (the attestation section of constellation-conf.yaml) and builds the
 // validator for joining nodes: every enforced reference value, and PCR 15 zero (a node joins before it takes
 // its node lock).

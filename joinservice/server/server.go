@@ -27,9 +27,6 @@ import (
 	"github.com/constellation-go/constellation/joinservice/kubeadm"
 )
 
-// stateDiskKeyLength is the size of a node's state disk key (fscrypt takes 64-byte keys).
-const stateDiskKeyLength = 64
-
 // ControlPlaneFiles are the kubeadm PKI files a joining control plane needs, relative to the PKI directory.
 var ControlPlaneFiles = []string{
 	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
@@ -197,7 +194,7 @@ func (s *Server) IssueRejoinTicket(ctx context.Context, req *joinproto.IssueRejo
 }
 
 func (s *Server) secrets(ctx context.Context, diskUUID string) (diskKey, measurementSecret []byte, err error) {
-	if diskKey, err = s.keys.GetDataKey(ctx, diskUUID, stateDiskKeyLength); err != nil {
+	if diskKey, err = s.keys.GetDataKey(ctx, diskUUID, joinproto.StateDiskKeyLength); err != nil {
 		return nil, nil, fail(reasonKeyService, codes.Unavailable, "getting the disk key: %w", err)
 	}
 	if measurementSecret, err = s.keys.GetDataKey(ctx, crypto.MeasurementSecretID, 32); err != nil {

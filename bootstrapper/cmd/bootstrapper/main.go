@@ -53,11 +53,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/bootstrapper/internal/bootstrap"
 	"github.com/constellation-go/constellation/bootstrapper/internal/clusterinit"
 	"github.com/constellation-go/constellation/bootstrapper/internal/cni"
@@ -72,6 +74,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodelog"
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodestate"
 	"github.com/constellation-go/constellation/bootstrapper/internal/recoverserver"
+	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/atls"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
@@ -133,8 +136,8 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/constellation/state", "mount point of the encrypted state disk")
 	fs.StringVar(&f.containerdSocket, "containerd-socket", "/run/containerd/containerd.sock", "containerd's socket")
 	fs.StringVar(&f.binDir, "bin-dir", versions.NodeBinDir, "where kubeadm and the kubelet are installed")
-	fs.StringVar(&f.initAddr, "init-addr", ":9000", "address of the Init API")
-	fs.StringVar(&f.recoverAddr, "recover-addr", ":9999", "address of the Recovery API (served on a restarted node only)")
+	fs.StringVar(&f.initAddr, "init-addr", ":"+strconv.Itoa(initproto.Port), "address of the Init API")
+	fs.StringVar(&f.recoverAddr, "recover-addr", ":"+strconv.Itoa(recoverproto.Port), "address of the Recovery API (served on a restarted node only)")
 	fs.StringVar(&f.kubeletLog, "kubelet-log", "/var/log/kubelet.log", "the kubelet's log file")
 	fs.StringVar(&f.cniConfDir, "cni-conf-dir", cni.DefaultConfDir, "containerd's CNI configuration directory")
 	fs.StringVar(&f.podSubnet, "pod-subnet", kubeadmconfig.DefaultPodSubnet, "the cluster's pod prefix")

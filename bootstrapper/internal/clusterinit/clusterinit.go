@@ -25,11 +25,8 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
-
-// StateDiskKeyLength is the size of the state disk key (fscrypt v2 takes 64-byte keys), as the JoinService
-// gives joining nodes.
-const StateDiskKeyLength = 64
 
 // AdminKubeconfig is where kubeadm writes the admin kubeconfig.
 const AdminKubeconfig = "/etc/kubernetes/admin.conf"
@@ -158,7 +155,7 @@ func (i *Initializer) Init(ctx context.Context, req initserver.Request, progress
 	if err != nil {
 		return nil, fmt.Errorf("state disk: %w", err)
 	}
-	diskKey, err := crypto.DeriveKey(req.MasterSecret.Key, req.MasterSecret.Salt, uuid, StateDiskKeyLength)
+	diskKey, err := crypto.DeriveKey(req.MasterSecret.Key, req.MasterSecret.Salt, uuid, joinproto.StateDiskKeyLength)
 	if err != nil {
 		return nil, err
 	}

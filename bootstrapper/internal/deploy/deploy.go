@@ -46,13 +46,15 @@ import (
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
+	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
 // Names of the objects Deploy creates, all in Namespace.
 const (
 	Namespace                     = metav1.NamespaceSystem
 	MasterSecretName              = "constellation-mastersecret"
-	AttestationConfigName         = "attestation-config"
+	AttestationConfigName         = attestconfig.ConfigMapName
 	JoinConfigName                = "join-config"
 	JoinServiceName               = "joinservice"
 	KeyServiceName                = "keyservice"
@@ -68,10 +70,10 @@ const (
 	joinConfigMount               = "/var/run/constellation/join"
 	pkiDir                        = "/etc/kubernetes/pki"
 	apiServerPort                 = 6443
-	joinServiceGRPCPort           = 30090
-	joinServiceHTTPPort           = 30091
-	verificationServiceGRPCPort   = 30081
-	verificationServiceHTTPPort   = 30080
+	joinServiceGRPCPort           = joinproto.Port
+	joinServiceHTTPPort           = joinproto.HTTPPort
+	verificationServiceGRPCPort   = verifyproto.Port
+	verificationServiceHTTPPort   = verifyproto.HTTPPort
 	keyServiceHTTPPort            = 9011
 	keyServiceSocketDir           = "/run/constellation/keyservice"
 	tpmSchemeSwtpm, tpmSchemeDev  = "swtpm:", "device:"

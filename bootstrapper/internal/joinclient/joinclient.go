@@ -27,9 +27,6 @@ import (
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
-// JoinServicePort is the JoinService's port on control planes (ARCHITECTURE.md §6).
-const JoinServicePort = 30090
-
 // ErrLocked is returned by Run when the node lock was taken by the init flow (or was taken before).
 var ErrLocked = errors.New("the node lock is taken: this node is being initialised, not joined")
 
@@ -88,7 +85,7 @@ type Client struct {
 func New(md Metadata, lock Locker, disk DiskID, joiner Joiner, creds credentials.TransportCredentials, log *slog.Logger) *Client {
 	return &Client{
 		metadata: md, lock: lock, disk: disk, joiner: joiner, creds: creds, log: log,
-		Backoff: DefaultBackoff, Port: JoinServicePort, AttemptTimeout: 30 * time.Second,
+		Backoff: DefaultBackoff, Port: joinproto.Port, AttemptTimeout: 30 * time.Second,
 	}
 }
 

@@ -18,9 +18,6 @@ import (
 	"github.com/constellation-go/constellation/joinservice/server"
 )
 
-// stateDiskKeyLength is the size of the state disk key the JoinService hands out.
-const stateDiskKeyLength = 64
-
 // PKIDir is kubeadm's certificate directory.
 const PKIDir = "/etc/kubernetes/pki"
 
@@ -55,8 +52,8 @@ type NodeJoiner struct {
 // JoinService signed, and runs `kubeadm join`. The kubelet supervisor must be running: kubeadm waits for
 // the kubelet it configures.
 func (j *NodeJoiner) Join(ctx context.Context, ticket *joinproto.IssueJoinTicketResponse, self metadata.Instance, kubeletKey *ecdsa.PrivateKey) error {
-	if len(ticket.GetStateDiskKey()) != stateDiskKeyLength {
-		return fmt.Errorf("the join ticket's state disk key is %d bytes, expected %d", len(ticket.GetStateDiskKey()), stateDiskKeyLength)
+	if len(ticket.GetStateDiskKey()) != joinproto.StateDiskKeyLength {
+		return fmt.Errorf("the join ticket's state disk key is %d bytes, expected %d", len(ticket.GetStateDiskKey()), joinproto.StateDiskKeyLength)
 	}
 	controlPlane := self.Role == metadata.RoleControlPlane
 	if controlPlane && len(ticket.GetControlPlaneFiles()) == 0 {

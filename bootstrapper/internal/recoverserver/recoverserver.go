@@ -29,10 +29,8 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
-
-// StateDiskKeyLength is the size of a state disk key (fscrypt v2), as the JoinService hands it out.
-const StateDiskKeyLength = 64
 
 // Disk is the node's state disk.
 type Disk interface {
@@ -107,7 +105,7 @@ func (s *Server) Recover(_ context.Context, req *recoverproto.RecoverRequest) (*
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "state disk: %v", err)
 	}
-	key, err := crypto.DeriveKey(ms.Key, ms.Salt, uuid, StateDiskKeyLength)
+	key, err := crypto.DeriveKey(ms.Key, ms.Salt, uuid, joinproto.StateDiskKeyLength)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}

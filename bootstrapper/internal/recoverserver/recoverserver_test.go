@@ -15,6 +15,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
 type fakeDisk struct {
@@ -75,7 +76,7 @@ func master(b byte) crypto.MasterSecret {
 }
 
 func diskKey(t *testing.T, ms crypto.MasterSecret) []byte {
-	key, err := crypto.DeriveKey(ms.Key, ms.Salt, "6f1c7b0e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", StateDiskKeyLength)
+	key, err := crypto.DeriveKey(ms.Key, ms.Salt, "6f1c7b0e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", joinproto.StateDiskKeyLength)
 	require.NoError(t, err)
 	return key
 }

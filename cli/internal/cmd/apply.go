@@ -38,9 +38,6 @@ const (
 	ClusterLogFile = "constellation-cluster.log"
 )
 
-// Ports of the first control plane.
-const initPort = 9000
-
 const flagMergeKubeconfig = "merge-kubeconfig"
 
 func newApplyCmd(e *env) *cobra.Command {
@@ -175,7 +172,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err != nil {
 		return err
 	}
-	validator, err := e.validator(cfg, freshNode(cfg.Attestation.Measurements))
+	validator, err := e.validator(cfg, cfg.Attestation.Measurements.WithFreshNode())
 	if err != nil {
 		return err
 	}
@@ -206,7 +203,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 		KubernetesComponents: comps, ClusterName: cfg.Name, ApiserverCertSans: sans,
 		AttestationConfig: attestationConfig,
 	}
-	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initPort))
+	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initproto.Port))
 	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)
 	progress := func(step, msg string) { p.Detail("%s: %s", step, msg) }
 	var resp *initproto.InitSuccessResponse
@@ -256,14 +253,6 @@ func (e *env) initFailed(ctx context.Context, endpoint string, err error) error 
 	}
 	return fmt.Errorf("initializing the cluster at %s failed: %w\nIf the node failed attestation, nothing was sent to it: "+
 		"check attestation.measurements (e.g. with 'constellation config fetch-measurements') and the node image", endpoint, err)
-}
-
-// freshNode returns refs expecting PCR 15 zero: a node that has not joined, initialized or recovered into
-// a cluster yet (in this boot).
-func freshNode(refs measurements.M) measurements.M {
-	out := refs.Clone()
-	out[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
-	return out
 }
 
 // validator returns the configuration's validator for refs.

@@ -22,10 +22,8 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/verify/verifyproto"
 )
-
-// recoveryPort is the bootstrapper's Recovery API on a restarted node.
-const recoveryPort = 9999
 
 // recoverer sends the master secret to a restarted node over aTLS; the handshake checks the node first.
 type recoverer interface {
@@ -96,7 +94,7 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	if err != nil {
 		return err
 	}
-	validator, err := e.validator(cfg, freshNode(cfg.Attestation.Measurements))
+	validator, err := e.validator(cfg, cfg.Attestation.Measurements.WithFreshNode())
 	if err != nil {
 		return err
 	}
@@ -111,7 +109,7 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	p := e.progress()
 	recovered, failed := 0, 0
 	for _, t := range targets {
-		endpoint := net.JoinHostPort(t.ip, strconv.Itoa(recoveryPort))
+		endpoint := net.JoinHostPort(t.ip, strconv.Itoa(recoverproto.Port))
 		p.Step("Recovering %s (%s)", t.name, endpoint)
 		running, err := e.recoverNode(ctx, p, t, endpoint, validator, &recoverproto.RecoverRequest{MasterSecret: ms.Key, Salt: ms.Salt})
 		switch {
@@ -188,7 +186,7 @@ func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint s
 		defer cancel()
 		return e.deps.recoverer.Recover(cctx, endpoint, validator, req)
 	}, func() bool {
-		return e.deps.reachable(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verificationPort)))
+		return e.deps.reachable(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port)))
 	})
 }
 

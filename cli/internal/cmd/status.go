@@ -14,11 +14,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/joinservice/attestconfig"
 )
 
 // The bootstrapper's names for the attestation config the JoinService uses.
 const (
-	attestationConfigMap = "attestation-config"
+	attestationConfigMap = attestconfig.ConfigMapName
 	attestationConfigKey = "attestation-config.yaml"
 )
 

@@ -22,9 +22,6 @@ import (
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
-// verificationPort is the VerificationService's gRPC port on every node.
-const verificationPort = 30081
-
 const flagNode = "node"
 
 func newVerifyCmd(e *env) *cobra.Command {
@@ -89,7 +86,7 @@ func (e *env) verify(ctx context.Context, only []string, format string) error {
 	if err != nil {
 		return err
 	}
-	refs := freshNode(cfg.Attestation.Measurements)
+	refs := cfg.Attestation.Measurements.WithFreshNode()
 	if st.IsInitialized() {
 		if refs, err = cfg.Attestation.Measurements.WithClusterID(st.ClusterValues.ClusterID); err != nil {
 			return err
@@ -198,7 +195,7 @@ func (e *env) verifyNode(ctx context.Context, t target, validator attestation.Va
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	doc, answered, err := e.deps.attester.GetAttestation(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verificationPort)), nonce)
+	doc, answered, err := e.deps.attester.GetAttestation(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port)), nonce)
 	if err != nil {
 		r.Error = fmt.Sprintf("getting an attestation from the VerificationService: %v", err)
 		return r

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -30,6 +31,7 @@ import (
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/joinservice/kubeadm"
 	"github.com/constellation-go/constellation/joinservice/server"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
@@ -44,8 +46,8 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("joinservice", flag.ContinueOnError)
-	grpcAddr := fs.String("grpc-addr", ":30090", "address of the aTLS gRPC API")
-	httpAddr := fs.String("http-addr", ":30091", "address of /healthz and /metrics")
+	grpcAddr := fs.String("grpc-addr", ":"+strconv.Itoa(joinproto.Port), "address of the aTLS gRPC API")
+	httpAddr := fs.String("http-addr", ":"+strconv.Itoa(joinproto.HTTPPort), "address of /healthz and /metrics")
 	keyServiceAddr := fs.String("keyservice-addr", "unix:///run/constellation/keyservice/keyservice.sock", "KeyService address (gRPC target)")
 	attestationConfig := fs.String("attestation-config", "/var/run/constellation/attestation/"+attestconfig.FileName, "attestation config (mounted ConfigMap)")
 	reloadInterval := fs.Duration("reload-interval", 5*time.Second, "how often to check the attestation config for changes")

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"google.golang.org/grpc"
@@ -18,6 +19,7 @@ import (
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/verify/server"
+	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
 func main() {
@@ -29,8 +31,8 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("verificationservice", flag.ContinueOnError)
-	grpcAddr := fs.String("grpc-addr", ":30081", "address of the gRPC API")
-	httpAddr := fs.String("http-addr", ":30080", "address of the HTTP API (/), /healthz and /metrics")
+	grpcAddr := fs.String("grpc-addr", ":"+strconv.Itoa(verifyproto.Port), "address of the gRPC API")
+	httpAddr := fs.String("http-addr", ":"+strconv.Itoa(verifyproto.HTTPPort), "address of the HTTP API (/), /healthz and /metrics")
 	variantName := fs.String("variant", variant.QEMUVTPM.String(), "attestation variant")
 	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "TPM address (device:<path> or swtpm:<socket>)")
 	eventLog := fs.String("event-log", vtpm.DefaultEventLogPath, "TCG event log to attach")
