@@ -3,7 +3,7 @@
 // can be published with an image and so that the local provider's launcher can extend a vTPM exactly as
 // firmware, boot loader and stub would.
 //
-// Modelled (systemd-stub 252, Linux 6.1, see ARCHITECTURE.md section 4):
+// Modelled (systemd-stub 252, Linux 6.1, see docs/architecture.md §5):
 //
 //   - PCR 4: firmware's EV_EFI_ACTION "Calling EFI Application from Boot Option" and EV_SEPARATOR (per
 //     Platform), then the Authenticode SHA-256 of each image loaded through the firmware's LoadImage:

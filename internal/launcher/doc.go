@@ -1,6 +1,6 @@
 // Package launcher is the `local` provider's firmware: before a node's userspace runs in its namespaces, it
 // does on the node's own swtpm vTPM what UEFI firmware, systemd-stub and the initrd do on a real machine
-// booting the same image (ARCHITECTURE.md sections 4 and 5).
+// booting the same image (docs/architecture.md §5 and §6).
 //
 // Launch takes an image directory (image/mkosi/build.sh's output: constellation.efi, root.erofs,
 // root.verity) and, in this order:

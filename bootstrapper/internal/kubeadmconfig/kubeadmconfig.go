@@ -4,7 +4,7 @@
 // a copy. The kube-proxy document is the one exception: its upstream type has no omitempty tags, so it is
 // written as a small map and checked against the upstream type with a strict decode.
 //
-// Settings that follow from the environment nodes run in (ARCHITECTURE.md §7):
+// Settings that follow from the environment nodes run in (docs/architecture.md §8):
 //   - cgroupDriver cgroupfs: hosts use cgroup v1 (hybrid), and there is no systemd to delegate to.
 //   - the node IP is given explicitly everywhere (kubelet --node-ip, the API server's advertise address, etcd):
 //     nodes have no default route, from which kubeadm and the kubelet would otherwise pick an address.
@@ -46,7 +46,7 @@ const (
 
 // Well-known values.
 const (
-	// APIServerPort is the Kubernetes API port (ARCHITECTURE.md §6).
+	// APIServerPort is the Kubernetes API port (docs/architecture.md §7).
 	APIServerPort = 6443
 	// DefaultCRISocket is containerd's socket in the node's private /run/containerd.
 	DefaultCRISocket = "unix:///run/containerd/containerd.sock"

@@ -1,4 +1,4 @@
-// Package network builds the `local` provider's network (ARCHITECTURE.md section 5): per cluster, one
+// Package network builds the `local` provider's network (docs/architecture.md §6): per cluster, one
 // Linux bridge in the host's network namespace, and per node a network namespace joined to the bridge by a
 // veth pair.
 //

@@ -8,7 +8,7 @@ import (
 // containerdConfig returns the node's containerd configuration (containerd 1.6, version 2 format).
 //
 //   - restrict_oom_score_adj: this machine lacks CAP_SYS_RESOURCE, so lowering a process's OOM score
-//     fails; without it every pod fails ("can't get final child's PID from pipe", ARCHITECTURE.md §7).
+//     fails; without it every pod fails ("can't get final child's PID from pipe", docs/architecture.md §8).
 //   - runc with cgroupfs (SystemdCgroup = false): there is no systemd, and the kubelet uses cgroupfs.
 //   - the overlayfs snapshotter on the /var/lib/containerd tmpfs (overlayfs needs an upper layer that is not
 //     itself overlayfs, which /var is); the snapshotters that cannot work here are disabled.

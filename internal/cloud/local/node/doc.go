@@ -1,4 +1,4 @@
-// Package node runs a `local` provider node (ARCHITECTURE.md sections 4 and 5): the node image's verified
+// Package node runs a `local` provider node (docs/architecture.md §5 and §6): the node image's verified
 // root, its own vTPM, containerd and bootstrapper, in namespaces of this machine.
 //
 // # A node

@@ -3,7 +3,7 @@
 // This kernel has no device-mapper, so the state disk is not LUKS: it is an ext4 file system with the
 // `encrypt` feature in a sparse file on the host (Create), attached to a loop device and mounted inside the
 // node (Mount; the node runtime mounts it at node.StateDiskPath). Encryption is ext4's native encryption,
-// fscrypt policy v2 with AES-256-XTS for contents and AES-256-CTS for names (ARCHITECTURE.md section 7):
+// fscrypt policy v2 with AES-256-XTS for contents and AES-256-CTS for names (docs/architecture.md §8):
 // the bootstrapper, once it has the disk key from the init or join flow, calls EncryptDir on an empty
 // directory of the disk (a fresh node) or Unlock on one encrypted before (a restarted node), and keeps
 // everything secret below it.
