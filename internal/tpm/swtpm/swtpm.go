@@ -82,12 +82,7 @@ func Start(ctx context.Context, dir string, opts ...Option) (*Process, error) {
 		flags = "not-need-init" // started up below, from the locality asked for
 	}
 	// Not exec.CommandContext: the process must outlive the start context; Stop ends it.
-	p.cmd = exec.Command(bin, "socket", "--tpm2",
-		"--tpmstate", "dir="+stateDir,
-		"--server", "type=unixio,path="+sock,
-		"--ctrl", "type=unixio,path="+ctrl,
-		"--flags", flags,
-	)
+	p.cmd = exec.Command(bin, args(stateDir, sock, ctrl, flags)...)
 	p.cmd.Stdout = p.stderr
 	p.cmd.Stderr = p.stderr
 	// Its own process group, so a Ctrl-C in a terminal reaches the CLI, which then stops it in order.
@@ -127,6 +122,23 @@ func Start(ctx context.Context, dir string, opts ...Option) (*Process, error) {
 			return nil, fmt.Errorf("swtpm did not create %s within %s: %s", sock, startTimeout, p.stderr.String())
 		case <-tick.C:
 		}
+	}
+}
+
+// Args are swtpm's arguments for a TPM 2.0 with its state in stateDir, its command socket at sock and its
+// control socket at ctrl, started up by itself (startup-clear) and usable as soon as sock accepts
+// connections. Callers that manage the process themselves (the local provider's nodes) use these, so that
+// every vTPM the project starts is the same.
+func Args(stateDir, sock, ctrl string) []string {
+	return args(stateDir, sock, ctrl, "not-need-init,startup-clear")
+}
+
+func args(stateDir, sock, ctrl, flags string) []string {
+	return []string{"socket", "--tpm2",
+		"--tpmstate", "dir=" + stateDir,
+		"--server", "type=unixio,path=" + sock,
+		"--ctrl", "type=unixio,path=" + ctrl,
+		"--flags", flags,
 	}
 }
 
@@ -175,12 +187,21 @@ const (
 )
 
 func (p *Process) shutdown() error {
-	return p.control(cmdShutdown, nil)
+	return Shutdown(filepath.Join(p.dir, ctrlName))
 }
 
-// control sends one command on the control channel.
+// Shutdown asks the swtpm whose control socket is ctrl to save its state and exit (CMD_SHUTDOWN).
+func Shutdown(ctrl string) error {
+	return control(ctrl, cmdShutdown, nil)
+}
+
 func (p *Process) control(code uint32, payload []byte) error {
-	conn, err := net.DialTimeout("unix", filepath.Join(p.dir, ctrlName), time.Second)
+	return control(filepath.Join(p.dir, ctrlName), code, payload)
+}
+
+// control sends one command on the control channel ctrl.
+func control(ctrl string, code uint32, payload []byte) error {
+	conn, err := net.DialTimeout("unix", ctrl, time.Second)
 	if err != nil {
 		return err
 	}

@@ -2,10 +2,8 @@ package node
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +15,7 @@ import (
 	"github.com/constellation-go/constellation/internal/tpm/swtpm"
 )
 
-// startSwtpm starts the node's swtpm, as internal/tpm/swtpm does (same flags: state in vtpm/state, TPM and
+// startSwtpm starts the node's swtpm with internal/tpm/swtpm's arguments (state in vtpm/state, TPM and
 // control sockets, started up), but writing to the node's swtpm.log instead of a pipe and in its own
 // session, so that it outlives the process that started the node. Powering it on resets the PCRs; the
 // state directory keeps the endorsement seed and so the keys.
@@ -40,12 +38,7 @@ func startSwtpm(ctx context.Context, l layout) (proc.Process, error) {
 		return proc.Process{}, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "socket", "--tpm2",
-		"--tpmstate", "dir="+stateDir,
-		"--server", "type=unixio,path="+l.vtpmSocket(),
-		"--ctrl", "type=unixio,path="+l.vtpmCtrl(),
-		"--flags", "not-need-init,startup-clear",
-	)
+	cmd := exec.Command(bin, swtpm.Args(stateDir, l.vtpmSocket(), l.vtpmCtrl())...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -92,7 +85,7 @@ func startSwtpm(ctx context.Context, l layout) (proc.Process, error) {
 func stopSwtpm(ctx context.Context, p proc.Process, l layout) error {
 	if p.Alive() {
 		// Then wait briefly; terminate below does what is left.
-		if swtpmShutdown(l.vtpmCtrl()) == nil {
+		if swtpm.Shutdown(l.vtpmCtrl()) == nil {
 			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_ = p.Wait(wctx)
 			cancel()
@@ -103,30 +96,6 @@ func stopSwtpm(ctx context.Context, p proc.Process, l layout) error {
 	}
 	for _, sock := range []string{l.vtpmSocket(), l.vtpmCtrl()} {
 		_ = os.Remove(sock)
-	}
-	return nil
-}
-
-// swtpmShutdown sends CMD_SHUTDOWN (3) over swtpm's control protocol: a big-endian command code, answered
-// by a 4-byte result.
-func swtpmShutdown(ctrl string) error {
-	conn, err := net.DialTimeout("unix", ctrl, time.Second)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(time.Second))
-	var cmd [4]byte
-	binary.BigEndian.PutUint32(cmd[:], 3)
-	if _, err := conn.Write(cmd[:]); err != nil {
-		return err
-	}
-	var res [4]byte
-	if _, err := io.ReadFull(conn, res[:]); err != nil {
-		return err
-	}
-	if code := binary.BigEndian.Uint32(res[:]); code != 0 {
-		return fmt.Errorf("swtpm shutdown returned %#x", code)
 	}
 	return nil
 }
