@@ -13,6 +13,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"
 )
 
@@ -25,8 +26,8 @@ const (
 
 // Roles of a node group.
 const (
-	RoleControlPlane = "control-plane"
-	RoleWorker       = "worker"
+	RoleControlPlane = string(role.ControlPlane)
+	RoleWorker       = string(role.Worker)
 )
 
 // Default node group names.

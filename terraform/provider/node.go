@@ -21,6 +21,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
+	"github.com/constellation-go/constellation/internal/role"
 )
 
 type nodeResource struct{}
@@ -55,7 +56,7 @@ func (r *nodeResource) Schema(_ context.Context, _ resource.SchemaRequest, resp 
 			"network": schema.StringAttribute{Required: true, PlanModifiers: replace, Description: "The constellation_local_network's id."},
 			"name":    schema.StringAttribute{Required: true, PlanModifiers: replace, Description: "Node name and hostname (a DNS label)."},
 			"role": schema.StringAttribute{Required: true, PlanModifiers: replace,
-				Validators:  []validator.String{oneOf{string(metadata.RoleControlPlane), string(metadata.RoleWorker)}},
+				Validators:  []validator.String{oneOf{string(role.ControlPlane), string(role.Worker)}},
 				Description: "control-plane or worker."},
 			"index": schema.Int64Attribute{Required: true, PlanModifiers: replaceInt,
 				Description: "Position on the bridge: the node gets address index+2 of the prefix and pod prefix 10.244.<index>.0/24."},
@@ -97,7 +98,7 @@ func (m *nodeModel) config() (node.Config, metadata.Instance, error) {
 		Cluster: clusterName, Name: m.Name.ValueString(), Index: index, Network: nw, ImageDir: img,
 		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()), StateDiskSize: size,
 	}
-	in := metadata.Instance{Name: cfg.Name, Role: metadata.Role(m.Role.ValueString()), IP: alloc.IP, PodCIDR: alloc.PodCIDR}
+	in := metadata.Instance{Name: cfg.Name, Role: role.Role(m.Role.ValueString()), IP: alloc.IP, PodCIDR: alloc.PodCIDR}
 	return cfg, in, nil
 }
 

@@ -30,6 +30,7 @@ import (
 	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/tpm"
 )
 
@@ -43,8 +44,8 @@ func metadataServer(t *testing.T) string {
 	t.Helper()
 	srv, err := localmetadata.NewServer(localmetadata.State{
 		Instances: []localmetadata.Instance{
-			{Name: "control-plane-0", Role: localmetadata.RoleControlPlane, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")},
-			{Name: "control-plane-1", Role: localmetadata.RoleControlPlane, IP: netip.MustParseAddr("127.0.0.2"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")},
+			{Name: "control-plane-0", Role: role.ControlPlane, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")},
+			{Name: "control-plane-1", Role: role.ControlPlane, IP: netip.MustParseAddr("127.0.0.2"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")},
 		},
 		InitSecretHash: localmetadata.HashInitSecret(initSecret),
 	}, nil)

@@ -35,6 +35,7 @@ import (
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
@@ -282,7 +283,7 @@ type fakeMetadata struct{ self metadata.Instance }
 
 func (f fakeMetadata) Self(context.Context) (metadata.Instance, error) { return f.self, nil }
 func (f fakeMetadata) List(context.Context) ([]metadata.Instance, error) {
-	return []metadata.Instance{f.self, {Name: "control-plane-0", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("127.0.0.1")}}, nil
+	return []metadata.Instance{f.self, {Name: "control-plane-0", Role: role.ControlPlane, IP: netip.MustParseAddr("127.0.0.1")}}, nil
 }
 
 func (f fakeMetadata) InitSecretHash(context.Context) ([]byte, error) {
@@ -374,7 +375,7 @@ func newStack(t *testing.T) *stack {
 	go func() { _ = jsGRPC.Serve(jsLis) }()
 	t.Cleanup(jsGRPC.Stop)
 
-	md := fakeMetadata{self: metadata.Instance{Name: "node-0", Role: metadata.RoleWorker, IP: netip.MustParseAddr("10.42.0.9")}}
+	md := fakeMetadata{self: metadata.Instance{Name: "node-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.9")}}
 	initCreds, err := atls.NewCredentials(issuer, nil)
 	require.NoError(t, err)
 	initGRPC := grpc.NewServer(grpc.Creds(initCreds))

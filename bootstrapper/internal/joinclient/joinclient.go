@@ -24,6 +24,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubelet"
 	"github.com/constellation-go/constellation/bootstrapper/internal/metadata"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
@@ -115,7 +116,7 @@ func (c *Client) Run(ctx context.Context) error {
 	req := &joinproto.IssueJoinTicketRequest{
 		DiskUuid:           diskUUID,
 		NodeName:           self.Name,
-		IsControlPlane:     self.Role == metadata.RoleControlPlane,
+		IsControlPlane:     self.Role == role.ControlPlane,
 		CertificateRequest: csr,
 	}
 	log := c.log.With("node", self.Name, "controlPlane", req.IsControlPlane)
@@ -186,7 +187,7 @@ func (c *Client) issue(ctx context.Context, self metadata.Instance, req *joinpro
 	}
 	var errs []error
 	for _, in := range instances {
-		if in.Role != metadata.RoleControlPlane || in.Name == self.Name || !in.IP.IsValid() {
+		if in.Role != role.ControlPlane || in.Name == self.Name || !in.IP.IsValid() {
 			continue
 		}
 		endpoint := net.JoinHostPort(in.IP.String(), strconv.Itoa(c.Port))

@@ -31,6 +31,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
@@ -185,11 +186,11 @@ func newNode(t *testing.T, events []vtpmtest.Event, port int) *testNode {
 	require.NoError(t, err)
 	n := &testNode{lock: nodelock.New(node.TPM), tpm: node, joiner: &fakeJoiner{}}
 	n.md = &fakeMetadata{
-		self: metadata.Instance{Name: "worker-0", Role: metadata.RoleWorker, IP: netip.MustParseAddr("10.42.0.3")},
+		self: metadata.Instance{Name: "worker-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3")},
 		instances: []metadata.Instance{
-			{Name: "worker-0", Role: metadata.RoleWorker, IP: netip.MustParseAddr("127.0.0.1")}, // itself: never asked
-			{Name: "control-plane-down", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("127.0.0.2")},
-			{Name: "control-plane-0", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("127.0.0.1")},
+			{Name: "worker-0", Role: role.Worker, IP: netip.MustParseAddr("127.0.0.1")}, // itself: never asked
+			{Name: "control-plane-down", Role: role.ControlPlane, IP: netip.MustParseAddr("127.0.0.2")},
+			{Name: "control-plane-0", Role: role.ControlPlane, IP: netip.MustParseAddr("127.0.0.1")},
 		},
 	}
 	n.client = New(n.md, n.lock, fakeDiskID{}, n.joiner, creds, slog.New(slog.DiscardHandler))
@@ -337,7 +338,7 @@ func TestJoinerFailureAfterLock(t *testing.T) {
 func TestControlPlaneJoin(t *testing.T) {
 	svc := &fakeJoinService{}
 	n := newNode(t, vtpmtest.Boot, serve(t, svc))
-	n.md.self = metadata.Instance{Name: "control-plane-1", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
+	n.md.self = metadata.Instance{Name: "control-plane-1", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
 	require.NoError(t, run(t, n.client, 30*time.Second))
 	assert.True(t, svc.reqs[0].GetIsControlPlane())
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubelet"
 	"github.com/constellation-go/constellation/bootstrapper/internal/metadata"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/joinservice/server"
@@ -55,7 +56,7 @@ func (j *NodeJoiner) Join(ctx context.Context, ticket *joinproto.IssueJoinTicket
 	if len(ticket.GetStateDiskKey()) != joinproto.StateDiskKeyLength {
 		return fmt.Errorf("the join ticket's state disk key is %d bytes, expected %d", len(ticket.GetStateDiskKey()), joinproto.StateDiskKeyLength)
 	}
-	controlPlane := self.Role == metadata.RoleControlPlane
+	controlPlane := self.Role == role.ControlPlane
 	if controlPlane && len(ticket.GetControlPlaneFiles()) == 0 {
 		return errors.New("the join ticket of a control plane has no control-plane certificates")
 	}

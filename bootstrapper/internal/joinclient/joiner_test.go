@@ -23,6 +23,7 @@ import (
 
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubelet"
 	"github.com/constellation-go/constellation/bootstrapper/internal/metadata"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/joinservice/server"
@@ -99,7 +100,7 @@ func TestNodeJoinerWorker(t *testing.T) {
 	key, _, err := kubelet.NewClientKey("worker-0")
 	require.NoError(t, err)
 	ticket := signedTicket(t, key)
-	self := metadata.Instance{Name: "worker-0", Role: metadata.RoleWorker, IP: netip.MustParseAddr("10.42.0.3")}
+	self := metadata.Instance{Name: "worker-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3")}
 	require.NoError(t, j.Join(context.Background(), ticket, self, key))
 
 	assert.Equal(t, ticket.GetStateDiskKey(), disk.key)
@@ -121,7 +122,7 @@ func TestNodeJoinerControlPlane(t *testing.T) {
 	j, _, _, kubeadm := newJoiner(t)
 	key, _, err := kubelet.NewClientKey("control-plane-1")
 	require.NoError(t, err)
-	self := metadata.Instance{Name: "control-plane-1", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
+	self := metadata.Instance{Name: "control-plane-1", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
 	require.NoError(t, j.Join(context.Background(), signedTicket(t, key), self, key))
 	assert.Contains(t, string(kubeadm.config), "controlPlane:")
 	assert.Contains(t, string(kubeadm.config), "advertiseAddress: 10.42.0.4")
@@ -139,8 +140,8 @@ func TestNodeJoinerControlPlane(t *testing.T) {
 }
 
 func TestNodeJoinerRefusals(t *testing.T) {
-	worker := metadata.Instance{Name: "worker-0", Role: metadata.RoleWorker, IP: netip.MustParseAddr("10.42.0.3")}
-	controlPlane := metadata.Instance{Name: "control-plane-1", Role: metadata.RoleControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
+	worker := metadata.Instance{Name: "worker-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3")}
+	controlPlane := metadata.Instance{Name: "control-plane-1", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
 	testCases := map[string]struct {
 		self      metadata.Instance
 		edit      func(*joinproto.IssueJoinTicketResponse, *NodeJoiner)

@@ -9,31 +9,14 @@ import (
 	"net/netip"
 
 	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
+	"github.com/constellation-go/constellation/internal/role"
 )
-
-// Role is a node's role in the cluster.
-type Role string
-
-// Roles.
-const (
-	RoleControlPlane Role = "control-plane"
-	RoleWorker       Role = "worker"
-)
-
-// ParseRole accepts "control-plane" and "worker".
-func ParseRole(s string) (Role, error) {
-	switch r := Role(s); r {
-	case RoleControlPlane, RoleWorker:
-		return r, nil
-	}
-	return "", fmt.Errorf("role %q: expected %q or %q", s, RoleControlPlane, RoleWorker)
-}
 
 // Instance is one node as the provider describes it.
 type Instance struct {
 	// Name is the node's name; it becomes the Kubernetes node name.
 	Name string
-	Role Role
+	Role role.Role
 	// IP is the node's address on the cluster network. Nodes have no default route, so every component is
 	// told this address explicitly.
 	IP netip.Addr
@@ -46,7 +29,7 @@ func (i Instance) Validate() error {
 	if i.Name == "" {
 		return fmt.Errorf("instance has no name")
 	}
-	if _, err := ParseRole(string(i.Role)); err != nil {
+	if _, err := role.Parse(string(i.Role)); err != nil {
 		return fmt.Errorf("instance %s: %w", i.Name, err)
 	}
 	if !i.IP.IsValid() {
@@ -103,5 +86,5 @@ func (l Local) InitSecretHash(ctx context.Context) ([]byte, error) {
 }
 
 func fromLocal(in localmetadata.Instance) Instance {
-	return Instance{Name: in.Name, Role: Role(in.Role), IP: in.IP, PodCIDR: in.PodCIDR}
+	return Instance{Name: in.Name, Role: in.Role, IP: in.IP, PodCIDR: in.PodCIDR}
 }

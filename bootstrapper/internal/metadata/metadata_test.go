@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
+	"github.com/constellation-go/constellation/internal/role"
 )
 
 func TestMain(m *testing.M) {
@@ -21,21 +22,21 @@ func TestMain(m *testing.M) {
 
 func TestParseRole(t *testing.T) {
 	for _, ok := range []string{"control-plane", "worker"} {
-		r, err := ParseRole(ok)
+		r, err := role.Parse(ok)
 		require.NoError(t, err)
 		assert.Equal(t, ok, string(r))
 	}
-	_, err := ParseRole("master")
+	_, err := role.Parse("master")
 	require.Error(t, err)
 }
 
 func TestValidate(t *testing.T) {
-	good := Instance{Name: "w0", Role: RoleWorker, IP: netip.MustParseAddr("10.42.0.3")}
+	good := Instance{Name: "w0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3")}
 	require.NoError(t, good.Validate())
 	for name, in := range map[string]Instance{
-		"no name": {Role: RoleWorker, IP: good.IP},
+		"no name": {Role: role.Worker, IP: good.IP},
 		"no role": {Name: "w0", IP: good.IP},
-		"no IP":   {Name: "w0", Role: RoleWorker},
+		"no IP":   {Name: "w0", Role: role.Worker},
 	} {
 		assert.Error(t, in.Validate(), name)
 	}
@@ -47,8 +48,8 @@ func TestLocal(t *testing.T) {
 	secret := bytes.Repeat([]byte{1}, 32)
 	srv, err := localmetadata.NewServer(localmetadata.State{
 		Instances: []localmetadata.Instance{
-			{Name: "cp0", Role: localmetadata.RoleControlPlane, IP: netip.MustParseAddr("10.42.0.2"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")},
-			{Name: "w0", Role: localmetadata.RoleWorker, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")},
+			{Name: "cp0", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.2"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")},
+			{Name: "w0", Role: role.Worker, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")},
 		},
 		InitSecretHash: localmetadata.HashInitSecret(secret),
 	}, nil)
@@ -63,11 +64,11 @@ func TestLocal(t *testing.T) {
 	l := Local{Client: localmetadata.NewClient("http://"+lis.Addr().String(), nil)}
 	self, err := l.Self(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, Instance{Name: "w0", Role: RoleWorker, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}, self)
+	assert.Equal(t, Instance{Name: "w0", Role: role.Worker, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}, self)
 	list, err := l.List(ctx)
 	require.NoError(t, err)
 	require.Len(t, list, 2)
-	assert.Equal(t, RoleControlPlane, list[0].Role)
+	assert.Equal(t, role.ControlPlane, list[0].Role)
 	for _, in := range list {
 		require.NoError(t, in.Validate())
 	}
@@ -78,7 +79,7 @@ func TestLocal(t *testing.T) {
 	l.Name, l.IP, l.PodCIDR = "worker-0", netip.MustParseAddr("10.42.0.3"), netip.MustParsePrefix("10.244.7.0/24")
 	self, err = l.Self(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, Instance{Name: "worker-0", Role: RoleWorker, IP: netip.MustParseAddr("10.42.0.3"), PodCIDR: netip.MustParsePrefix("10.244.7.0/24")}, self)
+	assert.Equal(t, Instance{Name: "worker-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3"), PodCIDR: netip.MustParsePrefix("10.244.7.0/24")}, self)
 
 	_ = hs.Close()
 	_, err = l.Self(ctx)

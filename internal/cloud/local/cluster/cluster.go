@@ -19,6 +19,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
 	"github.com/constellation-go/constellation/internal/components/server"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/internal/versions/components"
 )
@@ -29,7 +30,7 @@ const ComponentPort = 9081
 // NodeSpec describes one node.
 type NodeSpec struct {
 	Name string
-	Role metadata.Role
+	Role role.Role
 	// ImageDir overrides the cluster's image for this node (a test boots a tampered image this way).
 	ImageDir string
 }

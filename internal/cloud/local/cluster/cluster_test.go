@@ -39,11 +39,11 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
-	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
 	"github.com/constellation-go/constellation/internal/config"
 	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/measurements"
 )
@@ -74,9 +74,9 @@ func TestTwoNodeCluster(t *testing.T) {
 		Name: name, BridgeCIDR: localtest.BridgeCIDR(t), ImageDir: img, KubernetesVersion: versions.DefaultKubernetes,
 		InitSecret: secret, Extra: []versions.ExtraSet{extra}, Log: log, PlatformCA: ca,
 		Nodes: []NodeSpec{
-			{Name: "cp-0", Role: metadata.RoleControlPlane},
-			{Name: "worker-0", Role: metadata.RoleWorker},
-			{Name: "tampered-0", Role: metadata.RoleWorker, ImageDir: tampered},
+			{Name: "cp-0", Role: role.ControlPlane},
+			{Name: "worker-0", Role: role.Worker},
+			{Name: "tampered-0", Role: role.Worker, ImageDir: tampered},
 		},
 	}
 	// An interrupted test still runs its clean-up: a signal cancels ctx, the waits fail, t.Cleanup destroys.

@@ -15,6 +15,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
 	"github.com/constellation-go/constellation/internal/cloud/local/metadata"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"
 )
 
@@ -84,7 +85,7 @@ func TestDaemonServesAndReloads(t *testing.T) {
 	// A node registered after the daemon started is what the metadata API tells that node.
 	node, err := nw.AddNode("w-0", 1)
 	require.NoError(t, err)
-	require.NoError(t, AddInstance(cluster, metadata.Instance{Name: "w-0", Role: metadata.RoleWorker, IP: node.IP, PodCIDR: node.PodCIDR}))
+	require.NoError(t, AddInstance(cluster, metadata.Instance{Name: "w-0", Role: role.Worker, IP: node.IP, PodCIDR: node.PodCIDR}))
 	require.NoError(t, Reload(cluster))
 	transport := &http.Transport{DialContext: node.DialContext}
 	defer transport.CloseIdleConnections()

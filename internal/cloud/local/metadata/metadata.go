@@ -41,6 +41,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/constellation-go/constellation/internal/role"
 )
 
 // DefaultPort is the port the metadata API listens on, on the bridge's address.
@@ -57,21 +59,12 @@ const (
 	PathEndpoints      = "/v1/endpoints"
 )
 
-// Role is an instance's role.
-type Role string
-
-// Roles.
-const (
-	RoleControlPlane Role = "control-plane"
-	RoleWorker       Role = "worker"
-)
-
 // Instance is a node as the metadata API describes it.
 type Instance struct {
 	// Name is the node's name (its hostname and Kubernetes node name).
 	Name string `json:"name"`
 	// Role is control-plane or worker.
-	Role Role `json:"role"`
+	Role role.Role `json:"role"`
 	// IP is the node's address on the bridge.
 	IP netip.Addr `json:"ip"`
 	// PodCIDR is the node's pod prefix (network.Allocation).
@@ -119,8 +112,8 @@ func (st State) Validate() error {
 			errs = append(errs, fmt.Errorf("address %s is used twice", in.IP))
 		}
 		ips[in.IP] = true
-		if in.Role != RoleControlPlane && in.Role != RoleWorker {
-			errs = append(errs, fmt.Errorf("instance %s: role %q is neither %s nor %s", in.Name, in.Role, RoleControlPlane, RoleWorker))
+		if in.Role != role.ControlPlane && in.Role != role.Worker {
+			errs = append(errs, fmt.Errorf("instance %s: role %q is neither %s nor %s", in.Name, in.Role, role.ControlPlane, role.Worker))
 		}
 		if !in.PodCIDR.IsValid() {
 			errs = append(errs, fmt.Errorf("instance %s has no pod prefix", in.Name))
@@ -192,7 +185,7 @@ func (s *Server) Handler() http.Handler {
 		defer s.mu.RUnlock()
 		ep := Endpoints{ControlPlanes: []netip.Addr{}}
 		for _, in := range s.state.Instances {
-			if in.Role == RoleControlPlane {
+			if in.Role == role.ControlPlane {
 				ep.ControlPlanes = append(ep.ControlPlanes, in.IP)
 			}
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
+	"github.com/constellation-go/constellation/internal/role"
 )
 
 func TestMain(m *testing.M) {
@@ -25,9 +26,9 @@ func TestMain(m *testing.M) {
 }
 
 var (
-	cp0 = Instance{Name: "cp-0", Role: RoleControlPlane, IP: netip.MustParseAddr("10.42.0.2"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")}
-	w0  = Instance{Name: "w-0", Role: RoleWorker, IP: netip.MustParseAddr("10.42.0.3"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}
-	cp1 = Instance{Name: "cp-1", Role: RoleControlPlane, IP: netip.MustParseAddr("10.42.0.4"), PodCIDR: netip.MustParsePrefix("10.244.2.0/24")}
+	cp0 = Instance{Name: "cp-0", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.2"), PodCIDR: netip.MustParsePrefix("10.244.0.0/24")}
+	w0  = Instance{Name: "w-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3"), PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}
+	cp1 = Instance{Name: "cp-1", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.4"), PodCIDR: netip.MustParsePrefix("10.244.2.0/24")}
 )
 
 var secretHash = HashInitSecret([]byte("init secret"))
@@ -113,11 +114,11 @@ func TestUpdate(t *testing.T) {
 	assert.Equal(t, 200, code)
 
 	for name, st := range map[string]State{
-		"duplicate name":    {Instances: []Instance{cp0, {Name: "cp-0", Role: RoleWorker, IP: w0.IP, PodCIDR: w0.PodCIDR}}},
-		"duplicate address": {Instances: []Instance{cp0, {Name: "x", Role: RoleWorker, IP: cp0.IP, PodCIDR: w0.PodCIDR}}},
+		"duplicate name":    {Instances: []Instance{cp0, {Name: "cp-0", Role: role.Worker, IP: w0.IP, PodCIDR: w0.PodCIDR}}},
+		"duplicate address": {Instances: []Instance{cp0, {Name: "x", Role: role.Worker, IP: cp0.IP, PodCIDR: w0.PodCIDR}}},
 		"bad role":          {Instances: []Instance{{Name: "x", Role: "master", IP: w0.IP, PodCIDR: w0.PodCIDR}}},
-		"no address":        {Instances: []Instance{{Name: "x", Role: RoleWorker, PodCIDR: w0.PodCIDR}}},
-		"no pod prefix":     {Instances: []Instance{{Name: "x", Role: RoleWorker, IP: w0.IP}}},
+		"no address":        {Instances: []Instance{{Name: "x", Role: role.Worker, PodCIDR: w0.PodCIDR}}},
+		"no pod prefix":     {Instances: []Instance{{Name: "x", Role: role.Worker, IP: w0.IP}}},
 		"short hash":        {InitSecretHash: []byte{1, 2}},
 	} {
 		assert.Error(t, s.Update(st), name)
@@ -143,7 +144,7 @@ func TestListen(t *testing.T) {
 
 // TestClient runs the client against the server over loopback, with 127.0.0.1 as a node's address.
 func TestClient(t *testing.T) {
-	self := Instance{Name: "cp-0", Role: RoleControlPlane, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: cp0.PodCIDR}
+	self := Instance{Name: "cp-0", Role: role.ControlPlane, IP: netip.MustParseAddr("127.0.0.1"), PodCIDR: cp0.PodCIDR}
 	s, err := NewServer(State{Instances: []Instance{self, w0}, InitSecretHash: secretHash}, nil)
 	require.NoError(t, err)
 	srv := httptest.NewServer(s.Handler())
@@ -202,8 +203,8 @@ func TestOnBridge(t *testing.T) {
 	b, err := n.AddNode("w-0", 1)
 	require.NoError(t, err)
 	st := State{InitSecretHash: secretHash, Instances: []Instance{
-		{Name: a.Name, Role: RoleControlPlane, IP: a.IP, PodCIDR: a.PodCIDR},
-		{Name: b.Name, Role: RoleWorker, IP: b.IP, PodCIDR: b.PodCIDR},
+		{Name: a.Name, Role: role.ControlPlane, IP: a.IP, PodCIDR: a.PodCIDR},
+		{Name: b.Name, Role: role.Worker, IP: b.IP, PodCIDR: b.PodCIDR},
 	}}
 	s, err := NewServer(st, nil)
 	require.NoError(t, err)
