@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/constellation-go/constellation/internal/attestation"
 )
@@ -55,13 +56,22 @@ type Quote struct {
 // validator inflate gigabytes. The largest real logs are about 50 KB.
 const MaxEventLogSize = 1 << 20
 
+// deflaters keeps compressors between documents: a new one allocates about 1 MB of tables, which cost
+// more than the compression itself at the rate aTLS handshakes need documents.
+var deflaters = sync.Pool{New: func() any {
+	w, _ := flate.NewWriter(io.Discard, flate.BestCompression) // only fails for an invalid level
+	return w
+}}
+
+// inflaters keeps decompressors between documents, for the same reason.
+var inflaters = sync.Pool{New: func() any { return flate.NewReader(bytes.NewReader(nil)) }}
+
 // compressEventLog deflates an event log for EventLogDeflate.
 func compressEventLog(log []byte) ([]byte, error) {
 	var b bytes.Buffer
-	w, err := flate.NewWriter(&b, flate.BestCompression)
-	if err != nil {
-		return nil, err
-	}
+	w := deflaters.Get().(*flate.Writer)
+	defer deflaters.Put(w)
+	w.Reset(&b)
 	if _, err := w.Write(log); err != nil {
 		return nil, fmt.Errorf("compressing the event log: %w", err)
 	}
@@ -79,8 +89,11 @@ func (d *Document) eventLog() ([]byte, error) {
 	case len(d.EventLogDeflate) == 0:
 		return d.EventLog, nil
 	}
-	r := flate.NewReader(bytes.NewReader(d.EventLogDeflate))
-	defer r.Close()
+	r := inflaters.Get().(io.ReadCloser)
+	defer inflaters.Put(r)
+	if err := r.(flate.Resetter).Reset(bytes.NewReader(d.EventLogDeflate), nil); err != nil {
+		return nil, fmt.Errorf("%w: eventLogDeflate: %w", attestation.ErrMalformedDocument, err)
+	}
 	log, err := io.ReadAll(io.LimitReader(r, MaxEventLogSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("%w: eventLogDeflate: %w", attestation.ErrMalformedDocument, err)

@@ -39,6 +39,9 @@ type Issuer struct {
 	ak *loadedAK
 	// pcrs seen at the last quote: PCRs rarely change, so most quotes need no PCR read at all.
 	lastPCRs map[uint32][]byte
+	// The last event log and its compressed form: the log changes only when something is measured, and
+	// compressing it again for every document would be a noticeable part of an aTLS handshake.
+	lastLog, lastLogDeflate []byte
 }
 
 // IssuerOption configures an Issuer.
@@ -127,7 +130,7 @@ func (i *Issuer) Issue(ctx context.Context, userData, nonce []byte) ([]byte, err
 		if err != nil {
 			return nil, err
 		}
-		if doc.EventLogDeflate, err = compressEventLog(log); err != nil {
+		if doc.EventLogDeflate, err = i.compressedLog(log); err != nil {
 			return nil, err
 		}
 	}
@@ -198,4 +201,18 @@ func (i *Issuer) Close() {
 		i.ak.flush(i.tpm)
 		i.ak = nil
 	}
+}
+
+// compressedLog returns log compressed, reusing the last result while the log is unchanged. Issue calls it
+// with i.mu held.
+func (i *Issuer) compressedLog(log []byte) ([]byte, error) {
+	if i.lastLog != nil && bytes.Equal(i.lastLog, log) {
+		return i.lastLogDeflate, nil
+	}
+	z, err := compressEventLog(log)
+	if err != nil {
+		return nil, err
+	}
+	i.lastLog, i.lastLogDeflate = bytes.Clone(log), z
+	return z, nil
 }

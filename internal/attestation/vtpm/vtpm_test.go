@@ -708,3 +708,28 @@ func TestIssuerSeesPCRChanges(t *testing.T) {
 	_, err = v.Validate(context.Background(), second, nonce)
 	assert.ErrorIs(t, err, attestation.ErrMeasurementMismatch)
 }
+
+// The issuer compresses an unchanged log once, and a changed log (something was measured) again: every
+// document carries the log as it is when the document is made.
+func TestIssuerCompressesTheCurrentLog(t *testing.T) {
+	n := newNode(t, boot)
+	nonce := sha256.Sum256([]byte("nonce"))
+	logOf := func() []byte {
+		raw, err := n.issuer.Issue(context.Background(), nil, nonce[:])
+		require.NoError(t, err)
+		var d Document
+		require.NoError(t, json.Unmarshal(raw, &d))
+		assert.Empty(t, d.EventLog, "issuers send the compressed form")
+		log, err := d.eventLog()
+		require.NoError(t, err)
+		return log
+	}
+	first := bytes.Clone(n.log)
+	assert.Equal(t, first, logOf())
+	assert.Equal(t, first, logOf())
+
+	n.log = append(bytes.Clone(first), 0x00) // the next log; its content need not parse for this check
+	assert.Equal(t, n.log, logOf())
+	n.log = first
+	assert.Equal(t, first, logOf())
+}
