@@ -36,7 +36,7 @@ if [ -n "$uki" ]; then
 else
   echo "== PCR precomputation (measurements), UKI with $(basename "$MEASUREMENTS_TEST_VMLINUZ")"
 fi
-out=$(go test -run '^$' -bench 'Precompute|SHA256' -benchtime "$benchtime" ./measurements/)
+out=$(go test -run '^$' -bench 'Precompute|SHA256' -benchtime "$benchtime" ./internal/measurements/precompute/)
 echo "$out" | per_second
 precompute=$(echo "$out" | awk '/^BenchmarkPrecompute/ {for (i = 1; i < NF; i++) if ($(i+1) == "MB/s") print $i}')
 

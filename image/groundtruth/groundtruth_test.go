@@ -16,7 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
-	"github.com/constellation-go/constellation/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -74,44 +74,44 @@ func TestReadReport(t *testing.T) {
 }
 
 // TestQEMUBoot boots the image in $CONSTELLATION_IMAGE_DIR (an image/mkosi/build.sh output) under OVMF with
-// a swtpm vTPM and checks that the PCRs the node reports are exactly the ones measurements.Precompute
+// a swtpm vTPM and checks that the PCRs the node reports are exactly the ones precompute.Precompute
 // predicts from the UKI alone, and that the firmware's event log agrees event by event. It takes minutes:
 // `make image-test` runs it; plain `go test` skips it unless CONSTELLATION_REQUIRE_IMAGE=1.
 func TestQEMUBoot(t *testing.T) {
 	dir := imageDir(t)
 	ukiBytes, err := os.ReadFile(filepath.Join(dir, "constellation.efi"))
 	require.NoError(t, err)
-	uki, err := measurements.ParseUKI(ukiBytes)
+	uki, err := precompute.ParseUKI(ukiBytes)
 	require.NoError(t, err)
-	want, err := measurements.Precompute(uki, measurements.Options{Platform: &measurements.OVMF})
+	want, err := precompute.Precompute(uki, precompute.Options{Platform: &precompute.OVMF})
 	require.NoError(t, err)
 
 	report := boot(t, filepath.Join(dir, "disk.raw"))
 
 	// The PCRs a verifier sees on the booted node.
 	booted := want.PCRs(true)
-	for _, pcr := range []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRUKI, measurements.PCRBootLoader, measurements.PCRSystemd} {
+	for _, pcr := range []uint32{precompute.PCRBootChain, precompute.PCRKernel, precompute.PCRUKI, precompute.PCRBootLoader, precompute.PCRSystemd} {
 		assert.Equal(t, hex.EncodeToString(booted[pcr]), hex.EncodeToString(report.PCRs[pcr]), "PCR %d", pcr)
 		t.Logf("PCR %2d  booted %x  predicted %x", pcr, report.PCRs[pcr], booted[pcr])
 	}
-	assert.Equal(t, measurements.StubCmdline(uki.Cmdline), report.Cmdline)
+	assert.Equal(t, precompute.StubCmdline(uki.Cmdline), report.Cmdline)
 
 	// The comparison can fail: one changed character of the command line changes PCRs 9 and 11.
 	tampered := bytes.Clone(ukiBytes)
 	var cmdlineAt int
 	for _, sec := range uki.Sections {
-		if sec.Name == measurements.SectionCmdline {
+		if sec.Name == precompute.SectionCmdline {
 			cmdlineAt = int(sec.PointerToRawData) + 1
 		}
 	}
 	require.NotZero(t, cmdlineAt, "the UKI has a .cmdline section")
 	tampered[cmdlineAt] ^= 0x01
-	tu, err := measurements.ParseUKI(tampered)
+	tu, err := precompute.ParseUKI(tampered)
 	require.NoError(t, err)
-	tw, err := measurements.Precompute(tu, measurements.Options{Platform: &measurements.OVMF})
+	tw, err := precompute.Precompute(tu, precompute.Options{Platform: &precompute.OVMF})
 	require.NoError(t, err)
-	assert.NotEqual(t, report.PCRs[measurements.PCRUKI], tw.PCRs(true)[measurements.PCRUKI])
-	assert.NotEqual(t, report.PCRs[measurements.PCRKernel], tw.PCRs(true)[measurements.PCRKernel])
+	assert.NotEqual(t, report.PCRs[precompute.PCRUKI], tw.PCRs(true)[precompute.PCRUKI])
+	assert.NotEqual(t, report.PCRs[precompute.PCRKernel], tw.PCRs(true)[precompute.PCRKernel])
 
 	// The firmware's log must replay to the same values, except for PCR 11's userspace phases, which
 	// systemd-pcrphase does not log there.
@@ -120,7 +120,7 @@ func TestQEMUBoot(t *testing.T) {
 	replayed, err := log.Replay(eventlog.AlgSHA256)
 	require.NoError(t, err)
 	for pcr, v := range replayed {
-		if pcr == measurements.PCRUKI {
+		if pcr == precompute.PCRUKI {
 			assert.Equal(t, want.PCRs(false)[pcr], v, "PCR 11 replayed from the firmware log: the stub's extends")
 			continue
 		}
@@ -128,7 +128,7 @@ func TestQEMUBoot(t *testing.T) {
 	}
 
 	// Event by event, the platform profile and the model: the same extends in the same order.
-	for _, pcr := range []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRUKI} {
+	for _, pcr := range []uint32{precompute.PCRBootChain, precompute.PCRKernel, precompute.PCRUKI} {
 		assert.Equal(t, predictedEvents(want, pcr), loggedEvents(log, pcr), "PCR %d events", pcr)
 	}
 }
@@ -144,10 +144,10 @@ func TestQEMUBootSystemdBoot(t *testing.T) {
 	require.NoError(t, err)
 	loader, err := os.ReadFile(loaderPath)
 	require.NoError(t, err)
-	uki, err := measurements.ParseUKI(ukiBytes)
+	uki, err := precompute.ParseUKI(ukiBytes)
 	require.NoError(t, err)
-	want, err := measurements.Precompute(uki, measurements.Options{
-		Platform: &measurements.OVMF, Path: measurements.BootSystemdBoot, BootLoader: loader,
+	want, err := precompute.Precompute(uki, precompute.Options{
+		Platform: &precompute.OVMF, Path: precompute.BootSystemdBoot, BootLoader: loader,
 	})
 	require.NoError(t, err)
 
@@ -156,14 +156,14 @@ func TestQEMUBootSystemdBoot(t *testing.T) {
 	report := boot(t, disk)
 
 	booted := want.PCRs(true)
-	for _, pcr := range []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRUKI, measurements.PCRBootLoader, measurements.PCRSystemd} {
+	for _, pcr := range []uint32{precompute.PCRBootChain, precompute.PCRKernel, precompute.PCRUKI, precompute.PCRBootLoader, precompute.PCRSystemd} {
 		assert.Equal(t, hex.EncodeToString(booted[pcr]), hex.EncodeToString(report.PCRs[pcr]), "PCR %d", pcr)
 		t.Logf("PCR %2d  booted %x  predicted %x", pcr, report.PCRs[pcr], booted[pcr])
 	}
-	assert.NotEqual(t, make([]byte, 32), report.PCRs[measurements.PCRBootLoader], "systemd-boot measured the command line")
+	assert.NotEqual(t, make([]byte, 32), report.PCRs[precompute.PCRBootLoader], "systemd-boot measured the command line")
 	log, err := eventlog.Parse(report.EventLog)
 	require.NoError(t, err)
-	for _, pcr := range []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRBootLoader} {
+	for _, pcr := range []uint32{precompute.PCRBootChain, precompute.PCRKernel, precompute.PCRBootLoader} {
 		assert.Equal(t, predictedEvents(want, pcr), loggedEvents(log, pcr), "PCR %d events", pcr)
 	}
 }
@@ -206,7 +206,7 @@ func loggedEvents(log *eventlog.Log, pcr uint32) []string {
 	return got
 }
 
-func predictedEvents(r *measurements.Result, pcr uint32) []string {
+func predictedEvents(r *precompute.Result, pcr uint32) []string {
 	var predicted []string
 	for _, e := range r.Events {
 		if e.PCR == pcr {

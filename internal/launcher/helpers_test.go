@@ -22,11 +22,11 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/tooltest"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm/swtpmtest"
 	"github.com/constellation-go/constellation/internal/verity"
-	"github.com/constellation-go/constellation/measurements"
 )
 
 // The tests build small node images the way the real one is built, from real tools: a UKI assembled with
@@ -177,13 +177,13 @@ func buildUKI(t testing.TB, dir, cmdline string) {
 }
 
 // predict is the reference computation: the measurements package on the UKI's bytes.
-func predict(t testing.TB, ukiPath string) *measurements.Result {
+func predict(t testing.TB, ukiPath string) *precompute.Result {
 	t.Helper()
 	data, err := os.ReadFile(ukiPath)
 	require.NoError(t, err)
-	u, err := measurements.ParseUKI(data)
+	u, err := precompute.ParseUKI(data)
 	require.NoError(t, err)
-	res, err := measurements.Precompute(u, measurements.Options{})
+	res, err := precompute.Precompute(u, precompute.Options{})
 	require.NoError(t, err)
 	return res
 }
@@ -193,7 +193,7 @@ func sectionOffset(t testing.TB, ukiPath, section string, needle []byte) int64 {
 	t.Helper()
 	data, err := os.ReadFile(ukiPath)
 	require.NoError(t, err)
-	u, err := measurements.ParseUKI(data)
+	u, err := precompute.ParseUKI(data)
 	require.NoError(t, err)
 	for _, s := range u.Sections {
 		if s.Name != section {
@@ -251,7 +251,7 @@ func launch(t testing.TB, cfg Config) *Boot {
 }
 
 // bootPCRList are the PCRs the tests compare: the boot's, and PCR 13, which measurements may predict too.
-var bootPCRList = []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRUKI, measurements.PCRBootLoader, ref.PCRSystemd}
+var bootPCRList = []uint32{precompute.PCRBootChain, precompute.PCRKernel, precompute.PCRUKI, precompute.PCRBootLoader, ref.PCRSystemd}
 
 // readPCRs reads the PCRs of bootPCRList.
 func readPCRs(t testing.TB, tp transport.TPM) map[uint32][]byte {
@@ -275,7 +275,7 @@ func withZeros(pcrs map[uint32][]byte) map[uint32][]byte {
 
 // referenceValues are the reference values of a booted, fresh node whose image res predicts: PCRs 4, 9, 11
 // and 12 from the prediction, PCRs 13 and 15 zero.
-func referenceValues(res *measurements.Result) ref.M {
+func referenceValues(res *precompute.Result) ref.M {
 	m := res.Measurements(true).WithFreshNode()
 	if _, ok := m[ref.PCRSystemd]; !ok {
 		m[ref.PCRSystemd] = ref.Measurement{Expected: ref.Zero}

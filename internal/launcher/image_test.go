@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/constellation-go/constellation/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
 // TestRealImage launches the node image that image/mkosi/build.sh built (set CONSTELLATION_IMAGE_DIR to
@@ -55,7 +55,7 @@ func TestRealImage(t *testing.T) {
 	require.NoError(t, err)
 	data, err := os.ReadFile(filepath.Join(dir, UKIFile))
 	require.NoError(t, err)
-	u, err := measurements.ParseUKI(data)
+	u, err := precompute.ParseUKI(data)
 	require.NoError(t, err)
 	assert.Equal(t, string(u.OSRel), string(osrel), "the mounted root is the image the UKI describes")
 	require.NoError(t, m.Unmount())

@@ -16,9 +16,9 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/verity"
-	"github.com/constellation-go/constellation/measurements"
 )
 
 // Names of the files Launch reads in an image directory, as image/mkosi/build.sh writes them.
@@ -67,7 +67,7 @@ type Config struct {
 	// Options selects the boot the launcher imitates. The zero value (generic UEFI firmware starting the
 	// UKI directly) is `constellation image measure`'s default; it must be what the node's reference values
 	// were computed with.
-	Options measurements.Options
+	Options precompute.Options
 }
 
 // Boot is a launched node: its vTPM is measured up to leave-initrd and its root is verified. It is safe for
@@ -75,12 +75,12 @@ type Config struct {
 type Boot struct {
 	tpm        transport.TPM
 	logPath    string
-	prediction *measurements.Result
+	prediction *precompute.Result
 	root       *Root
 
 	mu      sync.Mutex
 	log     *eventlog.Builder
-	pending []measurements.Event
+	pending []precompute.Event
 	// expected is what the PCRs the boot extends must hold after the extends made so far.
 	expected map[uint32][]byte
 	// broken is the error of a failed extend: the vTPM's state is then unknown and no phase may follow.
@@ -111,22 +111,22 @@ func Launch(ctx context.Context, cfg Config) (_ *Boot, err error) {
 	if err != nil {
 		return nil, err
 	}
-	uki, err := measurements.ParseUKI(ukiData)
+	uki, err := precompute.ParseUKI(ukiData)
 	if err != nil {
 		return nil, fmt.Errorf("%s in %s is not a usable UKI: %w", UKIFile, cfg.ImageDir, err)
 	}
-	res, err := measurements.Precompute(uki, cfg.Options)
+	res, err := precompute.Precompute(uki, cfg.Options)
 	if err != nil {
 		return nil, fmt.Errorf("predicting the measurements of %s: %w", UKIFile, err)
 	}
-	if len(res.PhaseEvents) < 2 || string(res.PhaseEvents[0].Data) != measurements.PhaseEnterInitrd ||
-		string(res.PhaseEvents[1].Data) != measurements.PhaseLeaveInitrd {
+	if len(res.PhaseEvents) < 2 || string(res.PhaseEvents[0].Data) != precompute.PhaseEnterInitrd ||
+		string(res.PhaseEvents[1].Data) != precompute.PhaseLeaveInitrd {
 		return nil, fmt.Errorf("launching: the prediction's phases %v do not start with %s, %s",
-			phaseNames(res.PhaseEvents), measurements.PhaseEnterInitrd, measurements.PhaseLeaveInitrd)
+			phaseNames(res.PhaseEvents), precompute.PhaseEnterInitrd, precompute.PhaseLeaveInitrd)
 	}
 
 	// 2. The root hash, from the command line the stub passes (the measured .cmdline).
-	rootHash, err := verity.RootHashFromCmdline(measurements.StubCmdline(uki.Cmdline))
+	rootHash, err := verity.RootHashFromCmdline(precompute.StubCmdline(uki.Cmdline))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w; %s cannot bind a root file system, so it is not a node image for the local provider "+
 			"(build it with image/mkosi/build.sh, which puts the root's verity hash there)", ErrNoRootHash, err, UKIFile)
@@ -219,7 +219,7 @@ func openRegular(dir *os.Root, name string) (*os.File, error) {
 
 // Measure extends each event's digest into t's SHA-256 bank, in order, and records it in log, as firmware
 // records its extends. It stops at the first failure; log then holds the events extended before it.
-func Measure(t transport.TPM, log *eventlog.Builder, events ...measurements.Event) error {
+func Measure(t transport.TPM, log *eventlog.Builder, events ...precompute.Event) error {
 	for _, ev := range events {
 		if err := tpm.Extend(t, ev.PCR, ev.Digest[:]); err != nil {
 			return fmt.Errorf("measuring %s into PCR %d: %w", ev.Type, ev.PCR, err)
@@ -231,8 +231,8 @@ func Measure(t transport.TPM, log *eventlog.Builder, events ...measurements.Even
 
 // bootPCRs returns the PCRs the prediction covers (whether or not the boot extends them, e.g. PCR 12 on the
 // direct path) and every PCR the boot extends, and always PCRs 4, 9, 11 and 12, sorted.
-func bootPCRs(res *measurements.Result) []uint32 {
-	pcrs := []uint32{measurements.PCRBootChain, measurements.PCRKernel, measurements.PCRUKI, measurements.PCRBootLoader}
+func bootPCRs(res *precompute.Result) []uint32 {
+	pcrs := []uint32{precompute.PCRBootChain, precompute.PCRKernel, precompute.PCRUKI, precompute.PCRBootLoader}
 	pcrs = slices.AppendSeq(pcrs, maps.Keys(res.PCRs(true)))
 	for _, ev := range slices.Concat(res.Events, res.PhaseEvents) {
 		pcrs = append(pcrs, ev.PCR)
@@ -262,7 +262,7 @@ func (b *Boot) checkReset() error {
 
 // extend measures events, writes the log and checks that the vTPM holds what was extended. After a failure
 // every later call fails too. Callers hold b.mu or own b exclusively.
-func (b *Boot) extend(events []measurements.Event) error {
+func (b *Boot) extend(events []precompute.Event) error {
 	if b.broken != nil {
 		return fmt.Errorf("an earlier measurement failed: %w", b.broken)
 	}
@@ -273,7 +273,7 @@ func (b *Boot) extend(events []measurements.Event) error {
 	return nil
 }
 
-func (b *Boot) doExtend(events []measurements.Event) error {
+func (b *Boot) doExtend(events []precompute.Event) error {
 	measureErr := Measure(b.tpm, b.log, events...)
 	// The log records whatever was extended, also when an extend failed: it must explain the PCRs.
 	if err := writeLog(b.logPath, b.log.Bytes()); err != nil {
@@ -322,7 +322,7 @@ func writeLog(path string, log []byte) error {
 	return nil
 }
 
-func phaseNames(events []measurements.Event) []string {
+func phaseNames(events []precompute.Event) []string {
 	names := make([]string, len(events))
 	for i, ev := range events {
 		names[i] = string(ev.Data)
@@ -337,7 +337,7 @@ func (b *Boot) Root() *Root {
 
 // Prediction returns the precomputed extends of this boot: Result.PCRs(true) is what the vTPM holds once
 // every phase is entered, Result.Measurements(true) the reference values it attests against.
-func (b *Boot) Prediction() *measurements.Result {
+func (b *Boot) Prediction() *precompute.Result {
 	return b.prediction
 }
 
@@ -348,7 +348,7 @@ func (b *Boot) PendingPhases() []string {
 	return phaseNames(b.pending)
 }
 
-// EnterPhase extends phase (measurements.PhaseSysinit, then measurements.PhaseReady) into PCR 11 and the
+// EnterPhase extends phase (precompute.PhaseSysinit, then precompute.PhaseReady) into PCR 11 and the
 // event log. Phases must be entered in order, each once.
 func (b *Boot) EnterPhase(phase string) error {
 	b.mu.Lock()

@@ -21,9 +21,9 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/verity"
-	"github.com/constellation-go/constellation/measurements"
 )
 
 func TestMain(m *testing.M) {
@@ -31,8 +31,8 @@ func TestMain(m *testing.M) {
 }
 
 // afterPhases is PCR 11 after the stub's events and the given phases.
-func afterPhases(res *measurements.Result, phases ...string) []byte {
-	pcr := res.PCRs(false)[measurements.PCRUKI]
+func afterPhases(res *precompute.Result, phases ...string) []byte {
+	pcr := res.PCRs(false)[precompute.PCRUKI]
 	for _, p := range phases {
 		d := sha256.Sum256([]byte(p))
 		pcr = eventlog.ExtendSHA256(pcr, d[:])
@@ -100,17 +100,17 @@ func TestLaunch(t *testing.T) {
 	// Measured up to leave-initrd; the rest is the runtime's.
 	pcrs := readPCRs(t, tp)
 	wantNow := withZeros(want.PCRs(false))
-	wantNow[measurements.PCRUKI] = afterPhases(want, measurements.PhaseEnterInitrd, measurements.PhaseLeaveInitrd)
+	wantNow[precompute.PCRUKI] = afterPhases(want, precompute.PhaseEnterInitrd, precompute.PhaseLeaveInitrd)
 	assert.Equal(t, wantNow, pcrs)
-	assert.Equal(t, []string{measurements.PhaseSysinit, measurements.PhaseReady}, b.PendingPhases())
+	assert.Equal(t, []string{precompute.PhaseSysinit, precompute.PhaseReady}, b.PendingPhases())
 	for idx, v := range replayLog(t, cfg.EventLog) {
 		assert.Equal(t, pcrs[idx], v, "replayed PCR %d", idx)
 	}
 
-	require.NoError(t, b.EnterPhase(measurements.PhaseSysinit))
+	require.NoError(t, b.EnterPhase(precompute.PhaseSysinit))
 	replayed := replayLog(t, cfg.EventLog)
-	assert.Equal(t, afterPhases(want, measurements.BootedPhases[:3]...), replayed[measurements.PCRUKI])
-	require.NoError(t, b.EnterPhase(measurements.PhaseReady))
+	assert.Equal(t, afterPhases(want, precompute.BootedPhases[:3]...), replayed[precompute.PCRUKI])
+	require.NoError(t, b.EnterPhase(precompute.PhaseReady))
 	assert.Empty(t, b.PendingPhases())
 	require.NoError(t, b.CompleteBoot(), "nothing left to enter")
 
@@ -144,17 +144,17 @@ func TestPhaseOrder(t *testing.T) {
 	b := launch(t, config(t, im, tp))
 	before := readPCRs(t, tp)
 
-	for _, phase := range []string{measurements.PhaseReady, measurements.PhaseEnterInitrd, measurements.PhaseLeaveInitrd, "shutdown", ""} {
+	for _, phase := range []string{precompute.PhaseReady, precompute.PhaseEnterInitrd, precompute.PhaseLeaveInitrd, "shutdown", ""} {
 		err := b.EnterPhase(phase)
 		require.ErrorIs(t, err, ErrPhase, phase)
 		assert.Contains(t, err.Error(), `the next phase is "sysinit"`)
 	}
 	assert.Equal(t, before, readPCRs(t, tp), "refused phases extend nothing")
 
-	require.NoError(t, b.EnterPhase(measurements.PhaseSysinit))
-	require.ErrorIs(t, b.EnterPhase(measurements.PhaseSysinit), ErrPhase, "each phase once")
-	require.NoError(t, b.EnterPhase(measurements.PhaseReady))
-	err := b.EnterPhase(measurements.PhaseReady)
+	require.NoError(t, b.EnterPhase(precompute.PhaseSysinit))
+	require.ErrorIs(t, b.EnterPhase(precompute.PhaseSysinit), ErrPhase, "each phase once")
+	require.NoError(t, b.EnterPhase(precompute.PhaseReady))
+	err := b.EnterPhase(precompute.PhaseReady)
 	require.ErrorIs(t, err, ErrPhase)
 	assert.Contains(t, err.Error(), "already booted")
 }
@@ -166,10 +166,10 @@ func TestTamperedUKI(t *testing.T) {
 		section string
 		needle  []byte // the byte to change is the first of needle; nil means the middle of the section
 	}{
-		".cmdline": {section: measurements.SectionCmdline, needle: []byte("console")},
-		".osrel":   {section: measurements.SectionOSRel, needle: []byte("VERSION_ID")},
-		".linux":   {section: measurements.SectionLinux},
-		".initrd":  {section: measurements.SectionInitrd},
+		".cmdline": {section: precompute.SectionCmdline, needle: []byte("console")},
+		".osrel":   {section: precompute.SectionOSRel, needle: []byte("VERSION_ID")},
+		".linux":   {section: precompute.SectionLinux},
+		".initrd":  {section: precompute.SectionInitrd},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
@@ -182,7 +182,7 @@ func TestTamperedUKI(t *testing.T) {
 			b := launch(t, cfg)
 			require.NoError(t, b.CompleteBoot())
 			pcrs := readPCRs(t, tp)
-			assert.NotEqual(t, untampered.PCRs(true)[measurements.PCRUKI], pcrs[measurements.PCRUKI])
+			assert.NotEqual(t, untampered.PCRs(true)[precompute.PCRUKI], pcrs[precompute.PCRUKI])
 			assert.Equal(t, withZeros(predict(t, im.path(UKIFile)).PCRs(true)), pcrs, "the launcher measured the tampered file")
 
 			_, err := attest(t, tp, cfg.EventLog, referenceValues(untampered))
@@ -192,11 +192,11 @@ func TestTamperedUKI(t *testing.T) {
 			var mismatched []uint32
 			for _, m := range verr.Mismatches {
 				mismatched = append(mismatched, m.PCR)
-				if m.PCR == measurements.PCRUKI {
+				if m.PCR == precompute.PCRUKI {
 					assert.Contains(t, m.Events, `EV_IPL in PCR 11: "`+tc.section+`"`, "the log names the section")
 				}
 			}
-			assert.Contains(t, mismatched, uint32(measurements.PCRUKI))
+			assert.Contains(t, mismatched, uint32(precompute.PCRUKI))
 			assert.Contains(t, err.Error(), "PCR 11")
 		})
 	}
@@ -346,7 +346,7 @@ func TestRefusedRoot(t *testing.T) {
 				return
 			}
 			wantPCRs := withZeros(res.PCRs(false))
-			wantPCRs[measurements.PCRUKI] = afterPhases(res, measurements.PhaseEnterInitrd)
+			wantPCRs[precompute.PCRUKI] = afterPhases(res, precompute.PhaseEnterInitrd)
 			assert.Equal(t, wantPCRs, pcrs, "measured up to enter-initrd")
 			assertReplays(t, cfg.EventLog, wantPCRs)
 		})
@@ -590,8 +590,8 @@ func TestLaunchConfigErrors(t *testing.T) {
 		"no image":       {edit: func(c *Config) { c.ImageDir = filepath.Join(im.dir, "missing") }, contains: "opening the image directory"},
 		"log dir absent": {edit: func(c *Config) { c.EventLog = filepath.Join(im.dir, "missing", "log") }, contains: "writing the event log"},
 		"systemd-boot path without boot loader": {
-			edit:     func(c *Config) { c.Options.Path = measurements.BootSystemdBoot },
-			contains: measurements.ErrNoBootLoader.Error(),
+			edit:     func(c *Config) { c.Options.Path = precompute.BootSystemdBoot },
+			contains: precompute.ErrNoBootLoader.Error(),
 		},
 	}
 	for name, tc := range testCases {
@@ -617,7 +617,7 @@ const ccPCRExtend = 0x00000182
 func (i *interferingTPM) Send(cmd []byte) ([]byte, error) {
 	rsp, err := i.TPM.Send(cmd)
 	if err == nil && len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:]) == ccPCRExtend && i.armed.CompareAndSwap(true, false) {
-		err = tpm.Extend(i.TPM, measurements.PCRUKI, bytes.Repeat([]byte{0x42}, 32))
+		err = tpm.Extend(i.TPM, precompute.PCRUKI, bytes.Repeat([]byte{0x42}, 32))
 	}
 	return rsp, err
 }
@@ -638,8 +638,8 @@ func TestDiverged(t *testing.T) {
 		tp := &interferingTPM{TPM: newTPM(t)}
 		b := launch(t, config(t, im, tp))
 		tp.armed.Store(true)
-		require.ErrorIs(t, b.EnterPhase(measurements.PhaseSysinit), ErrTPMDiverged)
-		err := b.EnterPhase(measurements.PhaseReady)
+		require.ErrorIs(t, b.EnterPhase(precompute.PhaseSysinit), ErrTPMDiverged)
+		err := b.EnterPhase(precompute.PhaseReady)
 		require.ErrorIs(t, err, ErrTPMDiverged, "no phase after a failure")
 		assert.Contains(t, err.Error(), "an earlier measurement failed")
 		require.ErrorIs(t, b.CompleteBoot(), ErrTPMDiverged)
@@ -649,7 +649,7 @@ func TestDiverged(t *testing.T) {
 // TestMeasure: the extend-and-log primitive, on its own.
 func TestMeasure(t *testing.T) {
 	tp := newTPM(t)
-	events := []measurements.Event{
+	events := []precompute.Event{
 		{PCR: 4, Type: eventlog.EvEFIAction, Digest: sha256.Sum256([]byte("a")), Data: []byte("a")},
 		{PCR: 11, Type: eventlog.EvIPL, Digest: sha256.Sum256([]byte("b")), Data: []byte("b")},
 		{PCR: 4, Type: eventlog.EvSeparator, Digest: sha256.Sum256([]byte{0, 0, 0, 0}), Data: []byte{0, 0, 0, 0}},
@@ -665,7 +665,7 @@ func TestMeasure(t *testing.T) {
 	assert.Equal(t, pcrs[11], replayed[11])
 	assert.Len(t, parsed.Events, len(events)+1)
 
-	err = Measure(tp, log, measurements.Event{PCR: 99, Digest: sha256.Sum256(nil)})
+	err = Measure(tp, log, precompute.Event{PCR: 99, Digest: sha256.Sum256(nil)})
 	require.Error(t, err)
 	parsed, err = eventlog.Parse(log.Bytes())
 	require.NoError(t, err)

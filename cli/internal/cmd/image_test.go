@@ -19,11 +19,11 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cosign"
 	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
-	"github.com/constellation-go/constellation/measurements"
 )
 
-// testPE builds a minimal PE32+ file with the given sections, enough for measurements.ParseUKI and its
+// testPE builds a minimal PE32+ file with the given sections, enough for precompute.ParseUKI and its
 // Authenticode hash; package measurements tests the parsing and the values in depth.
 func testPE(sections [][2]string) []byte {
 	const optOff, optSize, secHdr, align = 0x58, 240, 40, 0x200
@@ -203,11 +203,11 @@ func ptr[T any](v T) *T { return &v }
 func TestImageMeasure(t *testing.T) {
 	uki := testUKI()
 	ukiSum := sha256.Sum256(uki)
-	parsed, err := measurements.ParseUKI(uki)
+	parsed, err := precompute.ParseUKI(uki)
 	require.NoError(t, err)
-	direct, err := measurements.Precompute(parsed, measurements.Options{})
+	direct, err := precompute.Precompute(parsed, precompute.Options{})
 	require.NoError(t, err)
-	viaBoot, err := measurements.Precompute(parsed, measurements.Options{Path: measurements.BootSystemdBoot, BootLoader: testBootLoader()})
+	viaBoot, err := precompute.Precompute(parsed, precompute.Options{Path: precompute.BootSystemdBoot, BootLoader: testBootLoader()})
 	require.NoError(t, err)
 
 	testCases := map[string]struct {
@@ -219,7 +219,7 @@ func TestImageMeasure(t *testing.T) {
 		wantStderr   string
 		wantImage    string
 		wantVariant  string
-		wantResult   *measurements.Result
+		wantResult   *precompute.Result
 		wantSigned   bool
 		wantOut      string
 		wantNoOutput bool

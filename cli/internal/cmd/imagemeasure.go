@@ -16,8 +16,8 @@ import (
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
 	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
-	"github.com/constellation-go/constellation/measurements"
 )
 
 const (
@@ -35,10 +35,10 @@ const (
 // the default. A new profile only needs a line here.
 var platformProfiles = []struct {
 	name     string
-	platform *measurements.Platform
+	platform *precompute.Platform
 }{
-	{name: "ovmf", platform: &measurements.OVMF},
-	{name: "generic", platform: &measurements.GenericUEFI},
+	{name: "ovmf", platform: &precompute.OVMF},
+	{name: "generic", platform: &precompute.GenericUEFI},
 }
 
 func platformNames() []string {
@@ -49,7 +49,7 @@ func platformNames() []string {
 	return names
 }
 
-func platformByName(name string) (*measurements.Platform, error) {
+func platformByName(name string) (*precompute.Platform, error) {
 	for _, p := range platformProfiles {
 		if p.name == name {
 			return p.platform, nil
@@ -61,10 +61,10 @@ func platformByName(name string) (*measurements.Platform, error) {
 // bootPaths maps --boot-path names to boot paths.
 var bootPaths = []struct {
 	name string
-	path measurements.BootPath
+	path precompute.BootPath
 }{
-	{name: "direct", path: measurements.BootDirect},
-	{name: "systemd-boot", path: measurements.BootSystemdBoot},
+	{name: "direct", path: precompute.BootDirect},
+	{name: "systemd-boot", path: precompute.BootSystemdBoot},
 }
 
 func bootPathNames() []string {
@@ -119,8 +119,8 @@ func addBootFlags(cmd *cobra.Command) {
 
 // bootOptions are the parsed boot flags.
 type bootOptions struct {
-	platform   *measurements.Platform
-	path       measurements.BootPath
+	platform   *precompute.Platform
+	path       precompute.BootPath
 	pathName   string
 	bootLoader string
 }
@@ -200,9 +200,9 @@ func bootFlags(cmd *cobra.Command) (bootOptions, error) {
 		return o, err
 	}
 	switch {
-	case o.path == measurements.BootSystemdBoot && o.bootLoader == "":
+	case o.path == precompute.BootSystemdBoot && o.bootLoader == "":
 		return o, fmt.Errorf("--%s systemd-boot measures the boot loader too: pass its EFI binary with --%s (e.g. systemd-bootx64.efi)", flagBootPath, flagBootLoader)
-	case o.path != measurements.BootSystemdBoot && o.bootLoader != "":
+	case o.path != precompute.BootSystemdBoot && o.bootLoader != "":
 		return o, fmt.Errorf("--%s only applies to --%s systemd-boot", flagBootLoader, flagBootPath)
 	}
 	return o, nil
@@ -210,28 +210,28 @@ func bootFlags(cmd *cobra.Command) (bootOptions, error) {
 
 // precomputeUKI reads a UKI and returns its bytes, the precomputation and the measurements a fresh node
 // shows: the predicted PCRs after the boot phases, and PCR 15 zero.
-func precomputeUKI(fh file.Handler, ukiPath string, o bootOptions) ([]byte, *measurements.Result, ref.M, error) {
+func precomputeUKI(fh file.Handler, ukiPath string, o bootOptions) ([]byte, *precompute.Result, ref.M, error) {
 	ukiData, err := fh.Read(ukiPath)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	uki, err := measurements.ParseUKI(ukiData)
+	uki, err := precompute.ParseUKI(ukiData)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s is not a usable UKI: %w", ukiPath, err)
 	}
-	opts := measurements.Options{Platform: o.platform, Path: o.path}
+	opts := precompute.Options{Platform: o.platform, Path: o.path}
 	if o.bootLoader != "" {
 		if opts.BootLoader, err = fh.Read(o.bootLoader); err != nil {
 			return nil, nil, nil, err
 		}
 	}
-	res, err := measurements.Precompute(uki, opts)
+	res, err := precompute.Precompute(uki, opts)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("precomputing the measurements of %s: %w", ukiPath, err)
 	}
 	m := res.Measurements(true)
 	// A node proves it has not joined or initialized a cluster yet by a zero PCR 15; verifiers of a
-	// running cluster expect the cluster's value there instead (measurements.PCR15ForCluster).
+	// running cluster expect the cluster's value there instead (precompute.PCR15ForCluster).
 	m[ref.PCRClusterID] = ref.Measurement{Expected: make(ref.Digest, ref.DigestSize)}
 	return ukiData, res, m, nil
 }
@@ -299,7 +299,7 @@ func (e *env) imageMeasure(cmd *cobra.Command, ukiPath string) error {
 	result := measureResult{
 		UKI: ukiPath, Image: o.imageRef, Variant: o.variant.String(), Issued: o.issued.Format(time.RFC3339),
 		Platform: o.platform.Name, PlatformVerified: o.platform.Verified, BootPath: o.pathName,
-		PCR11AfterStub: hex.EncodeToString(res.PCRs(false)[measurements.PCRUKI]),
+		PCR11AfterStub: hex.EncodeToString(res.PCRs(false)[precompute.PCRUKI]),
 		File:           o.out,
 	}
 	for _, idx := range mf.Measurements.Indices() {
@@ -353,10 +353,10 @@ func (e *env) loadSigningKey(fh file.Handler, path string) (*cosign.Signer, erro
 	return signer, nil
 }
 
-func pcrDescription(idx uint32, path measurements.BootPath) string {
+func pcrDescription(idx uint32, path precompute.BootPath) string {
 	switch idx {
 	case ref.PCRBootChain:
-		if path == measurements.BootSystemdBoot {
+		if path == precompute.BootSystemdBoot {
 			return "boot chain: firmware events, systemd-boot, UKI, kernel"
 		}
 		return "boot chain: firmware events, UKI, kernel"
@@ -365,7 +365,7 @@ func pcrDescription(idx uint32, path measurements.BootPath) string {
 	case ref.PCRUKI:
 		return "UKI sections, then the boot phases up to ready"
 	case ref.PCRBootLoader:
-		if path == measurements.BootSystemdBoot {
+		if path == precompute.BootSystemdBoot {
 			return "command line passed by systemd-boot"
 		}
 		return "command line from a boot loader (none: zero)"

@@ -12,7 +12,7 @@ import (
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/file"
 	ref "github.com/constellation-go/constellation/internal/measurements"
-	"github.com/constellation-go/constellation/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
 func newMiniCmd(e *env) *cobra.Command {
@@ -103,9 +103,9 @@ func (e *env) miniConfig(p *progress) error {
 }
 
 // measureImage precomputes the PCRs a node booted from the image directly by the local provider's launcher
-// (which models a generic UEFI firmware, measurements.Options' default) shows, and PCR 15 zero.
+// (which models a generic UEFI firmware, precompute.Options' default) shows, and PCR 15 zero.
 func measureImage(fh file.Handler, img string) (ref.M, error) {
 	_, _, m, err := precomputeUKI(fh, filepath.Join(img, "constellation.efi"),
-		bootOptions{platform: &measurements.GenericUEFI, path: measurements.BootDirect})
+		bootOptions{platform: &precompute.GenericUEFI, path: precompute.BootDirect})
 	return m, err
 }

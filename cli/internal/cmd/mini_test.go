@@ -14,7 +14,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	ref "github.com/constellation-go/constellation/internal/measurements"
-	"github.com/constellation-go/constellation/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
 func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
@@ -24,9 +24,9 @@ func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
 	uki := testUKI()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), uki, 0o644))
-	parsed, err := measurements.ParseUKI(uki)
+	parsed, err := precompute.ParseUKI(uki)
 	require.NoError(t, err)
-	res, err := measurements.Precompute(parsed, measurements.Options{})
+	res, err := precompute.Precompute(parsed, precompute.Options{})
 	require.NoError(t, err)
 
 	ws := afero.NewMemMapFs()

@@ -16,10 +16,10 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/launcher"
 	"github.com/constellation-go/constellation/internal/measurements"
+	boot "github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm/swtpmtest"
-	boot "github.com/constellation-go/constellation/measurements"
 )
 
 // Event is one measurement of a test boot; its digest is SHA-256 of Data.

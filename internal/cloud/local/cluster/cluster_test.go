@@ -43,9 +43,9 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/local/node"
 	"github.com/constellation-go/constellation/internal/config"
 	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"
-	"github.com/constellation-go/constellation/measurements"
 )
 
 func TestMain(m *testing.M) {
@@ -219,9 +219,9 @@ func predicted(t *testing.T, img string) ref.M {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(img, "constellation.efi"))
 	require.NoError(t, err)
-	uki, err := measurements.ParseUKI(data)
+	uki, err := precompute.ParseUKI(data)
 	require.NoError(t, err)
-	res, err := measurements.Precompute(uki, measurements.Options{})
+	res, err := precompute.Precompute(uki, precompute.Options{})
 	require.NoError(t, err)
 	m := res.Measurements(true)
 	m[ref.PCRClusterID] = ref.Measurement{Expected: make(ref.Digest, ref.DigestSize)}
@@ -403,10 +403,10 @@ func tamperedImage(t *testing.T, img string) string {
 	uki := filepath.Join(dir, "constellation.efi")
 	data, err := os.ReadFile(uki)
 	require.NoError(t, err)
-	u, err := measurements.ParseUKI(data)
+	u, err := precompute.ParseUKI(data)
 	require.NoError(t, err)
 	for _, s := range u.Sections {
-		if s.Name == measurements.SectionOSRel {
+		if s.Name == precompute.SectionOSRel {
 			i := int(s.PointerToRawData) + bytes.Index(s.Raw, []byte("Debian"))
 			data[i] = 'd'
 		}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/cloud/local/network"
-	"github.com/constellation-go/constellation/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
 // Paths inside a node.
@@ -99,7 +99,7 @@ type Config struct {
 	// ImageDir is the node image (constellation.efi, root.erofs, root.verity).
 	ImageDir string
 	// LaunchOptions selects the boot the launcher imitates; it must match the reference values.
-	LaunchOptions measurements.Options
+	LaunchOptions precompute.Options
 	// PlatformCA certifies the node's vTPM when it is new (package manufacturer): the platform is the
 	// vTPM's manufacturer. Start requires it (a node whose attestation key nothing vouches for is refused
 	// anyway); Stop and Destroy do not need it.

@@ -25,7 +25,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
 	"github.com/constellation-go/constellation/internal/launcher"
-	"github.com/constellation-go/constellation/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
 // TestRealImage boots two nodes from the real node image (CONSTELLATION_IMAGE_DIR, e.g. out/image): the
@@ -45,7 +45,7 @@ func TestRealImage(t *testing.T) {
 	// The root: the os-release the UKI describes.
 	uki, err := os.ReadFile(filepath.Join(imageDir, launcher.UKIFile))
 	require.NoError(t, err)
-	u, err := measurements.ParseUKI(uki)
+	u, err := precompute.ParseUKI(uki)
 	require.NoError(t, err)
 	osrel, err := a.Output(ctx, "cat", "/etc/os-release")
 	require.NoError(t, err)

@@ -23,8 +23,8 @@ import (
 	"github.com/constellation-go/constellation/internal/cloud/local/proc"
 	"github.com/constellation-go/constellation/internal/cloud/local/statedisk"
 	"github.com/constellation-go/constellation/internal/launcher"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/tpm"
-	"github.com/constellation-go/constellation/measurements"
 )
 
 // ErrRunning means the node is already running.
@@ -50,7 +50,7 @@ type Node struct {
 	// InitPID is the init's PID on the host.
 	InitPID int
 	// Prediction is the launcher's prediction of the boot: Prediction.PCRs(true) is what the vTPM holds.
-	Prediction *measurements.Result
+	Prediction *precompute.Result
 	// Timings are the durations of the start's steps.
 	Timings Timings
 }

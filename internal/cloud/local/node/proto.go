@@ -6,7 +6,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/constellation-go/constellation/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
 // The start-up protocol between Start (the parent) and the init, one JSON object per line over a socket
@@ -27,8 +27,8 @@ const (
 
 // Phases the init asks for, in order.
 const (
-	phaseSysinit = measurements.PhaseSysinit
-	phaseReady   = measurements.PhaseReady
+	phaseSysinit = precompute.PhaseSysinit
+	phaseReady   = precompute.PhaseReady
 )
 
 type message struct {

@@ -1,4 +1,4 @@
-// Package measurements precomputes, from the files alone, the PCR values a boot of a Unified Kernel Image
+// Package precompute precomputes, from the files alone, the PCR values a boot of a Unified Kernel Image
 // (UKI: systemd-stub + kernel + initrd + command line in one PE file) produces, so that reference values
 // can be published with an image and so that the local provider's launcher can extend a vTPM exactly as
 // firmware, boot loader and stub would.
@@ -22,4 +22,4 @@
 // them into PCRs 12/13 and packs them into the initrd Linux measures into PCR 9), systemd-boot drivers,
 // firmware boot options tried before the UKI, and LoadOptions in the firmware's own boot entry on the
 // direct path (they would make the stub replace .cmdline and measure it into PCR 12).
-package measurements
+package precompute

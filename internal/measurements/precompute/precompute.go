@@ -1,4 +1,4 @@
-package measurements
+package precompute
 
 import (
 	"crypto/sha256"

@@ -1,14 +1,15 @@
-package measurements
+package precompute
 
 import (
 	"bytes"
 	"crypto/sha256"
 	"testing"
 
-	"github.com/constellation-go/constellation/internal/attestation/eventlog"
-	ref "github.com/constellation-go/constellation/internal/measurements"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	ref "github.com/constellation-go/constellation/internal/measurements"
 )
 
 // chain extends a zeroed PCR with SHA-256 of each input in turn: the PCR formulas written out plainly,
