@@ -49,9 +49,8 @@ func need(tb testing.TB, paths ...string) string {
 }
 
 const (
-	efiDir = "/usr/lib/systemd/boot/efi"
-	stub   = efiDir + "/linuxx64.efi.stub"
-	sdboot = efiDir + "/systemd-bootx64.efi"
+	stub   = tooltest.SystemdStub
+	sdboot = tooltest.SystemdBoot
 )
 
 func run(tb testing.TB, name string, args ...string) {

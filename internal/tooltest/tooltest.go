@@ -47,3 +47,11 @@ func Need(tb testing.TB, installHint string, paths ...string) string {
 	SkipOrFail(tb, fmt.Sprintf("none of %v found; install with: %s", paths, installHint))
 	return ""
 }
+
+// Debian's systemd-boot-efi files (systemd 252 on the host, as in the node image): the UKI stub, and
+// systemd-boot's EFI binary, which tests use as a boot loader and as a stand-in PE for a kernel.
+const (
+	SystemdEFIDir = "/usr/lib/systemd/boot/efi"
+	SystemdStub   = SystemdEFIDir + "/linuxx64.efi.stub"
+	SystemdBoot   = SystemdEFIDir + "/systemd-bootx64.efi"
+)

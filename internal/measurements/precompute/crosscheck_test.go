@@ -43,9 +43,8 @@ func need(tb testing.TB, paths ...string) string {
 }
 
 const (
-	efiDir = "/usr/lib/systemd/boot/efi"
-	stub   = efiDir + "/linuxx64.efi.stub"
-	sdboot = efiDir + "/systemd-bootx64.efi"
+	stub   = tooltest.SystemdStub
+	sdboot = tooltest.SystemdBoot
 )
 
 // needSystemd252 returns systemd-measure if it is systemd 252's: later stubs measure other sections
