@@ -15,6 +15,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 // ErrNotInstalled is returned when the swtpm binary is missing.
@@ -221,9 +224,6 @@ func control(ctrl string, code uint32, payload []byte) error {
 	return nil
 }
 
-// tpm2StartupClear is TPM2_Startup(TPM_SU_CLEAR): tag TPM_ST_NO_SESSIONS, size 12, TPM_CC_Startup.
-var tpm2StartupClear = []byte{0x80, 0x01, 0x00, 0x00, 0x00, 0x0c, 0x00, 0x00, 0x01, 0x44, 0x00, 0x00}
-
 // startupAt issues TPM2_Startup(CLEAR) from locality l, then returns to locality 0 for normal commands.
 func (p *Process) startupAt(l uint8) error {
 	if err := p.control(cmdSetLocality, []byte{l}); err != nil {
@@ -235,15 +235,8 @@ func (p *Process) startupAt(l uint8) error {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := conn.Write(tpm2StartupClear); err != nil {
-		return fmt.Errorf("TPM2_Startup: %w", err)
-	}
-	var rsp [10]byte
-	if _, err := io.ReadFull(conn, rsp[:]); err != nil {
-		return fmt.Errorf("TPM2_Startup: %w", err)
-	}
-	if rc := binary.BigEndian.Uint32(rsp[6:]); rc != 0 {
-		return fmt.Errorf("TPM2_Startup at locality %d returned %#x", l, rc)
+	if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(transport.FromReadWriter(conn)); err != nil {
+		return fmt.Errorf("TPM2_Startup at locality %d: %w", l, err)
 	}
 	if err := p.control(cmdSetLocality, []byte{0}); err != nil {
 		return fmt.Errorf("resetting swtpm locality: %w", err)

@@ -2,7 +2,6 @@ package swtpm
 
 import (
 	"context"
-	"encoding/binary"
 	"net"
 	"os"
 	"os/exec"
@@ -10,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -88,22 +89,18 @@ func TestNotInstalled(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNotInstalled)
 }
 
-// readPCR0 reads PCR 0 of the SHA-256 bank with a raw TPM2_PCR_Read.
+// readPCR0 reads PCR 0 of the SHA-256 bank.
 func readPCR0(t *testing.T, p *Process) []byte {
 	t.Helper()
 	conn, err := net.Dial("unix", p.SocketPath())
 	require.NoError(t, err)
 	defer conn.Close()
-	// TPM2_PCR_Read: one selection, SHA-256, 3-byte bitmap selecting PCR 0.
-	cmd := []byte{0x80, 0x01, 0x00, 0x00, 0x00, 0x14, 0x00, 0x00, 0x01, 0x7e, 0x00, 0x00, 0x00, 0x01, 0x00, 0x0b, 0x03, 0x01, 0x00, 0x00}
-	_, err = conn.Write(cmd)
+	rsp, err := tpm2.PCRRead{PCRSelectionIn: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{
+		{Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(0)},
+	}}}.Execute(transport.FromReadWriter(conn))
 	require.NoError(t, err)
-	rsp := make([]byte, 4096)
-	n, err := conn.Read(rsp)
-	require.NoError(t, err)
-	require.GreaterOrEqual(t, n, 10+32)
-	require.Equal(t, uint32(0), binary.BigEndian.Uint32(rsp[6:10]), "TPM2_PCR_Read failed")
-	return rsp[n-32 : n]
+	require.Len(t, rsp.PCRValues.Digests, 1)
+	return rsp.PCRValues.Digests[0].Buffer
 }
 
 func TestStartupLocality(t *testing.T) {

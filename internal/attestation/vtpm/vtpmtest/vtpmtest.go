@@ -64,16 +64,7 @@ func NewNode(t testing.TB, events []Event) *Node {
 // NewNodeWithCA is NewNode with a vTPM certified by ca: a node of another platform.
 func NewNodeWithCA(t testing.TB, events []Event, ca *manufacturer.CA) *Node {
 	t.Helper()
-	p := swtpmtest.Start(t)
-	tp, err := tpm.Open(p.Address())
-	if err != nil {
-		t.Fatalf("opening swtpm: %v", err)
-	}
-	t.Cleanup(func() { _ = tp.Close() })
-	// The platform certifies the vTPM before anything runs on it, as the local provider does.
-	if err := ca.Manufacture(tp, "test-node"); err != nil {
-		t.Fatalf("certifying the test vTPM: %v", err)
-	}
+	p, tp := certifiedTPM(t, ca)
 	b := eventlog.NewBuilder()
 	measured := make([]boot.Event, len(events))
 	for i, ev := range events {
@@ -84,6 +75,21 @@ func NewNodeWithCA(t testing.TB, events []Event, ca *manufacturer.CA) *Node {
 		t.Fatalf("measuring test boot: %v", err)
 	}
 	return &Node{TPM: tp, Address: p.Address(), EventLog: b.Bytes()}
+}
+
+// certifiedTPM starts an swtpm and has ca certify it, before anything runs on it, as the local provider does.
+func certifiedTPM(t testing.TB, ca *manufacturer.CA, opts ...swtpm.Option) (*swtpm.Process, transport.TPMCloser) {
+	t.Helper()
+	p := swtpmtest.Start(t, opts...)
+	tp, err := tpm.Open(p.Address())
+	if err != nil {
+		t.Fatalf("opening swtpm: %v", err)
+	}
+	t.Cleanup(func() { _ = tp.Close() })
+	if err := ca.Manufacture(tp, "test-node"); err != nil {
+		t.Fatalf("certifying the test vTPM: %v", err)
+	}
+	return p, tp
 }
 
 // platformCA is the platform CA of every test node. Its key is fixed, so that a test binary trusts the
@@ -148,15 +154,7 @@ func NewNodeFromLog(t testing.TB, raw []byte) (*Node, measurements.M) {
 	if err != nil {
 		t.Fatalf("reading the log's startup locality: %v", err)
 	}
-	p := swtpmtest.Start(t, swtpm.StartupLocality(locality))
-	tp, err := tpm.Open(p.Address())
-	if err != nil {
-		t.Fatalf("opening swtpm: %v", err)
-	}
-	t.Cleanup(func() { _ = tp.Close() })
-	if err := PlatformCA(t).Manufacture(tp, "test-node"); err != nil {
-		t.Fatalf("certifying the test vTPM: %v", err)
-	}
+	p, tp := certifiedTPM(t, PlatformCA(t), swtpm.StartupLocality(locality))
 	for _, ev := range log.Events[1:] { // Events[0] is the Spec ID header
 		if ev.Type == eventlog.EvNoAction {
 			continue
