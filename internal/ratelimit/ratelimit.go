@@ -95,10 +95,15 @@ func Source(addr net.Addr) string {
 	if addr == nil {
 		return ""
 	}
-	if host, _, err := net.SplitHostPort(addr.String()); err == nil {
+	return hostOf(addr.String())
+}
+
+// hostOf returns the host of a host:port address, or the whole address if it has no port.
+func hostOf(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
 		return host
 	}
-	return addr.String()
+	return addr
 }
 
 // ErrLimited is the error of a refused request.
@@ -121,10 +126,7 @@ func (p *PerSource) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 // Handler refuses an HTTP request whose client is over its limit with 429 and Retry-After.
 func (p *PerSource) Handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		source := r.RemoteAddr
-		if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-			source = host
-		}
+		source := hostOf(r.RemoteAddr)
 		if !p.Allow(source) {
 			w.Header().Set("Retry-After", strconv.Itoa(int(p.RetryAfter()/time.Second)))
 			http.Error(w, ErrLimited.Error()+" for "+source, http.StatusTooManyRequests)

@@ -262,15 +262,11 @@ func (e *env) configuredImageRef(cfg *config.Config) (string, error) {
 	default:
 		return cfg.Image, nil
 	}
-	dir := cfg.Image
-	if dir == "" {
-		a, err := e.deps.artifacts()
-		if err != nil {
-			return "", err
-		}
-		dir = filepath.Join(a.dir, "image")
+	a, err := e.deps.artifacts()
+	if err != nil {
+		return "", err
 	}
-	uki, err := file.NewHandler(e.osFs).Read(filepath.Join(dir, "constellation.efi"))
+	uki, err := file.NewHandler(e.osFs).Read(filepath.Join(a.configuredImageDir(cfg), "constellation.efi"))
 	if err != nil {
 		return "", fmt.Errorf("reading the configured image's UKI: %w (build the image with 'make image', or set 'image' in %s)", err, config.FileName)
 	}

@@ -150,11 +150,9 @@ func measureFlags(cmd *cobra.Command) (measureOptions, error) {
 	}
 	o.issued = time.Now().UTC().Truncate(time.Second)
 	if issued != "" {
-		t, err := time.Parse(time.RFC3339, issued)
-		if err != nil || t.Format(time.RFC3339) != t.UTC().Format(time.RFC3339) {
-			return o, fmt.Errorf("--%s %q: must be a UTC time like 2026-12-04T18:00:00Z", flagIssued, issued)
+		if o.issued, err = signed.ParseIssued(issued); err != nil {
+			return o, fmt.Errorf("--%s: %w", flagIssued, err)
 		}
-		o.issued = t.UTC()
 	}
 	name, err := flags.GetString(flagVariant)
 	if err != nil {

@@ -58,12 +58,17 @@ func findArtifacts() (artifacts, error) {
 	return artifacts{dir: filepath.Dir(exe)}, nil
 }
 
-func (a artifacts) imageDir(cfg *config.Config) (string, error) {
-	dir := cfg.Image
-	if dir == "" {
-		dir = filepath.Join(a.dir, "image")
+// configuredImageDir is the image directory the configuration names: its 'image', or the image installed
+// beside the CLI.
+func (a artifacts) configuredImageDir(cfg *config.Config) string {
+	if cfg.Image != "" {
+		return cfg.Image
 	}
-	dir, err := filepath.EvalSymlinks(dir)
+	return filepath.Join(a.dir, "image")
+}
+
+func (a artifacts) imageDir(cfg *config.Config) (string, error) {
+	dir, err := filepath.EvalSymlinks(a.configuredImageDir(cfg))
 	if err != nil {
 		return "", fmt.Errorf("the node image: %w (build it with 'make image', or set 'image' in %s)", err, config.FileName)
 	}

@@ -166,6 +166,16 @@ func (f *File) Marshal() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// ParseIssued reads an issue time. Only the canonical form (RFC 3339 in UTC, whole seconds) is accepted, so
+// that one signed file cannot be read as two different times.
+func ParseIssued(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil || t.UTC().Format(time.RFC3339) != s {
+		return time.Time{}, fmt.Errorf("%q must be a UTC time like 2026-12-04T18:00:00Z", s)
+	}
+	return t.UTC(), nil
+}
+
 // Parse decodes and validates a measurements file strictly. It does not check a signature: use Verify for
 // data from anywhere but this machine.
 func Parse(data []byte) (*File, error) {
@@ -190,10 +200,9 @@ func Parse(data []byte) (*File, error) {
 	f := &File{Version: w.Version, Image: w.Image, Variant: w.Variant, Measurements: measurements.M{}}
 	var errs []error
 	if w.Issued != nil {
-		// Only the canonical form, so that one signed file cannot be read as two different times.
-		issued, err := time.Parse(time.RFC3339, *w.Issued)
-		if err != nil || issued.UTC().Format(time.RFC3339) != *w.Issued {
-			errs = append(errs, fmt.Errorf("issued %q: must be a UTC time like 2026-12-04T18:00:00Z", *w.Issued))
+		issued, err := ParseIssued(*w.Issued)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("issued: %w", err))
 		}
 		f.Issued = issued
 	}
