@@ -9,7 +9,7 @@
 #      reproduce the first image's measurements.json from the bundle (exit 0), and name the PCR of a
 #      changed file (exit 1);
 #   3. ground truth: the image boots in QEMU (OVMF + swtpm, TCG) and the PCRs and event log it reports must
-#      equal measurements.Precompute's prediction (image/groundtruth), and the local launcher must extend a
+#      equal precompute.Precompute's prediction (image/groundtruth), and the local launcher must extend a
 #      vTPM to the same values (internal/launcher).
 # The results are cached by the image's content hash: a re-run on an unchanged image only re-links.
 set -euo pipefail
@@ -92,7 +92,7 @@ else
   echo "$(date -u +%FT%TZ) two builds and a bundle-only build, identical: $(tr '\n' ' ' <"$first/SHA256SUMS")" >"$repro_stamp"
 fi
 
-gt_key=$( (cat "$first/SHA256SUMS"; cd "$repo" && cat image/groundtruth/*.go measurements/*.go internal/launcher/*.go) |
+gt_key=$( (cat "$first/SHA256SUMS"; cd "$repo" && cat image/groundtruth/*.go internal/measurements/precompute/*.go internal/launcher/*.go) |
   sha256sum | cut -c1-32)
 gt_stamp="$MKOSI_CACHE/groundtruth-$gt_key.ok"
 if [ -f "$gt_stamp" ]; then
