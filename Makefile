@@ -20,10 +20,10 @@ setup:
 ## build: build the CLI, its Terraform provider, the services' images and the node image into out/ (what
 ## `constellation mini up` needs beside the CLI)
 build: setup image services
-	$(BAZEL) build --stamp //cli/cmd/constellation //terraform/provider/cmd/terraform-provider-constellation
+	$(BAZEL) build --stamp //cli/cmd/constellation //localprovider/cmd/terraform-provider-constellation
 	mkdir -p out
 	install -m 0755 bazel-bin/cli/cmd/constellation/constellation_/constellation $(CLI)
-	install -m 0755 bazel-bin/terraform/provider/cmd/terraform-provider-constellation/terraform-provider-constellation_/terraform-provider-constellation out/
+	install -m 0755 bazel-bin/localprovider/cmd/terraform-provider-constellation/terraform-provider-constellation_/terraform-provider-constellation out/
 
 ## services: the JoinService, KeyService and VerificationService images into out/services/
 services: setup
@@ -72,7 +72,7 @@ image-test: setup
 cluster-test: setup image services
 	@bazel/hosttools.sh check cluster-test
 	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 30m -v \
-		-run 'TestTwoNodeCluster' ./internal/cloud/local/cluster/
+		-run 'TestTwoNodeCluster' ./localprovider/cluster/
 
 ## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), mini down
 e2e-test: build
@@ -96,7 +96,7 @@ lint:
 
 go-test:
 	@bazel/hosttools.sh check go-test
-	MEASUREMENTS_REQUIRE_TOOLS=1 go test -race -count=1 ./...
+	CONSTELLATION_TEST_STRICT=1 go test -race -count=1 ./...
 
 bazel-test:
 	$(BAZEL) test //...

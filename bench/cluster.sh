@@ -12,5 +12,5 @@ make services >/dev/null 2>&1
 echo "== local cluster: 1 control plane + 1 worker from the node image ($runs run(s))"
 for _ in $(seq "$runs"); do
   CI=true CONSTELLATION_IMAGE_DIR=$(readlink -f out/image) go test -count=1 -timeout 30m -v \
-    -run TestTwoNodeCluster ./internal/cloud/local/cluster/ | sed -n 's/.*FIGURES /  /p'
+    -run TestTwoNodeCluster ./localprovider/cluster/ | sed -n 's/.*FIGURES /  /p'
 done

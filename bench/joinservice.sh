@@ -8,5 +8,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 benchtime=${1:-3s}
-echo "== JoinService IssueJoinTicket end to end (joinservice/server)"
-go test -run '^$' -bench 'IssueJoinTicket' -benchtime "$benchtime" ./joinservice/server/ | per_second
+echo "== JoinService IssueJoinTicket end to end (joinservice/internal/server)"
+go test -run '^$' -bench 'IssueJoinTicket' -benchtime "$benchtime" ./joinservice/internal/server/ | per_second

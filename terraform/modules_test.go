@@ -13,6 +13,8 @@ import (
 	"testing"
 	"testing/fstest"
 
+	"github.com/constellation-go/constellation/internal/testenv"
+
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -338,8 +340,7 @@ func TestInitSecretLeaksDetectsLeaks(t *testing.T) {
 	}
 }
 
-// terraformBinary finds terraform or skips the test; with MEASUREMENTS_REQUIRE_TOOLS=1 a missing terraform
-// fails it.
+// terraformBinary finds terraform, or skips the test (fails it where testenv is strict).
 func terraformBinary(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("CONSTELLATION_TERRAFORM"); p != "" {
@@ -351,10 +352,7 @@ func terraformBinary(t *testing.T) string {
 	if _, err := os.Stat("/usr/local/bin/terraform"); err == nil {
 		return "/usr/local/bin/terraform"
 	}
-	if os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") == "1" {
-		t.Fatal("terraform is not installed (MEASUREMENTS_REQUIRE_TOOLS=1)")
-	}
-	t.Skip("terraform is not installed; set MEASUREMENTS_REQUIRE_TOOLS=1 to fail instead")
+	testenv.SkipOrFail(t, "terraform is not installed (make setup installs it)")
 	return ""
 }
 

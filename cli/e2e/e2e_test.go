@@ -20,12 +20,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 
-	"github.com/constellation-go/constellation/internal/cloud/local/cluster"
-	"github.com/constellation-go/constellation/internal/cloud/local/daemon"
-	"github.com/constellation-go/constellation/internal/cloud/local/network"
-	"github.com/constellation-go/constellation/internal/cloud/local/node"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/versions"
+	"github.com/constellation-go/constellation/localprovider/cluster"
+	"github.com/constellation-go/constellation/localprovider/daemon"
+	"github.com/constellation-go/constellation/localprovider/network"
+	"github.com/constellation-go/constellation/localprovider/node"
 )
 
 const cliEnv = "CONSTELLATION_E2E_CLI"

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/constellation-go/constellation/internal/testenv"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -76,7 +78,7 @@ func TestReadReport(t *testing.T) {
 // TestQEMUBoot boots the image in $CONSTELLATION_IMAGE_DIR (an image/mkosi/build.sh output) under OVMF with
 // a swtpm vTPM and checks that the PCRs the node reports are exactly the ones precompute.Precompute
 // predicts from the UKI alone, and that the firmware's event log agrees event by event. It takes minutes:
-// `make image-test` runs it; plain `go test` skips it unless CONSTELLATION_REQUIRE_IMAGE=1.
+// `make image-test` runs it with CONSTELLATION_IMAGE_DIR set; plain `go test` skips it.
 func TestQEMUBoot(t *testing.T) {
 	dir := imageDir(t)
 	ukiBytes, err := os.ReadFile(filepath.Join(dir, "constellation.efi"))
@@ -170,14 +172,7 @@ func TestQEMUBootSystemdBoot(t *testing.T) {
 
 func imageDir(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("CONSTELLATION_IMAGE_DIR")
-	if dir == "" {
-		if os.Getenv("CONSTELLATION_REQUIRE_IMAGE") == "1" {
-			t.Fatal("CONSTELLATION_REQUIRE_IMAGE=1 but CONSTELLATION_IMAGE_DIR is not set")
-		}
-		t.Skip("set CONSTELLATION_IMAGE_DIR to an image directory (make image-test does)")
-	}
-	return dir
+	return testenv.ImageDir(t)
 }
 
 func boot(t *testing.T, disk string) *Report {

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/constellation-go/constellation/internal/testenv"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -383,9 +385,7 @@ func TestWriteRepo(t *testing.T) {
 
 // TestDpkgDebControl builds a real package with dpkg-deb and reads it back.
 func TestDpkgDebControl(t *testing.T) {
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("dpkg-deb is not installed (Debian's dpkg)")
-	}
+	testenv.Need(t, "apt-get install dpkg", "dpkg-deb")
 	root := t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(root, "pkg/DEBIAN"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(root, "pkg/DEBIAN/control"),

@@ -4,14 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/constellation-go/constellation/verify/verifytest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -24,7 +24,6 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
-	"github.com/constellation-go/constellation/verify/server"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
@@ -61,11 +60,11 @@ func TestCorpusEventLogsAttest(t *testing.T) {
 			})
 
 			t.Run("VerificationService", func(t *testing.T) {
-				vs := server.New(issuer, "node-0", slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+				vs := verifytest.New(issuer, "node-0")
 				lis, err := net.Listen("tcp", "127.0.0.1:0")
 				require.NoError(t, err)
 				srv := grpc.NewServer()
-				vs.Register(srv)
+				verifyproto.RegisterAPIServer(srv, vs)
 				go func() { _ = srv.Serve(lis) }()
 				defer srv.Stop()
 				conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -14,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/constellation-go/constellation/verify/verifytest"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -27,7 +27,6 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
-	"github.com/constellation-go/constellation/verify/server"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
@@ -217,7 +216,7 @@ func TestTwoProcesses(t *testing.T) {
 // oracle is the attack on a VerificationService that signs whatever it is asked: a man in the middle makes
 // its own TLS key and asks a genuine node's VerificationService for an attestation of that key, bound to the
 // client's nonce.
-type oracle struct{ srv *server.Server }
+type oracle struct{ srv verifyproto.APIServer }
 
 func (o oracle) Variant() variant.Variant { return variant.QEMUVTPM }
 
@@ -233,7 +232,7 @@ func (o oracle) Issue(ctx context.Context, userData, nonce []byte) ([]byte, erro
 // different domains.
 func TestVerificationServiceIsNoATLSOracle(t *testing.T) {
 	genuine, validators := measuredParty(t, vtpmtest.Boot)
-	srv := server.New(genuine, "cp-0", slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	srv := verifytest.New(genuine, "cp-0")
 	serverCfg, err := atls.NewServerConfig(oracle{srv}, nil)
 	require.NoError(t, err)
 	clientCfg, err := atls.NewClientConfig(nil, validators)

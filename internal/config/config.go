@@ -11,7 +11,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
-	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"

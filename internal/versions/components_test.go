@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/constellation-go/constellation/internal/testenv"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -125,9 +127,9 @@ func TestNodeComponentsAndProto(t *testing.T) {
 
 // TestPinsMatchCache checks the components bazel/kubernetes/build.sh built on this machine against the pins.
 // CI builds the default version's set from scratch (make setup), so on CI this proves the build reproducible
-// across machines. With CI=true and MEASUREMENTS_REQUIRE_TOOLS=1 the default version's set must be there.
+// across machines. Where testenv is strict the default version's set must be there.
 func TestPinsMatchCache(t *testing.T) {
-	mustHave := os.Getenv("CI") == "true" && os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") == "1"
+	mustHave := testenv.Strict()
 	for _, v := range SupportedKubernetes() {
 		t.Run(v, func(t *testing.T) {
 			// A kube-proxy image built from newer Debian packages than the pins (Debian's archive moved) is
@@ -184,7 +186,7 @@ func TestPinnedImagesAreWhatKubeadmUses(t *testing.T) {
 			require.NoError(t, err)
 			kubeadm := filepath.Join(CacheDir(v), "bin", "kubeadm")
 			if _, err := os.Stat(kubeadm); err != nil {
-				if os.Getenv("CI") == "true" && os.Getenv("MEASUREMENTS_REQUIRE_TOOLS") == "1" && v == DefaultKubernetes {
+				if testenv.Strict() && v == DefaultKubernetes {
 					t.Fatalf("kubeadm is not built: %v", err)
 				}
 				t.Skipf("kubeadm of %s is not built: %v", v, err)

@@ -9,3 +9,9 @@ const (
 	// keys); every node derives or checks keys of this size.
 	StateDiskKeyLength = 64
 )
+
+// ControlPlaneFiles are the kubeadm PKI files, relative to the PKI directory, that a ticket for a control
+// plane carries; a joining node writes these names and no others.
+var ControlPlaneFiles = []string{
+	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
+}

@@ -13,7 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/constellation-go/constellation/internal/components/images"
-	"github.com/constellation-go/constellation/internal/tooltest"
+	"github.com/constellation-go/constellation/internal/testenv"
 	"github.com/constellation-go/constellation/internal/versions"
 )
 
@@ -24,17 +24,17 @@ import (
 // another image than the pin, and versions.LocalComponents accepts exactly that image, with a notice. With
 // --locked the build fails and names the package.
 func TestBuildShDebianMoved(t *testing.T) {
-	if tooltest.UnderBazel() {
+	if testenv.UnderBazel() {
 		t.Skip("runs build.sh on the host's Kubernetes cache and Debian's mirror; make go-test runs it")
 	}
 	if os.Geteuid() != 0 {
-		tooltest.SkipOrFail(t, "needs root (apt-get download and the shared cache)")
+		testenv.SkipOrFail(t, "needs root (apt-get download and the shared cache)")
 	}
-	tooltest.Need(t, "apt-get install apt dpkg", "apt-get")
-	tooltest.Need(t, "apt-get install dpkg", "dpkg-deb")
+	testenv.Need(t, "apt-get install apt dpkg", "apt-get")
+	testenv.Need(t, "apt-get install dpkg", "dpkg-deb")
 	real := versions.CacheDir(versions.DefaultKubernetes)
 	if _, err := os.Stat(filepath.Join(real, "components.json")); err != nil {
-		tooltest.SkipOrFail(t, "the Kubernetes set is not built here: run make setup (bazel/kubernetes/build.sh all)")
+		testenv.SkipOrFail(t, "the Kubernetes set is not built here: run make setup (bazel/kubernetes/build.sh all)")
 	}
 	repo, err := filepath.Abs("../../..")
 	require.NoError(t, err)

@@ -2,7 +2,8 @@
 // if PCR 15 is already set (the bootstrapper was restarted after the node took its node lock in this
 // boot), it only starts and supervises the kubelet; otherwise it serves the Init API over aTLS and, at the
 // same time, tries to join the cluster through the JoinService, and whichever takes the node lock first
-// wins (package bootstrap).
+// wins; a restarted node also serves the Recovery API. The flow is package bootstrap's; this command only
+// wires flags to it.
 //
 // # Flags
 //
@@ -12,7 +13,9 @@
 //	--tpm                 TPM address: device:/dev/tpmrm0 (default) or swtpm:<socket>
 //	--event-log           the TCG2 event log attached to attestations (default: the kernel's, under securityfs)
 //	--variant             attestation variant (default qemu-vtpm)
-//	--metadata-url        base URL of the provider's metadata API (required), e.g. http://10.42.0.1:9080
+//	--cloud-provider      the provider the node runs on, which picks the metadata client (default local; the
+//	                      only one with a client today)
+//	--metadata-url        base URL of the provider's metadata API (required for local), e.g. http://10.42.0.1:9080
 //	--node-name           this node's name; default: the metadata API's /v1/self
 //	--node-ip             this node's address; default: from metadata
 //	--pod-cidr            this node's pod prefix (written into the CNI configuration); default: from metadata
@@ -47,9 +50,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -81,11 +82,11 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/buildinfo"
-	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
-	"github.com/constellation-go/constellation/internal/cloud/local/statedisk"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/components/install"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/service"
+	"github.com/constellation-go/constellation/internal/statedisk"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/internal/versions/components"
@@ -111,6 +112,7 @@ func main() {
 // flags are the command line; see the package documentation.
 type flags struct {
 	tpm, eventLog, variant, metadataURL string
+	cloudProvider                       cloudprovider.Provider
 	nodeName, nodeIP, podCIDR           string
 	stateDir, containerdSocket, binDir  string
 	initAddr, recoverAddr, kubeletLog   string
@@ -129,7 +131,8 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.tpm, "tpm", "device:"+tpm.DefaultDevice, "TPM address (device:<path> or swtpm:<socket>)")
 	fs.StringVar(&f.eventLog, "event-log", vtpm.DefaultEventLogPath, "TCG2 event log to attach to attestations")
 	fs.StringVar(&f.variant, "variant", variant.QEMUVTPM.String(), "attestation variant")
-	fs.StringVar(&f.metadataURL, "metadata-url", "", "base URL of the provider's metadata API (required)")
+	provider := fs.String("cloud-provider", string(cloudprovider.Local), "the provider the node runs on; picks its metadata client")
+	fs.StringVar(&f.metadataURL, "metadata-url", "", "base URL of the provider's metadata API (required for local)")
 	fs.StringVar(&f.nodeName, "node-name", "", "this node's name (default: from metadata)")
 	fs.StringVar(&f.nodeIP, "node-ip", "", "this node's address (default: from metadata)")
 	fs.StringVar(&f.podCIDR, "pod-cidr", "", "this node's pod prefix (default: from metadata)")
@@ -154,7 +157,12 @@ func parseFlags(args []string) (*flags, error) {
 	if err := service.ParseFlags(fs, "BOOTSTRAPPER", args); err != nil {
 		return nil, err
 	}
-	if f.metadataURL == "" {
+	p, err := cloudprovider.Parse(*provider)
+	if err != nil {
+		return nil, fmt.Errorf("--cloud-provider: %w", err)
+	}
+	f.cloudProvider = p
+	if p == cloudprovider.Local && f.metadataURL == "" {
 		return nil, errors.New("--metadata-url (BOOTSTRAPPER_METADATA_URL) is required")
 	}
 	return f, nil
@@ -180,11 +188,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer own.Close()
 	v, t, issuer := own.Variant, own.TPM, own.Issuer
-	md, err := localMetadata(f)
+	md, err := metadata.New(metadata.Config{
+		Provider: f.cloudProvider, URL: f.metadataURL, Name: f.nodeName, IP: f.nodeIP, PodCIDR: f.podCIDR,
+	})
 	if err != nil {
 		return err
 	}
-	self, err := resolveSelf(ctx, md, log)
+	self, err := metadata.WaitForSelf(ctx, md, 2*time.Second, log)
 	if err != nil {
 		return err
 	}
@@ -234,9 +244,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("listening for Init: %w", err)
 	}
 
-	if err := serveRecovery(ctx, f, disk, lock, installer, issuer, log); err != nil {
+	recoverCreds, err := atls.NewCredentials(issuer, nil)
+	if err != nil {
 		return err
 	}
+	recoverGRPC := grpc.NewServer(grpc.Creds(recoverCreds))
+	recoverserver.New(ctx, disk, lock, installer, log.With("component", "recovery")).Register(recoverGRPC)
 
 	// Mutual aTLS: the node takes nothing from a JoinService that is not a control plane of its own image
 	// in a cluster.
@@ -259,80 +272,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Lock: lock, InitServer: initGRPC, InitListener: initLis, Join: join, Kubelet: supervisor,
 		PrepareNode: func() error { return cni.Write(f.cniConfDir, self.PodCIDR) },
 		Log:         log, StopGrace: 30 * time.Second, KeepServing: initSrv.KeepServing,
+		Recovery: &bootstrap.Recovery{
+			Server: recoverGRPC, Restarted: disk.Initialized,
+			Listen: func() (net.Listener, error) { return net.Listen("tcp", f.recoverAddr) },
+		},
 	}
 	err = b.Run(ctx)
 	log.Info("bootstrapper stopped", "error", err)
 	return err
-}
-
-// serveRecovery serves the Recovery API on a restarted node (its state disk was unlocked before, its node
-// lock is not taken) until ctx ends.
-func serveRecovery(ctx context.Context, f *flags, disk *nodestate.Disk, lock *nodelock.Lock, installer protoInstaller,
-	issuer attestation.Issuer, log *slog.Logger,
-) error {
-	if locked, err := lock.IsLocked(); err != nil || locked || !disk.Initialized() {
-		return nil
-	}
-	creds, err := atls.NewCredentials(issuer, nil)
-	if err != nil {
-		return err
-	}
-	lis, err := net.Listen("tcp", f.recoverAddr)
-	if err != nil {
-		return fmt.Errorf("listening for Recover: %w", err)
-	}
-	srv := grpc.NewServer(grpc.Creds(creds))
-	recoverserver.New(ctx, disk, lock, installer, log.With("component", "recovery")).Register(srv)
-	log.Info("restarted node: the state disk is locked; serving Recover and trying to rejoin", "recoverAddr", lis.Addr().String())
-	go func() {
-		if err := srv.Serve(lis); err != nil {
-			log.Error("serving Recover", "error", err)
-		}
-	}()
-	go func() {
-		<-ctx.Done()
-		srv.GracefulStop()
-	}()
-	return nil
-}
-
-func localMetadata(f *flags) (metadata.Local, error) {
-	md := metadata.Local{Client: localmetadata.NewClient(f.metadataURL, nil), Name: f.nodeName}
-	var errs []error
-	if f.nodeIP != "" {
-		ip, err := netip.ParseAddr(f.nodeIP)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("--node-ip: %w", err))
-		}
-		md.IP = ip
-	}
-	if f.podCIDR != "" {
-		p, err := netip.ParsePrefix(f.podCIDR)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("--pod-cidr: %w", err))
-		}
-		md.PodCIDR = p
-	}
-	return md, errors.Join(errs...)
-}
-
-// resolveSelf asks the metadata API about this node until it answers: the node can do nothing without it.
-func resolveSelf(ctx context.Context, md metadata.Local, log *slog.Logger) (metadata.Instance, error) {
-	for {
-		self, err := md.Self(ctx)
-		if err == nil {
-			err = self.Validate()
-		}
-		if err == nil {
-			return self, nil
-		}
-		log.Warn("asking the metadata API about this node; retrying", "error", err)
-		select {
-		case <-ctx.Done():
-			return metadata.Instance{}, ctx.Err()
-		case <-time.After(2 * time.Second):
-		}
-	}
 }
 
 func pathEnv() string {

@@ -27,11 +27,12 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
-	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/tpm"
+	localmetadata "github.com/constellation-go/constellation/localprovider/metadata"
 )
 
 func TestMain(m *testing.M) {
@@ -186,7 +187,7 @@ func TestFreshNode(t *testing.T) {
 	}, 20*time.Second, 50*time.Millisecond, "logs:\n%s", logs)
 	require.NoError(t, stop())
 	out := logs.String()
-	assert.Contains(t, out, "fresh node: serving Init and trying to join")
+	assert.Contains(t, out, "serving Init and trying to join")
 	assert.Contains(t, out, "name=control-plane-0")
 	assert.Contains(t, out, "podCIDR=10.244.0.0/24")
 
@@ -220,13 +221,9 @@ func TestFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "http://10.42.0.1:9080", f.metadataURL)
 	assert.Equal(t, "w0", f.nodeName)
-	md, err := localMetadata(f)
-	require.NoError(t, err)
-	assert.Equal(t, netip.MustParseAddr("10.42.0.3"), md.IP)
+	assert.Equal(t, cloudprovider.Local, f.cloudProvider)
 
-	f.nodeIP, f.podCIDR = "not-an-ip", "10.244.0.0"
-	_, err = localMetadata(f)
-	require.ErrorContains(t, err, "--node-ip")
-	require.ErrorContains(t, err, "--pod-cidr")
+	_, err = parseFlags([]string{"--cloud-provider=moon"})
+	require.ErrorContains(t, err, "--cloud-provider")
 	assert.Equal(t, ":9000", f.initAddr)
 }

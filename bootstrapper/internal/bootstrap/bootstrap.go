@@ -7,6 +7,9 @@
 //     supervisor starts (kubeadm init/join wait for the kubelet they configure), the Init API stops
 //     accepting calls (an Init in progress runs to its end) and the join client stops unless it is the
 //     winner.
+//   - A restarted node (its state disk was set up in an earlier boot, the node lock is not taken) also
+//     serves the Recovery API, through which the admin's `recover` hands over the disk key when no control
+//     plane is left to rejoin through. It serves until shutdown.
 //
 // After the winning flow ends, successfully or not, the kubelet stays supervised until shutdown: a node that
 // failed after taking its lock cannot take it again in this boot, and its state is best inspected as it is.
@@ -58,6 +61,17 @@ type Bootstrapper struct {
 	// KeepServing, if set and true when the node lock is taken, keeps the Init API serving until shutdown:
 	// an Init took the lock, and its caller may come back to resume (initserver.Server.KeepServing).
 	KeepServing func() bool
+	// Recovery, if set, is served on a restarted node.
+	Recovery *Recovery
+}
+
+// Recovery is the Recovery API of a restarted node.
+type Recovery struct {
+	Server Server
+	// Restarted tells whether the node's state disk was set up in an earlier boot.
+	Restarted func() bool
+	// Listen opens the API's listener; it is called only on a restarted node.
+	Listen func() (net.Listener, error)
 }
 
 // Run runs the node until ctx ends. It returns an error only if the node cannot start at all (the TPM is
@@ -74,7 +88,13 @@ func (b *Bootstrapper) Run(ctx context.Context) error {
 		b.prepareNode()
 		return b.Kubelet.Run(ctx)
 	}
-	b.Log.Info("fresh node: serving Init and trying to join", "initAddr", b.InitListener.Addr().String())
+	stopRecovery, err := b.serveRecovery()
+	if err != nil {
+		_ = b.InitListener.Close()
+		return err
+	}
+	defer stopRecovery()
+	b.Log.Info("no node lock yet: serving Init and trying to join", "initAddr", b.InitListener.Addr().String())
 
 	// The kubelet outlives the flows: it is stopped only when ctx ends.
 	kubeletCtx, cancelKubelet := context.WithCancel(ctx)
@@ -171,6 +191,29 @@ func (b *Bootstrapper) runFlows(ctx context.Context, startKubelet func()) error 
 		<-stopped
 	}
 	return fatal
+}
+
+// serveRecovery serves the Recovery API if the node was restarted, until the returned stop is called.
+func (b *Bootstrapper) serveRecovery() (stop func(), err error) {
+	if b.Recovery == nil || !b.Recovery.Restarted() {
+		return func() {}, nil
+	}
+	lis, err := b.Recovery.Listen()
+	if err != nil {
+		return nil, fmt.Errorf("listening for Recover: %w", err)
+	}
+	b.Log.Info("restarted node: the state disk is locked; serving Recover and trying to rejoin", "recoverAddr", lis.Addr().String())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := b.Recovery.Server.Serve(lis); err != nil {
+			b.Log.Error("serving Recover", "error", err)
+		}
+	}()
+	return func() {
+		b.Recovery.Server.GracefulStop()
+		<-done
+	}, nil
 }
 
 func (b *Bootstrapper) prepareNode() {

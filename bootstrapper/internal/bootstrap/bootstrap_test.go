@@ -275,6 +275,52 @@ func TestFatalStartErrors(t *testing.T) {
 	})
 }
 
+// TestRecovery: the Recovery API is served on a restarted node only, alongside Init and join, until
+// shutdown; on a fresh or a locked node it is not even listened for.
+func TestRecovery(t *testing.T) {
+	tests := map[string]struct {
+		locked, restarted bool
+		listenErr         error
+		wantServed        bool
+		wantErr           string
+	}{
+		"restarted node":               {restarted: true, wantServed: true},
+		"fresh node":                   {},
+		"locked restarted node":        {locked: true, restarted: true},
+		"restarted, port already used": {restarted: true, listenErr: errors.New("address already in use"), wantErr: "listening for Recover: address already in use"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			server, recovery := newFakeServer(), newFakeServer()
+			join := &funcRunner{run: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }}
+			b := newBootstrapper(t, &fakeLock{locked: tc.locked, taken: make(chan struct{})}, server, join, &funcRunner{run: untilDone})
+			var listened atomic.Bool
+			b.Recovery = &Recovery{Server: recovery, Restarted: func() bool { return tc.restarted }, Listen: func() (net.Listener, error) {
+				listened.Store(true)
+				if tc.listenErr != nil {
+					return nil, tc.listenErr
+				}
+				return listener(t), nil
+			}}
+			cancel, done := runAsync(b)
+			defer cancel()
+			if tc.wantErr != "" {
+				require.ErrorContains(t, wait(t, done), tc.wantErr)
+				assert.False(t, server.served.Load(), "nothing is served when the node cannot start")
+				return
+			}
+			if tc.wantServed {
+				require.Eventually(t, func() bool { return recovery.served.Load() && server.served.Load() && join.started.Load() }, 5*time.Second, time.Millisecond)
+			}
+			cancel()
+			require.NoError(t, wait(t, done))
+			assert.Equal(t, tc.wantServed, recovery.served.Load(), "served")
+			assert.Equal(t, tc.wantServed, listened.Load(), "listened")
+			assert.Equal(t, tc.wantServed, recovery.gracefulHit.Load(), "stopped at shutdown")
+		})
+	}
+}
+
 // --- the real flows racing for the real lock ------------------------------------------------------------
 
 var initSecret = bytes.Repeat([]byte{0x5e}, 32)

@@ -30,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"sync"
 
 	"google.golang.org/grpc"
@@ -39,9 +38,9 @@ import (
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/internal/versions/components"
-	"github.com/constellation-go/constellation/keyservice/kms"
 )
 
 // logChunkSize bounds each log message of a failure report.
@@ -285,13 +284,11 @@ func (s *Server) validate(req *initproto.InitRequest) (Request, error) {
 	}
 	kmsURI := req.GetKmsUri()
 	if kmsURI == "" {
-		kmsURI = kms.Scheme + "://" + kms.ClusterKMS
+		kmsURI = kmsuri.Default
 	}
-	if u, err := url.Parse(kmsURI); err != nil || u.Scheme != kms.Scheme || u.Host == "" {
-		errs = append(errs, fmt.Errorf("KMS URI %q: expected kms://<backend>", kmsURI))
-	} else if u.Host == kms.ClusterKMS && (u.RawQuery != "" || (u.Path != "" && u.Path != "/")) {
-		// The KeyService refuses these too, but only once it runs: refuse before the node is locked.
-		errs = append(errs, fmt.Errorf("KMS URI %q: %s takes no parameters", kmsURI, kms.ClusterKMS))
+	// The KeyService parses the URI the same way, but only once it runs: refuse before the node is locked.
+	if _, err := kmsuri.Parse(kmsURI); err != nil {
+		errs = append(errs, err)
 	}
 	for i, c := range req.GetKubernetesComponents() {
 		if c.GetUrl() == "" || c.GetHash() == "" || c.GetInstallPath() == "" {

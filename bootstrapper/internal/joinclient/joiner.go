@@ -16,7 +16,6 @@ import (
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
-	"github.com/constellation-go/constellation/joinservice/server"
 )
 
 // PKIDir is kubeadm's certificate directory.
@@ -94,7 +93,7 @@ func (j *NodeJoiner) Join(ctx context.Context, ticket *joinproto.IssueJoinTicket
 func (j *NodeJoiner) writeControlPlaneFiles(files []*joinproto.ControlPlaneCertOrKey) error {
 	dir := j.Kubelet.Path(PKIDir)
 	for _, f := range files {
-		if !slices.Contains(server.ControlPlaneFiles, f.GetName()) {
+		if !slices.Contains(joinproto.ControlPlaneFiles, f.GetName()) {
 			return fmt.Errorf("the join ticket has an unexpected control-plane file %q", f.GetName())
 		}
 		path := filepath.Join(dir, f.GetName())

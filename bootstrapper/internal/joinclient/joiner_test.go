@@ -26,7 +26,6 @@ import (
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
-	"github.com/constellation-go/constellation/joinservice/server"
 )
 
 type recordingDisk struct {
@@ -76,7 +75,7 @@ func signedTicket(t *testing.T, key *ecdsa.PrivateKey) *joinproto.IssueJoinTicke
 		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, ca, &key.PublicKey, caKey)
 	require.NoError(t, err)
 	var files []*joinproto.ControlPlaneCertOrKey
-	for _, name := range server.ControlPlaneFiles {
+	for _, name := range joinproto.ControlPlaneFiles {
 		files = append(files, &joinproto.ControlPlaneCertOrKey{Name: name, Data: []byte("content of " + name)})
 	}
 	return &joinproto.IssueJoinTicketResponse{
@@ -126,7 +125,7 @@ func TestNodeJoinerControlPlane(t *testing.T) {
 	require.NoError(t, j.Join(context.Background(), signedTicket(t, key), self, key))
 	assert.Contains(t, string(kubeadm.config), "controlPlane:")
 	assert.Contains(t, string(kubeadm.config), "advertiseAddress: 10.42.0.4")
-	for _, name := range server.ControlPlaneFiles {
+	for _, name := range joinproto.ControlPlaneFiles {
 		path := filepath.Join(j.Kubelet.Path(PKIDir), name)
 		data, err := os.ReadFile(path)
 		require.NoError(t, err, name)

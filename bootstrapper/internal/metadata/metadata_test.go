@@ -3,17 +3,21 @@ package metadata
 import (
 	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	localmetadata "github.com/constellation-go/constellation/internal/cloud/local/metadata"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/role"
+	localmetadata "github.com/constellation-go/constellation/localprovider/metadata"
 )
 
 func TestMain(m *testing.M) {
@@ -76,8 +80,12 @@ func TestLocal(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, localmetadata.HashInitSecret(secret), hash)
 
-	l.Name, l.IP, l.PodCIDR = "worker-0", netip.MustParseAddr("10.42.0.3"), netip.MustParsePrefix("10.244.7.0/24")
-	self, err = l.Self(ctx)
+	overridden, err := New(Config{
+		Provider: cloudprovider.Local, URL: "http://" + lis.Addr().String(),
+		Name: "worker-0", IP: "10.42.0.3", PodCIDR: "10.244.7.0/24",
+	})
+	require.NoError(t, err)
+	self, err = overridden.Self(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, Instance{Name: "worker-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3"), PodCIDR: netip.MustParsePrefix("10.244.7.0/24")}, self)
 
@@ -88,4 +96,57 @@ func TestLocal(t *testing.T) {
 	require.Error(t, err)
 	_, err = l.InitSecretHash(ctx)
 	require.Error(t, err)
+}
+
+func TestNewRefuses(t *testing.T) {
+	tests := map[string]struct {
+		cfg     Config
+		wantErr []string
+	}{
+		"a provider without a client": {cfg: Config{Provider: cloudprovider.AWS, URL: "http://x"}, wantErr: []string{`no metadata client for provider "aws"`}},
+		"no provider":                 {cfg: Config{URL: "http://x"}, wantErr: []string{"no metadata client"}},
+		"local without a URL":         {cfg: Config{Provider: cloudprovider.Local}, wantErr: []string{"URL is required"}},
+		"bad overrides": {
+			cfg:     Config{Provider: cloudprovider.Local, URL: "http://x", IP: "not-an-ip", PodCIDR: "10.244.0.0"},
+			wantErr: []string{"node IP", "pod CIDR"},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := New(tc.cfg)
+			for _, want := range tc.wantErr {
+				assert.ErrorContains(t, err, want)
+			}
+		})
+	}
+}
+
+// flakySelf answers with errors, then an invalid instance, then a valid one.
+type flakySelf struct {
+	Client
+	calls int
+}
+
+func (f *flakySelf) Self(context.Context) (Instance, error) {
+	f.calls++
+	switch f.calls {
+	case 1:
+		return Instance{}, errors.New("metadata API not up yet")
+	case 2:
+		return Instance{Name: "w0"}, nil
+	}
+	return Instance{Name: "w0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3")}, nil
+}
+
+func TestWaitForSelf(t *testing.T) {
+	f := &flakySelf{}
+	self, err := WaitForSelf(context.Background(), f, time.Millisecond, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	assert.Equal(t, "w0", self.Name)
+	assert.Equal(t, 3, f.calls, "retried past an error and an invalid instance")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = WaitForSelf(ctx, &flakySelf{}, time.Hour, slog.New(slog.DiscardHandler))
+	require.ErrorIs(t, err, context.Canceled)
 }

@@ -8,13 +8,14 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/constellation-go/constellation/internal/testenv"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
-	"github.com/constellation-go/constellation/internal/cloud/local/localtest"
-	"github.com/constellation-go/constellation/internal/cloud/local/statedisk"
+	"github.com/constellation-go/constellation/internal/statedisk"
 )
 
 func TestMain(m *testing.M) {
@@ -112,8 +113,8 @@ func TestInitializedAndComponents(t *testing.T) {
 // TestUnlockRealDisk uses a real ext4 state disk with fscrypt and real bind mounts: what Kubernetes writes
 // to /etc/kubernetes ends up encrypted on the disk, and the disk only opens with the same key again.
 func TestUnlockRealDisk(t *testing.T) {
-	localtest.NeedRoot(t)
-	dir := localtest.TempDir(t)
+	testenv.NeedRoot(t)
+	dir := testenv.TempDir(t)
 	img := filepath.Join(dir, "state.img")
 	require.NoError(t, statedisk.Create(context.Background(), img, 64<<20))
 	mnt := filepath.Join(dir, "mnt")

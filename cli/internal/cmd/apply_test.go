@@ -22,7 +22,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
-	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"

@@ -18,7 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/constellation-go/constellation/internal/cosign"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
@@ -336,9 +336,9 @@ func TestImageMeasure(t *testing.T) {
 				assert.Equal(t, tc.wantIssued, f.Issued)
 			}
 			want := tc.wantResult.Measurements(true)
-			want[15] = ref.Measurement{Expected: make(ref.Digest, 32)}
+			want[15] = measurements.Measurement{Expected: make(measurements.Digest, 32)}
 			assert.Equal(t, want, f.Measurements, "PCR 11 includes the boot phases; PCR 15 is a fresh node's")
-			assert.Equal(t, ref.DefaultEnforced, f.Measurements.Indices(), "every PCR the validator enforces")
+			assert.Equal(t, measurements.DefaultEnforced, f.Measurements.Indices(), "every PCR the validator enforces")
 
 			sig, err := afero.ReadFile(fs, out+".sig")
 			if !tc.wantSigned {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
@@ -117,7 +117,7 @@ func (e *env) imageCompare(cmd *cobra.Command, ukiPath string) error {
 		SignatureVerified: keyPath != "", PublicKey: keyPath, UKIImageRef: ukiImageRef(ukiData),
 		Platform: o.platform.Name, BootPath: o.pathName, Differing: []uint32{},
 	}
-	union := ref.M{}
+	union := measurements.M{}
 	for idx, m := range published.Measurements {
 		union[idx] = m
 	}

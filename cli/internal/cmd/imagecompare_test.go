@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/constellation-go/constellation/internal/cosign"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
@@ -57,7 +57,7 @@ func TestImageCompare(t *testing.T) {
 				require.NoError(t, err)
 				f, err := signed.Parse(data)
 				require.NoError(t, err)
-				delete(f.Measurements, ref.PCRSystemd)
+				delete(f.Measurements, measurements.PCRSystemd)
 				out, err := f.Marshal()
 				require.NoError(t, err)
 				require.NoError(t, afero.WriteFile(fs, "fewer.json", out, 0o644))

@@ -15,7 +15,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
@@ -208,7 +208,7 @@ func bootFlags(cmd *cobra.Command) (bootOptions, error) {
 
 // precomputeUKI reads a UKI and returns its bytes, the precomputation and the measurements a fresh node
 // shows: the predicted PCRs after the boot phases, and PCR 15 zero.
-func precomputeUKI(fh file.Handler, ukiPath string, o bootOptions) ([]byte, *precompute.Result, ref.M, error) {
+func precomputeUKI(fh file.Handler, ukiPath string, o bootOptions) ([]byte, *precompute.Result, measurements.M, error) {
 	ukiData, err := fh.Read(ukiPath)
 	if err != nil {
 		return nil, nil, nil, err
@@ -230,7 +230,7 @@ func precomputeUKI(fh file.Handler, ukiPath string, o bootOptions) ([]byte, *pre
 	m := res.Measurements(true)
 	// A node proves it has not joined or initialized a cluster yet by a zero PCR 15; verifiers of a
 	// running cluster expect the cluster's value there instead (precompute.PCR15ForCluster).
-	m[ref.PCRClusterID] = ref.Measurement{Expected: make(ref.Digest, ref.DigestSize)}
+	m[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
 	return ukiData, res, m, nil
 }
 
@@ -353,23 +353,23 @@ func (e *env) loadSigningKey(fh file.Handler, path string) (*cosign.Signer, erro
 
 func pcrDescription(idx uint32, path precompute.BootPath) string {
 	switch idx {
-	case ref.PCRBootChain:
+	case measurements.PCRBootChain:
 		if path == precompute.BootSystemdBoot {
 			return "boot chain: firmware events, systemd-boot, UKI, kernel"
 		}
 		return "boot chain: firmware events, UKI, kernel"
-	case ref.PCRKernel:
+	case measurements.PCRKernel:
 		return "kernel command line and initrd"
-	case ref.PCRUKI:
+	case measurements.PCRUKI:
 		return "UKI sections, then the boot phases up to ready"
-	case ref.PCRBootLoader:
+	case measurements.PCRBootLoader:
 		if path == precompute.BootSystemdBoot {
 			return "command line passed by systemd-boot"
 		}
 		return "command line from a boot loader (none: zero)"
-	case ref.PCRSystemd:
+	case measurements.PCRSystemd:
 		return "system extension images (none: zero)"
-	case ref.PCRClusterID:
+	case measurements.PCRClusterID:
 		return "cluster ID (zero until the node initializes or joins a cluster)"
 	}
 	return ""
@@ -381,7 +381,7 @@ func (e *env) printMeasureResult(r measureResult) error {
 	fmt.Fprintln(tw, "PCR\tEXPECTED\tMEASURES")
 	for _, row := range r.PCRs {
 		fmt.Fprintf(tw, "%d\t%s\t%s\n", row.PCR, row.Expected, row.Description)
-		if row.PCR == ref.PCRUKI {
+		if row.PCR == measurements.PCRUKI {
 			fmt.Fprintf(tw, "\t%s\t(informative) PCR 11 right after systemd-stub, before the boot phases\n", r.PCR11AfterStub)
 		}
 	}

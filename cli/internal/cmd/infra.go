@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/constellation-go/constellation/cli/internal/terraform"
-	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 )
 

@@ -8,10 +8,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/file"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
@@ -104,7 +104,7 @@ func (e *env) miniConfig(p *progress) error {
 
 // measureImage precomputes the PCRs a node booted from the image directly by the local provider's launcher
 // (which models a generic UEFI firmware, precompute.Options' default) shows, and PCR 15 zero.
-func measureImage(fh file.Handler, img string) (ref.M, error) {
+func measureImage(fh file.Handler, img string) (measurements.M, error) {
 	_, _, m, err := precomputeUKI(fh, filepath.Join(img, "constellation.efi"),
 		bootOptions{platform: &precompute.GenericUEFI, path: precompute.BootDirect})
 	return m, err

@@ -11,9 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
-	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
 )
 
@@ -46,7 +46,7 @@ func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
 	for idx, m := range want {
 		assert.Equal(t, m.Expected, cfg.Attestation.Measurements[idx].Expected, "PCR %d", idx)
 	}
-	assert.Equal(t, make(ref.Digest, ref.DigestSize), cfg.Attestation.Measurements[ref.PCRClusterID].Expected,
+	assert.Equal(t, make(measurements.Digest, measurements.DigestSize), cfg.Attestation.Measurements[measurements.PCRClusterID].Expected,
 		"a fresh node must show PCR 15 zero")
 }
 

@@ -5,11 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/constellation-go/constellation/verify/verifytest"
+
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -25,7 +25,6 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/internal/tpm"
-	"github.com/constellation-go/constellation/verify/server"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
@@ -48,7 +47,7 @@ func (f *fakeAttester) GetAttestation(ctx context.Context, endpoint string, nonc
 	}
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return n.EventLog, nil }))
 	defer issuer.Close()
-	srv := server.New(issuer, name, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	srv := verifytest.New(issuer, name)
 	resp, err := srv.GetAttestation(ctx, &verifyproto.GetAttestationRequest{Nonce: nonce})
 	if err != nil {
 		return nil, "", err

@@ -8,7 +8,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/constellation-go/constellation/internal/cloud/cloudprovider"
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 )
 
 // Variant is an attestation variant.

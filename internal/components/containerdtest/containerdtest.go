@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/constellation-go/constellation/internal/testenv"
 )
 
 // Containerd is a running containerd.
@@ -20,21 +22,14 @@ type Containerd struct {
 	Address, Ctr, Dir string
 }
 
-// Start starts a containerd (CRI disabled) for the test and stops it when the test ends. It skips the test
-// when containerd is missing or the test is not root, and fails instead when CI is set and containerd is
-// missing.
+// Start starts a containerd (CRI disabled) for the test and stops it when the test ends. Without containerd
+// or root the test skips, or fails where testenv is strict.
 func Start(t testing.TB) *Containerd {
 	t.Helper()
-	containerd, errA := exec.LookPath("containerd")
-	ctr, errB := exec.LookPath("ctr")
-	if errA != nil || errB != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("containerd is not installed; CI must install it (Debian package containerd)")
-		}
-		t.Skip("skipping: containerd is not installed")
-	}
+	containerd := testenv.Need(t, "apt-get install containerd", "containerd")
+	ctr := testenv.Need(t, "apt-get install containerd", "ctr")
 	if os.Getuid() != 0 {
-		t.Skip("skipping: containerd needs root")
+		testenv.SkipOrFail(t, "containerd needs root")
 	}
 	// Short paths: the socket path is limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "ctd-")

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/constellation-go/constellation/internal/testenv"
+
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -104,9 +106,7 @@ func TestDebsLockMatchesNodeImage(t *testing.T) {
 
 // fakeDeb builds a Debian package with dpkg-deb from a map of path -> content ("->target" for a link).
 func fakeDeb(t *testing.T, dir, name string, files map[string]string) Deb {
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("dpkg-deb is not installed")
-	}
+	testenv.Need(t, "apt-get install dpkg", "dpkg-deb")
 	root := t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(root, "DEBIAN"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(root, "DEBIAN/control"), []byte(

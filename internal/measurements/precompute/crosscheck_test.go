@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/constellation-go/constellation/internal/tooltest"
+	"github.com/constellation-go/constellation/internal/testenv"
 )
 
 // The tests in this file compare the package with independent, real tools: systemd-measure (PCR 11),
@@ -22,10 +22,10 @@ import (
 //
 //	apt-get install -y systemd systemd-boot-efi osslsigncode sbsigntool binutils openssl
 //
-// and skip without them, except when MEASUREMENTS_REQUIRE_TOOLS is set: `make go-test` sets it on the
-// host, where `make setup` installs the tools, so a missing one there is a failure. The checks pin systemd
-// 252's stub semantics (the version the node image uses); under Bazel, whose chroot is Debian forky with a
-// newer systemd and none of these tools, they skip and say why.
+// and skip without them, or fail where internal/testenv is strict (CI, `make go-test`, after `make setup`
+// installed the tools). The checks pin systemd 252's stub semantics (the version the node image uses);
+// under Bazel, whose chroot is Debian forky with a newer systemd and none of these tools, they skip and
+// say why.
 //
 // A real kernel makes the check more meaningful (Linux's PE layout, 8 MB of data). Set
 // MEASUREMENTS_TEST_VMLINUZ to one, e.g. extracted without installing it:
@@ -39,12 +39,12 @@ const installHint = "apt-get install -y systemd systemd-boot-efi osslsigncode sb
 // need returns the first of paths that exists, or skips or fails the test with installHint.
 func need(tb testing.TB, paths ...string) string {
 	tb.Helper()
-	return tooltest.Need(tb, installHint, paths...)
+	return testenv.Need(tb, installHint, paths...)
 }
 
 const (
-	stub   = tooltest.SystemdStub
-	sdboot = tooltest.SystemdBoot
+	stub   = testenv.SystemdStub
+	sdboot = testenv.SystemdBoot
 )
 
 // needSystemd252 returns systemd-measure if it is systemd 252's: later stubs measure other sections
@@ -54,7 +54,7 @@ func needSystemd252(tb testing.TB) string {
 	measure := need(tb, "/usr/lib/systemd/systemd-measure", "/lib/systemd/systemd-measure")
 	out, err := exec.Command(measure, "--version").Output()
 	if err != nil || !strings.HasPrefix(string(out), "systemd 252 ") {
-		tooltest.SkipOrFail(tb, fmt.Sprintf("systemd-measure is not systemd 252's (%q); the cross-checks pin 252's stub", strings.SplitN(string(out), "\n", 2)[0]))
+		testenv.SkipOrFail(tb, fmt.Sprintf("systemd-measure is not systemd 252's (%q); the cross-checks pin 252's stub", strings.SplitN(string(out), "\n", 2)[0]))
 	}
 	return measure
 }

@@ -10,16 +10,16 @@ import (
 	"unicode/utf16"
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 )
 
 // PCRs this package predicts.
 const (
-	PCRBootChain  = ref.PCRBootChain  // 4: EFI applications the firmware loads
-	PCRKernel     = ref.PCRKernel     // 9: Linux's EFI stub: command line and initrd
-	PCRUKI        = ref.PCRUKI        // 11: systemd-stub's UKI sections, then systemd-pcrphase
-	PCRBootLoader = ref.PCRBootLoader // 12: command lines passed in by a boot loader
-	PCRSystemd    = ref.PCRSystemd    // 13: system extension images (none: zero)
+	PCRBootChain  = measurements.PCRBootChain  // 4: EFI applications the firmware loads
+	PCRKernel     = measurements.PCRKernel     // 9: Linux's EFI stub: command line and initrd
+	PCRUKI        = measurements.PCRUKI        // 11: systemd-stub's UKI sections, then systemd-pcrphase
+	PCRBootLoader = measurements.PCRBootLoader // 12: command lines passed in by a boot loader
+	PCRSystemd    = measurements.PCRSystemd    // 13: system extension images (none: zero)
 )
 
 // Firmware event strings and data from the TCG PC Client Platform Firmware Profile.
@@ -271,10 +271,10 @@ func (r *Result) PCRs(withPhases bool) map[uint32][]byte {
 }
 
 // Measurements returns the predicted PCR values as reference values, all enforced.
-func (r *Result) Measurements(withPhases bool) ref.M {
-	m := ref.M{}
+func (r *Result) Measurements(withPhases bool) measurements.M {
+	m := measurements.M{}
 	for i, v := range r.PCRs(withPhases) {
-		m[i] = ref.Measurement{Expected: v}
+		m[i] = measurements.Measurement{Expected: v}
 	}
 	return m
 }

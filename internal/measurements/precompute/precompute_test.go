@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
-	ref "github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements"
 )
 
 // chain extends a zeroed PCR with SHA-256 of each input in turn: the PCR formulas written out plainly,
@@ -125,7 +125,7 @@ func TestPrecompute(t *testing.T) {
 			m := r.Measurements(true)
 			require.NoError(t, m.Validate())
 			assert.Equal(t, []uint32{4, 9, 11, 12, 13}, m.Indices())
-			assert.Equal(t, ref.Digest(wantPhases[11]), m[11].Expected)
+			assert.Equal(t, measurements.Digest(wantPhases[11]), m[11].Expected)
 			assert.False(t, m[11].WarnOnly)
 
 			// The event log replays to exactly the predicted values, with or without the phases.

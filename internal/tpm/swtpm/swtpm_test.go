@@ -4,10 +4,11 @@ import (
 	"context"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/constellation-go/constellation/internal/testenv"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -22,12 +23,7 @@ func TestMain(m *testing.M) {
 
 func requireSwtpm(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath("swtpm"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("swtpm is not installed; CI must install it")
-		}
-		t.Skip("skipping: swtpm is not installed")
-	}
+	testenv.Need(t, "apt-get install swtpm swtpm-tools", "swtpm")
 }
 
 func shortDir(t *testing.T) string {

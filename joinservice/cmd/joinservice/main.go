@@ -31,9 +31,9 @@ import (
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
+	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
+	"github.com/constellation-go/constellation/joinservice/internal/server"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
-	"github.com/constellation-go/constellation/joinservice/kubeadm"
-	"github.com/constellation-go/constellation/joinservice/server"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
 )
 

@@ -14,9 +14,10 @@ import (
 
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/service"
-	"github.com/constellation-go/constellation/keyservice/kms"
-	"github.com/constellation-go/constellation/keyservice/server"
+	"github.com/constellation-go/constellation/keyservice/internal/kms"
+	"github.com/constellation-go/constellation/keyservice/internal/server"
 	"google.golang.org/grpc"
 )
 
@@ -31,7 +32,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("keyservice", flag.ContinueOnError)
 	grpcAddr := fs.String("grpc-addr", "unix:///run/constellation/keyservice/keyservice.sock", "address of the gRPC API: unix://<absolute socket path> (made 0600 in a 0700 directory: only the JoinService mounts it) or host:port")
 	httpAddr := fs.String("http-addr", ":9001", "address of /healthz and /metrics")
-	kmsURI := fs.String("kms-uri", "kms://"+kms.ClusterKMS, "key backend")
+	kmsURI := fs.String("kms-uri", kmsuri.Default, "key backend")
 	secretPath := fs.String("master-secret", "/var/run/constellation/mastersecret/"+crypto.MasterSecretFileName, "master secret file (for kms://cluster-kms)")
 	logLevel, logFormat := service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "KEYSERVICE", args); err != nil {
@@ -45,7 +46,7 @@ func run(args []string) error {
 	defer stop()
 
 	var master *crypto.MasterSecret
-	if *kmsURI == "kms://"+kms.ClusterKMS {
+	if *kmsURI == kmsuri.Default {
 		fh := file.NewHandler(afero.NewBasePathFs(afero.NewOsFs(), filepath.Dir(*secretPath)))
 		m, err := crypto.ReadMasterSecret(fh, filepath.Base(*secretPath))
 		if err != nil {

@@ -18,7 +18,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/tpm"
-	"github.com/constellation-go/constellation/verify/server"
+	"github.com/constellation-go/constellation/verify/internal/server"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 

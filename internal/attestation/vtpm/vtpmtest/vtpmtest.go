@@ -14,9 +14,8 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation/eventlog"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
-	"github.com/constellation-go/constellation/internal/launcher"
 	"github.com/constellation-go/constellation/internal/measurements"
-	boot "github.com/constellation-go/constellation/internal/measurements/precompute"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm/swtpmtest"
@@ -66,12 +65,12 @@ func NewNodeWithCA(t testing.TB, events []Event, ca *manufacturer.CA) *Node {
 	t.Helper()
 	p, tp := certifiedTPM(t, ca)
 	b := eventlog.NewBuilder()
-	measured := make([]boot.Event, len(events))
+	measured := make([]precompute.Event, len(events))
 	for i, ev := range events {
-		measured[i] = boot.Event{PCR: ev.PCR, Type: ev.Type, Digest: sha256.Sum256([]byte(ev.Data)), Data: []byte(ev.Data)}
+		measured[i] = precompute.Event{PCR: ev.PCR, Type: ev.Type, Digest: sha256.Sum256([]byte(ev.Data)), Data: []byte(ev.Data)}
 	}
 	// The local provider's launcher measures real nodes the same way.
-	if err := launcher.Measure(tp, b, measured...); err != nil {
+	if err := precompute.Measure(tp, b, measured...); err != nil {
 		t.Fatalf("measuring test boot: %v", err)
 	}
 	return &Node{TPM: tp, Address: p.Address(), EventLog: b.Bytes()}

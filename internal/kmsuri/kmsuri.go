@@ -1,0 +1,32 @@
+// Package kmsuri is the contract for naming a key backend: kms://<backend>[?settings]. The CLI and the
+// bootstrapper write and check these URIs; the KeyService opens the backend they name. One parser keeps the
+// node from accepting (and locking itself to) a URI the KeyService would refuse later.
+package kmsuri
+
+import (
+	"fmt"
+	"net/url"
+)
+
+const (
+	// Scheme is the URI scheme of key backends.
+	Scheme = "kms"
+	// ClusterKMS is the constellation-managed backend: keys derived from the cluster's master secret.
+	ClusterKMS = "cluster-kms"
+)
+
+// Default is the URI of the constellation-managed backend, used when none is given.
+var Default = Scheme + "://" + ClusterKMS
+
+// Parse checks that uri names a backend, kms://<backend>, and that the constellation-managed backend has no
+// settings. It returns the parsed URI; its Host is the backend's name and its query the backend's settings.
+func Parse(uri string) (*url.URL, error) {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != Scheme || u.Host == "" {
+		return nil, fmt.Errorf("key backend %q: expected a URI like %s", uri, Default)
+	}
+	if u.Host == ClusterKMS && (u.RawQuery != "" || (u.Path != "" && u.Path != "/")) {
+		return nil, fmt.Errorf("key backend %q: %s takes no parameters", uri, ClusterKMS)
+	}
+	return u, nil
+}

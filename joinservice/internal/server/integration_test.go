@@ -1,0 +1,351 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/constellation-go/constellation/keyservice/keyservicetest"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	jws "k8s.io/cluster-bootstrap/token/jws"
+
+	"github.com/constellation-go/constellation/internal/atls"
+	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
+	"github.com/constellation-go/constellation/internal/kubetest"
+	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
+	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
+)
+
+type vectors struct {
+	MeasurementSecret string            `json:"measurementSecret"`
+	DiskKeys          map[string]string `json:"diskKeys"`
+}
+
+func loadVectors(t *testing.T) vectors {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("testdata", "disk-key-vectors.json"))
+	require.NoError(t, err)
+	var v vectors
+	require.NoError(t, json.Unmarshal(raw, &v))
+	require.Len(t, v.DiskKeys, 20)
+	return v
+}
+
+// keyServiceProcess is a KeyService on a loopback port that can be stopped and started again on the same
+// address, as a restarted pod would be; it reads its master secret from a file each time.
+type keyServiceProcess struct {
+	addr       string
+	secretFile string
+	g          *grpc.Server
+	done       chan struct{}
+}
+
+func startKeyService(t testing.TB, addr, secretFile string) *keyServiceProcess {
+	t.Helper()
+	raw, err := os.ReadFile(secretFile)
+	require.NoError(t, err)
+	var master crypto.MasterSecret
+	require.NoError(t, json.Unmarshal(raw, &master))
+	lis, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	p := &keyServiceProcess{addr: lis.Addr().String(), secretFile: secretFile, g: grpc.NewServer(), done: make(chan struct{})}
+	require.NoError(t, keyservicetest.Register(p.g, &master))
+	go func() {
+		_ = p.g.Serve(lis)
+		close(p.done)
+	}()
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *keyServiceProcess) stop() {
+	p.g.Stop()
+	<-p.done
+}
+
+func writeVectorSecret(t testing.TB) string {
+	t.Helper()
+	raw, err := json.Marshal(cryptotest.MasterSecret())
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), crypto.MasterSecretFileName)
+	require.NoError(t, os.WriteFile(path, raw, 0o600))
+	return path
+}
+
+// joinEnv is a real API server, a KeyService and a JoinService serving aTLS on bufconn.
+type joinEnv struct {
+	cluster  *kubetest.Cluster
+	keys     *keyServiceProcess
+	server   *Server
+	dial     func(context.Context, string) (net.Conn, error)
+	registry *prometheus.Registry
+}
+
+func newJoinEnv(t testing.TB) *joinEnv {
+	t.Helper()
+	cluster := kubetest.Start(t)
+	ks := startKeyService(t, "127.0.0.1:0", writeVectorSecret(t))
+	conn, err := grpc.NewClient(ks.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	reg := prometheus.NewRegistry()
+	s := New(Config{
+		APIServerEndpoint: cluster.Endpoint, DiscoveryHash: kubeadm.DiscoveryHash(cluster.CACert),
+		MeasurementSalt: []byte("salt"), KubernetesVersion: kubetest.KubernetesVersion, PKIDir: t.TempDir(),
+	}, NewKeyServiceClient(keyserviceproto.NewAPIClient(conn)), kubeadm.NewTokenIssuer(cluster.Client),
+		kubeadm.NewCSRSigner(cluster.CACert, cluster.CAKey), slog.New(slog.DiscardHandler), reg)
+	g := atlsServer(t, s)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return &joinEnv{
+		cluster: cluster, keys: ks, server: s, registry: reg,
+		dial: func(ctx context.Context, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", lis.Addr().String())
+		},
+	}
+}
+
+func (e *joinEnv) nodeClient(t testing.TB, events []vtpmtest.Event) joinproto.APIClient {
+	t.Helper()
+	conn, err := dialJoinService(e.dial, nodeCredentials(t, events))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return joinproto.NewAPIClient(conn)
+}
+
+// whoAmI authenticates to the API server with a bootstrap token and returns who it is.
+func whoAmI(ctx context.Context, cluster *kubetest.Cluster, token string) (string, []string, error) {
+	cfg := rest.AnonymousClientConfig(cluster.Config)
+	cfg.BearerToken = token
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	review, err := client.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authnv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		return "", nil, err
+	}
+	return review.Status.UserInfo.Username, review.Status.UserInfo.Groups, nil
+}
+
+func TestJoinTwentyNodesAgainstRealAPIServer(t *testing.T) {
+	want := loadVectors(t)
+	env := newJoinEnv(t)
+	ctx := context.Background()
+	publishClusterInfo(t, env.cluster)
+	env.cluster.StartControllerManager(t, "bootstrapsigner")
+
+	type result struct {
+		uuid, node string
+		resp       *joinproto.IssueJoinTicketResponse
+		err        error
+	}
+	results := make(chan result, 20)
+	var wg sync.WaitGroup
+	for i := 1; i <= 20; i++ {
+		uuid, node := fmt.Sprintf("00000000-0000-0000-0000-%012d", i), fmt.Sprintf("worker-%d", i)
+		client := env.nodeClient(t, vtpmtest.Boot)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.IssueJoinTicket(ctx, &joinproto.IssueJoinTicketRequest{
+				DiskUuid: uuid, NodeName: node, CertificateRequest: kubeletCSR(t, node),
+			})
+			results <- result{uuid: uuid, node: node, resp: resp, err: err}
+		}()
+	}
+	wg.Wait()
+	close(results)
+
+	tokens := map[string]bool{}
+	for r := range results {
+		require.NoError(t, r.err, r.node)
+		assert.Equal(t, want.DiskKeys[r.uuid], hex.EncodeToString(r.resp.GetStateDiskKey()), "disk key of %s", r.uuid)
+		assert.Equal(t, want.MeasurementSecret, hex.EncodeToString(r.resp.GetMeasurementSecret()))
+		assert.Equal(t, kubeadm.DiscoveryHash(env.cluster.CACert), r.resp.GetDiscoveryTokenCaCertHash())
+		assert.False(t, tokens[r.resp.GetToken()], "tokens are distinct")
+		tokens[r.resp.GetToken()] = true
+
+		user, groups, err := whoAmI(ctx, env.cluster, r.resp.GetToken())
+		require.NoError(t, err, "the token authenticates at the real API server")
+		assert.Equal(t, "system:bootstrap:"+r.resp.GetToken()[:6], user)
+		assert.Contains(t, groups, kubeadm.NodeBootstrapGroup)
+	}
+	// kubeadm join's token discovery works with one of the tickets: the token signs cluster-info and the
+	// CA there matches the ticket's hash.
+	for r := range tokens {
+		checkDiscovery(t, env.cluster, r, kubeadm.DiscoveryHash(env.cluster.CACert))
+		break
+	}
+	assert.Len(t, tokens, 20)
+	assert.Equal(t, 20.0, testutil.ToFloat64(env.server.metrics.attempts.WithLabelValues("IssueJoinTicket", resultOK, reasonNone)))
+
+	// A node booted with a changed kernel command line gets nothing, and the refusal is counted.
+	tampered := env.nodeClient(t, vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: eventlog.EvIPL, Data: "console=ttyS0 init=/bin/sh"}))
+	_, err := tampered.IssueJoinTicket(ctx, &joinproto.IssueJoinTicketRequest{
+		DiskUuid: "00000000-0000-0000-0000-000000000099", NodeName: "evil", CertificateRequest: kubeletCSR(t, "evil"),
+	})
+	require.Error(t, err)
+	secrets, err := env.cluster.Client.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	count := 0
+	for _, s := range secrets.Items {
+		if s.Type == "bootstrap.kubernetes.io/token" {
+			count++
+		}
+	}
+	assert.Equal(t, 20, count, "the tampered node got no token")
+	assert.Equal(t, 1.0, testutil.ToFloat64(env.server.metrics.attempts.WithLabelValues("handshake", resultRefused, reasonAttestation)))
+
+	// A restarted KeyService derives identical keys.
+	client := env.nodeClient(t, vtpmtest.Boot)
+	uuid := "00000000-0000-0000-0000-000000000007"
+	env.keys.stop()
+	env.keys = startKeyService(t, env.keys.addr, env.keys.secretFile)
+	require.Eventually(t, func() bool {
+		resp, err := client.IssueRejoinTicket(ctx, &joinproto.IssueRejoinTicketRequest{DiskUuid: uuid})
+		return err == nil && hex.EncodeToString(resp.GetStateDiskKey()) == want.DiskKeys[uuid]
+	}, 10*time.Second, 100*time.Millisecond)
+}
+
+// BenchmarkIssueJoinTicket measures tickets per second end to end without kubeadm, one new connection per
+// ticket as a joining node makes it: aTLS with a fresh attestation from a real swtpm, full validation, two
+// key derivations through the KeyService, CSR signing and a bootstrap token created in the real API server.
+// Clients share 8 vTPMs (8 nodes joining again and again); the sub-benchmark's name is the number of
+// concurrent clients.
+func BenchmarkIssueJoinTicket(b *testing.B) {
+	env := newJoinEnv(b)
+	const nodes = 8
+	creds := make([]*atls.Credentials, nodes)
+	csrs := make([][]byte, nodes)
+	for i := range creds {
+		creds[i] = nodeCredentials(b, vtpmtest.Boot)
+		csrs[i] = kubeletCSR(b, fmt.Sprintf("worker-%d", i))
+	}
+	for _, concurrency := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("clients=%d", concurrency), func(b *testing.B) {
+			var remaining atomic.Int64
+			remaining.Store(int64(b.N))
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for w := range concurrency {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					i := w % nodes
+					for remaining.Add(-1) >= 0 {
+						conn, err := dialJoinService(env.dial, creds[i])
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						_, err = joinproto.NewAPIClient(conn).IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
+							DiskUuid: fmt.Sprintf("00000000-0000-0000-0000-%012d", i+1), NodeName: fmt.Sprintf("worker-%d", i), CertificateRequest: csrs[i],
+						})
+						_ = conn.Close()
+						if err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tickets/s")
+		})
+	}
+}
+
+// publishClusterInfo creates kube-public/cluster-info and lets anonymous clients read it, as kubeadm init does.
+func publishClusterInfo(t *testing.T, cluster *kubetest.Cluster) {
+	t.Helper()
+	ctx := context.Background()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[""] = &clientcmdapi.Cluster{Server: cluster.Endpoint, CertificateAuthorityData: cluster.CACertPEM}
+	kubeconfig, err := clientcmd.Write(*cfg)
+	require.NoError(t, err)
+	_, err = cluster.Client.CoreV1().ConfigMaps(metav1.NamespacePublic).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: bootstrapapi.ConfigMapClusterInfo},
+		Data:       map[string]string{bootstrapapi.KubeConfigKey: string(kubeconfig)},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = cluster.Client.RbacV1().Roles(metav1.NamespacePublic).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:bootstrap-signer-clusterinfo"},
+		Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{bootstrapapi.ConfigMapClusterInfo}, Verbs: []string{"get"},
+		}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = cluster.Client.RbacV1().RoleBindings(metav1.NamespacePublic).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubeadm:bootstrap-signer-clusterinfo"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "kubeadm:bootstrap-signer-clusterinfo"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "system:anonymous"}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+}
+
+// checkDiscovery does what kubeadm join's token discovery does: fetch cluster-info anonymously without
+// trusting the server yet, check the token's JWS signature over it (added by the controller manager's
+// bootstrap signer), and pin the CA in it to the discovery hash.
+func checkDiscovery(t *testing.T, cluster *kubetest.Cluster, token, wantHash string) {
+	t.Helper()
+	id, secret, _ := strings.Cut(token, ".")
+	cfg := rest.AnonymousClientConfig(cluster.Config)
+	cfg.TLSClientConfig = rest.TLSClientConfig{Insecure: true}
+	client, err := kubernetes.NewForConfig(cfg)
+	require.NoError(t, err)
+
+	var info *corev1.ConfigMap
+	require.Eventually(t, func() bool {
+		info, err = client.CoreV1().ConfigMaps(metav1.NamespacePublic).Get(context.Background(), bootstrapapi.ConfigMapClusterInfo, metav1.GetOptions{})
+		return err == nil && info.Data[bootstrapapi.JWSSignatureKeyPrefix+id] != ""
+	}, 30*time.Second, 200*time.Millisecond, "the bootstrap signer signs cluster-info with the token (last error: %v)", err)
+
+	content := info.Data[bootstrapapi.KubeConfigKey]
+	sig := info.Data[bootstrapapi.JWSSignatureKeyPrefix+id]
+	assert.True(t, jws.DetachedTokenIsValid(sig, content, id, secret), "the token's signature verifies")
+	assert.False(t, jws.DetachedTokenIsValid(sig, content, id, strings.Repeat("0", 16)), "and only with its secret")
+
+	kubeconfig, err := clientcmd.Load([]byte(content))
+	require.NoError(t, err)
+	for _, c := range kubeconfig.Clusters {
+		block, _ := pem.Decode(c.CertificateAuthorityData)
+		require.NotNil(t, block)
+		ca, err := x509.ParseCertificate(block.Bytes)
+		require.NoError(t, err)
+		assert.Equal(t, wantHash, kubeadm.DiscoveryHash(ca), "the ticket's hash pins the cluster CA")
+	}
+}

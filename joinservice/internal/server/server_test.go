@@ -1,0 +1,269 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/constellation-go/constellation/keyservice/keyservicetest"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/constellation-go/constellation/internal/atls"
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
+	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
+	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// serve runs a gRPC server on bufconn and returns a dialer to it.
+func serve(t *testing.T, g *grpc.Server) func(context.Context, string) (net.Conn, error) {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }
+}
+
+// keyService runs a real KeyService with the test-vector master secret.
+func keyService(t *testing.T) KeyGetter {
+	t.Helper()
+	g := grpc.NewServer()
+	require.NoError(t, keyservicetest.Register(g, cryptotest.MasterSecret()))
+	conn, err := grpc.NewClient("passthrough:///keyservice", grpc.WithContextDialer(serve(t, g)), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return NewKeyServiceClient(keyserviceproto.NewAPIClient(conn))
+}
+
+type fixture struct {
+	server  *Server
+	client  *fake.Clientset
+	ca      *x509.Certificate
+	dial    func(context.Context, string) (net.Conn, error)
+	pkiDir  string
+	metrics *metrics
+}
+
+func newFixture(t *testing.T, keys KeyGetter) *fixture {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kubernetes"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &caKey.PublicKey, caKey)
+	require.NoError(t, err)
+	ca, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+
+	pki := t.TempDir()
+	for _, name := range joinproto.ControlPlaneFiles {
+		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(pki, name)), 0o700))
+		require.NoError(t, os.WriteFile(filepath.Join(pki, name), []byte("content of "+name), 0o600))
+	}
+	client := fake.NewClientset()
+	s := New(Config{
+		APIServerEndpoint: "10.42.0.2:6443", DiscoveryHash: kubeadm.DiscoveryHash(ca),
+		MeasurementSalt: []byte("salt"), KubernetesVersion: "v1.33.13", PKIDir: pki,
+	}, keys, kubeadm.NewTokenIssuer(client), kubeadm.NewCSRSigner(ca, caKey), slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+
+	return &fixture{server: s, client: client, ca: ca, dial: serve(t, atlsServer(t, s)), pkiDir: pki, metrics: s.metrics}
+}
+
+// atlsServer serves s over aTLS, accepting nodes that booted vtpmtest.Boot and have not joined yet.
+func atlsServer(t testing.TB, s *Server) *grpc.Server {
+	t.Helper()
+	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
+		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t),
+	})
+	require.NoError(t, err)
+	creds, err := atls.NewCredentials(nil, []attestation.Validator{s.CountingValidator(validator)})
+	require.NoError(t, err)
+	g := grpc.NewServer(grpc.Creds(creds))
+	s.Register(g)
+	return g
+}
+
+// nodeCredentials returns the aTLS credentials of a node booted with events, attesting with its own swtpm.
+func nodeCredentials(t testing.TB, events []vtpmtest.Event) *atls.Credentials {
+	t.Helper()
+	n := vtpmtest.NewNode(t, events)
+	log := n.EventLog
+	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
+	t.Cleanup(issuer.Close)
+	creds, err := atls.NewCredentials(issuer, nil)
+	require.NoError(t, err)
+	return creds
+}
+
+// dialJoinService connects to the JoinService through dial with a node's credentials.
+func dialJoinService(dial func(context.Context, string) (net.Conn, error), creds *atls.Credentials) (*grpc.ClientConn, error) {
+	return grpc.NewClient("passthrough:///joinservice", grpc.WithContextDialer(dial), grpc.WithTransportCredentials(creds))
+}
+
+// joiningNode dials the JoinService as a node booted with events.
+func (f *fixture) joiningNode(t *testing.T, events []vtpmtest.Event) joinproto.APIClient {
+	t.Helper()
+	conn, err := dialJoinService(f.dial, nodeCredentials(t, events))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return joinproto.NewAPIClient(conn)
+}
+
+func kubeletCSR(t testing.TB, node string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}},
+	}, key)
+	require.NoError(t, err)
+	return der
+}
+
+const diskUUID = "00000000-0000-0000-0000-000000000002"
+
+func TestIssueJoinTicket(t *testing.T) {
+	f := newFixture(t, keyService(t))
+	node := f.joiningNode(t, vtpmtest.Boot)
+	for _, controlPlane := range []bool{false, true} {
+		resp, err := node.IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
+			DiskUuid: diskUUID, NodeName: "worker-1", IsControlPlane: controlPlane, CertificateRequest: kubeletCSR(t, "worker-1"),
+		})
+		require.NoError(t, err)
+		// The HKDF test vector of internal/crypto for this UUID, 64 bytes, computed independently.
+		assert.Equal(t, "e76b3dcbdbe5d6851cdac0d7b89f3c93f3949582b39d2621538af8352b04e452ce64ab7ce9b8be93e5657c845b105c6e38649f3ee7d691fdf57a13583b5e9c6f", hex.EncodeToString(resp.GetStateDiskKey()))
+		assert.Equal(t, "ea7fedd14f5a29b1b8545592fc20bfdae06918e4ff447b1a0b8e4f3356005bda", hex.EncodeToString(resp.GetMeasurementSecret()))
+		assert.Equal(t, kubeadm.DiscoveryHash(f.ca), resp.GetDiscoveryTokenCaCertHash())
+		assert.Equal(t, "10.42.0.2:6443", resp.GetApiServerEndpoint())
+		cert, err := x509.ParseCertificate(resp.GetKubeletCert())
+		require.NoError(t, err)
+		require.NoError(t, cert.CheckSignatureFrom(f.ca))
+		_, err = f.client.CoreV1().Secrets(metav1.NamespaceSystem).Get(context.Background(), "bootstrap-token-"+resp.GetToken()[:6], metav1.GetOptions{})
+		require.NoError(t, err, "the token exists in the cluster")
+		if controlPlane {
+			require.Len(t, resp.GetControlPlaneFiles(), len(joinproto.ControlPlaneFiles))
+			assert.Equal(t, "ca.key", resp.GetControlPlaneFiles()[1].GetName())
+		} else {
+			assert.Empty(t, resp.GetControlPlaneFiles(), "workers get no CA keys")
+		}
+	}
+	assert.Equal(t, 2.0, testutil.ToFloat64(f.metrics.attempts.WithLabelValues("IssueJoinTicket", resultOK, reasonNone)))
+
+	rejoin, err := node.IssueRejoinTicket(context.Background(), &joinproto.IssueRejoinTicketRequest{DiskUuid: diskUUID})
+	require.NoError(t, err)
+	assert.Equal(t, "e76b3dcbdbe5d6851cdac0d7b89f3c93f3949582b39d2621538af8352b04e452ce64ab7ce9b8be93e5657c845b105c6e38649f3ee7d691fdf57a13583b5e9c6f", hex.EncodeToString(rejoin.GetStateDiskKey()))
+}
+
+func TestTamperedNodeGetsNothing(t *testing.T) {
+	f := newFixture(t, keyService(t))
+	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: eventlog.EvIPL, Data: "console=ttyS0 init=/bin/sh"})
+	node := f.joiningNode(t, tampered)
+	resp, err := node.IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
+		DiskUuid: diskUUID, NodeName: "evil", CertificateRequest: kubeletCSR(t, "evil"),
+	})
+	require.Error(t, err)
+	assert.Nil(t, resp)
+	secrets, err := f.client.CoreV1().Secrets(metav1.NamespaceSystem).List(context.Background(), metav1.ListOptions{})
+	require.NoError(t, err)
+	assert.Empty(t, secrets.Items, "no token was created")
+	assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.attempts.WithLabelValues("handshake", resultRefused, reasonAttestation)))
+}
+
+type failingKeys struct{}
+
+func (failingKeys) GetDataKey(context.Context, string, int) ([]byte, error) {
+	return nil, status.Error(codes.Unavailable, "keyservice down")
+}
+
+func TestRefusalsAndFailures(t *testing.T) {
+	testCases := map[string]struct {
+		keys       KeyGetter
+		req        *joinproto.IssueJoinTicketRequest
+		wantCode   codes.Code
+		wantReason string
+	}{
+		"bad disk UUID": {
+			req:      &joinproto.IssueJoinTicketRequest{DiskUuid: "not-a-uuid", NodeName: "w", CertificateRequest: []byte{1}},
+			wantCode: codes.InvalidArgument, wantReason: reasonRequest,
+		},
+		"bad node name": {
+			req:      &joinproto.IssueJoinTicketRequest{DiskUuid: diskUUID, NodeName: "Worker_1", CertificateRequest: []byte{1}},
+			wantCode: codes.InvalidArgument, wantReason: reasonRequest,
+		},
+		"CSR for another node": {
+			req:      &joinproto.IssueJoinTicketRequest{DiskUuid: diskUUID, NodeName: "worker-1", CertificateRequest: nil},
+			wantCode: codes.InvalidArgument, wantReason: reasonCSR,
+		},
+		"keyservice down": {
+			keys:     failingKeys{},
+			req:      &joinproto.IssueJoinTicketRequest{DiskUuid: diskUUID, NodeName: "worker-1"},
+			wantCode: codes.Unavailable, wantReason: reasonKeyService,
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			keys := tc.keys
+			if keys == nil {
+				keys = keyService(t)
+			}
+			f := newFixture(t, keys)
+			if tc.req.CertificateRequest == nil && tc.wantReason == reasonCSR {
+				tc.req.CertificateRequest = kubeletCSR(t, "worker-2")
+			}
+			_, err := f.server.IssueJoinTicket(context.Background(), tc.req)
+			assert.Equal(t, tc.wantCode, status.Code(err), "%v", err)
+			result := resultFailed
+			if tc.wantCode == codes.InvalidArgument {
+				result = resultRefused
+			}
+			assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.attempts.WithLabelValues("IssueJoinTicket", result, tc.wantReason)))
+			secrets, err := f.client.CoreV1().Secrets(metav1.NamespaceSystem).List(context.Background(), metav1.ListOptions{})
+			require.NoError(t, err)
+			assert.Empty(t, secrets.Items, "a failed join leaves no token behind")
+		})
+	}
+}
+
+func TestControlPlaneFilesMissing(t *testing.T) {
+	f := newFixture(t, keyService(t))
+	require.NoError(t, os.Remove(filepath.Join(f.pkiDir, "etcd/ca.key")))
+	_, err := f.server.IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
+		DiskUuid: diskUUID, NodeName: "cp-2", IsControlPlane: true, CertificateRequest: kubeletCSR(t, "cp-2"),
+	})
+	assert.Equal(t, codes.Internal, status.Code(err))
+	assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.attempts.WithLabelValues("IssueJoinTicket", resultFailed, reasonPKI)))
+}

@@ -1,0 +1,94 @@
+// Package kms selects where data keys come from: kms://cluster-kms derives them from the cluster's master
+// secret (constellation-managed); other kms://<backend> URIs name user-managed backends, such as a cloud KMS,
+// which register themselves with Register.
+package kms
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/kmsuri"
+)
+
+// KMS returns data encryption keys. The same ID and length always give the same key.
+type KMS interface {
+	GetDEK(ctx context.Context, dekID string, length int) ([]byte, error)
+}
+
+// ClusterKMS is the constellation-managed backend's name.
+const ClusterKMS = kmsuri.ClusterKMS
+
+// ErrUnknownBackend is returned for a kms:// URI naming no known backend.
+var ErrUnknownBackend = errors.New("unknown key backend")
+
+// Factory opens a user-managed backend from its URI (query parameters are the backend's settings).
+type Factory func(ctx context.Context, uri *url.URL) (KMS, error)
+
+var (
+	mu       sync.RWMutex
+	backends = map[string]Factory{}
+)
+
+// Register makes a user-managed backend available under kms://name.
+func Register(name string, f Factory) error {
+	mu.Lock()
+	defer mu.Unlock()
+	if name == ClusterKMS {
+		return fmt.Errorf("backend name %q is reserved", name)
+	}
+	if _, dup := backends[name]; dup {
+		return fmt.Errorf("backend %q is already registered", name)
+	}
+	backends[name] = f
+	return nil
+}
+
+// New opens the backend that uri names. master is required for kms://cluster-kms and ignored otherwise.
+func New(ctx context.Context, uri string, master *crypto.MasterSecret) (KMS, error) {
+	u, err := kmsuri.Parse(uri)
+	if err != nil {
+		return nil, err
+	}
+	if u.Host == ClusterKMS {
+		if master == nil {
+			return nil, fmt.Errorf("key backend %s needs the master secret", ClusterKMS)
+		}
+		if err := master.Validate(); err != nil {
+			return nil, fmt.Errorf("key backend %s: %w", ClusterKMS, err)
+		}
+		return &clusterKMS{secret: *master}, nil
+	}
+	mu.RLock()
+	f, ok := backends[u.Host]
+	mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("%w %q: known backends are %s", ErrUnknownBackend, u.Host, strings.Join(known(), ", "))
+	}
+	return f(ctx, u)
+}
+
+func known() []string {
+	mu.RLock()
+	defer mu.RUnlock()
+	names := []string{ClusterKMS}
+	for name := range backends {
+		names = append(names, name)
+	}
+	slices.Sort(names[1:])
+	return names
+}
+
+// clusterKMS derives keys from the master secret with HKDF.
+type clusterKMS struct {
+	secret crypto.MasterSecret
+}
+
+func (k *clusterKMS) GetDEK(_ context.Context, dekID string, length int) ([]byte, error) {
+	return crypto.DeriveKey(k.secret.Key, k.secret.Salt, dekID, length)
+}

@@ -1,0 +1,104 @@
+// Package cluster serves what a local cluster's nodes need from the provider, on the cluster bridge's
+// address: the metadata API and the component server (Serve). The daemon runs them between Terraform runs;
+// this package's test starts whole clusters in-process with them.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/constellation-go/constellation/internal/versions"
+	"github.com/constellation-go/constellation/localprovider/componentserver"
+	"github.com/constellation-go/constellation/localprovider/metadata"
+)
+
+// ComponentPort is where the component server listens on the bridge address.
+const ComponentPort = 9081
+
+// MetadataURL is the base URL of the metadata API on the bridge address, as nodes reach it.
+func MetadataURL(bridge netip.Addr) string {
+	return "http://" + netip.AddrPortFrom(bridge, metadata.DefaultPort).String()
+}
+
+// ComponentURL is the base URL of the component server on the bridge address.
+func ComponentURL(bridge netip.Addr) string {
+	return "http://" + netip.AddrPortFrom(bridge, ComponentPort).String()
+}
+
+// Servers are the provider's servers on the bridge address: the metadata API (metadata.DefaultPort) and
+// the component server (ComponentPort).
+type Servers struct {
+	Metadata *metadata.Server
+	cancels  []context.CancelFunc
+	wg       sync.WaitGroup
+	log      *slog.Logger
+}
+
+// Serve starts the metadata API with st and the component server for the Kubernetes version's pinned set
+// and the extra sets, both on the bridge address. They run until Close.
+func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetesVersion string, extra []versions.ExtraSet, log *slog.Logger) (_ *Servers, retErr error) {
+	s := &Servers{log: log}
+	defer func() {
+		if retErr != nil {
+			s.Close()
+		}
+	}()
+	var err error
+	if s.Metadata, err = metadata.NewServer(st, log); err != nil {
+		return nil, err
+	}
+	metaLn, err := metadata.Listen(netip.AddrPortFrom(bridge, metadata.DefaultPort))
+	if err != nil {
+		return nil, fmt.Errorf("metadata API: %w", err)
+	}
+	s.serve(ctx, metaLn, func(ctx context.Context, ln net.Listener) error { return s.Metadata.Serve(ctx, ln) })
+
+	set, notices, err := versions.LocalComponents(kubernetesVersion)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range notices {
+		log.Warn("serving a locally built component", "notice", n)
+	}
+	sets := []versions.ComponentSet{set}
+	dirs := map[string]string{set.Kubernetes: versions.CacheDir(set.Kubernetes)}
+	for _, e := range extra {
+		sets = append(sets, e.Set)
+		dirs[e.Set.Kubernetes] = e.Dir
+	}
+	comps, err := componentserver.New(componentserver.Config{Sets: sets, CacheDir: func(v string) string { return dirs[v] }, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	compLn, err := net.Listen("tcp", netip.AddrPortFrom(bridge, ComponentPort).String())
+	if err != nil {
+		return nil, fmt.Errorf("component server: %w", err)
+	}
+	s.serve(ctx, compLn, func(ctx context.Context, ln net.Listener) error { return comps.Serve(ctx, ln) })
+	return s, nil
+}
+
+func (s *Servers) serve(ctx context.Context, ln net.Listener, serve func(context.Context, net.Listener) error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Error("server stopped", "addr", ln.Addr().String(), "error", err)
+		}
+	}()
+	s.cancels = append(s.cancels, cancel)
+}
+
+// Close stops the servers and waits for them.
+func (s *Servers) Close() {
+	for _, cancel := range s.cancels {
+		cancel()
+	}
+	s.wg.Wait()
+}
