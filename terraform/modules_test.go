@@ -33,7 +33,7 @@ var commonOutputs = []string{"cluster_endpoint", "in_cluster_endpoint", "api_ser
 
 // wantProviders are the Terraform providers each module must pin; local uses the project's own.
 var wantProviders = map[string]map[string]string{
-	"qemu":  {"libvirt": "dmacvicar/libvirt"},
+	"qemu":  {"libvirt": "dmacvicar/libvirt", "constellation": "constellation-go/constellation"},
 	"aws":   {"aws": "hashicorp/aws"},
 	"gcp":   {"google": "hashicorp/google"},
 	"azure": {"azurerm": "hashicorp/azurerm"},

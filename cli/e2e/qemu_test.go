@@ -5,20 +5,27 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/constellation-go/constellation/internal/remains"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 const qemuEnv = "CONSTELLATION_E2E_QEMU"
 
-// TestQEMUCreate runs the qemu provider's module for real: `create` makes two libvirt domains (OVMF, swtpm,
-// TCG on this machine) on an isolated network, and `terminate` removes every libvirt object it made. The
+// vtpmDir is the qemu module's default vtpm_dir.
+const vtpmDir = "/var/lib/constellation/qemu"
+
+// TestQEMUCreate runs the qemu provider's module for real: `create` makes two libvirt domains (OVMF, TCG on
+// this machine) on an isolated network, each with a vTPM the cluster's platform CA certified (swtpm through
+// libvirt's external backend: the domains only run if QEMU reached it), puts the CA into the configuration,
+// and `terminate` removes every libvirt object, vTPM and key it made. The
 // CLI starts libvirtd if none runs; the test stops a libvirtd it did not find running. `make qemu-test`
 // runs it (root, libvirt installed, `make build libvirt-provider`).
 func TestQEMUCreate(t *testing.T) {
@@ -50,6 +57,9 @@ func TestQEMUCreate(t *testing.T) {
 		for _, kind := range []string{"list --all --name", "net-list --all --name", "pool-list --all --name"} {
 			assert.Empty(t, withPrefix(t, kind, prefix), "virsh %s: left behind", kind)
 		}
+		assert.Empty(t, remains.ProcessesWith(vtpmDir), "no swtpm left running")
+		matches, _ := filepath.Glob(filepath.Join(vtpmDir, prefix+"*"))
+		assert.Empty(t, matches, "no vTPM or CA key left behind")
 	})
 	require.Zero(t, code, "create failed:\n%s\n%s", stdout, stderr)
 	assert.Contains(t, stdout, "Created the infrastructure of qemutest (2 nodes")
@@ -60,12 +70,29 @@ func TestQEMUCreate(t *testing.T) {
 		xml := virsh(t, "dumpxml", d)
 		assert.Contains(t, xml, "OVMF", "%s boots with OVMF", d)
 		assert.Contains(t, xml, `<tpm model=`, "%s has a vTPM", d)
-		assert.Contains(t, xml, `type='emulator'`, "%s's vTPM is swtpm", d)
+		assert.Contains(t, xml, `<backend type='external'`, "%s's vTPM is the platform's, not libvirt's swtpm_setup", d)
+		assert.Regexp(t, `<source type='unix' mode='connect' path='`+vtpmDir+`/qemutest-[0-9a-z]+/[a-z0-9-]+/ctrl.sock'/>`, xml)
 		assert.Contains(t, xml, `<domain type='qemu'`, "%s uses TCG (KVM cannot run guests here)", d)
 	}
 	data, err := os.ReadFile(c.ws + "/constellation-state.yaml")
 	require.NoError(t, err)
 	assert.Contains(t, string(data), "clusterEndpoint: 10.42.1.2")
+	conf, err := os.ReadFile(c.ws + "/constellation-conf.yaml")
+	require.NoError(t, err)
+	assert.Contains(t, string(conf), "platformCA: |", "create put the platform CA into the configuration")
+	cas, _ := filepath.Glob(filepath.Join(vtpmDir, prefix+"*", "platform-ca.crt"))
+	require.Len(t, cas, 1)
+	caPEM, err := os.ReadFile(cas[0])
+	require.NoError(t, err)
+	assert.Contains(t, string(conf), strings.Split(strings.TrimSpace(string(caPEM)), "\n")[1], "the configuration trusts this cluster's CA")
+	socks, err := filepath.Glob(filepath.Join(vtpmDir, prefix+"*", "*", "ctrl.sock"))
+	require.NoError(t, err)
+	assert.Len(t, socks, 2, "a vTPM per node")
+	for _, sock := range socks {
+		fi, err := os.Stat(sock)
+		require.NoError(t, err)
+		assert.Equal(t, os.ModeSocket|0o600, fi.Mode(), "only QEMU's user may use %s", sock)
+	}
 	t.Logf("FIGURES qemu create (2 domains, libvirt) %s", created.Round(time.Second))
 }
 

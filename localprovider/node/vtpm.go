@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/constellation-go/constellation/internal/tpm/swtpm"
@@ -33,52 +31,8 @@ func startSwtpm(ctx context.Context, l layout) (proc.Process, error) {
 			return proc.Process{}, err
 		}
 	}
-	logf, err := os.OpenFile(LogFile(l.dir, "swtpm"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return proc.Process{}, err
-	}
-	defer logf.Close()
 	cmd := exec.Command(bin, swtpm.Args(stateDir, l.vtpmSocket(), l.vtpmCtrl())...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return proc.Process{}, fmt.Errorf("starting swtpm: %w", err)
-	}
-	reaped := proc.Adopt(cmd.Process.Pid)
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-		reaped()
-	}()
-	p, err := proc.New(cmd.Process.Pid)
-	if err != nil {
-		_ = cmd.Process.Kill()
-		<-exited
-		return proc.Process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
-	}
-	deadline := time.NewTimer(10 * time.Second)
-	defer deadline.Stop()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		// The socket appears when swtpm binds, before it listens: only a connection proves it is ready.
-		if conn, err := net.Dial("unix", l.vtpmSocket()); err == nil {
-			_ = conn.Close()
-			return p, nil
-		}
-		select {
-		case <-exited:
-			return proc.Process{}, fmt.Errorf("swtpm exited during start-up; see %s", LogFile(l.dir, "swtpm"))
-		case <-ctx.Done():
-			_, _ = p.Terminate(context.Background(), time.Second)
-			return proc.Process{}, fmt.Errorf("starting swtpm: %w", ctx.Err())
-		case <-deadline.C:
-			_, _ = p.Terminate(context.Background(), time.Second)
-			return proc.Process{}, fmt.Errorf("swtpm did not create %s within 10 s; see %s", l.vtpmSocket(), LogFile(l.dir, "swtpm"))
-		case <-tick.C:
-		}
-	}
+	return proc.StartDetached(ctx, "swtpm", cmd, LogFile(l.dir, "swtpm"), l.vtpmSocket(), 10*time.Second)
 }
 
 // stopSwtpm shuts swtpm down through its control socket (which saves its state), falling back to signals.

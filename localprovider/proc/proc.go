@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,4 +149,55 @@ func (p Process) Terminate(ctx context.Context, grace time.Duration) (killed boo
 		return true, fmt.Errorf("process %d survived SIGKILL: %w", p.PID, err)
 	}
 	return true, nil
+}
+
+// StartDetached starts cmd in its own session, writing to the file logPath (appended), so that it outlives
+// the process that started it, and waits until it accepts connections on the Unix socket readySocket (the
+// socket file appears when a server binds, before it listens: only a connection proves it is ready). It
+// gives up after timeout or when ctx ends, terminating the process. name says what it is, in errors.
+func StartDetached(ctx context.Context, name string, cmd *exec.Cmd, logPath, readySocket string, timeout time.Duration) (Process, error) {
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return Process{}, err
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return Process{}, fmt.Errorf("starting %s: %w", name, err)
+	}
+	reaped := Adopt(cmd.Process.Pid)
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+		reaped()
+	}()
+	p, err := New(cmd.Process.Pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		<-exited
+		return Process{}, fmt.Errorf("%s exited during start-up; see %s", name, logPath)
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if conn, err := net.Dial("unix", readySocket); err == nil {
+			_ = conn.Close()
+			return p, nil
+		}
+		select {
+		case <-exited:
+			return Process{}, fmt.Errorf("%s exited during start-up; see %s", name, logPath)
+		case <-ctx.Done():
+			_, _ = p.Terminate(context.Background(), time.Second)
+			return Process{}, fmt.Errorf("starting %s: %w", name, ctx.Err())
+		case <-deadline.C:
+			_, _ = p.Terminate(context.Background(), time.Second)
+			return Process{}, fmt.Errorf("%s did not listen on %s within %s; see %s", name, readySocket, timeout, logPath)
+		case <-tick.C:
+		}
+	}
 }

@@ -1,9 +1,11 @@
 // Package tfprovider is the project's Terraform provider (terraform-plugin-framework). It manages the
-// `local` provider's infrastructure on this machine:
+// `local` provider's infrastructure on this machine, and the qemu provider's trust root:
 //
 //	constellation_local_network  the cluster bridge, and the daemon serving the metadata API and the
 //	                             components on the bridge address (package daemon)
 //	constellation_local_node     a node: registered with the metadata API, then started (package node)
+//	constellation_platform_ca    a CA that certifies a cluster's vTPMs (qemu)
+//	constellation_qemu_vtpm      a VM's certified vTPM for libvirt's external TPM backend (package qemuvtpm)
 //
 // The provider binary is also the nodes' init and the daemon (it calls node.InitMain and daemon.Main
 // first), so the processes it leaves behind need nothing from Terraform's plugin directory.
@@ -41,7 +43,7 @@ func (p *constellationProvider) Configure(context.Context, provider.ConfigureReq
 }
 
 func (p *constellationProvider) Resources(context.Context) []func() resource.Resource {
-	return []func() resource.Resource{newNetworkResource, newNodeResource}
+	return []func() resource.Resource{newNetworkResource, newNodeResource, newPlatformCAResource, newQEMUVTPMResource}
 }
 
 func (p *constellationProvider) DataSources(context.Context) []func() datasource.DataSource {

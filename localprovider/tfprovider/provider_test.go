@@ -44,6 +44,18 @@ func TestSchema(t *testing.T) {
 		assert.True(t, node[a].Required, a)
 	}
 	assert.True(t, node["ip"].Computed)
+
+	ca := attrs("constellation_platform_ca")
+	for _, a := range []string{"name", "directory"} {
+		assert.True(t, ca[a].Required, a)
+	}
+	assert.True(t, ca["certificate"].Computed)
+	vtpm := attrs("constellation_qemu_vtpm")
+	for _, a := range []string{"name", "directory", "ca_directory"} {
+		assert.True(t, vtpm[a].Required, a)
+	}
+	assert.True(t, vtpm["socket_owner"].Optional)
+	assert.True(t, vtpm["socket"].Computed)
 }
 
 func TestOneOf(t *testing.T) {

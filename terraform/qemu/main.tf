@@ -96,6 +96,22 @@ resource "libvirt_ignition" "metadata" {
   }
 }
 
+# The trust root of the nodes' attestation keys: the platform (this machine) makes each node's vTPM and
+# certifies it with the cluster's CA, instead of libvirt's swtpm_setup, whose certificates chain to nothing
+# the admin configured.
+resource "constellation_platform_ca" "this" {
+  name      = "${local.prefix} qemu platform CA"
+  directory = "${var.vtpm_dir}/${local.prefix}"
+}
+
+resource "constellation_qemu_vtpm" "node" {
+  for_each     = var.nodes
+  name         = each.key
+  directory    = "${var.vtpm_dir}/${local.prefix}/${each.key}"
+  ca_directory = constellation_platform_ca.this.directory
+  socket_owner = var.qemu_user
+}
+
 resource "libvirt_domain" "node" {
   for_each    = var.nodes
   name        = "${local.prefix}-${each.key}"
@@ -120,10 +136,29 @@ resource "libvirt_domain" "node" {
     }
   }
 
-  # swtpm, started and owned by libvirt.
-  tpm {
-    backend_type    = "emulator"
-    backend_version = "2.0"
+  # The vTPM: the node's certified swtpm (constellation_qemu_vtpm), through libvirt's external TPM backend
+  # (the libvirt provider has no attribute for it, so the domain XML gets it here).
+  xml {
+    xslt = <<-EOT
+      <?xml version="1.0"?>
+      <xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform">
+        <xsl:output omit-xml-declaration="yes" indent="yes"/>
+        <xsl:template match="node()|@*">
+          <xsl:copy><xsl:apply-templates select="node()|@*"/></xsl:copy>
+        </xsl:template>
+        <xsl:template match="/domain/devices/tpm"/>
+        <xsl:template match="/domain/devices">
+          <xsl:copy>
+            <xsl:apply-templates select="node()|@*"/>
+            <tpm model="tpm-tis">
+              <backend type="external" version="2.0">
+                <source type="unix" mode="connect" path="${constellation_qemu_vtpm.node[each.key].socket}"/>
+              </backend>
+            </tpm>
+          </xsl:copy>
+        </xsl:template>
+      </xsl:stylesheet>
+    EOT
   }
 
   coreos_ignition = libvirt_ignition.metadata[each.key].id

@@ -22,3 +22,8 @@ output "nodes" {
   value       = { for name, d in libvirt_domain.node : name => { ip = local.node_ips[name], role = var.nodes[name].role } }
   description = "Nodes by name with their address and role."
 }
+
+output "platform_ca" {
+  value       = constellation_platform_ca.this.certificate
+  description = "PEM certificate of the CA that certified every node's vTPM, for attestation.platformCA."
+}

@@ -76,6 +76,18 @@ variable "nvram_dir" {
   description = "Directory on the libvirt host for the nodes' NVRAM files."
 }
 
+variable "vtpm_dir" {
+  type        = string
+  default     = "/var/lib/constellation/qemu"
+  description = "Directory on the libvirt host below which the cluster's platform CA and the nodes' vTPMs are kept."
+}
+
+variable "qemu_user" {
+  type        = string
+  default     = "libvirt-qemu"
+  description = "The user libvirt runs QEMU as (user in qemu.conf); only it may connect to a node's vTPM."
+}
+
 variable "nodes" {
   type = map(object({
     role               = string

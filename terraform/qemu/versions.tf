@@ -5,5 +5,9 @@ terraform {
       source  = "dmacvicar/libvirt"
       version = "0.7.6"
     }
+    constellation = {
+      source  = "constellation-go/constellation"
+      version = "0.1.0"
+    }
   }
 }

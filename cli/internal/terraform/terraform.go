@@ -54,7 +54,7 @@ type Outputs struct {
 	Nodes             map[string]NodeOutput `json:"nodes"`
 	// ComponentURL is the local provider's component server.
 	ComponentURL string `json:"component_url,omitempty"`
-	// PlatformCA is the PEM certificate of the CA that certifies the nodes' vTPMs (local provider).
+	// PlatformCA is the PEM certificate of the CA that certifies the nodes' vTPMs (local and qemu).
 	PlatformCA string `json:"platform_ca,omitempty"`
 }
 
@@ -230,7 +230,7 @@ func LibvirtProvider(binary string) Provider {
 }
 
 // requiredProviders are the providers a module cannot do without here (no registry).
-var requiredProviders = map[string]string{"local": providerinfo.Address}
+var requiredProviders = map[string]string{"local": providerinfo.Address, "qemu": providerinfo.Address}
 
 // writeCLIConfig installs the given providers into the working directory's filesystem mirror and points
 // Terraform at it for them, so `terraform init` needs no registry for them; other providers come from

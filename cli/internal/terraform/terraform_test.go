@@ -63,28 +63,33 @@ func TestPrepare(t *testing.T) {
 	assert.Equal(t, "abcd", vars["init_secret"])
 }
 
-// TestPrepareQEMU: the libvirt provider comes from the mirror when it was built; without it, from the
-// registry.
+// TestPrepareQEMU: the qemu module needs the project's provider (its vTPMs and platform CA) from the mirror;
+// the libvirt provider comes from the mirror when it was built, otherwise from the registry.
 func TestPrepareQEMU(t *testing.T) {
 	fakeTF := filepath.Join(t.TempDir(), "terraform")
 	require.NoError(t, os.WriteFile(fakeTF, []byte("#!/bin/sh\n"), 0o755))
 	lv := filepath.Join(t.TempDir(), "terraform-provider-libvirt")
 	require.NoError(t, os.WriteFile(lv, []byte("libvirt"), 0o755))
+	own := filepath.Join(t.TempDir(), "terraform-provider-constellation")
+	require.NoError(t, os.WriteFile(own, []byte("constellation"), 0o755))
 
 	ws := t.TempDir()
-	_, err := Prepare(ws, "qemu", nil, Options{Terraform: fakeTF, Providers: []Provider{LibvirtProvider(lv)}})
+	_, err := Prepare(ws, "qemu", nil, Options{Terraform: fakeTF, Providers: []Provider{ConstellationProvider(own), LibvirtProvider(lv)}})
 	require.NoError(t, err)
 	rc, err := os.ReadFile(filepath.Join(ws, Dir, cliConfigFile))
 	require.NoError(t, err)
-	assert.Contains(t, string(rc), `include = ["registry.terraform.io/dmacvicar/libvirt"]`)
+	assert.Contains(t, string(rc), `include = ["registry.terraform.io/constellation-go/constellation", "registry.terraform.io/dmacvicar/libvirt"]`)
 	assert.FileExists(t, filepath.Join(ws, Dir, mirrorDir, "registry.terraform.io/dmacvicar/libvirt/0.7.6/linux_amd64/terraform-provider-libvirt_v0.7.6"))
 
 	ws = t.TempDir()
-	_, err = Prepare(ws, "qemu", nil, Options{Terraform: fakeTF})
+	_, err = Prepare(ws, "qemu", nil, Options{Terraform: fakeTF, Providers: []Provider{ConstellationProvider(own)}})
 	require.NoError(t, err)
 	rc, err = os.ReadFile(filepath.Join(ws, Dir, cliConfigFile))
 	require.NoError(t, err)
-	assert.NotContains(t, string(rc), "filesystem_mirror")
+	assert.Contains(t, string(rc), `include = ["registry.terraform.io/constellation-go/constellation"]`, "libvirt from the registry")
+
+	_, err = Prepare(t.TempDir(), "qemu", nil, Options{Terraform: fakeTF, Providers: []Provider{LibvirtProvider(lv)}})
+	require.ErrorContains(t, err, "the qemu module needs the Terraform provider registry.terraform.io/constellation-go/constellation")
 }
 
 func TestPrepareErrors(t *testing.T) {

@@ -136,6 +136,17 @@ func Args(stateDir, sock, ctrl string) []string {
 	return args(stateDir, sock, ctrl, "not-need-init,startup-clear")
 }
 
+// QEMUArgs are swtpm's arguments for a TPM 2.0 with its state in stateDir that a QEMU VM drives as its TPM
+// (QEMU's tpm-emulator backend, libvirt's external TPM backend): only a control socket at ctrl, owned by
+// uid:gid with mode 0600, through which QEMU powers the TPM on and passes it the data channel. Whoever can
+// connect to ctrl can reset the TPM's PCRs, so only the VM's QEMU may.
+func QEMUArgs(stateDir, ctrl string, uid, gid int) []string {
+	return []string{"socket", "--tpm2",
+		"--tpmstate", "dir=" + stateDir,
+		"--ctrl", fmt.Sprintf("type=unixio,path=%s,mode=0600,uid=%d,gid=%d", ctrl, uid, gid),
+	}
+}
+
 func args(stateDir, sock, ctrl, flags string) []string {
 	return []string{"socket", "--tpm2",
 		"--tpmstate", "dir=" + stateDir,

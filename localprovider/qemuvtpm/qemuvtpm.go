@@ -1,0 +1,197 @@
+// Package qemuvtpm gives the qemu provider's VMs certified vTPMs. libvirt would start an swtpm of its own
+// and "manufacture" it with swtpm_setup, whose certificates chain to nothing the admin configured. Instead,
+// as the local provider does for its nodes, the platform is the vTPM's manufacturer: Ensure creates the
+// vTPM's state, certifies it with the cluster's platform CA (an EK certificate, an AK certificate naming the
+// node, and the CA's certificate, in write-locked NV), and runs swtpm with only a control socket, which the
+// VM's QEMU connects to through libvirt's external TPM backend. The files, in the vTPM's directory:
+//
+//	state/       swtpm's state: the endorsement seed (so the AK) and the NV certificates
+//	ctrl.sock    the control socket, 0600 and owned by the user QEMU runs as
+//	swtpm.json   the running swtpm (PID and start time)
+//	swtpm.log    its log (appended)
+//
+// The swtpm outlives the process that started it (the Terraform provider); a VM that stops and starts
+// again finds it listening. After a reboot of the host, Ensure starts it again with the same state.
+package qemuvtpm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
+	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/internal/tpm/swtpm"
+	"github.com/constellation-go/constellation/localprovider/proc"
+	"github.com/spf13/afero"
+)
+
+// DefaultOwner is the user Debian's libvirt runs QEMU as.
+const DefaultOwner = "libvirt-qemu"
+
+const startTimeout = 10 * time.Second
+
+// VTPM is a vTPM's directory.
+type VTPM string
+
+// Socket is the control socket QEMU connects to.
+func (v VTPM) Socket() string { return filepath.Join(string(v), "ctrl.sock") }
+
+func (v VTPM) stateDir() string  { return filepath.Join(string(v), "state") }
+func (v VTPM) pidFile() string   { return filepath.Join(string(v), "swtpm.json") }
+func (v VTPM) logFile() string   { return filepath.Join(string(v), "swtpm.log") }
+func (v VTPM) setupDir() string  { return filepath.Join(string(v), "setup") }
+func (v VTPM) certified() string { return filepath.Join(string(v), "certified") }
+
+// Ensure makes the vTPM named name certified by ca and running for QEMU, whose control socket belongs to
+// the user owner; it does what is missing and is idempotent. A vTPM certified by another CA is refused
+// (manufacturer.ErrOtherManufacturer).
+func Ensure(ctx context.Context, v VTPM, ca *manufacturer.CA, name, owner string) error {
+	uid, gid, err := lookupOwner(owner)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(string(v), 0o700); err != nil {
+		return err
+	}
+	if p, ok := v.running(); ok {
+		if _, err := os.Stat(v.certified()); err == nil {
+			return nil
+		}
+		// A running swtpm of an uncertified vTPM: a certification that was interrupted.
+		if err := stop(ctx, p, v); err != nil {
+			return err
+		}
+	}
+	if err := certify(ctx, v, ca, name); err != nil {
+		return fmt.Errorf("certifying the vTPM of %s: %w", name, err)
+	}
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		return swtpm.ErrNotInstalled
+	}
+	if err := os.Remove(v.Socket()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	cmd := exec.Command(bin, swtpm.QEMUArgs(v.stateDir(), v.Socket(), uid, gid)...)
+	p, err := proc.StartDetached(ctx, "swtpm", cmd, v.logFile(), v.Socket(), startTimeout)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return file.NewHandler(afero.NewOsFs()).Write(v.pidFile(), data, file.OptOverwrite)
+}
+
+// certify runs the vTPM once with a command socket of its own and has ca certify it (idempotent: a vTPM
+// this CA certified is left alone). Its state is saved when that swtpm stops.
+func certify(ctx context.Context, v VTPM, ca *manufacturer.CA, name string) error {
+	// swtpm.Start keeps its state in <dir>/state: the setup directory's state is a link to the vTPM's, so that
+	// the sockets of this run stay apart from QEMU's.
+	if err := os.MkdirAll(v.stateDir(), 0o700); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(v.setupDir()); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(v.setupDir(), 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(v.setupDir())
+	if err := os.Symlink(v.stateDir(), filepath.Join(v.setupDir(), "state")); err != nil {
+		return err
+	}
+	p, err := swtpm.Start(ctx, v.setupDir())
+	if err != nil {
+		return err
+	}
+	t, err := tpm.Open(p.Address())
+	if err != nil {
+		_ = p.Stop()
+		return err
+	}
+	err = ca.Manufacture(t, name)
+	_ = t.Close()
+	if stopErr := p.Stop(); err == nil && stopErr != nil {
+		err = fmt.Errorf("saving the vTPM's state: %w", stopErr)
+	}
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(v.certified(), []byte(name+"\n"), 0o600)
+}
+
+// Running tells whether the vTPM's swtpm runs.
+func Running(v VTPM) bool {
+	_, ok := v.running()
+	return ok
+}
+
+func (v VTPM) running() (proc.Process, bool) {
+	data, err := os.ReadFile(v.pidFile())
+	if err != nil {
+		return proc.Process{}, false
+	}
+	var p proc.Process
+	if json.Unmarshal(data, &p) != nil || !p.Alive() {
+		return proc.Process{}, false
+	}
+	return p, true
+}
+
+// Stop stops the vTPM's swtpm, keeping its state (as a reboot of the host does).
+func Stop(ctx context.Context, v VTPM) error {
+	if p, ok := v.running(); ok {
+		return stop(ctx, p, v)
+	}
+	return nil
+}
+
+// Remove stops the vTPM's swtpm and deletes its directory: the vTPM and its keys are gone.
+func Remove(ctx context.Context, v VTPM) error {
+	if p, ok := v.running(); ok {
+		if err := stop(ctx, p, v); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(string(v)); err != nil {
+		return fmt.Errorf("removing the vTPM: %w", err)
+	}
+	return nil
+}
+
+// stop ends a running swtpm. QEMU holds its control channel while the VM runs, so the control protocol's
+// shutdown is not an option; SIGTERM makes swtpm save its state and exit.
+func stop(ctx context.Context, p proc.Process, v VTPM) error {
+	if _, err := p.Terminate(ctx, 5*time.Second); err != nil {
+		return fmt.Errorf("stopping the vTPM's swtpm: %w", err)
+	}
+	_ = os.Remove(v.Socket())
+	_ = os.Remove(v.pidFile())
+	return nil
+}
+
+// lookupOwner returns the user's and its primary group's IDs.
+func lookupOwner(name string) (uid, gid int, err error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, 0, fmt.Errorf("the vTPM socket's owner %q (the user QEMU runs as; see user in libvirt's qemu.conf): %w", name, err)
+	}
+	if uid, err = strconv.Atoi(u.Uid); err != nil {
+		return 0, 0, err
+	}
+	if gid, err = strconv.Atoi(u.Gid); err != nil {
+		return 0, 0, err
+	}
+	return uid, gid, nil
+}

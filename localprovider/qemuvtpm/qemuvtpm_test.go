@@ -1,0 +1,87 @@
+package qemuvtpm
+
+import (
+	"context"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
+	"github.com/constellation-go/constellation/internal/testenv"
+	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/internal/tpm/swtpm"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// reopen runs the vTPM's state with a command socket of its own (its swtpm must be stopped) and returns
+// what manufacturing it again with ca says: nil for a vTPM ca certified.
+func reopen(t *testing.T, v VTPM, ca *manufacturer.CA) error {
+	t.Helper()
+	dir := testenv.TempDir(t)
+	require.NoError(t, os.Symlink(v.stateDir(), filepath.Join(dir, "state")))
+	p, err := swtpm.Start(context.Background(), dir)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.Stop()) }()
+	tp, err := tpm.Open(p.Address())
+	require.NoError(t, err)
+	defer tp.Close()
+	return ca.Manufacture(tp, "worker-0")
+}
+
+func TestEnsure(t *testing.T) {
+	testenv.Need(t, "apt-get install swtpm", "swtpm")
+	me, err := user.Current()
+	require.NoError(t, err)
+	ca, err := manufacturer.NewCA("test platform CA")
+	require.NoError(t, err)
+	ctx := context.Background()
+	v := VTPM(filepath.Join(testenv.TempDir(t), "worker-0"))
+
+	require.NoError(t, Ensure(ctx, v, ca, "worker-0", me.Username))
+	t.Cleanup(func() { _ = Remove(ctx, v) })
+	require.True(t, Running(v))
+	fi, err := os.Stat(v.Socket())
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeSocket|0o600, fi.Mode(), "only QEMU's user may reset this vTPM")
+	assert.Equal(t, me.Uid, strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Uid)))
+
+	first, ok := v.running()
+	require.True(t, ok)
+	require.NoError(t, Ensure(ctx, v, ca, "worker-0", me.Username), "idempotent")
+	again, _ := v.running()
+	assert.Equal(t, first, again, "a running vTPM is left running")
+
+	// A reboot of the host: the state survives, and the vTPM is still the one ca certified.
+	require.NoError(t, Stop(ctx, v))
+	assert.False(t, Running(v))
+	assert.NoFileExists(t, v.Socket())
+	require.NoError(t, reopen(t, v, ca))
+	other, err := manufacturer.NewCA("another platform CA")
+	require.NoError(t, err)
+	require.ErrorIs(t, reopen(t, v, other), manufacturer.ErrOtherManufacturer)
+	require.ErrorIs(t, Ensure(ctx, v, other, "worker-0", me.Username), manufacturer.ErrOtherManufacturer,
+		"another CA never takes over a vTPM")
+	require.NoError(t, Ensure(ctx, v, ca, "worker-0", me.Username), "started again after the reboot")
+	assert.True(t, Running(v))
+
+	require.NoError(t, Remove(ctx, v))
+	assert.False(t, Running(v))
+	assert.NoDirExists(t, string(v))
+}
+
+func TestEnsureRefusesAnUnknownOwner(t *testing.T) {
+	ca, err := manufacturer.NewCA("test platform CA")
+	require.NoError(t, err)
+	err = Ensure(context.Background(), VTPM(t.TempDir()), ca, "worker-0", "no-such-user-x")
+	require.ErrorContains(t, err, `the vTPM socket's owner "no-such-user-x"`)
+}
