@@ -18,7 +18,7 @@ dpkg-deb                                      | dpkg                  | all
 debootstrap                                   | debootstrap           | all
 wget                                          | wget                  | image image-test build
 protoc                                        | protobuf-compiler     | check-generated protos generate
-swtpm                                         | swtpm                 | go-test image-test cluster-test e2e-test build
+swtpm                                         | swtpm                 | go-test image-test cluster-test e2e-test qemu-test build
 containerd                                    | containerd            | go-test cluster-test e2e-test build
 ctr                                           | containerd            | go-test cluster-test e2e-test
 ip                                            | iproute2              | go-test cluster-test e2e-test
@@ -41,7 +41,7 @@ libvirtd                                      | libvirt-daemon-system | qemu-tes
 virtlogd                                      | libvirt-daemon-system | qemu-test | norec
 qemu-img                                      | qemu-utils            | qemu-test | norec
 dnsmasq                                       | dnsmasq-base          | qemu-test | norec
-swtpm_setup                                   | swtpm-tools           | qemu-test | norec
+xsltproc                                      | xsltproc              | qemu-test | norec
 '
 
 have() {

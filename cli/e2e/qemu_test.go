@@ -19,8 +19,11 @@ import (
 
 const qemuEnv = "CONSTELLATION_E2E_QEMU"
 
-// vtpmDir is the qemu module's default vtpm_dir.
-const vtpmDir = "/var/lib/constellation/qemu"
+// vtpmDir and socketDir are the qemu module's default vtpm_dir and vtpm_socket_dir.
+const (
+	vtpmDir   = "/var/lib/constellation/qemu"
+	socketDir = "/run/constellation/qemu"
+)
 
 // TestQEMUCreate runs the qemu provider's module for real: `create` makes two libvirt domains (OVMF, TCG on
 // this machine) on an isolated network, each with a vTPM the cluster's platform CA certified (swtpm through
@@ -58,8 +61,10 @@ func TestQEMUCreate(t *testing.T) {
 			assert.Empty(t, withPrefix(t, kind, prefix), "virsh %s: left behind", kind)
 		}
 		assert.Empty(t, remains.ProcessesWith(vtpmDir), "no swtpm left running")
-		matches, _ := filepath.Glob(filepath.Join(vtpmDir, prefix+"*"))
-		assert.Empty(t, matches, "no vTPM or CA key left behind")
+		for _, dir := range []string{vtpmDir, socketDir} {
+			matches, _ := filepath.Glob(filepath.Join(dir, prefix+"*"))
+			assert.Empty(t, matches, "no vTPM, socket or CA key left behind")
+		}
 	})
 	require.Zero(t, code, "create failed:\n%s\n%s", stdout, stderr)
 	assert.Contains(t, stdout, "Created the infrastructure of qemutest (2 nodes")
@@ -71,7 +76,7 @@ func TestQEMUCreate(t *testing.T) {
 		assert.Contains(t, xml, "OVMF", "%s boots with OVMF", d)
 		assert.Contains(t, xml, `<tpm model=`, "%s has a vTPM", d)
 		assert.Contains(t, xml, `<backend type='external'`, "%s's vTPM is the platform's, not libvirt's swtpm_setup", d)
-		assert.Regexp(t, `<source type='unix' mode='connect' path='`+vtpmDir+`/qemutest-[0-9a-z]+/[a-z0-9-]+/ctrl.sock'/>`, xml)
+		assert.Regexp(t, `<source type='unix' mode='connect' path='`+socketDir+`/qemutest-[0-9a-z]+/[a-z0-9-]+.sock'/>`, xml)
 		assert.Contains(t, xml, `<domain type='qemu'`, "%s uses TCG (KVM cannot run guests here)", d)
 	}
 	data, err := os.ReadFile(c.ws + "/constellation-state.yaml")
@@ -85,7 +90,7 @@ func TestQEMUCreate(t *testing.T) {
 	caPEM, err := os.ReadFile(cas[0])
 	require.NoError(t, err)
 	assert.Contains(t, string(conf), strings.Split(strings.TrimSpace(string(caPEM)), "\n")[1], "the configuration trusts this cluster's CA")
-	socks, err := filepath.Glob(filepath.Join(vtpmDir, prefix+"*", "*", "ctrl.sock"))
+	socks, err := filepath.Glob(filepath.Join(socketDir, prefix+"*", "*.sock"))
 	require.NoError(t, err)
 	assert.Len(t, socks, 2, "a vTPM per node")
 	for _, sock := range socks {

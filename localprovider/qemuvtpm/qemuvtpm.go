@@ -3,12 +3,14 @@
 // as the local provider does for its nodes, the platform is the vTPM's manufacturer: Ensure creates the
 // vTPM's state, certifies it with the cluster's platform CA (an EK certificate, an AK certificate naming the
 // node, and the CA's certificate, in write-locked NV), and runs swtpm with only a control socket, which the
-// VM's QEMU connects to through libvirt's external TPM backend. The files, in the vTPM's directory:
+// VM's QEMU connects to through libvirt's external TPM backend. The files, in the vTPM's directory (0700):
 //
 //	state/       swtpm's state: the endorsement seed (so the AK) and the NV certificates
-//	ctrl.sock    the control socket, 0600 and owned by the user QEMU runs as
 //	swtpm.json   the running swtpm (PID and start time)
 //	swtpm.log    its log (appended)
+//
+// The control socket (VTPM.Socket, 0600, owned by the user QEMU runs as) lives apart from them, in a
+// directory every parent of which QEMU's user may traverse but not list (0711), typically below /run.
 //
 // The swtpm outlives the process that started it (the Terraform provider); a VM that stops and starts
 // again finds it listening. After a reboot of the host, Ensure starts it again with the same state.
@@ -39,17 +41,16 @@ const DefaultOwner = "libvirt-qemu"
 
 const startTimeout = 10 * time.Second
 
-// VTPM is a vTPM's directory.
-type VTPM string
+// VTPM is a vTPM: its directory and the path of its control socket, both absolute.
+type VTPM struct {
+	Dir, Socket string
+}
 
-// Socket is the control socket QEMU connects to.
-func (v VTPM) Socket() string { return filepath.Join(string(v), "ctrl.sock") }
-
-func (v VTPM) stateDir() string  { return filepath.Join(string(v), "state") }
-func (v VTPM) pidFile() string   { return filepath.Join(string(v), "swtpm.json") }
-func (v VTPM) logFile() string   { return filepath.Join(string(v), "swtpm.log") }
-func (v VTPM) setupDir() string  { return filepath.Join(string(v), "setup") }
-func (v VTPM) certified() string { return filepath.Join(string(v), "certified") }
+func (v VTPM) stateDir() string  { return filepath.Join(v.Dir, "state") }
+func (v VTPM) pidFile() string   { return filepath.Join(v.Dir, "swtpm.json") }
+func (v VTPM) logFile() string   { return filepath.Join(v.Dir, "swtpm.log") }
+func (v VTPM) setupDir() string  { return filepath.Join(v.Dir, "setup") }
+func (v VTPM) certified() string { return filepath.Join(v.Dir, "certified") }
 
 // Ensure makes the vTPM named name certified by ca and running for QEMU, whose control socket belongs to
 // the user owner; it does what is missing and is idempotent. A vTPM certified by another CA is refused
@@ -59,7 +60,13 @@ func Ensure(ctx context.Context, v VTPM, ca *manufacturer.CA, name, owner string
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(string(v), 0o700); err != nil {
+	if !filepath.IsAbs(v.Dir) || !filepath.IsAbs(v.Socket) {
+		return fmt.Errorf("the vTPM's directory %q and socket %q must be absolute", v.Dir, v.Socket)
+	}
+	if err := os.MkdirAll(v.Dir, 0o700); err != nil {
+		return err
+	}
+	if err := traversable(filepath.Dir(v.Socket), owner); err != nil {
 		return err
 	}
 	if p, ok := v.running(); ok {
@@ -78,11 +85,11 @@ func Ensure(ctx context.Context, v VTPM, ca *manufacturer.CA, name, owner string
 	if err != nil {
 		return swtpm.ErrNotInstalled
 	}
-	if err := os.Remove(v.Socket()); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(v.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	cmd := exec.Command(bin, swtpm.QEMUArgs(v.stateDir(), v.Socket(), uid, gid)...)
-	p, err := proc.StartDetached(ctx, "swtpm", cmd, v.logFile(), v.Socket(), startTimeout)
+	cmd := exec.Command(bin, swtpm.QEMUArgs(v.stateDir(), v.Socket, uid, gid)...)
+	p, err := proc.StartDetached(ctx, "swtpm", cmd, v.logFile(), v.Socket, startTimeout)
 	if err != nil {
 		return err
 	}
@@ -164,9 +171,11 @@ func Remove(ctx context.Context, v VTPM) error {
 			return err
 		}
 	}
-	if err := os.RemoveAll(string(v)); err != nil {
+	if err := os.RemoveAll(v.Dir); err != nil {
 		return fmt.Errorf("removing the vTPM: %w", err)
 	}
+	// The socket's directory too, if this was its last vTPM.
+	_ = os.Remove(filepath.Dir(v.Socket))
 	return nil
 }
 
@@ -176,8 +185,42 @@ func stop(ctx context.Context, p proc.Process, v VTPM) error {
 	if _, err := p.Terminate(ctx, 5*time.Second); err != nil {
 		return fmt.Errorf("stopping the vTPM's swtpm: %w", err)
 	}
-	_ = os.Remove(v.Socket())
+	_ = os.Remove(v.Socket)
 	_ = os.Remove(v.pidFile())
+	return nil
+}
+
+// traversable creates dir (and its missing parents) with mode 0711, so that QEMU's user can reach a socket
+// in it without listing it, and checks that QEMU's user may traverse every existing parent: directories
+// that exist are the admin's, and are not changed.
+func traversable(dir, owner string) error {
+	var missing []string
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if errors.Is(err, os.ErrNotExist) {
+			missing = append(missing, d)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("QEMU (user %s) cannot reach the vTPM socket's directory %s: %s is not traversable by others (chmod o+x %s, or choose another socket directory)",
+				owner, dir, d, d)
+		}
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		// Mkdir's mode is subject to the umask.
+		if err := os.Chmod(missing[i], 0o711); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -45,15 +45,25 @@ func TestEnsure(t *testing.T) {
 	ca, err := manufacturer.NewCA("test platform CA")
 	require.NoError(t, err)
 	ctx := context.Background()
-	v := VTPM(filepath.Join(testenv.TempDir(t), "worker-0"))
+	base := testenv.TempDir(t)
+	require.NoError(t, os.Chmod(base, 0o711))
+	v := VTPM{Dir: filepath.Join(base, "state", "worker-0"), Socket: filepath.Join(base, "run", "cluster", "worker-0.sock")}
 
 	require.NoError(t, Ensure(ctx, v, ca, "worker-0", me.Username))
 	t.Cleanup(func() { _ = Remove(ctx, v) })
 	require.True(t, Running(v))
-	fi, err := os.Stat(v.Socket())
+	fi, err := os.Stat(v.Socket)
 	require.NoError(t, err)
 	assert.Equal(t, os.ModeSocket|0o600, fi.Mode(), "only QEMU's user may reset this vTPM")
 	assert.Equal(t, me.Uid, strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Uid)))
+	for _, d := range []string{filepath.Dir(v.Socket), filepath.Dir(filepath.Dir(v.Socket))} {
+		di, err := os.Stat(d)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o711), di.Mode().Perm(), "%s: QEMU may pass, not list", d)
+	}
+	di, err := os.Stat(v.Dir)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), di.Mode().Perm(), "the state is root's alone")
 
 	first, ok := v.running()
 	require.True(t, ok)
@@ -64,7 +74,7 @@ func TestEnsure(t *testing.T) {
 	// A reboot of the host: the state survives, and the vTPM is still the one ca certified.
 	require.NoError(t, Stop(ctx, v))
 	assert.False(t, Running(v))
-	assert.NoFileExists(t, v.Socket())
+	assert.NoFileExists(t, v.Socket)
 	require.NoError(t, reopen(t, v, ca))
 	other, err := manufacturer.NewCA("another platform CA")
 	require.NoError(t, err)
@@ -76,12 +86,28 @@ func TestEnsure(t *testing.T) {
 
 	require.NoError(t, Remove(ctx, v))
 	assert.False(t, Running(v))
-	assert.NoDirExists(t, string(v))
+	assert.NoDirExists(t, v.Dir)
+	assert.NoDirExists(t, filepath.Dir(v.Socket), "the socket directory of the last vTPM goes too")
 }
 
 func TestEnsureRefusesAnUnknownOwner(t *testing.T) {
 	ca, err := manufacturer.NewCA("test platform CA")
 	require.NoError(t, err)
-	err = Ensure(context.Background(), VTPM(t.TempDir()), ca, "worker-0", "no-such-user-x")
+	dir := t.TempDir()
+	err = Ensure(context.Background(), VTPM{Dir: dir, Socket: filepath.Join(dir, "s.sock")}, ca, "worker-0", "no-such-user-x")
 	require.ErrorContains(t, err, `the vTPM socket's owner "no-such-user-x"`)
+}
+
+func TestEnsureRefusesAnUntraversableSocketDirectory(t *testing.T) {
+	me, err := user.Current()
+	require.NoError(t, err)
+	ca, err := manufacturer.NewCA("test platform CA")
+	require.NoError(t, err)
+	closed := testenv.TempDir(t) // 0700
+	err = Ensure(context.Background(), VTPM{Dir: filepath.Join(closed, "vtpm"), Socket: filepath.Join(closed, "run", "x.sock")}, ca, "worker-0", me.Username)
+	require.ErrorContains(t, err, closed+" is not traversable by others")
+	assert.NoDirExists(t, filepath.Join(closed, "run"), "nothing is created below it")
+
+	err = Ensure(context.Background(), VTPM{Dir: "relative", Socket: "/run/x.sock"}, ca, "worker-0", me.Username)
+	require.ErrorContains(t, err, "must be absolute")
 }

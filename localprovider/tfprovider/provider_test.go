@@ -51,11 +51,10 @@ func TestSchema(t *testing.T) {
 	}
 	assert.True(t, ca["certificate"].Computed)
 	vtpm := attrs("constellation_qemu_vtpm")
-	for _, a := range []string{"name", "directory", "ca_directory"} {
+	for _, a := range []string{"name", "directory", "ca_directory", "socket"} {
 		assert.True(t, vtpm[a].Required, a)
 	}
 	assert.True(t, vtpm["socket_owner"].Optional)
-	assert.True(t, vtpm["socket"].Computed)
 }
 
 func TestOneOf(t *testing.T) {

@@ -150,33 +150,32 @@ func (r *qemuVTPMResource) Schema(_ context.Context, _ resource.SchemaRequest, r
 			"name": schema.StringAttribute{Required: true, PlanModifiers: replace,
 				Description: "The node's name, which the AK certificate names."},
 			"directory": schema.StringAttribute{Required: true, PlanModifiers: replace,
-				Description: "Absolute directory of the vTPM's state, socket and log."},
+				Description: "Absolute directory of the vTPM's state and log (0700)."},
 			"ca_directory": schema.StringAttribute{Required: true, PlanModifiers: replace,
 				Description: "The constellation_platform_ca's directory."},
 			"socket_owner": schema.StringAttribute{Optional: true, Computed: true, PlanModifiers: replace,
 				Default:     stringdefault.StaticString(qemuvtpm.DefaultOwner),
 				Description: "The user QEMU runs as, the only one who may connect to the control socket."},
-			"socket": schema.StringAttribute{Computed: true, PlanModifiers: keep,
-				Description: "The control socket, for the domain's <backend type='external'> source."},
+			"socket": schema.StringAttribute{Required: true, PlanModifiers: replace,
+				Description: "Absolute path of the control socket, for the domain's <backend type='external'> source; " +
+					"missing parents are created 0711 (below /run suits: the swtpm is started again after a reboot)."},
 		},
 	}
 }
 
+func (m *qemuVTPMModel) vtpm() qemuvtpm.VTPM {
+	return qemuvtpm.VTPM{Dir: m.Directory.ValueString(), Socket: m.Socket.ValueString()}
+}
+
 func (m *qemuVTPMModel) ensure(ctx context.Context) error {
-	dir := m.Directory.ValueString()
-	if !filepath.IsAbs(dir) {
-		return fmt.Errorf("directory %q must be absolute", dir)
-	}
 	ca, err := manufacturer.LoadCA(m.CADirectory.ValueString())
 	if err != nil {
 		return fmt.Errorf("loading the platform CA: %w", err)
 	}
-	v := qemuvtpm.VTPM(dir)
-	if err := qemuvtpm.Ensure(ctx, v, ca, m.Name.ValueString(), m.SocketOwner.ValueString()); err != nil {
+	if err := qemuvtpm.Ensure(ctx, m.vtpm(), ca, m.Name.ValueString(), m.SocketOwner.ValueString()); err != nil {
 		return err
 	}
 	m.ID = m.Directory
-	m.Socket = types.StringValue(v.Socket())
 	return nil
 }
 
@@ -200,8 +199,8 @@ func (r *qemuVTPMResource) Read(ctx context.Context, req resource.ReadRequest, r
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	v := qemuvtpm.VTPM(m.Directory.ValueString())
-	if _, err := os.Stat(string(v)); errors.Is(err, os.ErrNotExist) {
+	v := m.vtpm()
+	if _, err := os.Stat(v.Dir); errors.Is(err, os.ErrNotExist) {
 		resp.State.RemoveResource(ctx)
 		return
 	}
@@ -211,7 +210,7 @@ func (r *qemuVTPMResource) Read(ctx context.Context, req resource.ReadRequest, r
 			return
 		}
 		resp.Diagnostics.AddWarning("Restarted a vTPM", fmt.Sprintf("The vTPM of %s was not running; it runs again (log: %s).",
-			m.Name.ValueString(), filepath.Join(string(v), "swtpm.log")))
+			m.Name.ValueString(), filepath.Join(v.Dir, "swtpm.log")))
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }
@@ -228,7 +227,7 @@ func (r *qemuVTPMResource) Delete(ctx context.Context, req resource.DeleteReques
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	if err := qemuvtpm.Remove(ctx, qemuvtpm.VTPM(m.Directory.ValueString())); err != nil {
+	if err := qemuvtpm.Remove(ctx, m.vtpm()); err != nil {
 		resp.Diagnostics.AddError("Removing the vTPM", err.Error())
 	}
 }

@@ -108,6 +108,7 @@ resource "constellation_qemu_vtpm" "node" {
   for_each     = var.nodes
   name         = each.key
   directory    = "${var.vtpm_dir}/${local.prefix}/${each.key}"
+  socket       = "${var.vtpm_socket_dir}/${local.prefix}/${each.key}.sock"
   ca_directory = constellation_platform_ca.this.directory
   socket_owner = var.qemu_user
 }

@@ -82,6 +82,12 @@ variable "vtpm_dir" {
   description = "Directory on the libvirt host below which the cluster's platform CA and the nodes' vTPMs are kept."
 }
 
+variable "vtpm_socket_dir" {
+  type        = string
+  default     = "/run/constellation/qemu"
+  description = "Directory on the libvirt host below which the nodes' vTPM control sockets are made (0711: QEMU's user passes)."
+}
+
 variable "qemu_user" {
   type        = string
   default     = "libvirt-qemu"

@@ -111,6 +111,9 @@ func (t *terraformInfra) Apply(ctx context.Context, cfg *config.Config) (terrafo
 		return terraform.Outputs{}, err
 	}
 	if cfg.GetProvider() == cloudprovider.QEMU {
+		if err := checkQEMUHostTools(); err != nil {
+			return terraform.Outputs{}, err
+		}
 		if err := ensureLibvirtd(ctx, cfg.Provider.QEMU.LibvirtURI); err != nil {
 			return terraform.Outputs{}, err
 		}

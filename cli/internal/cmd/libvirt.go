@@ -15,6 +15,25 @@ var (
 	virtlogdSocket = "/run/libvirt/virtlogd-sock"
 )
 
+// qemuHostTools are what the qemu module runs on this machine besides libvirt, with their Debian packages:
+// the libvirt provider applies the domains' XML stylesheet (the external vTPM) with xsltproc, and the
+// project's provider runs the nodes' certified vTPMs with swtpm.
+var qemuHostTools = []struct{ name, pkg string }{{"xsltproc", "xsltproc"}, {"swtpm", "swtpm"}}
+
+// checkQEMUHostTools fails before Terraform runs if a tool of qemuHostTools is missing, naming all of them.
+func checkQEMUHostTools() error {
+	var missing, pkgs []string
+	for _, tool := range qemuHostTools {
+		if _, err := exec.LookPath(tool.name); err != nil {
+			missing, pkgs = append(missing, tool.name), append(pkgs, tool.pkg)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("the qemu provider needs %s on this machine: apt-get install %s", strings.Join(missing, " and "), strings.Join(pkgs, " "))
+	}
+	return nil
+}
+
 // ensureLibvirtd starts virtlogd and libvirtd for a local qemu:///system URI when none runs (machines
 // without systemd have nobody else to start them).
 func ensureLibvirtd(ctx context.Context, uri string) error {

@@ -29,3 +29,19 @@ func TestEnsureLibvirtd(t *testing.T) {
 	}
 	assert.NoError(t, ensureLibvirtd(context.Background(), "qemu:///system"))
 }
+
+func TestCheckQEMUHostTools(t *testing.T) {
+	bin := t.TempDir()
+	t.Setenv("PATH", bin)
+	err := checkQEMUHostTools()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "needs xsltproc and swtpm on this machine: apt-get install xsltproc swtpm")
+
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "xsltproc"), []byte("#!/bin/sh\n"), 0o755))
+	err = checkQEMUHostTools()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "needs swtpm on this machine: apt-get install swtpm")
+
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "swtpm"), []byte("#!/bin/sh\n"), 0o755))
+	assert.NoError(t, checkQEMUHostTools())
+}
