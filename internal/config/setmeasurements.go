@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 
 	"gopkg.in/yaml.v3"
@@ -234,52 +235,72 @@ func SetMeasurementsSource(data []byte, src MeasurementsSource) ([]byte, error) 
 	return setAttestationField(data, "measurementsSource", &value, func(att *AttestationConfig) { att.MeasurementsSource = &src })
 }
 
-// setAttestationField sets attestation.<name> to value in data's YAML tree and re-encodes it. set applies
-// the same change to the parsed configuration: the result must be valid and parse to exactly that.
+// SetKubernetesVersion returns the configuration file data with kubernetesVersion set to version, like
+// SetPlatformCA.
+func SetKubernetesVersion(data []byte, version string) ([]byte, error) {
+	value := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: version}
+	return setField(data, "", "kubernetesVersion", value, func(c *Config) { c.KubernetesVersion = version })
+}
+
+// SetImage returns the configuration file data with image set to image, like SetPlatformCA.
+func SetImage(data []byte, image string) ([]byte, error) {
+	value := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: image}
+	return setField(data, "", "image", value, func(c *Config) { c.Image = image })
+}
+
+// setAttestationField sets attestation.<name> to value, like setField.
 func setAttestationField(data []byte, name string, value *yaml.Node, set func(*AttestationConfig)) ([]byte, error) {
+	return setField(data, "attestation", name, value, func(c *Config) { set(&c.Attestation) })
+}
+
+// setField sets <section>.<name> (or the top-level <name> for section "") to value in data's YAML tree and
+// re-encodes it, which keeps comments and values. set applies the same change to the parsed
+// configuration: the result must be valid and parse to exactly that.
+func setField(data []byte, section, name string, value *yaml.Node, set func(*Config)) ([]byte, error) {
 	old, err := Parse(data)
 	if err != nil {
 		return nil, err
 	}
 	want := *old
-	set(&want.Attestation)
+	want.Attestation.Measurements = maps.Clone(old.Attestation.Measurements)
+	set(&want)
 	if err := want.Validate(); err != nil {
 		return nil, err
 	}
-	root, att, err := attestationNode(data)
-	if err != nil {
+	root := &yaml.Node{}
+	if err := yaml.Unmarshal(data, root); err != nil {
 		return nil, err
 	}
-	if att.Kind != yaml.MappingNode {
-		return nil, errors.New("attestation is not a mapping")
+	if root.Kind != yaml.DocumentNode || len(root.Content) != 1 || root.Content[0].Kind != yaml.MappingNode {
+		return nil, errors.New("expected a YAML mapping at the top level")
 	}
-	if _, old := mappingEntry(att, name); old != nil {
+	mapping, typ := root.Content[0], reflect.TypeFor[Config]()
+	if section != "" {
+		_, mapping = mappingEntry(root.Content[0], section)
+		if mapping == nil || mapping.Kind != yaml.MappingNode {
+			return nil, fmt.Errorf("%s is not a mapping", section)
+		}
+		typ = reflect.TypeFor[AttestationConfig]()
+	}
+	if _, old := mappingEntry(mapping, name); old != nil {
 		*old = *value
 	} else {
-		field := yamlFields(reflect.TypeFor[AttestationConfig]())[name]
+		field := yamlFields(typ)[name]
 		key := &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: name,
 			HeadComment: wrap(field.Tag.Get("jsonschema_description"), commentWidth)}
-		att.Content = append(att.Content, key, value)
+		mapping.Content = append(mapping.Content, key, value)
 	}
 	out, err := file.EncodeYAML(root)
 	if err != nil {
 		return nil, fmt.Errorf("encoding the configuration: %w", err)
 	}
 	out = spaceSections(out)
-	got, err := Parse(out)
-	if err != nil {
-		return nil, err
-	}
-	if !reflect.DeepEqual(normalize(got), normalize(&want)) {
-		return nil, fmt.Errorf("setting attestation.%s changed other fields", name)
+	if err := sameConfig(out, &want); err != nil {
+		path := name
+		if section != "" {
+			path = section + "." + name
+		}
+		return nil, fmt.Errorf("setting %s: %w", path, err)
 	}
 	return out, nil
-}
-
-// normalize clears the fields reflect.DeepEqual cannot compare meaningfully (measurement digests compare
-// by value elsewhere).
-func normalize(c *Config) Config {
-	out := *c
-	out.Attestation.Measurements = nil
-	return out
 }

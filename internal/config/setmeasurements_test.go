@@ -257,3 +257,46 @@ func testCA(t *testing.T) string {
 	require.NoError(t, err)
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
+
+func TestSetKubernetesVersionAndImage(t *testing.T) {
+	cfg, err := Default(cloudprovider.Local)
+	require.NoError(t, err)
+	data, err := cfg.Marshal()
+	require.NoError(t, err)
+	data = append([]byte("# my own note\n"), data...)
+
+	tests := map[string]struct {
+		set     func([]byte) ([]byte, error)
+		check   func(t *testing.T, c *Config)
+		wantErr string
+	}{
+		"kubernetes version": {
+			set:   func(d []byte) ([]byte, error) { return SetKubernetesVersion(d, "v1.34.10") },
+			check: func(t *testing.T, c *Config) { assert.Equal(t, "v1.34.10", c.KubernetesVersion) },
+		},
+		"unsupported kubernetes version": {
+			set:     func(d []byte) ([]byte, error) { return SetKubernetesVersion(d, "v1.20.0") },
+			wantErr: "kubernetesVersion",
+		},
+		"image": {
+			set:   func(d []byte) ([]byte, error) { return SetImage(d, "/srv/images/b") },
+			check: func(t *testing.T, c *Config) { assert.Equal(t, "/srv/images/b", c.Image) },
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			out, err := tc.set(data)
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			got, err := Parse(out)
+			require.NoError(t, err)
+			tc.check(t, got)
+			assert.Contains(t, string(out), "# my own note", "comments are kept")
+			assert.Equal(t, cfg.Attestation, got.Attestation, "nothing else changed")
+			assert.Equal(t, cfg.NodeGroups, got.NodeGroups)
+		})
+	}
+}

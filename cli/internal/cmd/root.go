@@ -94,6 +94,7 @@ constellation-admin.conf (the admin kubeconfig).`,
 	root.AddCommand(newRecoverCmd(e))
 	root.AddCommand(newTerminateCmd(e))
 	root.AddCommand(newMiniCmd(e))
+	root.AddCommand(newUpgradeCmd(e))
 	return root
 }
 
