@@ -114,3 +114,17 @@ func TempDir(tb testing.TB) string {
 	tb.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return dir
 }
+
+// Run runs a tool and returns its standard output; if it fails, the test fails with its output and
+// standard error.
+func Run(tb testing.TB, name string, args ...string) []byte {
+	tb.Helper()
+	cmd := exec.Command(name, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		tb.Fatalf("%s %v: %v\n%s%s", name, args, err, out, stderr.String())
+	}
+	return out
+}

@@ -10,7 +10,6 @@ import (
 	"maps"
 	mrand "math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -51,12 +50,6 @@ const (
 	stub   = testenv.SystemdStub
 	sdboot = testenv.SystemdBoot
 )
-
-func run(tb testing.TB, name string, args ...string) {
-	tb.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	require.NoError(tb, err, "%s %v:\n%s", name, args, out)
-}
 
 // seed is the image's mkosi Seed=, from which the verity salt and UUID derive as systemd-repart does.
 var seed = [16]byte{0x0c, 0x05, 0x7e, 0x11, 0xa7, 0x10, 0x4e, 0x00, 0x90, 0x01, 0x1a, 0x7c, 0x4e, 0x5e, 0x00, 0x01}
@@ -122,7 +115,7 @@ func buildRoot(t testing.TB, dir string, content uint64) map[string][]byte {
 	}
 	out := filepath.Join(dir, RootFile)
 	// Fixed timestamps and UUID, as mkosi's reproducible build has.
-	run(t, mkfs, "--quiet", "-T0", "-U", "6e3f1c8a-8c9d-4c57-9d3b-3f1e5a2b7c11", out, src)
+	testenv.Run(t, mkfs, "--quiet", "-T0", "-U", "6e3f1c8a-8c9d-4c57-9d3b-3f1e5a2b7c11", out, src)
 	require.NoError(t, os.Chmod(out, 0o644))
 	return files
 }
@@ -166,7 +159,7 @@ func buildUKI(t testing.TB, dir, cmdline string) {
 	cmd := write("cmdline", []byte(cmdline))
 	initrd := write("initrd", bytes.Repeat([]byte("test initrd "), 1000))
 	out := filepath.Join(dir, UKIFile)
-	run(t, objcopy,
+	testenv.Run(t, objcopy,
 		"--add-section", ".osrel="+osrel, "--change-section-vma", ".osrel=0x20000",
 		"--add-section", ".cmdline="+cmd, "--change-section-vma", ".cmdline=0x30000",
 		"--add-section", ".linux="+kernel, "--change-section-vma", ".linux=0x2000000",

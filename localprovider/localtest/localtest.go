@@ -6,9 +6,15 @@ package localtest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 )
 
 // ClusterName returns a unique cluster name for a test: short, so that paths of Unix sockets stay short.
@@ -43,4 +49,39 @@ func Eventually(timeout time.Duration, cond func() []string) []string {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// Ping sends an ICMP echo request to dst from inside a node's network namespace (do runs a function there,
+// as network.Node.Do does) and waits up to 3 s for the reply.
+func Ping(do func(func() error) error, dst netip.Addr) error {
+	return do(func() error {
+		conn, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		id := os.Getpid() & 0xffff
+		req, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("ping")}}).Marshal(nil)
+		if err != nil {
+			return err
+		}
+		if _, err := conn.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+			return err
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+		buf := make([]byte, 1500)
+		for {
+			n, peer, err := conn.ReadFrom(buf)
+			if err != nil {
+				return fmt.Errorf("no echo reply from %s: %w", dst, err)
+			}
+			msg, err := icmp.ParseMessage(1, buf[:n]) // 1: ICMP for IPv4
+			if err != nil || msg.Type != ipv4.ICMPTypeEchoReply || peer.String() != dst.String() {
+				continue
+			}
+			if echo, ok := msg.Body.(*icmp.Echo); ok && echo.ID == id {
+				return nil
+			}
+		}
+	})
 }

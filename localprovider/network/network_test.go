@@ -1,7 +1,6 @@
 package network
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -251,9 +250,9 @@ func TestNetwork(t *testing.T) {
 
 	// The nodes reach each other and the bridge; nothing else is routable (the kernel refuses before a
 	// packet exists).
-	assert.NoError(t, ping(a, b.IP))
-	assert.NoError(t, ping(b, a.IP))
-	assert.NoError(t, ping(a, n.BridgeAddr()))
+	assert.NoError(t, localtest.Ping(a.Do, b.IP))
+	assert.NoError(t, localtest.Ping(b.Do, a.IP))
+	assert.NoError(t, localtest.Ping(a.Do, n.BridgeAddr()))
 	assertTCP(t, a, b)
 	assertUnroutable(t, a, netip.MustParseAddr("203.0.113.1"))
 
@@ -290,7 +289,7 @@ func TestAddNodeRepairs(t *testing.T) {
 	require.NoError(t, netlink.LinkDel(host))
 	_, err = n.AddNode("a", 0)
 	require.NoError(t, err)
-	assert.NoError(t, ping(a, n.BridgeAddr()))
+	assert.NoError(t, localtest.Ping(a.Do, n.BridgeAddr()))
 }
 
 // assertUnroutable checks, by asking the kernel's routing table (no packet is sent), that node has no
@@ -338,48 +337,6 @@ func nodeRoutes(t *testing.T, node *Node) []string {
 		}
 	}
 	return out
-}
-
-// ping sends an ICMP echo request from inside from's namespace to dst and waits for the reply.
-func ping(from *Node, dst netip.Addr) error {
-	return from.Do(func() error {
-		conn, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		id := uint16(os.Getpid())
-		req := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'p', 'i', 'n', 'g'}
-		binary.BigEndian.PutUint16(req[2:], icmpChecksum(req))
-		if _, err := conn.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
-			return err
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-		buf := make([]byte, 1500)
-		for {
-			n, peer, err := conn.ReadFrom(buf)
-			if err != nil {
-				return fmt.Errorf("no echo reply from %s: %w", dst, err)
-			}
-			if n >= 8 && buf[0] == 0 && binary.BigEndian.Uint16(buf[4:]) == id && peer.String() == dst.String() {
-				return nil
-			}
-		}
-	})
-}
-
-func icmpChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
 }
 
 // assertTCP connects from a to a listener in b.

@@ -2,12 +2,9 @@ package node
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -148,41 +145,6 @@ func logContains(t *testing.T, stateDir, name, s string) {
 	if !ok {
 		t.Logf("%s.log does not contain %q:\n%s", name, s, last)
 	}
-}
-
-// ping sends an ICMP echo request from inside from's network namespace to dst and waits for the reply.
-func ping(from network.Node, dst netip.Addr) error {
-	return from.Do(func() error {
-		conn, err := net.ListenPacket("ip4:icmp", "0.0.0.0")
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		id := uint16(os.Getpid())
-		req := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'p', 'i', 'n', 'g'}
-		var sum uint32
-		for i := 0; i < len(req); i += 2 {
-			sum += uint32(req[i])<<8 | uint32(req[i+1])
-		}
-		for sum>>16 != 0 {
-			sum = sum&0xffff + sum>>16
-		}
-		binary.BigEndian.PutUint16(req[2:], ^uint16(sum))
-		if _, err := conn.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
-			return err
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-		buf := make([]byte, 1500)
-		for {
-			n, peer, err := conn.ReadFrom(buf)
-			if err != nil {
-				return fmt.Errorf("no echo reply from %s: %w", dst, err)
-			}
-			if n >= 8 && buf[0] == 0 && binary.BigEndian.Uint16(buf[4:]) == id && peer.String() == dst.String() {
-				return nil
-			}
-		}
-	})
 }
 
 // mountsIn returns a node's mounts as "mount point fstype options".

@@ -27,6 +27,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/localprovider/launcher"
+	"github.com/constellation-go/constellation/localprovider/localtest"
 )
 
 // TestRealImage boots two nodes from the real node image (CONSTELLATION_IMAGE_DIR, e.g. out/image): the
@@ -96,8 +97,8 @@ func TestRealImage(t *testing.T) {
 	}
 
 	// The network.
-	require.NoError(t, ping(a.Network, b.Network.IP))
-	require.NoError(t, ping(b.Network, a.Network.IP))
+	require.NoError(t, localtest.Ping(a.Network.Do, b.Network.IP))
+	require.NoError(t, localtest.Ping(b.Network.Do, a.Network.IP))
 
 	// Restart: a fresh boot, measured and verified again.
 	start = time.Now()

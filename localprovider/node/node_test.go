@@ -19,6 +19,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/remains"
 	"github.com/constellation-go/constellation/localprovider/launcher"
+	"github.com/constellation-go/constellation/localprovider/localtest"
 	"github.com/constellation-go/constellation/localprovider/network"
 )
 
@@ -257,8 +258,8 @@ func TestNode(t *testing.T) {
 	assert.ErrorIs(t, err, context.DeadlineExceeded, "cancelling kills the command")
 
 	// The network: the nodes reach each other from their namespaces.
-	require.NoError(t, ping(a.Network, b.Network.IP))
-	require.NoError(t, ping(b.Network, a.Network.IP))
+	require.NoError(t, localtest.Ping(a.Network.Do, b.Network.IP))
+	require.NoError(t, localtest.Ping(b.Network.Do, a.Network.IP))
 
 	// Restart: a new boot, the state disk kept.
 	_, err = a.Output(ctx, "write", StateDiskPath+"/kept", "across restarts")
@@ -286,7 +287,7 @@ func TestNode(t *testing.T) {
 	require.NoError(t, Stop(ctx, b.StateDir, 0), "stopping a stopped node is fine")
 	_, err = c.net.Node("b")
 	assert.NoError(t, err, "b's network stays until Destroy")
-	require.NoError(t, ping(a.Network, c.net.BridgeAddr()))
+	require.NoError(t, localtest.Ping(a.Network.Do, c.net.BridgeAddr()))
 }
 
 // TestStartFailures: a start that fails leaves nothing running or mounted.

@@ -38,23 +38,11 @@ func need(tb testing.TB, paths ...string) string {
 	return testenv.Need(tb, installHint, paths...)
 }
 
-func run(tb testing.TB, name string, args ...string) []byte {
-	tb.Helper()
-	cmd := exec.Command(name, args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		tb.Fatalf("%s %v: %v\n%s%s", name, args, err, out, stderr.Bytes())
-	}
-	return out
-}
-
 // veritysetupFormat runs veritysetup format and returns the fields of its report ("Root hash", "Salt",
 // ...).
 func veritysetupFormat(tb testing.TB, veritysetup, data, hash string, args ...string) map[string]string {
 	tb.Helper()
-	out := run(tb, veritysetup, append(append([]string{"format"}, args...), data, hash)...)
+	out := testenv.Run(tb, veritysetup, append(append([]string{"format"}, args...), data, hash)...)
 	fields := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
@@ -224,7 +212,7 @@ func makeErofs(t *testing.T, dir string) string {
 	}
 	img := filepath.Join(dir, "root.erofs")
 	// Fixed timestamps and UUID make the image reproducible, as mkosi's is.
-	run(t, mkfs, "-T0", "-U", "6e3f1c8a-8c9d-4c57-9d3b-3f1e5a2b7c11", img, src)
+	testenv.Run(t, mkfs, "-T0", "-U", "6e3f1c8a-8c9d-4c57-9d3b-3f1e5a2b7c11", img, src)
 	return img
 }
 
@@ -286,7 +274,7 @@ func TestSystemdRepart(t *testing.T) {
 	writeFile(t, filepath.Join(defs, "10-root.conf"), []byte("[Partition]\nType=root\nCopyBlocks="+img+"\nVerity=data\nVerityMatchKey=root\n"))
 	writeFile(t, filepath.Join(defs, "20-root-verity.conf"), []byte("[Partition]\nType=root-verity\nVerity=hash\nVerityMatchKey=root\n"))
 	disk := filepath.Join(dir, "disk.raw")
-	out := run(t, repart, "--empty=create", "--size=auto", "--dry-run=no", "--no-pager", "--json=short",
+	out := testenv.Run(t, repart, "--empty=create", "--size=auto", "--dry-run=no", "--no-pager", "--json=short",
 		"--seed=00112233-4455-6677-8899-aabbccddeeff", "--definitions="+defs, disk)
 	var parts []repartPartition
 	require.NoError(t, json.Unmarshal(out, &parts), "%s", out)

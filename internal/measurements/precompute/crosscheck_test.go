@@ -59,19 +59,6 @@ func needSystemd252(tb testing.TB) string {
 	return measure
 }
 
-func run(tb testing.TB, name string, args ...string) []byte {
-	tb.Helper()
-	out, err := exec.Command(name, args...).Output()
-	if err != nil {
-		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = ee.Stderr
-		}
-		tb.Fatalf("%s %v: %v\n%s%s", name, args, err, out, stderr)
-	}
-	return out
-}
-
 // newcCPIO returns a cpio archive in the "newc" format the kernel unpacks as an initrd, holding the given
 // regular files, so that the test initrd is a real one without needing the cpio tool.
 func newcCPIO(files map[string]string, order []string) []byte {
@@ -121,7 +108,7 @@ func buildUKI(tb testing.TB, in ukiInputs) string {
 	add(".dtb", in.dtb, "0x50000")
 	add(".linux", in.kernel, "0x2000000")
 	add(".initrd", in.initrd, "0x3000000")
-	run(tb, objcopy, append(args, stub, out)...)
+	testenv.Run(tb, objcopy, append(args, stub, out)...)
 	return out
 }
 
@@ -177,14 +164,14 @@ func TestCrossCheckPCR11SystemdMeasure(t *testing.T) {
 				args = append(args, "--splash="+in.splash, "--dtb="+in.dtb)
 			}
 			// An empty --phase asks for the value right after the stub, before systemd-pcrphase.
-			stubOnly := parseMeasure(t, run(t, measure, append(args, "--phase=")...))
+			stubOnly := parseMeasure(t, testenv.Run(t, measure, append(args, "--phase=")...))
 			require.Len(t, stubOnly, 1)
 			ours := hex.EncodeToString(r.PCRs(false)[PCRUKI])
 			t.Logf("PCR 11 after stub: ours %s, systemd-measure %s", ours, stubOnly[0].Hash)
 			assert.Equal(t, stubOnly[0].Hash, ours)
 
 			// Without --phase, systemd-measure 252 lists the value after each booted phase in turn.
-			phased := parseMeasure(t, run(t, measure, args...))
+			phased := parseMeasure(t, testenv.Run(t, measure, args...))
 			require.Len(t, phased, len(BootedPhases))
 			for i, p := range phased {
 				assert.Equal(t, strings.Join(BootedPhases[:i+1], ":"), p.Phase)
@@ -248,7 +235,7 @@ func TestCrossCheckAuthenticodeOsslsigncode(t *testing.T) {
 			// extract-data writes the PKCS#7 content osslsigncode would sign, which carries the file's
 			// Authenticode digest, for an unsigned file.
 			out := filepath.Join(t.TempDir(), "data.p7")
-			run(t, osslsigncode, "extract-data", "-h", "sha256", "-in", tc.path, "-out", out)
+			testenv.Run(t, osslsigncode, "extract-data", "-h", "sha256", "-in", tc.path, "-out", out)
 			der, err := os.ReadFile(out)
 			require.NoError(t, err)
 			theirs := digestFromPKCS7(t, der)
@@ -290,9 +277,9 @@ func TestCrossCheckAuthenticodeSbsign(t *testing.T) {
 	ukiPath := buildUKI(t, in)
 	dir := t.TempDir()
 	key, cert, signed := filepath.Join(dir, "key.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "signed.efi")
-	run(t, openssl, "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+	testenv.Run(t, openssl, "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
 		"-subj", "/CN=measurements test", "-keyout", key, "-out", cert)
-	run(t, sbsign, "--key", key, "--cert", cert, "--output", signed, ukiPath)
+	testenv.Run(t, sbsign, "--key", key, "--cert", cert, "--output", signed, ukiPath)
 
 	data, err := os.ReadFile(signed)
 	require.NoError(t, err)
