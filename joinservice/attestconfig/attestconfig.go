@@ -20,6 +20,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/measurements"
 )
 
 // FileName is the attestation config's key in its ConfigMap.
@@ -29,17 +30,65 @@ const FileName = "attestation-config.yaml"
 // and `constellation status` reads.
 const ConfigMapName = "attestation-config"
 
-// Parse decodes an attestation config (the attestation section of constellation-conf.yaml) and builds the
-// validator for joining nodes: every enforced reference value, and PCR 15 zero (a node joins before it takes
-// its node lock).
+// File is the ConfigMap's file: the attestation section of constellation-conf.yaml, and, while the cluster
+// moves to another node image, the roll-out.
+type File struct {
+	config.AttestationConfig `yaml:",inline"`
+	// Rollout is set while nodes move from one image to another.
+	Rollout *Rollout `yaml:"rollout,omitempty"`
+}
+
+// Rollout is what a running roll-out adds: the measurements of the image the nodes move away from. A node
+// of either image may join until the roll-out finishes and the field is removed; each node is checked
+// against one whole set, never a mix of the two.
+type Rollout struct {
+	PreviousMeasurements measurements.M `yaml:"previousMeasurements"`
+}
+
+// Parse decodes an attestation config (File) and builds the validator for joining nodes: every enforced
+// reference value, and PCR 15 zero (a node joins before it takes its node lock); during a roll-out, the
+// previous image's reference values too, as a second, complete set.
 func Parse(data []byte, log *slog.Logger) (attestation.Validator, error) {
-	var cfg config.AttestationConfig
+	var f File
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
+	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("decoding attestation config: %w", err)
 	}
-	return choose.ForConfig(cfg, cfg.Measurements.WithFreshNode(), log)
+	target, err := choose.ForConfig(f.AttestationConfig, f.Measurements.WithFreshNode(), log)
+	if err != nil {
+		return nil, err
+	}
+	if f.Rollout == nil {
+		return target, nil
+	}
+	if len(f.Rollout.PreviousMeasurements) == 0 {
+		return nil, errors.New("rollout.previousMeasurements: empty; remove the rollout when no roll-out runs")
+	}
+	previous, err := choose.ForConfig(f.AttestationConfig, f.Rollout.PreviousMeasurements.WithFreshNode(), log)
+	if err != nil {
+		return nil, fmt.Errorf("rollout.previousMeasurements: %w", err)
+	}
+	return eitherImage{target: target, previous: previous}, nil
+}
+
+// eitherImage accepts a node that one of two complete measurement sets accepts.
+type eitherImage struct {
+	target, previous attestation.Validator
+}
+
+func (e eitherImage) Variant() variant.Variant { return e.target.Variant() }
+
+func (e eitherImage) Validate(ctx context.Context, doc, nonce []byte) ([]byte, error) {
+	data, errTarget := e.target.Validate(ctx, doc, nonce)
+	if errTarget == nil {
+		return data, nil
+	}
+	data, errPrevious := e.previous.Validate(ctx, doc, nonce)
+	if errPrevious == nil {
+		return data, nil
+	}
+	return nil, fmt.Errorf("the node matches neither the roll-out's target image: %w; nor the image it replaces: %w", errTarget, errPrevious)
 }
 
 // Validator is an attestation.Validator whose configuration follows a file.

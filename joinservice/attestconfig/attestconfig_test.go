@@ -151,3 +151,63 @@ func TestNewValidatorNeedsAGoodFirstConfig(t *testing.T) {
 	_, err = NewValidator(path, slog.New(slog.DiscardHandler))
 	assert.ErrorContains(t, err, "measurments")
 }
+
+// rolloutYAML is a config whose target is target and, during a roll-out, previous.
+func rolloutYAML(t *testing.T, target, previous measurements.M) []byte {
+	t.Helper()
+	f := File{AttestationConfig: config.AttestationConfig{Variant: "qemu-vtpm", Measurements: target, PlatformCA: string(vtpmtest.PlatformCA(t).CertificatePEM())}}
+	if previous != nil {
+		f.Rollout = &Rollout{PreviousMeasurements: previous}
+	}
+	out, err := yaml.Marshal(f)
+	require.NoError(t, err)
+	return out
+}
+
+// TestRollout: while a roll-out runs, a node of the target image and one of the image it replaces both
+// join; each is checked against one complete set, so a node that matches half of each is refused; once the
+// roll-out finished, a node of the old image is refused.
+func TestRollout(t *testing.T) {
+	s := loadSeed(t) // the node: its measurements are s.Measurements
+	with := func(pcr uint32, data string) measurements.M {
+		m := s.Measurements.Clone()
+		d := sha256.Sum256([]byte(data))
+		m[pcr] = measurements.Measurement{Expected: d[:]}
+		return m
+	}
+	newImage := with(measurements.PCRKernel, "image B")
+	// Each matches the node in one of the two PCRs and not in the other.
+	halfA := with(measurements.PCRKernel, "image C")
+	halfB := with(measurements.PCRUKI, "image D")
+
+	tests := map[string]struct {
+		target, previous measurements.M
+		wantErr          string
+	}{
+		"the node runs the target image":               {target: s.Measurements, previous: newImage},
+		"the node runs the image being replaced":       {target: newImage, previous: s.Measurements},
+		"after the roll-out, the old image is refused": {target: newImage, wantErr: "PCR 9"},
+		"neither image":                {target: newImage, previous: halfA, wantErr: "matches neither the roll-out's target image"},
+		"half of each set is no match": {target: halfA, previous: halfB, wantErr: "nor the image it replaces"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			v, err := Parse(rolloutYAML(t, tc.target, tc.previous), slog.New(slog.DiscardHandler))
+			require.NoError(t, err)
+			_, err = v.Validate(context.Background(), s.Document, s.Nonce)
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, attestation.ErrMeasurementMismatch)
+			assert.ErrorContains(t, err, tc.wantErr)
+		})
+	}
+
+	_, err := Parse(append(configYAML(t, s.Measurements), "rollout: {previousMeasurements: {}}\n"...), slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, "remove the rollout")
+	incomplete := s.Measurements.Clone()
+	delete(incomplete, measurements.PCRUKI)
+	_, err = Parse(rolloutYAML(t, s.Measurements, incomplete), slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, "rollout.previousMeasurements")
+}
