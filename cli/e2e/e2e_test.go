@@ -253,6 +253,30 @@ func TestMiniUp(t *testing.T) {
 	t.Logf("recovered: recover took %s; API and both nodes Ready %s after it started", recoverTook.Round(100*time.Millisecond),
 		time.Since(recoverStart).Round(100*time.Millisecond))
 
+	// A worker restarts (a reboot: fresh vTPM, so the tampering is gone; the same state disk). It rejoins on
+	// its own through the JoinService (IssueRejoinTicket): the same node, its data kept, verified again.
+	workerDir := node.StateDirFor(cluster, "worker-0")
+	_, err = node.Output(ctx, workerDir, "sh", "-c", "echo kept > /var/lib/kubelet/e2e-marker")
+	require.NoError(t, err)
+	rejoinStart := time.Now()
+	restartNode(ctx, t, c.ws, cluster, "worker-0", 1)
+	require.Eventually(t, func() bool {
+		lastOut = kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "json")
+		return readyNodes(lastOut) == 2
+	}, 10*time.Minute, 2*time.Second, "the restarted worker did not rejoin:\n%s", lastOut)
+	rejoinTook := time.Since(rejoinStart)
+	marker, err := node.Output(ctx, workerDir, "cat", "/var/lib/kubelet/e2e-marker")
+	require.NoError(t, err)
+	assert.Equal(t, "kept\n", string(marker), "the rejoined worker's state disk kept its data")
+	bootLog, err := os.ReadFile(filepath.Join(workerDir, "logs", "bootstrapper.log"))
+	require.NoError(t, err)
+	assert.Contains(t, string(bootLog), "rejoined the cluster")
+	require.Eventually(t, func() bool {
+		code, verifyOut, _ = c.run(ctx, "verify", "--node", "worker-0")
+		return code == 0
+	}, 5*time.Minute, 3*time.Second, "the rejoined worker does not verify:\n%s", verifyOut)
+	t.Logf("FIGURES worker restart: Ready again %s after the restart began", rejoinTook.Round(100*time.Millisecond))
+
 	// The figures bench/cli.sh prints.
 	t.Logf("FIGURES mini up (resuming the interrupted one) %s; both nodes Ready %s after its start (%s after it returned)",
 		upTook.Round(100*time.Millisecond), bothReady.Round(100*time.Millisecond), readyAfterUp.Round(100*time.Millisecond))

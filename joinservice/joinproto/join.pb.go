@@ -261,6 +261,7 @@ func (x *ControlPlaneCertOrKey) GetData() []byte {
 	return nil
 }
 
+// IssueRejoinTicketRequest is a restarted node's: its state disk was set up in an earlier boot.
 type IssueRejoinTicketRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DiskUuid      string                 `protobuf:"bytes,1,opt,name=disk_uuid,json=diskUuid,proto3" json:"disk_uuid,omitempty"`
@@ -305,10 +306,14 @@ func (x *IssueRejoinTicketRequest) GetDiskUuid() string {
 	return ""
 }
 
+// IssueRejoinTicketResponse gives a restarted node what it needs to unlock its state disk and to lock itself
+// to the cluster again (cluster ID = HKDF(measurement_secret, measurement_salt)); its Kubernetes
+// credentials are on the disk.
 type IssueRejoinTicketResponse struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	StateDiskKey      []byte                 `protobuf:"bytes,1,opt,name=state_disk_key,json=stateDiskKey,proto3" json:"state_disk_key,omitempty"`
 	MeasurementSecret []byte                 `protobuf:"bytes,2,opt,name=measurement_secret,json=measurementSecret,proto3" json:"measurement_secret,omitempty"`
+	MeasurementSalt   []byte                 `protobuf:"bytes,3,opt,name=measurement_salt,json=measurementSalt,proto3" json:"measurement_salt,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -357,6 +362,13 @@ func (x *IssueRejoinTicketResponse) GetMeasurementSecret() []byte {
 	return nil
 }
 
+func (x *IssueRejoinTicketResponse) GetMeasurementSalt() []byte {
+	if x != nil {
+		return x.MeasurementSalt
+	}
+	return nil
+}
+
 var File_joinservice_joinproto_join_proto protoreflect.FileDescriptor
 
 const file_joinservice_joinproto_join_proto_rawDesc = "" +
@@ -383,10 +395,11 @@ const file_joinservice_joinproto_join_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"7\n" +
 	"\x18IssueRejoinTicketRequest\x12\x1b\n" +
-	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid\"p\n" +
+	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid\"\x9b\x01\n" +
 	"\x19IssueRejoinTicketResponse\x12$\n" +
 	"\x0estate_disk_key\x18\x01 \x01(\fR\fstateDiskKey\x12-\n" +
-	"\x12measurement_secret\x18\x02 \x01(\fR\x11measurementSecret2\xab\x01\n" +
+	"\x12measurement_secret\x18\x02 \x01(\fR\x11measurementSecret\x12)\n" +
+	"\x10measurement_salt\x18\x03 \x01(\fR\x0fmeasurementSalt2\xab\x01\n" +
 	"\x03API\x12N\n" +
 	"\x0fIssueJoinTicket\x12\x1c.join.IssueJoinTicketRequest\x1a\x1d.join.IssueJoinTicketResponse\x12T\n" +
 	"\x11IssueRejoinTicket\x12\x1e.join.IssueRejoinTicketRequest\x1a\x1f.join.IssueRejoinTicketResponseBAZ?github.com/constellation-go/constellation/joinservice/joinprotob\x06proto3"

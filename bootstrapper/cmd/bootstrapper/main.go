@@ -263,7 +263,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	join := joinclient.New(md, lock, disk, &joinclient.NodeJoiner{
 		Disk: disk, Installer: installer, Kubeadm: runner, Node: node,
-	}, joinCreds, log.With("component", "join"))
+	}, installer, joinCreds, log.With("component", "join"))
 
 	supervisor := kubelet.NewSupervisor(kubelet.ExecStarter{Path: filepath.Join(f.binDir, "kubelet"), Env: env},
 		kubelet.Paths{}, nil, kubeletLog, log.With("component", "kubelet"))

@@ -337,9 +337,15 @@ func (f fakeMetadata) InitSecretHash(context.Context) ([]byte, error) {
 	return h[:], nil
 }
 
-type diskID struct{}
+// freshDisk is the state disk of a node in its first boot.
+type freshDisk struct{}
 
-func (diskID) UUID() (string, error) { return "00000000-0000-0000-0000-000000000007", nil }
+func (freshDisk) UUID() (string, error) { return "00000000-0000-0000-0000-000000000007", nil }
+func (freshDisk) Initialized() bool     { return false }
+func (freshDisk) Unlock([]byte) error   { return errors.New("a fresh disk is not unlocked") }
+func (freshDisk) LoadComponents() ([]byte, error) {
+	return nil, errors.New("a fresh disk records nothing")
+}
 
 // gate lets a flow proceed once it is opened.
 type gate struct {
@@ -431,7 +437,7 @@ func newStack(t *testing.T) *stack {
 
 	joinCreds, err := atls.NewCredentials(issuer, nil)
 	require.NoError(t, err)
-	jc := joinclient.New(md, s.lock, diskID{}, s.joiner, joinCreds, slog.New(slog.DiscardHandler))
+	jc := joinclient.New(md, s.lock, freshDisk{}, s.joiner, nil, joinCreds, slog.New(slog.DiscardHandler))
 	jc.Port = jsLis.Addr().(*net.TCPAddr).Port
 	jc.Backoff = joinclient.Backoff{Initial: 5 * time.Millisecond, Max: 20 * time.Millisecond}
 

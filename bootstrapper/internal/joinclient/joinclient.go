@@ -6,6 +6,11 @@
 // With a ticket it takes the node lock for the ticket's cluster ID (HKDF(measurement secret, measurement
 // salt, "key-clusterID")); if init took the lock first, the ticket is dropped. Then Joiner.Join sets up the
 // node: state disk, components, the kubelet's credentials and `kubeadm join`.
+//
+// A restarted node (its state disk was set up in an earlier boot) rejoins instead: IssueRejoinTicket gives
+// it the disk key and the cluster ID, it unlocks the disk, takes the node lock and installs the components
+// it recorded; its Kubernetes credentials and configuration are on the disk, so the kubelet, started when
+// the lock is taken, brings the same node back.
 package joinclient
 
 import (
@@ -17,6 +22,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/constellation-go/constellation/bootstrapper/internal/nodestate"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -49,9 +56,13 @@ type Joiner interface {
 	Join(ctx context.Context, ticket *joinproto.IssueJoinTicketResponse, self metadata.Instance, kubeletKey *ecdsa.PrivateKey) error
 }
 
-// DiskID identifies the node's state disk for the JoinService (its key is derived from it).
-type DiskID interface {
+// Disk is the node's state disk: its UUID identifies it for the JoinService (its key is derived from it); a
+// disk set up in an earlier boot is unlocked and its recorded components installed again on rejoin.
+type Disk interface {
 	UUID() (string, error)
+	Initialized() bool
+	Unlock(key []byte) error
+	LoadComponents() ([]byte, error)
 }
 
 // Backoff is the retry delay: Initial, doubling up to Max.
@@ -67,10 +78,12 @@ var DefaultBackoff = Backoff{Initial: time.Second, Max: 5 * time.Second}
 type Client struct {
 	metadata Metadata
 	lock     Locker
-	disk     DiskID
+	disk     Disk
 	joiner   Joiner
-	creds    credentials.TransportCredentials
-	log      *slog.Logger
+	// installer reinstalls a restarted node's recorded components.
+	installer nodestate.Installer
+	creds     credentials.TransportCredentials
+	log       *slog.Logger
 
 	// Backoff is the retry policy.
 	Backoff Backoff
@@ -83,9 +96,9 @@ type Client struct {
 }
 
 // New returns a join client; creds are the node's aTLS client credentials (the node attests).
-func New(md Metadata, lock Locker, disk DiskID, joiner Joiner, creds credentials.TransportCredentials, log *slog.Logger) *Client {
+func New(md Metadata, lock Locker, disk Disk, joiner Joiner, installer nodestate.Installer, creds credentials.TransportCredentials, log *slog.Logger) *Client {
 	return &Client{
-		metadata: md, lock: lock, disk: disk, joiner: joiner, creds: creds, log: log,
+		metadata: md, lock: lock, disk: disk, joiner: joiner, installer: installer, creds: creds, log: log,
 		Backoff: DefaultBackoff, Port: joinproto.Port, AttemptTimeout: 30 * time.Second,
 	}
 }
@@ -109,6 +122,9 @@ func (c *Client) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if c.disk.Initialized() {
+		return c.rejoin(ctx, self, diskUUID)
+	}
 	key, csr, err := kubelet.NewClientKey(self.Name)
 	if err != nil {
 		return err
@@ -123,8 +139,10 @@ func (c *Client) Run(ctx context.Context) error {
 
 	var ticket *joinproto.IssueJoinTicketResponse
 	if err := c.retry(ctx, "getting a join ticket", func() error {
-		ticket, err = c.issue(ctx, self, req)
-		return err
+		return c.issue(ctx, self, func(ctx context.Context, api joinproto.APIClient) (err error) {
+			ticket, err = api.IssueJoinTicket(ctx, req)
+			return err
+		})
 	}); err != nil {
 		return err
 	}
@@ -151,13 +169,69 @@ func (c *Client) Run(ctx context.Context) error {
 	return nil
 }
 
+// rejoin brings a restarted node back: see the package documentation.
+func (c *Client) rejoin(ctx context.Context, self metadata.Instance, diskUUID string) error {
+	log := c.log.With("node", self.Name, "diskUUID", diskUUID)
+	log.Info("restarted node: rejoining")
+	var ticket *joinproto.IssueRejoinTicketResponse
+	if err := c.retry(ctx, "getting a rejoin ticket", func() error {
+		return c.issue(ctx, self, func(ctx context.Context, api joinproto.APIClient) (err error) {
+			ticket, err = api.IssueRejoinTicket(ctx, &joinproto.IssueRejoinTicketRequest{DiskUuid: diskUUID})
+			return err
+		})
+	}); err != nil {
+		return err
+	}
+	if len(ticket.GetMeasurementSecret()) == 0 || len(ticket.GetMeasurementSalt()) == 0 {
+		return errors.New("the rejoin ticket has no measurement secret or salt")
+	}
+	clusterID, err := crypto.ClusterID(ticket.GetMeasurementSecret(), ticket.GetMeasurementSalt())
+	if err != nil {
+		return fmt.Errorf("deriving the cluster ID: %w", err)
+	}
+	// Before the lock: a key that does not unlock the disk leaves the node as it was.
+	if err := c.disk.Unlock(ticket.GetStateDiskKey()); err != nil {
+		return fmt.Errorf("the JoinService's disk key does not unlock this node's state disk: %w", err)
+	}
+	locked, err := c.lock.TryLock(clusterID)
+	if err != nil {
+		return fmt.Errorf("taking the node lock: %w", err)
+	}
+	if !locked {
+		log.Info("got a rejoin ticket, but the node lock is taken (the node was recovered); dropping it")
+		return ErrLocked
+	}
+	log.Info("state disk unlocked and node lock taken for rejoin", "clusterID", fmt.Sprintf("%x", clusterID))
+	// The component server may be restarting too: retry until the components are installed.
+	var n int
+	if err := c.retryLocked(ctx, "installing the recorded components", func() error {
+		n, err = nodestate.Reinstall(ctx, c.disk, c.installer)
+		return err
+	}); err != nil {
+		return fmt.Errorf("rejoining: %w", err)
+	}
+	log.Info("rejoined the cluster", "components", n)
+	return nil
+}
+
 // retry calls f until it succeeds, waiting with backoff between attempts, and stops when the node lock is
 // taken or ctx ends.
 func (c *Client) retry(ctx context.Context, what string, f func() error) error {
+	return c.retryUntil(ctx, c.lock.Taken(), what, f)
+}
+
+// retryLocked is retry for work after this client took the lock: only ctx stops it.
+func (c *Client) retryLocked(ctx context.Context, what string, f func() error) error {
+	return c.retryUntil(ctx, nil, what, f)
+}
+
+// retryUntil calls f until it succeeds, waiting with backoff between attempts; it stops with ErrLocked
+// when stop is closed, or when ctx ends.
+func (c *Client) retryUntil(ctx context.Context, stop <-chan struct{}, what string, f func() error) error {
 	delay := c.Backoff.Initial
 	for attempt := 1; ; attempt++ {
 		select {
-		case <-c.lock.Taken():
+		case <-stop:
 			return ErrLocked
 		case <-ctx.Done():
 			return ctx.Err()
@@ -169,7 +243,7 @@ func (c *Client) retry(ctx context.Context, what string, f func() error) error {
 		}
 		c.log.Info("join: "+what+" failed; retrying", "attempt", attempt, "retryIn", delay, "error", err)
 		select {
-		case <-c.lock.Taken():
+		case <-stop:
 			return ErrLocked
 		case <-ctx.Done():
 			return ctx.Err()
@@ -179,11 +253,11 @@ func (c *Client) retry(ctx context.Context, what string, f func() error) error {
 	}
 }
 
-// issue asks each control plane in turn for a ticket.
-func (c *Client) issue(ctx context.Context, self metadata.Instance, req *joinproto.IssueJoinTicketRequest) (*joinproto.IssueJoinTicketResponse, error) {
+// issue calls each control plane's JoinService in turn until call succeeds.
+func (c *Client) issue(ctx context.Context, self metadata.Instance, call func(ctx context.Context, api joinproto.APIClient) error) error {
 	instances, err := c.metadata.List(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing instances: %w", err)
+		return fmt.Errorf("listing instances: %w", err)
 	}
 	var errs []error
 	for _, in := range instances {
@@ -191,25 +265,25 @@ func (c *Client) issue(ctx context.Context, self metadata.Instance, req *joinpro
 			continue
 		}
 		endpoint := net.JoinHostPort(in.IP.String(), strconv.Itoa(c.Port))
-		ticket, err := c.issueAt(ctx, endpoint, req)
+		err := c.callAt(ctx, endpoint, call)
 		if err == nil {
-			return ticket, nil
+			return nil
 		}
 		errs = append(errs, fmt.Errorf("%s (%s): %w", in.Name, endpoint, err))
 	}
 	if len(errs) == 0 {
-		return nil, errors.New("no control plane to join through yet")
+		return errors.New("no control plane to join through yet")
 	}
-	return nil, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
-func (c *Client) issueAt(ctx context.Context, endpoint string, req *joinproto.IssueJoinTicketRequest) (*joinproto.IssueJoinTicketResponse, error) {
+func (c *Client) callAt(ctx context.Context, endpoint string, call func(ctx context.Context, api joinproto.APIClient) error) error {
 	conn, err := grpc.NewClient("passthrough:///"+endpoint, append([]grpc.DialOption{grpc.WithTransportCredentials(c.creds)}, c.DialOptions...)...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, c.AttemptTimeout)
 	defer cancel()
-	return joinproto.NewAPIClient(conn).IssueJoinTicket(ctx, req)
+	return call(ctx, joinproto.NewAPIClient(conn))
 }

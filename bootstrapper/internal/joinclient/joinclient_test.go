@@ -33,6 +33,7 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
@@ -53,6 +54,7 @@ type fakeJoinService struct {
 	failures int
 	calls    []time.Time
 	reqs     []*joinproto.IssueJoinTicketRequest
+	rejoins  []*joinproto.IssueRejoinTicketRequest
 	// block, if set, holds the answer until closed.
 	block chan struct{}
 }
@@ -79,6 +81,21 @@ func (f *fakeJoinService) IssueJoinTicket(ctx context.Context, req *joinproto.Is
 		ApiServerEndpoint: "10.42.0.2:6443", Token: "abcdef.0123456789abcdef",
 		DiscoveryTokenCaCertHash: "sha256:" + string(bytes.Repeat([]byte("0"), 64)),
 	}, nil
+}
+
+// rejoinKey is the disk key the fake JoinService hands restarted nodes.
+var rejoinKey = bytes.Repeat([]byte{0x44}, 64)
+
+func (f *fakeJoinService) IssueRejoinTicket(_ context.Context, req *joinproto.IssueRejoinTicketRequest) (*joinproto.IssueRejoinTicketResponse, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, time.Now())
+	f.rejoins = append(f.rejoins, req)
+	fail := len(f.calls) <= f.failures
+	f.mu.Unlock()
+	if fail {
+		return nil, status.Error(codes.Unavailable, "getting the disk key: KeyService not ready")
+	}
+	return &joinproto.IssueRejoinTicketResponse{StateDiskKey: rejoinKey, MeasurementSecret: measurementSecret, MeasurementSalt: measurementSalt}, nil
 }
 
 func (f *fakeJoinService) callTimes() []time.Time {
@@ -139,9 +156,54 @@ func (f *fakeMetadata) Self(context.Context) (metadata.Instance, error) {
 
 func (f *fakeMetadata) List(context.Context) ([]metadata.Instance, error) { return f.instances, nil }
 
-type fakeDiskID struct{}
+// fakeDisk is a state disk; initialized makes it a restarted node's, which unlocks with unlockKey only.
+type fakeDisk struct {
+	mu          sync.Mutex
+	initialized bool
+	unlockKey   []byte
+	unlocked    bool
+	components  []byte
+}
 
-func (fakeDiskID) UUID() (string, error) { return "00000000-0000-0000-0000-000000000042", nil }
+func (*fakeDisk) UUID() (string, error) { return "00000000-0000-0000-0000-000000000042", nil }
+func (d *fakeDisk) Initialized() bool   { return d.initialized }
+func (d *fakeDisk) Unlock(key []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !bytes.Equal(key, d.unlockKey) {
+		return errors.New("wrong key")
+	}
+	d.unlocked = true
+	return nil
+}
+
+func (d *fakeDisk) LoadComponents() ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.unlocked {
+		return nil, errors.New("locked")
+	}
+	return d.components, nil
+}
+
+// fakeInstaller fails the first failures calls.
+type fakeInstaller struct {
+	mu        sync.Mutex
+	failures  int
+	calls     int
+	installed []*components.Component
+}
+
+func (f *fakeInstaller) Install(_ context.Context, comps []*components.Component) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls <= f.failures {
+		return errors.New("component server not reachable")
+	}
+	f.installed = comps
+	return nil
+}
 
 type fakeJoiner struct {
 	mu     sync.Mutex
@@ -165,11 +227,13 @@ func (f *fakeJoiner) joined() bool {
 }
 
 type testNode struct {
-	lock   *nodelock.Lock
-	tpm    *vtpmtest.Node
-	joiner *fakeJoiner
-	md     *fakeMetadata
-	client *Client
+	lock      *nodelock.Lock
+	tpm       *vtpmtest.Node
+	joiner    *fakeJoiner
+	md        *fakeMetadata
+	disk      *fakeDisk
+	installer *fakeInstaller
+	client    *Client
 }
 
 // newNode is a joining worker booted with events, whose metadata lists the control planes at ports (on
@@ -184,7 +248,7 @@ func newNode(t *testing.T, events []vtpmtest.Event, port int) *testNode {
 	require.NoError(t, err)
 	creds, err := atls.NewCredentials(issuer, []attestation.Validator{service})
 	require.NoError(t, err)
-	n := &testNode{lock: nodelock.New(node.TPM), tpm: node, joiner: &fakeJoiner{}}
+	n := &testNode{lock: nodelock.New(node.TPM), tpm: node, joiner: &fakeJoiner{}, disk: &fakeDisk{}, installer: &fakeInstaller{}}
 	n.md = &fakeMetadata{
 		self: metadata.Instance{Name: "worker-0", Role: role.Worker, IP: netip.MustParseAddr("10.42.0.3")},
 		instances: []metadata.Instance{
@@ -193,7 +257,7 @@ func newNode(t *testing.T, events []vtpmtest.Event, port int) *testNode {
 			{Name: "control-plane-0", Role: role.ControlPlane, IP: netip.MustParseAddr("127.0.0.1")},
 		},
 	}
-	n.client = New(n.md, n.lock, fakeDiskID{}, n.joiner, creds, slog.New(slog.DiscardHandler))
+	n.client = New(n.md, n.lock, n.disk, n.joiner, n.installer, creds, slog.New(slog.DiscardHandler))
 	n.client.Port = port
 	n.client.Backoff = Backoff{Initial: 20 * time.Millisecond, Max: 80 * time.Millisecond}
 	n.client.AttemptTimeout = 10 * time.Second
@@ -341,4 +405,60 @@ func TestControlPlaneJoin(t *testing.T) {
 	n.md.self = metadata.Instance{Name: "control-plane-1", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
 	require.NoError(t, run(t, n.client, 30*time.Second))
 	assert.True(t, svc.reqs[0].GetIsControlPlane())
+}
+
+// TestRejoin: a restarted node asks for a rejoin ticket, not a join ticket, unlocks its state disk with the
+// ticket's key, takes the node lock for the same cluster and installs the components it recorded (retrying
+// while the component server is away); it never runs a join.
+func TestRejoin(t *testing.T) {
+	recorded, err := components.MarshalList([]*components.Component{{Name: "kubelet", Url: "http://10.42.0.1:9081/kubelet", Hash: "sha256:00", InstallPath: "/var/lib/constellation/bin/kubelet"}})
+	require.NoError(t, err)
+	tests := map[string]struct {
+		unlockKey       []byte
+		installFailures int
+		wantErr         string
+	}{
+		"rejoins":                             {unlockKey: rejoinKey},
+		"retries the components":              {unlockKey: rejoinKey, installFailures: 2},
+		"a key that does not unlock the disk": {unlockKey: bytes.Repeat([]byte{0x55}, 64), wantErr: "does not unlock this node's state disk"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			svc := &fakeJoinService{failures: 1}
+			n := newNode(t, vtpmtest.Boot, serve(t, svc))
+			n.disk.initialized, n.disk.unlockKey, n.disk.components = true, tc.unlockKey, recorded
+			n.installer.failures = tc.installFailures
+
+			err := run(t, n.client, 30*time.Second)
+			assert.Empty(t, svc.reqs, "a restarted node never asks for a join ticket")
+			require.NotEmpty(t, svc.rejoins)
+			assert.Equal(t, "00000000-0000-0000-0000-000000000042", svc.rejoins[0].GetDiskUuid())
+			assert.False(t, n.joiner.joined(), "and never runs kubeadm join")
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				assert.Equal(t, make([]byte, 32), n.pcr15(t), "a node whose disk stays locked takes no lock")
+				assert.Nil(t, n.installer.installed)
+				return
+			}
+			require.NoError(t, err)
+			clusterID, err := crypto.ClusterID(measurementSecret, measurementSalt)
+			require.NoError(t, err)
+			assert.Equal(t, []byte(measurements.PCR15ForCluster(clusterID)), n.pcr15(t), "locked to the same cluster")
+			require.Len(t, n.installer.installed, 1)
+			assert.Equal(t, "kubelet", n.installer.installed[0].GetName())
+			assert.Equal(t, tc.installFailures+1, n.installer.calls)
+		})
+	}
+}
+
+// TestRejoinAfterRecovery: the admin's recover took the lock first; the rejoin ticket is dropped.
+func TestRejoinAfterRecovery(t *testing.T) {
+	svc := &fakeJoinService{}
+	n := newNode(t, vtpmtest.Boot, serve(t, svc))
+	n.disk.initialized, n.disk.unlockKey = true, rejoinKey
+	ok, err := n.lock.TryLock(bytes.Repeat([]byte{0x99}, 32))
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.ErrorIs(t, run(t, n.client, 10*time.Second), ErrLocked)
+	assert.Nil(t, n.installer.installed)
 }

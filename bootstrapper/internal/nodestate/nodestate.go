@@ -10,6 +10,7 @@
 package nodestate
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/constellation-go/constellation/internal/versions/components"
 	"golang.org/x/sys/unix"
 )
 
@@ -182,4 +184,26 @@ func newUUID() (string, error) {
 	b[6] = b[6]&0x0f | 0x40 // version 4
 	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
+}
+
+// Installer installs verified components.
+type Installer interface {
+	Install(ctx context.Context, comps []*components.Component) error
+}
+
+// Reinstall installs the components recorded on the unlocked disk (SaveComponents) again, as a restarted
+// node must before its kubelet runs (its /var is gone). It returns how many it installed.
+func Reinstall(ctx context.Context, disk interface{ LoadComponents() ([]byte, error) }, in Installer) (int, error) {
+	data, err := disk.LoadComponents()
+	if err != nil {
+		return 0, err
+	}
+	comps, err := components.UnmarshalList(data)
+	if err != nil {
+		return 0, fmt.Errorf("the recorded components: %w", err)
+	}
+	if err := in.Install(ctx, comps); err != nil {
+		return 0, fmt.Errorf("installing the recorded components: %w", err)
+	}
+	return len(comps), nil
 }

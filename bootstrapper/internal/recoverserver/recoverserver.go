@@ -22,13 +22,14 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/constellation-go/constellation/bootstrapper/internal/nodestate"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/crypto"
-	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
@@ -45,17 +46,12 @@ type Locker interface {
 	TryLock(clusterID []byte) (bool, error)
 }
 
-// Installer installs verified components.
-type Installer interface {
-	Install(ctx context.Context, comps []*components.Component) error
-}
-
 // Server implements recoverproto.APIServer.
 type Server struct {
 	recoverproto.UnimplementedAPIServer
 	disk      Disk
 	lock      Locker
-	installer Installer
+	installer nodestate.Installer
 	log       *slog.Logger
 	// workCtx bounds the recovery work: the bootstrapper's lifetime, not the caller's call.
 	workCtx context.Context
@@ -67,7 +63,7 @@ type Server struct {
 }
 
 // New returns the server.
-func New(workCtx context.Context, disk Disk, lock Locker, installer Installer, log *slog.Logger) *Server {
+func New(workCtx context.Context, disk Disk, lock Locker, installer nodestate.Installer, log *slog.Logger) *Server {
 	return &Server{disk: disk, lock: lock, installer: installer, log: log, workCtx: workCtx}
 }
 
@@ -134,18 +130,11 @@ func (s *Server) install() error {
 	if s.installed {
 		return nil
 	}
-	data, err := s.disk.LoadComponents()
+	n, err := nodestate.Reinstall(s.workCtx, s.disk, s.installer)
 	if err != nil {
-		return status.Errorf(codes.Internal, "the node is unlocked, but: %v", err)
-	}
-	comps, err := components.UnmarshalList(data)
-	if err != nil {
-		return status.Errorf(codes.Internal, "the node is unlocked, but its recorded components: %v", err)
-	}
-	if err := s.installer.Install(s.workCtx, comps); err != nil {
-		return status.Errorf(codes.Internal, "the node is unlocked, but installing its components failed (call again to retry): %v", err)
+		return status.Errorf(codes.Internal, "the node is unlocked, but (call again to retry): %v", err)
 	}
 	s.installed = true
-	s.log.Info("node recovered", "components", len(comps))
+	s.log.Info("node recovered", "components", n)
 	return nil
 }

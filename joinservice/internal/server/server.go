@@ -183,7 +183,7 @@ func (s *Server) IssueRejoinTicket(ctx context.Context, req *joinproto.IssueRejo
 		if err != nil {
 			return nil, err
 		}
-		return &joinproto.IssueRejoinTicketResponse{StateDiskKey: diskKey, MeasurementSecret: measurementSecret}, nil
+		return &joinproto.IssueRejoinTicketResponse{StateDiskKey: diskKey, MeasurementSecret: measurementSecret, MeasurementSalt: s.cfg.MeasurementSalt}, nil
 	}()
 	return resp, s.finish("IssueRejoinTicket", start, log, err)
 }

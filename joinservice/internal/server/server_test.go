@@ -37,6 +37,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
@@ -159,11 +160,13 @@ const diskUUID = "00000000-0000-0000-0000-000000000002"
 func TestIssueJoinTicket(t *testing.T) {
 	f := newFixture(t, keyService(t))
 	node := f.joiningNode(t, vtpmtest.Boot)
+	var resp0 *joinproto.IssueJoinTicketResponse
 	for _, controlPlane := range []bool{false, true} {
 		resp, err := node.IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
 			DiskUuid: diskUUID, NodeName: "worker-1", IsControlPlane: controlPlane, CertificateRequest: kubeletCSR(t, "worker-1"),
 		})
 		require.NoError(t, err)
+		resp0 = resp
 		// The HKDF test vector of internal/crypto for this UUID, 64 bytes, computed independently.
 		assert.Equal(t, "e76b3dcbdbe5d6851cdac0d7b89f3c93f3949582b39d2621538af8352b04e452ce64ab7ce9b8be93e5657c845b105c6e38649f3ee7d691fdf57a13583b5e9c6f", hex.EncodeToString(resp.GetStateDiskKey()))
 		assert.Equal(t, "ea7fedd14f5a29b1b8545592fc20bfdae06918e4ff447b1a0b8e4f3356005bda", hex.EncodeToString(resp.GetMeasurementSecret()))
@@ -186,6 +189,12 @@ func TestIssueJoinTicket(t *testing.T) {
 	rejoin, err := node.IssueRejoinTicket(context.Background(), &joinproto.IssueRejoinTicketRequest{DiskUuid: diskUUID})
 	require.NoError(t, err)
 	assert.Equal(t, "e76b3dcbdbe5d6851cdac0d7b89f3c93f3949582b39d2621538af8352b04e452ce64ab7ce9b8be93e5657c845b105c6e38649f3ee7d691fdf57a13583b5e9c6f", hex.EncodeToString(rejoin.GetStateDiskKey()))
+	// The same cluster ID as a join: a rejoined node locks itself to the same cluster.
+	joined, err := crypto.ClusterID(resp0.GetMeasurementSecret(), resp0.GetMeasurementSalt())
+	require.NoError(t, err)
+	rejoined, err := crypto.ClusterID(rejoin.GetMeasurementSecret(), rejoin.GetMeasurementSalt())
+	require.NoError(t, err)
+	assert.Equal(t, joined, rejoined)
 }
 
 func TestTamperedNodeGetsNothing(t *testing.T) {
