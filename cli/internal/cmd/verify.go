@@ -4,25 +4,37 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/spf13/afero"
 	"github.com/spf13/cobra"
 
 	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/choose"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/signed"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
-const flagNode = "node"
+const (
+	flagNode         = "node"
+	flagEndpoint     = "endpoint"
+	flagClusterID    = "cluster-id"
+	flagPlatformCA   = "platform-ca"
+)
 
 func newVerifyCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
@@ -34,10 +46,17 @@ attestation.measurements, and PCR 15 against the cluster ID (the node belongs to
 
 For a node that fails, every differing PCR is listed with the expected and the actual value and the
 events the node's log shows for it (which boot component was measured). The exit code is 0 only if
-every checked node verified.`,
+every checked node verified.
+
+Without a workspace (for an auditor, say), --endpoint names the nodes and the trust comes from the flags:
+the cluster ID the nodes must be locked to, a measurements.json with its cosign signature and the
+publisher's public key (an unsigned file is refused), and for qemu-vtpm the platform CA that certifies
+the nodes' vTPMs.`,
 		Example: `  constellation verify                      # every node
   constellation verify --node worker-0      # one node, by name or address
-  constellation verify -o json`,
+  constellation verify -o json
+  constellation verify --endpoint 10.42.0.2 --endpoint 10.42.0.3 --cluster-id <hex> \
+    --measurements https://example.com/measurements.json --public-key cosign.pub --platform-ca ca.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			nodes, err := cmd.Flags().GetStringSlice(flagNode)
@@ -48,10 +67,23 @@ every checked node verified.`,
 			if err != nil {
 				return err
 			}
+			if cmd.Flags().Changed(flagEndpoint) {
+				if len(nodes) > 0 {
+					return fmt.Errorf("--%s and --%s exclude each other: --%s names the nodes without a workspace", flagNode, flagEndpoint, flagEndpoint)
+				}
+				return e.verifyWithoutWorkspace(cmd, format)
+			}
 			return e.verify(cmd.Context(), nodes, format)
 		},
 	}
 	cmd.Flags().StringSlice(flagNode, nil, "node name or address to verify (repeatable; default: every node)")
+	cmd.Flags().StringSlice(flagEndpoint, nil, "without a workspace: address of a node to verify (repeatable)")
+	cmd.Flags().String(flagClusterID, "", "with --endpoint: the cluster ID (hex) the nodes must be locked to")
+	cmd.Flags().String(flagMeasurements, "", "with --endpoint: http(s) URL or path of the published measurements.json")
+	cmd.Flags().String(flagSignatureURL, "", "with --endpoint: URL or path of its signature (default: --measurements with .sig appended)")
+	cmd.Flags().String(flagPublicKey, "cosign.pub", "with --endpoint: the publisher's cosign public key (PEM), or \""+builtInKey+"\"")
+	cmd.Flags().String(flagPlatformCA, "", "with --endpoint: PEM certificate of the platform CA that certifies the nodes' vTPMs (qemu-vtpm)")
+	cmd.Flags().Duration(flagTimeout, 30*time.Second, "with --endpoint: time limit for the downloads")
 	_ = cmd.RegisterFlagCompletionFunc(flagNode, e.completeNodes)
 	addOutputFlag(cmd)
 	return cmd
@@ -70,7 +102,9 @@ type nodeResult struct {
 }
 
 type verifyResult struct {
-	Cluster   string       `json:"cluster"`
+	Cluster string `json:"cluster,omitempty"`
+	// Image is the image the measurements file names, when verifying without a workspace.
+	Image     string       `json:"image,omitempty"`
 	ClusterID string       `json:"clusterID,omitempty"`
 	PCRs      []uint32     `json:"pcrs"`
 	Verified  bool         `json:"verified"`
@@ -103,10 +137,16 @@ func (e *env) verify(ctx context.Context, only []string, format string) error {
 		return err
 	}
 
-	res := verifyResult{Cluster: st.Infrastructure.Name, Verified: true, Nodes: make([]nodeResult, len(targets))}
+	res := verifyResult{Cluster: st.Infrastructure.Name}
 	if st.IsInitialized() {
 		res.ClusterID = st.ClusterValues.ClusterID.String()
 	}
+	return e.runVerify(ctx, res, targets, refs, validator, format)
+}
+
+// runVerify verifies targets with validator and reports the result.
+func (e *env) runVerify(ctx context.Context, res verifyResult, targets []target, refs measurements.M, validator attestation.Validator, format string) error {
+	res.Verified, res.Nodes = true, make([]nodeResult, len(targets))
 	for idx := range refs {
 		res.PCRs = append(res.PCRs, idx)
 	}
@@ -123,7 +163,6 @@ func (e *env) verify(ctx context.Context, only []string, format string) error {
 	for _, n := range res.Nodes {
 		res.Verified = res.Verified && n.Verified
 	}
-
 	if format == outputJSON {
 		data, err := json.MarshalIndent(res, "", "  ")
 		if err != nil {
@@ -147,6 +186,86 @@ func (e *env) verify(ctx context.Context, only []string, format string) error {
 		return &exitError{code: 1, reported: true, err: err}
 	}
 	return nil
+}
+
+// verifyWithoutWorkspace verifies the nodes --endpoint names against the trust the flags give.
+func (e *env) verifyWithoutWorkspace(cmd *cobra.Command, format string) error {
+	flags := cmd.Flags()
+	endpoints, _ := flags.GetStringSlice(flagEndpoint)
+	idHex, _ := flags.GetString(flagClusterID)
+	src, _ := flags.GetString(flagMeasurements)
+	sigSrc, _ := flags.GetString(flagSignatureURL)
+	keySrc, _ := flags.GetString(flagPublicKey)
+	caPath, _ := flags.GetString(flagPlatformCA)
+	timeout, _ := flags.GetDuration(flagTimeout)
+	var missing []string
+	for name, v := range map[string]string{flagClusterID: idHex, flagMeasurements: src} {
+		if v == "" {
+			missing = append(missing, "--"+name)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return fmt.Errorf("verifying without a workspace needs %s: the cluster's ID and its published measurements are the trust", strings.Join(missing, " and "))
+	}
+	clusterID, err := hex.DecodeString(idHex)
+	if err != nil || len(clusterID) != 32 {
+		return fmt.Errorf("--%s %q: expected the cluster ID as 64 hex digits ('constellation status' shows it)", flagClusterID, idHex)
+	}
+	if sigSrc == "" {
+		sigSrc = src + signed.SignatureSuffix
+	}
+	verifier, err := e.publicKey(keySrc)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	client := &http.Client{Transport: transport}
+	data, err := e.fetch(ctx, client, src, signed.MaxFileSize)
+	var sig []byte
+	if err == nil {
+		sig, err = e.fetch(ctx, client, sigSrc, maxSignatureSize)
+	}
+	cancel()
+	transport.CloseIdleConnections()
+	if err != nil {
+		return err
+	}
+	mf, err := signed.Verify(data, sig, verifier)
+	if err != nil {
+		return fmt.Errorf("%s: %w\nOnly measurements signed by the publisher's key (--%s) are trusted", src, err, flagPublicKey)
+	}
+	att := config.AttestationConfig{Variant: mf.Variant, Measurements: mf.Measurements}
+	if caPath != "" {
+		pemData, err := afero.ReadFile(e.osFs, caPath)
+		if err != nil {
+			return fmt.Errorf("--%s: %w", flagPlatformCA, err)
+		}
+		att.PlatformCA = string(pemData)
+	}
+	if mf.Variant == variant.QEMUVTPM.String() && att.PlatformCA == "" {
+		return fmt.Errorf("%s is for %s, whose nodes' vTPMs are trusted through their platform's CA: pass it with --%s (the cluster's attestation.platformCA)",
+			src, mf.Variant, flagPlatformCA)
+	}
+	refs, err := mf.Measurements.WithClusterID(clusterID)
+	if err != nil {
+		return err
+	}
+	validator, err := choose.ForConfig(att, refs, e.log)
+	if err != nil {
+		return fmt.Errorf("building the validator for %s: %w (SEV-SNP variants need their policy: verify from the cluster's workspace)", mf.Variant, err)
+	}
+	targets := make([]target, len(endpoints))
+	for i, ep := range endpoints {
+		if _, _, err := net.SplitHostPort(ep); err == nil {
+			return fmt.Errorf("--%s %q: pass the node's address without a port (the VerificationService listens on %d)", flagEndpoint, ep, verifyproto.Port)
+		}
+		// The answer's binding names the node that answered: an auditor's address list has no names.
+		targets[i] = target{name: endpointTarget, ip: ep}
+	}
+	res := verifyResult{Image: mf.Image, ClusterID: hex.EncodeToString(clusterID)}
+	return e.runVerify(cmd.Context(), res, targets, refs, validator, format)
 }
 
 type target struct {
@@ -200,6 +319,9 @@ func (e *env) verifyNode(ctx context.Context, t target, validator attestation.Va
 		r.Error = fmt.Sprintf("getting an attestation from the VerificationService: %v", err)
 		return r
 	}
+	if t.name == endpointTarget && answered != "" {
+		r.Name = answered // reported as the node says; the binding below makes that claim checked
+	}
 	userData, err := validator.Validate(ctx, doc, nonce)
 	if err != nil {
 		var verr *attestation.ValidationError
@@ -212,7 +334,7 @@ func (e *env) verifyNode(ctx context.Context, t target, validator attestation.Va
 	// The answer must come from the node asked: its document is bound to the answering node's name.
 	node := t.name
 	if t.name == endpointTarget {
-		node = answered // no node list in the state: the endpoint's node, whichever it is
+		node = answered // no node list: the endpoint's node, whichever it is
 	}
 	if !bytes.Equal(userData, verifyproto.Binding(node, nil)) {
 		r.Error = fmt.Sprintf("the answer is not %s's own: its attestation is bound to another node (it says %q); "+

@@ -3,8 +3,10 @@ package cmd
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -21,8 +23,10 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/signed"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/verify/verifyproto"
@@ -238,4 +242,91 @@ func TestStatus(t *testing.T) {
 	empty, out2, errOut2 := testEnv(t, afero.NewMemMapFs(), &fakeInfra{}, nil, nil)
 	assert.Equal(t, 1, execute(context.Background(), []string{"status"}, empty), out2.String())
 	assert.Contains(t, errOut2.String(), "constellation apply")
+}
+
+// TestVerifyWithoutWorkspace: an auditor with no workspace verifies nodes by address against the
+// publisher's signed measurements, the cluster ID and the platform CA.
+func TestVerifyWithoutWorkspace(t *testing.T) {
+	clusterID := bytes.Repeat([]byte{3}, 32)
+	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: vtpmtest.Boot[3].Type, Data: "console=ttyS0 init=/bin/sh"})
+	data, sig := signFile(t, &signed.File{
+		Version: signed.Version2, Image: "constellation-node-v1.0.0", Variant: "qemu-vtpm", Issued: fileIssued,
+		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot),
+	})
+	_, pub := testKeys(t)
+	otherKeyFile := func(fs afero.Fs) {
+		_, otherPub, err := cosign.GenerateKeyPair([]byte("another password"))
+		require.NoError(t, err)
+		require.NoError(t, afero.WriteFile(fs, "cosign.pub", otherPub, 0o644))
+	}
+	id := hex.EncodeToString(clusterID)
+	base := []string{"verify", "--endpoint", "10.42.0.2", "--endpoint", "10.42.0.3", "--cluster-id", id,
+		"--measurements", "measurements.json", "--platform-ca", "ca.pem"}
+	testCases := map[string]struct {
+		worker     *vtpmtest.Node
+		args       []string
+		edit       func(fs afero.Fs)
+		wantCode   int
+		wantStdout []string
+		wantStderr string
+	}{
+		"every node verifies": {
+			worker: lockedNode(t, vtpmtest.Boot, clusterID), args: base,
+			wantStdout: []string{"✓ cp-0 (10.42.0.2)", "✓ worker-0 (10.42.0.3)", "All 2 nodes verified"},
+		},
+		"a changed kernel command line is named": {
+			worker: lockedNode(t, tampered, clusterID), args: base, wantCode: 1,
+			wantStdout: []string{"✓ cp-0", "✗ worker-0", "PCR 9 (enforced)", "init=/bin/sh"},
+		},
+		"another cluster's ID": {
+			worker: lockedNode(t, vtpmtest.Boot, clusterID), wantCode: 1,
+			args:       []string{"verify", "--endpoint", "10.42.0.2", "--cluster-id", strings.Repeat("44", 32), "--measurements", "measurements.json", "--platform-ca", "ca.pem"},
+			wantStdout: []string{"✗ cp-0", "PCR 15", "does not belong to this cluster"},
+		},
+		"measurements signed by another key": {
+			worker: lockedNode(t, vtpmtest.Boot, clusterID), args: base, edit: otherKeyFile, wantCode: 1,
+			wantStderr: "Only measurements signed by the publisher's key (--public-key) are trusted",
+		},
+		"no platform CA": {
+			args: []string{"verify", "--endpoint", "10.42.0.2", "--cluster-id", id, "--measurements", "measurements.json"}, wantCode: 1,
+			wantStderr: "pass it with --platform-ca",
+		},
+		"no cluster ID": {
+			args: []string{"verify", "--endpoint", "10.42.0.2", "--measurements", "measurements.json"}, wantCode: 1,
+			wantStderr: "needs --cluster-id",
+		},
+		"a malformed cluster ID": {
+			args: []string{"verify", "--endpoint", "10.42.0.2", "--cluster-id", "xyz", "--measurements", "measurements.json"}, wantCode: 1,
+			wantStderr: "expected the cluster ID as 64 hex digits",
+		},
+		"an address with a port": {
+			args: append(slices.Clone(base), "--endpoint", "10.42.0.4:30081"), wantCode: 1, wantStderr: "without a port",
+		},
+		"with --node": {
+			args: append(slices.Clone(base), "--node", "cp-0"), wantCode: 1, wantStderr: "exclude each other",
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			fs := afero.NewMemMapFs() // no workspace: no configuration, no state
+			require.NoError(t, afero.WriteFile(fs, "measurements.json", data, 0o644))
+			require.NoError(t, afero.WriteFile(fs, "measurements.json.sig", sig, 0o644))
+			require.NoError(t, afero.WriteFile(fs, "cosign.pub", pub, 0o644))
+			require.NoError(t, afero.WriteFile(fs, "ca.pem", vtpmtest.PlatformCA(t).CertificatePEM(), 0o644))
+			if tc.edit != nil {
+				tc.edit(fs)
+			}
+			att := &fakeAttester{t: t, nodes: map[string]*vtpmtest.Node{"10.42.0.2:30081": lockedNode(t, vtpmtest.Boot, clusterID)}}
+			if tc.worker != nil {
+				att.nodes["10.42.0.3:30081"] = tc.worker
+			}
+			e, out, errOut := testEnv(t, fs, &fakeInfra{}, nil, att)
+			code := execute(context.Background(), tc.args, e)
+			assert.Equal(t, tc.wantCode, code, "stdout: %s\nstderr: %s", out, errOut)
+			for _, s := range tc.wantStdout {
+				assert.Contains(t, out.String(), s)
+			}
+			assert.Contains(t, errOut.String(), tc.wantStderr)
+		})
+	}
 }
