@@ -5,18 +5,23 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/afero"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/keyservice/internal/kms"
+	"github.com/constellation-go/constellation/keyservice/internal/kms/awskms"
 	"github.com/constellation-go/constellation/keyservice/internal/server"
 	"google.golang.org/grpc"
 )
@@ -53,6 +58,20 @@ func run(args []string) error {
 			return err
 		}
 		master = &m
+	}
+	// User-managed: the KMS wraps the data keys, which are kept wrapped in a Secret of this cluster.
+	if err := kms.Register(awskms.Name, func(ctx context.Context, u *url.URL) (kms.KMS, error) {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("%s keeps the wrapped data keys in a Secret: %w", awskms.Name, err)
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return awskms.Open(ctx, u, awskms.NewSecretStore(client, metav1.NamespaceSystem, awskms.DefaultSecret))
+	}); err != nil {
+		return err
 	}
 	backend, err := kms.New(ctx, *kmsURI, master)
 	if err != nil {

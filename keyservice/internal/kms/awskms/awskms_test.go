@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -349,4 +350,47 @@ func TestParseStoreName(t *testing.T) {
 		_, _, err := parseStoreName(bad)
 		assert.Error(t, err, bad)
 	}
+}
+
+func TestOpen(t *testing.T) {
+	tests := map[string]struct {
+		uri     string
+		wantErr string
+	}{
+		"region and key":          {uri: "kms://aws-kms?region=eu-west-1&key-id=alias/constellation"},
+		"with an endpoint":        {uri: "kms://aws-kms?region=eu-west-1&key-id=k&endpoint=http://127.0.0.1:4599"},
+		"no region":               {uri: "kms://aws-kms?key-id=k", wantErr: "needs region"},
+		"nothing":                 {uri: "kms://aws-kms", wantErr: "needs region and key-id"},
+		"credentials in the URI":  {uri: "kms://aws-kms?region=r&key-id=k&secret-access-key=x", wantErr: "never from the URI"},
+		"an endpoint that is not": {uri: "kms://aws-kms?region=r&key-id=k&endpoint=ftp://x", wantErr: "not an http(s) URL"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			u, err := url.Parse(tc.uri)
+			require.NoError(t, err)
+			b, err := Open(context.Background(), u, newMemStore())
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.NotNil(t, b)
+		})
+	}
+}
+
+// TestOpenTalksToTheEndpoint: a backend opened from a URI reaches the KMS it names, with credentials from
+// the environment.
+func TestOpenTalksToTheEndpoint(t *testing.T) {
+	l := startLocalKMS(t)
+	keyID := l.createKey(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
+	u, err := url.Parse("kms://aws-kms?region=eu-west-1&key-id=" + keyID + "&endpoint=" + url.QueryEscape(l.endpoint))
+	require.NoError(t, err)
+	b, err := Open(context.Background(), u, newMemStore())
+	require.NoError(t, err)
+	k, err := b.GetDEK(context.Background(), diskID, 64)
+	require.NoError(t, err)
+	assert.Len(t, k, 64)
 }
