@@ -42,6 +42,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/versions/components"
@@ -79,7 +80,6 @@ const (
 	tpmSchemeSwtpm, tpmSchemeDev  = "swtpm:", "device:"
 	priorityClusterCritical       = "system-cluster-critical"
 	priorityNodeCritical          = "system-node-critical"
-	defaultKMSURI                 = "kms://cluster-kms"
 	attestationConfigFile         = attestconfig.FileName
 	keyServiceLoopback            = "127.0.0.1"
 	verificationEventLogMountName = "eventlog"
@@ -137,7 +137,7 @@ func (c *Config) complete() error {
 		errs = append(errs, fmt.Errorf("master secret: %w", err))
 	}
 	if c.KMSURI == "" {
-		c.KMSURI = defaultKMSURI
+		c.KMSURI = kmsuri.Default
 	}
 	if len(c.AttestationConfig) == 0 {
 		errs = append(errs, errors.New("no attestation config"))
