@@ -30,10 +30,10 @@ import (
 )
 
 const (
-	flagNode         = "node"
-	flagEndpoint     = "endpoint"
-	flagClusterID    = "cluster-id"
-	flagPlatformCA   = "platform-ca"
+	flagNode       = "node"
+	flagEndpoint   = "endpoint"
+	flagClusterID  = "cluster-id"
+	flagPlatformCA = "platform-ca"
 )
 
 func newVerifyCmd(e *env) *cobra.Command {
