@@ -146,12 +146,9 @@ func (c *Client) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if len(ticket.GetMeasurementSecret()) == 0 || len(ticket.GetMeasurementSalt()) == 0 {
-		return errors.New("the join ticket has no measurement secret or salt")
-	}
-	clusterID, err := crypto.ClusterID(ticket.GetMeasurementSecret(), ticket.GetMeasurementSalt())
+	clusterID, err := ticketClusterID("join", ticket.GetMeasurementSecret(), ticket.GetMeasurementSalt())
 	if err != nil {
-		return fmt.Errorf("deriving the cluster ID: %w", err)
+		return err
 	}
 	locked, err := c.lock.TryLock(clusterID)
 	if err != nil {
@@ -169,6 +166,18 @@ func (c *Client) Run(ctx context.Context) error {
 	return nil
 }
 
+// ticketClusterID is the cluster a ticket of kind (join or rejoin) locks the node to.
+func ticketClusterID(kind string, secret, salt []byte) ([]byte, error) {
+	if len(secret) == 0 || len(salt) == 0 {
+		return nil, fmt.Errorf("the %s ticket has no measurement secret or salt", kind)
+	}
+	clusterID, err := crypto.ClusterID(secret, salt)
+	if err != nil {
+		return nil, fmt.Errorf("deriving the cluster ID: %w", err)
+	}
+	return clusterID, nil
+}
+
 // rejoin brings a restarted node back: see the package documentation.
 func (c *Client) rejoin(ctx context.Context, self metadata.Instance, diskUUID string) error {
 	log := c.log.With("node", self.Name, "diskUUID", diskUUID)
@@ -182,12 +191,9 @@ func (c *Client) rejoin(ctx context.Context, self metadata.Instance, diskUUID st
 	}); err != nil {
 		return err
 	}
-	if len(ticket.GetMeasurementSecret()) == 0 || len(ticket.GetMeasurementSalt()) == 0 {
-		return errors.New("the rejoin ticket has no measurement secret or salt")
-	}
-	clusterID, err := crypto.ClusterID(ticket.GetMeasurementSecret(), ticket.GetMeasurementSalt())
+	clusterID, err := ticketClusterID("rejoin", ticket.GetMeasurementSecret(), ticket.GetMeasurementSalt())
 	if err != nil {
-		return fmt.Errorf("deriving the cluster ID: %w", err)
+		return err
 	}
 	// Before the lock: a key that does not unlock the disk leaves the node as it was.
 	if err := c.disk.Unlock(ticket.GetStateDiskKey()); err != nil {

@@ -170,12 +170,19 @@ func (s *memStore) List(context.Context) ([]string, error) {
 
 const diskID = "00000000-0000-0000-0000-000000000042"
 
-func TestDataKeys(t *testing.T) {
+// newBackend starts local-kms with a new key and returns a backend on it with an empty store.
+func newBackend(t *testing.T) (*localKMS, string, *memStore, *Backend) {
+	t.Helper()
 	l := startLocalKMS(t)
 	keyID := l.createKey(t)
 	store := newMemStore()
 	b, err := New(l.client(), keyID, store)
 	require.NoError(t, err)
+	return l, keyID, store, b
+}
+
+func TestDataKeys(t *testing.T) {
+	l, keyID, store, b := newBackend(t)
 	ctx := context.Background()
 
 	k1, err := b.GetDEK(ctx, diskID, 64)
@@ -268,11 +275,7 @@ func TestRotation(t *testing.T) {
 // TestOutagesAndRefusals: the KMS down or refusing gives an error naming the KMS and the reason, nothing
 // stored changes, and the same key comes back once the KMS is back.
 func TestOutagesAndRefusals(t *testing.T) {
-	l := startLocalKMS(t)
-	keyID := l.createKey(t)
-	store := newMemStore()
-	b, err := New(l.client(), keyID, store)
-	require.NoError(t, err)
+	l, keyID, store, b := newBackend(t)
 	ctx := context.Background()
 	want, err := b.GetDEK(ctx, diskID, 64)
 	require.NoError(t, err)
