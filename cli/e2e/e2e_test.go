@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -258,12 +259,13 @@ func TestMiniUp(t *testing.T) {
 	workerDir := node.StateDirFor(cluster, "worker-0")
 	_, err = node.Output(ctx, workerDir, "sh", "-c", "echo kept > /var/lib/kubelet/e2e-marker")
 	require.NoError(t, err)
-	rejoinStart := time.Now()
+	// Heartbeats are whole seconds: a report after this point is the restarted kubelet's.
+	rejoinStart := time.Now().Truncate(time.Second).Add(time.Second)
 	restartNode(ctx, t, c.ws, cluster, "worker-0", 1)
 	require.Eventually(t, func() bool {
 		lastOut = kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "json")
-		return readyNodes(lastOut) == 2
-	}, 10*time.Minute, 2*time.Second, "the restarted worker did not rejoin:\n%s", lastOut)
+		return slices.Contains(readySince(lastOut, rejoinStart), "worker-0")
+	}, 10*time.Minute, 2*time.Second, "the restarted worker did not report Ready again:\n%s", lastOut)
 	rejoinTook := time.Since(rejoinStart)
 	marker, err := node.Output(ctx, workerDir, "cat", "/var/lib/kubelet/e2e-marker")
 	require.NoError(t, err)
@@ -317,24 +319,34 @@ func kubectl(ctx context.Context, t *testing.T, kubeconfig string, args ...strin
 }
 
 func readyNodes(listJSON string) int {
+	return len(readySince(listJSON, time.Time{}))
+}
+
+// readySince returns the nodes whose kubelet reported them Ready after since (a node's status outlives its
+// kubelet for a while: a stopped node still reads Ready until the node controller notices).
+func readySince(listJSON string, since time.Time) []string {
 	var list struct {
 		Items []struct {
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
 			Status struct {
 				Conditions []struct {
-					Type   string `json:"type"`
-					Status string `json:"status"`
+					Type          string    `json:"type"`
+					Status        string    `json:"status"`
+					LastHeartbeat time.Time `json:"lastHeartbeatTime"`
 				} `json:"conditions"`
 			} `json:"status"`
 		} `json:"items"`
 	}
 	if json.Unmarshal([]byte(listJSON), &list) != nil {
-		return 0
+		return nil
 	}
-	ready := 0
+	var ready []string
 	for _, n := range list.Items {
 		for _, c := range n.Status.Conditions {
-			if c.Type == "Ready" && c.Status == "True" {
-				ready++
+			if c.Type == "Ready" && c.Status == "True" && c.LastHeartbeat.After(since) {
+				ready = append(ready, n.Metadata.Name)
 			}
 		}
 	}
