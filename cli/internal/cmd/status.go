@@ -14,13 +14,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 )
 
 // The bootstrapper's names for the attestation config the JoinService uses.
 const (
 	attestationConfigMap = attestconfig.ConfigMapName
-	attestationConfigKey = "attestation-config.yaml"
+	attestationConfigKey = attestconfig.FileName
 )
 
 func newStatusCmd(e *env) *cobra.Command {
@@ -65,7 +66,9 @@ type statusResult struct {
 	Kubernetes  string             `json:"kubernetesVersion,omitempty"`
 	Nodes       []statusNode       `json:"nodes"`
 	Attestation *statusAttestation `json:"attestation,omitempty"`
-	Error       string             `json:"error,omitempty"`
+	// Target is how far the nodes are at the configuration's Kubernetes version.
+	Target *statusTarget `json:"target,omitempty"`
+	Error  string        `json:"error,omitempty"`
 }
 
 // statusAttestation is the attestation config the JoinService enforces.
@@ -73,6 +76,15 @@ type statusAttestation struct {
 	Variant string   `json:"variant"`
 	PCRs    []uint32 `json:"enforcedPCRs"`
 	WarnOn  []uint32 `json:"warnOnlyPCRs,omitempty"`
+	// Rollout tells that a roll-out runs: the previous image's measurements are trusted too.
+	Rollout bool `json:"rolloutRunning"`
+}
+
+// statusTarget counts the nodes whose kubelet runs the configuration's Kubernetes version.
+type statusTarget struct {
+	Kubernetes string `json:"kubernetesVersion"`
+	AtTarget   int    `json:"nodesAtTarget"`
+	Nodes      int    `json:"nodes"`
 }
 
 func (e *env) status(ctx context.Context, format string) error {
@@ -93,6 +105,9 @@ func (e *env) status(ctx context.Context, format string) error {
 		res.ClusterID = st.ClusterValues.ClusterID.String()
 		if err := e.clusterStatus(ctx, &res, byName); err != nil {
 			res.Error = fmt.Sprintf("the cluster did not answer: %v", err)
+		}
+		if cfg, err := config.Load(e.files, config.FileName); err == nil && res.Error == "" {
+			res.Target = nodesAtTarget(cfg.KubernetesVersion, res.Nodes)
 		}
 	}
 	slices.SortFunc(res.Nodes, func(a, b statusNode) int { return strings.Compare(a.Name, b.Name) })
@@ -131,10 +146,16 @@ func (e *env) status(ctx context.Context, format string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, ready, dash(n.Kubelet), dash(n.KernelOS))
 	}
 	_ = tw.Flush()
+	if tg := res.Target; tg != nil {
+		fmt.Fprintf(e.out, "Kubernetes target %s (%s): %d of %d nodes at target\n", tg.Kubernetes, config.FileName, tg.AtTarget, tg.Nodes)
+	}
 	if a := res.Attestation; a != nil {
 		fmt.Fprintf(e.out, "Attestation config (JoinService): variant %s, enforced PCRs %v", a.Variant, a.PCRs)
 		if len(a.WarnOn) > 0 {
 			fmt.Fprintf(e.out, ", warn-only %v", a.WarnOn)
+		}
+		if a.Rollout {
+			fmt.Fprint(e.out, "; a roll-out runs: the previous image's measurements are trusted too")
 		}
 		fmt.Fprintln(e.out)
 	}
@@ -142,6 +163,26 @@ func (e *env) status(ctx context.Context, format string) error {
 		fmt.Fprintf(e.out, "%s\n", res.Error)
 	}
 	return nil
+}
+
+// nodesAtTarget counts the nodes in the cluster whose kubelet runs version (resolved like the
+// configuration's kubernetesVersion).
+func nodesAtTarget(version string, nodes []statusNode) *statusTarget {
+	v, err := versions.ResolveKubernetes(version)
+	if err != nil {
+		return nil
+	}
+	t := &statusTarget{Kubernetes: v}
+	for _, n := range nodes {
+		if !n.InCluster {
+			continue
+		}
+		t.Nodes++
+		if n.Kubelet == v {
+			t.AtTarget++
+		}
+	}
+	return t
 }
 
 func dash(s string) string {
@@ -191,11 +232,11 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 	if err != nil {
 		return fmt.Errorf("reading the attestation config: %w", err)
 	}
-	var att config.AttestationConfig
+	var att attestconfig.File
 	if err := yaml.Unmarshal([]byte(cm.Data[attestationConfigKey]), &att); err != nil {
 		return fmt.Errorf("parsing the attestation config: %w", err)
 	}
-	res.Attestation = &statusAttestation{Variant: att.Variant}
+	res.Attestation = &statusAttestation{Variant: att.Variant, Rollout: att.Rollout != nil}
 	for idx, m := range att.Measurements {
 		if m.WarnOnly {
 			res.Attestation.WarnOn = append(res.Attestation.WarnOn, idx)

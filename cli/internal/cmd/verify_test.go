@@ -204,6 +204,7 @@ func TestTerminate(t *testing.T) {
 
 func TestStatus(t *testing.T) {
 	fs := afero.NewMemMapFs()
+	writeCreatedConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
 	writeInitializedState(t, fs, bytes.Repeat([]byte{3}, 32))
 	require.NoError(t, afero.WriteFile(fs, AdminConfFile, []byte("kubeconfig"), 0o600))
 	ready := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue}
@@ -228,6 +229,9 @@ func TestStatus(t *testing.T) {
 	assert.Regexp(t, `cp-0\s+control-plane\s+10.42.0.2\s+yes\s+v1.33.13\s+Debian`, out.String())
 	assert.Regexp(t, `worker-0\s+worker\s+10.42.0.3\s+no \(KubeletNotReady\)`, out.String())
 	assert.Contains(t, out.String(), "enforced PCRs [4], warn-only [12]")
+	assert.NotContains(t, out.String(), "a roll-out runs")
+	assert.Contains(t, out.String(), "Kubernetes target v1.33.13 (constellation-conf.yaml): 1 of 2 nodes at target",
+		"worker-0 reports no kubelet version")
 
 	out.Reset()
 	require.Zero(t, execute(context.Background(), []string{"status", "-o", "json"}, e))
@@ -237,6 +241,19 @@ func TestStatus(t *testing.T) {
 	assert.True(t, res.Nodes[0].Ready)
 	assert.False(t, res.Nodes[1].Ready)
 	assert.Equal(t, []uint32{4}, res.Attestation.PCRs)
+	assert.False(t, res.Attestation.Rollout)
+	require.NotNil(t, res.Target)
+	assert.Equal(t, statusTarget{Kubernetes: "v1.33.13", AtTarget: 1, Nodes: 2}, *res.Target)
+
+	// During a roll-out the JoinService's config says so.
+	cm, err := k8s.CoreV1().ConfigMaps("kube-system").Get(context.Background(), attestationConfigMap, metav1.GetOptions{})
+	require.NoError(t, err)
+	cm.Data[attestationConfigKey] += "rollout:\n  previousMeasurements:\n    4:\n      expected: \"" + strings.Repeat("01", 32) + "\"\n"
+	_, err = k8s.CoreV1().ConfigMaps("kube-system").Update(context.Background(), cm, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	out.Reset()
+	require.Zero(t, execute(context.Background(), []string{"status"}, e))
+	assert.Contains(t, out.String(), "a roll-out runs: the previous image's measurements are trusted too")
 
 	// Without a cluster: what to do.
 	empty, out2, errOut2 := testEnv(t, afero.NewMemMapFs(), &fakeInfra{}, nil, nil)
