@@ -46,11 +46,10 @@ type VTPM struct {
 	Dir, Socket string
 }
 
-func (v VTPM) stateDir() string  { return filepath.Join(v.Dir, "state") }
-func (v VTPM) pidFile() string   { return filepath.Join(v.Dir, "swtpm.json") }
-func (v VTPM) logFile() string   { return filepath.Join(v.Dir, "swtpm.log") }
-func (v VTPM) setupDir() string  { return filepath.Join(v.Dir, "setup") }
-func (v VTPM) certified() string { return filepath.Join(v.Dir, "certified") }
+func (v VTPM) stateDir() string { return filepath.Join(v.Dir, "state") }
+func (v VTPM) pidFile() string  { return filepath.Join(v.Dir, "swtpm.json") }
+func (v VTPM) logFile() string  { return filepath.Join(v.Dir, "swtpm.log") }
+func (v VTPM) setupDir() string { return filepath.Join(v.Dir, "setup") }
 
 // Ensure makes the vTPM named name certified by ca and running for QEMU, whose control socket belongs to
 // the user owner; it does what is missing and is idempotent. A vTPM certified by another CA is refused
@@ -69,14 +68,9 @@ func Ensure(ctx context.Context, v VTPM, ca *manufacturer.CA, name, owner string
 	if err := traversable(filepath.Dir(v.Socket), owner); err != nil {
 		return err
 	}
-	if p, ok := v.running(); ok {
-		if _, err := os.Stat(v.certified()); err == nil {
-			return nil
-		}
-		// A running swtpm of an uncertified vTPM: a certification that was interrupted.
-		if err := stop(ctx, p, v); err != nil {
-			return err
-		}
+	// The QEMU-facing swtpm only ever starts after certify succeeded, so a running one is certified.
+	if _, ok := v.running(); ok {
+		return nil
 	}
 	if err := certify(ctx, v, ca, name); err != nil {
 		return fmt.Errorf("certifying the vTPM of %s: %w", name, err)
@@ -132,10 +126,7 @@ func certify(ctx context.Context, v VTPM, ca *manufacturer.CA, name string) erro
 	if stopErr := p.Stop(); err == nil && stopErr != nil {
 		err = fmt.Errorf("saving the vTPM's state: %w", stopErr)
 	}
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(v.certified(), []byte(name+"\n"), 0o600)
+	return err
 }
 
 // Running tells whether the vTPM's swtpm runs.

@@ -98,11 +98,9 @@ func (r *platformCAResource) Read(ctx context.Context, req resource.ReadRequest,
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }
 
-func (r *platformCAResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	// Every attribute requires replacement; nothing to do.
-	var m platformCAModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+func (r *platformCAResource) Update(_ context.Context, _ resource.UpdateRequest, resp *resource.UpdateResponse) {
+	// Every attribute forces a replacement, as for constellation_local_node.
+	resp.Diagnostics.AddError("Unexpected update", "constellation_platform_ca cannot be updated in place")
 }
 
 func (r *platformCAResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
@@ -215,10 +213,9 @@ func (r *qemuVTPMResource) Read(ctx context.Context, req resource.ReadRequest, r
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }
 
-func (r *qemuVTPMResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
-	var m qemuVTPMModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
-	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+func (r *qemuVTPMResource) Update(_ context.Context, _ resource.UpdateRequest, resp *resource.UpdateResponse) {
+	// Every attribute forces a replacement, as for constellation_local_node.
+	resp.Diagnostics.AddError("Unexpected update", "constellation_qemu_vtpm cannot be updated in place")
 }
 
 func (r *qemuVTPMResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
