@@ -192,11 +192,7 @@ func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint s
 
 // waitForAPI waits until the cluster's API server lists its nodes.
 func (e *env) waitForAPI(ctx context.Context, timeout time.Duration) error {
-	kubeconfig, err := e.files.Read(AdminConfFile)
-	if err != nil {
-		return err
-	}
-	k8s, err := e.deps.kube(kubeconfig)
+	k8s, err := e.adminClient()
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/versions"
@@ -165,6 +166,15 @@ func (e *env) status(ctx context.Context, format string) error {
 	return nil
 }
 
+// adminClient is a client of the cluster with the workspace's admin kubeconfig.
+func (e *env) adminClient() (kubernetes.Interface, error) {
+	kubeconfig, err := e.files.Read(AdminConfFile)
+	if err != nil {
+		return nil, err
+	}
+	return e.deps.kube(kubeconfig)
+}
+
 // nodesAtTarget counts the nodes in the cluster whose kubelet runs version (resolved like the
 // configuration's kubernetesVersion).
 func nodesAtTarget(version string, nodes []statusNode) *statusTarget {
@@ -193,11 +203,7 @@ func dash(s string) string {
 }
 
 func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[string]int) error {
-	kubeconfig, err := e.files.Read(AdminConfFile)
-	if err != nil {
-		return err
-	}
-	k8s, err := e.deps.kube(kubeconfig)
+	k8s, err := e.adminClient()
 	if err != nil {
 		return err
 	}

@@ -157,11 +157,7 @@ func (e *env) clusterVersions(ctx context.Context) (kubernetes, services string,
 	if err != nil || !st.IsInitialized() {
 		return "", "", false
 	}
-	kubeconfig, err := e.files.Read(AdminConfFile)
-	if err != nil {
-		return "", "", false
-	}
-	k8s, err := e.deps.kube(kubeconfig)
+	k8s, err := e.adminClient()
 	if err != nil {
 		return "", "", false
 	}
