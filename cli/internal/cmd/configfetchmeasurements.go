@@ -146,16 +146,7 @@ func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
 		return err
 	}
 
-	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-	defer cancel()
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport}
-	data, err := e.fetch(ctx, client, src, signed.MaxFileSize)
-	if err != nil {
-		return err
-	}
-	sig, err := e.fetch(ctx, client, sigSrc, maxSignatureSize)
+	data, sig, err := e.fetchSigned(cmd.Context(), src, sigSrc, timeout)
 	if err != nil {
 		return err
 	}
@@ -295,6 +286,22 @@ func (e *env) publicKey(src string) (*cosign.Verifier, error) {
 }
 
 // fetch returns the content at src, an http(s) URL or a file path, refusing more than limit bytes.
+// fetchSigned downloads (or reads) a measurements file and its signature within timeout.
+func (e *env) fetchSigned(ctx context.Context, src, sigSrc string, timeout time.Duration) (data, sig []byte, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Transport: transport}
+	if data, err = e.fetch(ctx, client, src, signed.MaxFileSize); err != nil {
+		return nil, nil, err
+	}
+	if sig, err = e.fetch(ctx, client, sigSrc, maxSignatureSize); err != nil {
+		return nil, nil, err
+	}
+	return data, sig, nil
+}
+
 func (e *env) fetch(ctx context.Context, client *http.Client, src string, limit int64) ([]byte, error) {
 	isURL := strings.Contains(src, "://")
 	if isURL {

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -219,16 +218,7 @@ func (e *env) verifyWithoutWorkspace(cmd *cobra.Command, format string) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	client := &http.Client{Transport: transport}
-	data, err := e.fetch(ctx, client, src, signed.MaxFileSize)
-	var sig []byte
-	if err == nil {
-		sig, err = e.fetch(ctx, client, sigSrc, maxSignatureSize)
-	}
-	cancel()
-	transport.CloseIdleConnections()
+	data, sig, err := e.fetchSigned(cmd.Context(), src, sigSrc, timeout)
 	if err != nil {
 		return err
 	}
