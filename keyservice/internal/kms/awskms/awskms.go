@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -161,13 +163,10 @@ func (b *Backend) Rewrap(ctx context.Context, newKeyID string) error {
 
 // parseStoreName splits a store name into the data key ID and the length.
 func parseStoreName(name string) (string, int, error) {
-	for i := len(name) - 1; i >= 0; i-- {
-		if name[i] == '.' {
-			var n int
-			if _, err := fmt.Sscanf(name[i+1:], "%d", &n); err == nil && n > 0 {
-				return name[:i], n, nil
-			}
-			break
+	i := strings.LastIndexByte(name, '.')
+	if i >= 0 {
+		if n, err := strconv.Atoi(name[i+1:]); err == nil && n > 0 {
+			return name[:i], n, nil
 		}
 	}
 	return "", 0, fmt.Errorf("aws-kms: %q is not the name of a wrapped data key", name)
