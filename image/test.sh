@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The image checks CI runs (make image-test):
-#   1. reproducibility: the image is built twice from a clean mkosi state (the second time with --no-cache,
-#      sharing only the package downloads) and the UKI, the root, its verity partition and the disk must be
-#      bit-identical;
+#   1. reproducibility: the image holds no build date (/etc/shadow), and it is built twice from a clean
+#      mkosi state (the second time with --no-cache, sharing only the package downloads) and the UKI, the
+#      root, its verity partition and the disk must be bit-identical;
 #   2. rebuild after the archive moved: the first build's packages are saved as a package bundle and the
 #      image is built a third time from the bundle alone (tools tree included), with every address but the
 #      bundle's loopback repository blocked; it must be bit-identical too. image/reproduce.sh must then
@@ -23,7 +23,7 @@ log() { printf '[image-test] %s\n' "$*" >&2; }
 # Every build packs the same bootstrapper, built once here: the comparison must be between builds of the
 # same inputs.
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+trap 'umount "$tmp/root-mnt" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 (cd "$repo" && bazel/bazel build //bootstrapper/cmd/bootstrapper //image/cmd/imagepackages //cli/cmd/constellation >&2)
 install -m 0755 "$repo/bazel-bin/bootstrapper/cmd/bootstrapper/bootstrapper_/bootstrapper" "$tmp/bootstrapper"
 install -m 0755 "$repo/bazel-bin/image/cmd/imagepackages/imagepackages_/imagepackages" "$tmp/imagepackages"
@@ -41,10 +41,26 @@ same_files() {
   diff -u "$first/SHA256SUMS" "$1/SHA256SUMS.recomputed" >&2
 }
 
+# no_build_date DIR: every /etc/shadow entry of DIR's root carries SOURCE_DATE_EPOCH's day. Two builds
+# minutes apart cannot show a leak of the build date; builds on either side of midnight did.
+no_build_date() {
+  local epoch bad
+  epoch=$(sed -n 's/^SourceDateEpoch=//p' "$here/mkosi/mkosi.conf")
+  mkdir -p "$tmp/root-mnt"
+  mount -o loop,ro -t erofs "$1/root.erofs" "$tmp/root-mnt"
+  bad=$(awk -F: -v day=$((epoch / 86400)) '$3 != "" && $3 != day { print $1 ": day " $3 }' "$tmp/root-mnt/etc/shadow")
+  umount "$tmp/root-mnt"
+  if [ -n "$bad" ]; then
+    log "BUILD DATE IN THE IMAGE: /etc/shadow has a last-change day other than SourceDateEpoch's ($((epoch / 86400))): $bad"
+    return 1
+  fi
+}
+
 repro_stamp="$MKOSI_CACHE/reproducible-bundle-$sums.ok"
 if [ -f "$repro_stamp" ]; then
   log "reproducibility of this image already shown: $(cat "$repro_stamp")"
 else
+  no_build_date "$first"
   link=$(mktemp -u "$MKOSI_CACHE/repro-link.XXXXXX")
   start=$(date +%s)
   second=$("$here/mkosi/build.sh" "${tools[@]}" "$@" --no-cache --out "$link")
