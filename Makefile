@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-locked reproduce image-test cluster-test e2e-test qemu-test check-generated generate protos bench clean
+.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test qemu-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (the host tools of bazel/hosttools.sh, Terraform, Bazel in a
 ## chroot, Go modules, the Kubernetes binaries integration tests run); idempotent and cached
@@ -51,6 +51,13 @@ test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-
 image: setup
 	image/mkosi/build.sh
 
+## image-b: a second node image from this tree, its bootstrapper under another version string (so its
+## measurements differ), into out/image-b: what the upgrade end-to-end test rolls a cluster to; cached by inputs
+image-b: setup
+	$(BAZEL) build //bootstrapper/cmd/bootstrapper:bootstrapper_image_b
+	image/mkosi/build.sh --out out/image-b \
+		--bootstrapper bazel-bin/bootstrapper/cmd/bootstrapper/bootstrapper_image_b_/bootstrapper_image_b
+
 ## image-locked: a release build: fails unless the image holds exactly packages.lock, and saves the
 ## package bundle that rebuilds it later without the archive to out/image-packages.tar. (CONSTELLATION_LOCKED=1
 ## makes every step strict: the Bazel chroot's version, the kube-proxy image's packages, the image.)
@@ -74,10 +81,14 @@ cluster-test: setup image services
 	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 30m -v \
 		-run 'TestTwoNodeCluster' ./localprovider/cluster/
 
-## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), mini down
-e2e-test: build
+## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), recover, rejoin, an
+## image roll-out to image B, mini down
+e2e-test: build image-b
 	@bazel/hosttools.sh check e2e-test
-	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 40m -v -run TestMiniUp ./cli/e2e/
+	$(BAZEL) build //cli/e2e/workload:image
+	install -m 0644 bazel-bin/cli/e2e/workload/image.tar out/e2e-workload.tar
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) CONSTELLATION_E2E_IMAGE_B=$$(readlink -f out/image-b) \
+		CONSTELLATION_E2E_WORKLOAD=$$(readlink -f out/e2e-workload.tar) go test -count=1 -timeout 40m -v -run TestMiniUp ./cli/e2e/
 
 ## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
 qemu-test: build libvirt-provider
@@ -118,14 +129,16 @@ generate: setup
 protos:
 	bazel/protos.sh
 
-## bench: print the performance figures (attestation, aTLS, JoinService, PCR precomputation)
-bench: setup
+## bench: print the performance figures (attestation, aTLS, JoinService, PCR precomputation, cluster, CLI,
+## image roll-out)
+bench: setup build image-b
 	bench/attestation.sh
 	bench/joinservice.sh
 	bench/measurements.sh
 	bench/verity.sh
 	bench/cluster.sh
 	bench/cli.sh
+	bench/upgrade.sh
 
 clean:
 	rm -rf out

@@ -4,10 +4,14 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +25,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 
+	"github.com/constellation-go/constellation/internal/testenv"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/localprovider/cluster"
@@ -29,7 +34,13 @@ import (
 	"github.com/constellation-go/constellation/localprovider/node"
 )
 
-const cliEnv = "CONSTELLATION_E2E_CLI"
+const (
+	cliEnv = "CONSTELLATION_E2E_CLI"
+	// imageBEnv names a second node image (make image-b) the roll-out test moves the cluster to.
+	imageBEnv = "CONSTELLATION_E2E_IMAGE_B"
+	// workloadEnv names the workload's image archive (//cli/e2e/workload:image) that runs through it.
+	workloadEnv = "CONSTELLATION_E2E_WORKLOAD"
+)
 
 func TestMain(m *testing.M) {
 	// The test restarts a node itself, and this binary becomes the node's init.
@@ -37,27 +48,44 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// restartNode stops and starts a node as a reboot would: the same image and state disk, a fresh vTPM.
-func restartNode(ctx context.Context, t *testing.T, ws, clusterName, name string, index int) {
+// restartNode stops and starts a node as a reboot would: the image it runs (or image, if set) and its state
+// disk, a fresh vTPM.
+func restartNode(ctx context.Context, t *testing.T, ws, clusterName, name string, index int, image string) {
 	t.Helper()
 	spec, err := daemon.ReadSpec(clusterName)
 	require.NoError(t, err)
 	nw, err := spec.Network()
 	require.NoError(t, err)
-	data, err := os.ReadFile(filepath.Join(ws, "constellation-terraform", "terraform.tfvars.json"))
-	require.NoError(t, err)
-	var vars struct {
-		Image string `json:"image"`
+	if image == "" {
+		image = nodeImages(t, ws)[name]
 	}
-	require.NoError(t, json.Unmarshal(data, &vars))
 	// The vTPM keeps its state (the provider certified it when it was new), so the platform CA only checks.
 	ca, err := daemon.PlatformCA(clusterName, false)
 	require.NoError(t, err)
 	_, err = node.Restart(ctx, node.Config{
-		Cluster: clusterName, Name: name, Index: index, Network: nw, ImageDir: vars.Image,
+		Cluster: clusterName, Name: name, Index: index, Network: nw, ImageDir: image,
 		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()), PlatformCA: ca,
 	})
 	require.NoError(t, err)
+}
+
+// nodeImages is the image directory each node runs, as the CLI last rendered the Terraform variables.
+func nodeImages(t *testing.T, ws string) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(ws, "constellation-terraform", "terraform.tfvars.json"))
+	require.NoError(t, err)
+	var vars struct {
+		Image string `json:"image"`
+		Nodes map[string]struct {
+			Image string `json:"image"`
+		} `json:"nodes"`
+	}
+	require.NoError(t, json.Unmarshal(data, &vars))
+	out := map[string]string{}
+	for name, n := range vars.Nodes {
+		out[name] = cmp.Or(n.Image, vars.Image)
+	}
+	return out
 }
 
 type cli struct {
@@ -235,7 +263,7 @@ func TestMiniUp(t *testing.T) {
 
 	// Every control plane restarts (the machine rebooted): its vTPM is fresh and its state disk locked;
 	// only the master secret opens it again. recover must bring the Kubernetes API back.
-	restartNode(ctx, t, c.ws, cluster, "cp-0", 0)
+	restartNode(ctx, t, c.ws, cluster, "cp-0", 0, "")
 	code, _, _ = c.run(ctx, "verify", "--node", "cp-0")
 	assert.Equal(t, 1, code, "a restarted control plane is not part of the cluster until recovered")
 	recoverStart := time.Now()
@@ -261,7 +289,7 @@ func TestMiniUp(t *testing.T) {
 	require.NoError(t, err)
 	// Heartbeats are whole seconds: a report after this point is the restarted kubelet's.
 	rejoinStart := time.Now().Truncate(time.Second).Add(time.Second)
-	restartNode(ctx, t, c.ws, cluster, "worker-0", 1)
+	restartNode(ctx, t, c.ws, cluster, "worker-0", 1, "")
 	require.Eventually(t, func() bool {
 		lastOut = kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "json")
 		return slices.Contains(readySince(lastOut, rejoinStart), "worker-0")
@@ -284,6 +312,204 @@ func TestMiniUp(t *testing.T) {
 	// The figures bench/cli.sh prints.
 	t.Logf("FIGURES mini up (resuming the interrupted one) %s; both nodes Ready %s after its start (%s after it returned)",
 		upTook.Round(100*time.Millisecond), bothReady.Round(100*time.Millisecond), readyAfterUp.Round(100*time.Millisecond))
+
+	testImageRollout(ctx, t, c, cluster, kubeconfig, workerDir)
+}
+
+// testImageRollout moves the running cluster to image B (make image-b) with `upgrade check --update-config`
+// and `upgrade apply`, while a workload (loaded with `mini image load`, its data on the nodes' encrypted state
+// disks) is asked every 200 ms: the first `upgrade apply` is interrupted and the second completes; both nodes
+// end on image B, Ready and verified, the workload answers with its data intact, and the cluster trusts only
+// image B afterwards: a node that boots image A again does not verify and does not get back in.
+func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeconfig, workerDir string) {
+	imageB, workload := os.Getenv(imageBEnv), os.Getenv(workloadEnv)
+	if imageB == "" || workload == "" {
+		if testenv.Strict() {
+			t.Fatalf("%s and %s must be set: 'make e2e-test' builds image B and the workload", imageBEnv, workloadEnv)
+		}
+		t.Logf("SKIPPED the image roll-out: %s or %s is not set (make e2e-test sets them)", imageBEnv, workloadEnv)
+		return
+	}
+	imageA := nodeImages(t, c.ws)["worker-0"]
+	require.NotEqual(t, imageA, imageB)
+	cpDir := node.StateDirFor(cluster, "cp-0")
+
+	// The workload: one replica per node, its data on the state disk.
+	code, stdout, stderr := c.run(ctx, "mini", "image", "load", workload)
+	require.Zero(t, code, "mini image load failed:\n%s\n%s", stdout, stderr)
+	assert.Contains(t, stdout, workloadRef)
+	manifest := filepath.Join(t.TempDir(), "workload.yaml")
+	require.NoError(t, os.WriteFile(manifest, []byte(workloadManifest), 0o644))
+	t.Log(kubectl(ctx, t, kubeconfig, "apply", "-f", manifest))
+	waitWorkload := func(what string) {
+		var out string
+		require.Eventually(t, func() bool {
+			out = kubectl(ctx, t, kubeconfig, "get", "deployment", "e2e-workload", "-o", "jsonpath={.status.readyReplicas}")
+			return out == "2"
+		}, 5*time.Minute, time.Second, "the workload does not have 2 ready replicas %s: %s\n%s", what, out,
+			kubectl(ctx, t, kubeconfig, "get", "pods", "-o", "wide"))
+	}
+	waitWorkload("after it was deployed")
+	dataBefore := map[string]string{}
+	for name, dir := range map[string]string{"cp-0": cpDir, "worker-0": workerDir} {
+		data, err := node.Output(ctx, dir, "cat", workloadData)
+		require.NoError(t, err, "%s has no workload data", name)
+		dataBefore[name] = string(data)
+	}
+	probe := startProbe(ctx, []string{"10.42.0.2", "10.42.0.3"})
+
+	code, stdout, stderr = c.run(ctx, "upgrade", "check", "--image", imageB, "--update-config", "--kubernetes", versions.DefaultKubernetes)
+	require.Zero(t, code, "upgrade check failed:\n%s\n%s", stdout, stderr)
+	assert.Contains(t, stdout, "attestation.measurements")
+	assert.Contains(t, stdout, "image")
+
+	// Ctrl-C while the worker moves: the CLI stops and says how to continue; a re-run completes.
+	start := time.Now()
+	code, _, stderr = c.runInterrupted(ctx, "rebooting worker-0", "upgrade", "apply")
+	require.Equal(t, 1, code, "an interrupted upgrade apply fails:\n%s", stderr)
+	assert.Contains(t, stderr, "re-run 'constellation apply' to continue")
+	assert.Contains(t, stderr, "Roll-out started")
+	code, stdout, stderr = c.run(ctx, "upgrade", "apply")
+	took := time.Since(start)
+	require.Zero(t, code, "the re-run of upgrade apply failed:\n%s\n%s", stdout, stderr)
+	assert.Contains(t, stdout, "0 node(s) moved by this run", "the interrupted run moved both nodes; the re-run finished the roll-out")
+	for name, img := range nodeImages(t, c.ws) {
+		assert.Equal(t, imageB, img, "%s runs image B", name)
+	}
+	var lastOut string
+	require.Eventually(t, func() bool {
+		lastOut = kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "json")
+		return readyNodes(lastOut) == 2
+	}, 5*time.Minute, 2*time.Second, "the nodes are not Ready after the roll-out:\n%s", lastOut)
+	waitWorkload("after the roll-out")
+	gap, answers := probe.stop()
+	for name, dir := range map[string]string{"cp-0": cpDir, "worker-0": workerDir} {
+		data, err := node.Output(ctx, dir, "cat", workloadData)
+		require.NoError(t, err)
+		assert.Equal(t, dataBefore[name], string(data), "%s's workload data survived the roll-out", name)
+	}
+	assert.Positive(t, answers, "the workload answered during the roll-out")
+	marker, err := node.Output(ctx, workerDir, "cat", "/var/lib/kubelet/e2e-marker")
+	require.NoError(t, err)
+	assert.Equal(t, "kept\n", string(marker), "the worker's state disk kept its data through the roll-out")
+	code, verifyOut, stderr := c.run(ctx, "verify")
+	require.Zero(t, code, "verify after the roll-out:\n%s\n%s", verifyOut, stderr)
+	assert.NotContains(t, stderr, "A roll-out", "the roll-out is over")
+	code, stdout, _ = c.run(ctx, "apply")
+	assert.Zero(t, code)
+	assert.Contains(t, stdout, "nothing to do")
+	t.Logf("FIGURES image roll-out of 2 nodes (interrupted once, then re-run): %s; the workload's longest unanswered "+
+		"stretch %s (%d answers)", took.Round(100*time.Millisecond), gap.Round(100*time.Millisecond), answers)
+
+	// Image A is no longer trusted: the worker rebooted into it neither verifies nor gets back in.
+	retries := func() int {
+		bootLog, _ := os.ReadFile(filepath.Join(workerDir, "logs", "bootstrapper.log"))
+		return strings.Count(string(bootLog), "failed; retrying")
+	}
+	before := retries()
+	since := time.Now().Truncate(time.Second).Add(time.Second)
+	restartNode(ctx, t, c.ws, cluster, "worker-0", 1, imageA)
+	require.Eventually(t, func() bool { return retries() > before }, 3*time.Minute, time.Second,
+		"the worker on image A should fail to rejoin")
+	// Outside the cluster it runs no VerificationService (a DaemonSet pod) either; that image A's PCRs no longer
+	// verify is TestVerifyDuringRollout's part.
+	code, verifyOut, _ = c.run(ctx, "verify", "--node", "worker-0")
+	assert.Equal(t, 1, code, "a node on image A must not verify after the roll-out:\n%s", verifyOut)
+	assert.NotContains(t, readySince(kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "json"), since), "worker-0")
+}
+
+const (
+	workloadRef  = "docker.io/constellation/e2e-workload:v1"
+	workloadData = "/var/lib/kubelet/e2e-workload/workload.txt"
+	// workloadManifest runs the workload once per node (the control plane's taint tolerated), its data in a
+	// directory of the state disk, behind NodePort 31080.
+	workloadManifest = `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: e2e-workload, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: e2e-workload}}
+  template:
+    metadata: {labels: {app: e2e-workload}}
+    spec:
+      tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - {labelSelector: {matchLabels: {app: e2e-workload}}, topologyKey: kubernetes.io/hostname}
+      containers:
+      - name: workload
+        image: ` + workloadRef + `
+        imagePullPolicy: Never
+        # The hostPath directory the kubelet creates belongs to root.
+        securityContext: {runAsUser: 0}
+        command: [/usr/bin/workload, --data, /data/workload.txt]
+        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+        volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, hostPath: {path: /var/lib/kubelet/e2e-workload, type: DirectoryOrCreate}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: e2e-workload, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: e2e-workload}
+  ports: [{port: 80, targetPort: 8080, nodePort: 31080}]
+`
+)
+
+// probe asks the workload's NodePort on every node address every 200 ms; a round in which some node answers
+// counts as answered.
+type probe struct {
+	cancel  context.CancelFunc
+	done    chan struct{}
+	longest time.Duration
+	answers int
+}
+
+func startProbe(ctx context.Context, addrs []string) *probe {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &probe{cancel: cancel, done: make(chan struct{})}
+	client := &http.Client{Timeout: time.Second}
+	go func() {
+		defer close(p.done)
+		last := time.Now()
+		for ctx.Err() == nil {
+			answered := false
+			for _, a := range addrs {
+				resp, err := client.Get("http://" + net.JoinHostPort(a, "31080") + "/")
+				if err != nil {
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK && strings.HasPrefix(string(body), "written by") {
+					answered = true
+					break
+				}
+			}
+			if answered {
+				p.answers++
+				last = time.Now()
+			} else if gap := time.Since(last); gap > p.longest {
+				p.longest = gap
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	return p
+}
+
+// stop ends the probe and returns the longest time without an answer and the number of answered rounds.
+func (p *probe) stop() (time.Duration, int) {
+	p.cancel()
+	<-p.done
+	return p.longest, p.answers
 }
 
 func clusterName(t *testing.T, ws string) string {

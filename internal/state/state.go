@@ -15,6 +15,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/measurements"
 )
 
 const (
@@ -32,6 +33,32 @@ type State struct {
 	Version        string         `yaml:"version"`
 	Infrastructure Infrastructure `yaml:"infrastructure"`
 	ClusterValues  ClusterValues  `yaml:"clusterValues"`
+	// Rollout is set while `constellation apply` moves the nodes to another image.
+	Rollout *Rollout `yaml:"rollout,omitempty"`
+	// LoadedImages are the container image archives `constellation mini image load` put into the nodes
+	// (local nodes reach no registry and forget their images when they restart): a roll-out loads them
+	// into each node it moved again.
+	LoadedImages []LoadedImage `yaml:"loadedImages,omitempty"`
+}
+
+// LoadedImage is a container image archive loaded into the nodes.
+type LoadedImage struct {
+	// Path is the archive's absolute path.
+	Path string `yaml:"path"`
+	// SHA256 is the archive's digest when it was loaded: a changed file is not loaded again unasked.
+	SHA256 HexBytes `yaml:"sha256"`
+	// Refs are the image references it carried.
+	Refs []string `yaml:"refs"`
+}
+
+// Rollout records what the admin trusted before a roll-out to another node image, so that `verify` accepts
+// a node still on that image until the roll-out finished. It comes from the admin's own configuration,
+// never from the cluster.
+type Rollout struct {
+	// PreviousMeasurements are the measurements of the image the nodes move away from.
+	PreviousMeasurements measurements.M `yaml:"previousMeasurements"`
+	// Image is the image directory the nodes move to.
+	Image string `yaml:"image"`
 }
 
 // Infrastructure is what `create` learned from the provider.

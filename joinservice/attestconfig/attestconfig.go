@@ -55,40 +55,17 @@ func Parse(data []byte, log *slog.Logger) (attestation.Validator, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("decoding attestation config: %w", err)
 	}
-	target, err := choose.ForConfig(f.AttestationConfig, f.Measurements.WithFreshNode(), log)
-	if err != nil {
-		return nil, err
-	}
 	if f.Rollout == nil {
-		return target, nil
+		return choose.ForConfig(f.AttestationConfig, f.Measurements.WithFreshNode(), log)
 	}
 	if len(f.Rollout.PreviousMeasurements) == 0 {
 		return nil, errors.New("rollout.previousMeasurements: empty; remove the rollout when no roll-out runs")
 	}
-	previous, err := choose.ForConfig(f.AttestationConfig, f.Rollout.PreviousMeasurements.WithFreshNode(), log)
+	v, err := choose.ForRollout(f.AttestationConfig, f.Measurements.WithFreshNode(), f.Rollout.PreviousMeasurements.WithFreshNode(), log)
 	if err != nil {
-		return nil, fmt.Errorf("rollout.previousMeasurements: %w", err)
+		return nil, fmt.Errorf("rollout: %w", err)
 	}
-	return eitherImage{target: target, previous: previous}, nil
-}
-
-// eitherImage accepts a node that one of two complete measurement sets accepts.
-type eitherImage struct {
-	target, previous attestation.Validator
-}
-
-func (e eitherImage) Variant() variant.Variant { return e.target.Variant() }
-
-func (e eitherImage) Validate(ctx context.Context, doc, nonce []byte) ([]byte, error) {
-	data, errTarget := e.target.Validate(ctx, doc, nonce)
-	if errTarget == nil {
-		return data, nil
-	}
-	data, errPrevious := e.previous.Validate(ctx, doc, nonce)
-	if errPrevious == nil {
-		return data, nil
-	}
-	return nil, fmt.Errorf("the node matches neither the roll-out's target image: %w; nor the image it replaces: %w", errTarget, errPrevious)
+	return v, nil
 }
 
 // Validator is an attestation.Validator whose configuration follows a file.

@@ -8,3 +8,8 @@ const Address = "registry.terraform.io/constellation-go/constellation"
 
 // Version is the provider's version in the filesystem mirror; the modules pin it.
 const Version = "0.1.0"
+
+// LoadImageCommand is the provider binary's subcommand that imports a container image archive into a local
+// node's containerd (`constellation mini image load`): provider-binary LoadImageCommand <cluster> <node>
+// <archive>. It prints the image references the archive carried, one per line.
+const LoadImageCommand = "load-image"

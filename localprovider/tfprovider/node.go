@@ -60,8 +60,11 @@ func (r *nodeResource) Schema(_ context.Context, _ resource.SchemaRequest, resp 
 				Description: "control-plane or worker."},
 			"index": schema.Int64Attribute{Required: true, PlanModifiers: replaceInt,
 				Description: "Position on the bridge: the node gets address index+2 of the prefix and pod prefix 10.244.<index>.0/24."},
-			"image_dir": schema.StringAttribute{Required: true, PlanModifiers: replace,
-				Description: "Directory of the node image (constellation.efi, root.erofs, root.verity)."},
+			// In place: a new image is a reboot into it, the state disk kept (how a node moves to another image
+			// during an upgrade, then rejoins).
+			"image_dir": schema.StringAttribute{Required: true,
+				Description: "Directory of the node image (constellation.efi, root.erofs, root.verity). Changing it " +
+					"restarts the node with the new image and keeps its state disk."},
 			"state_disk_size_gb": schema.Int64Attribute{Optional: true, PlanModifiers: replaceInt,
 				Description: "Size of the (sparse) state disk in GB; default 1."},
 			"ip":       schema.StringAttribute{Computed: true, PlanModifiers: keep},
@@ -102,25 +105,34 @@ func (m *nodeModel) config() (node.Config, metadata.Instance, error) {
 	return cfg, in, nil
 }
 
+// bootConfig is config for a node about to boot: with the provider's log (done closes it) and the cluster's
+// platform CA, which the network resource made (a node never makes its own).
+func (m *nodeModel) bootConfig() (node.Config, metadata.Instance, func(), error) {
+	cfg, in, err := m.config()
+	if err != nil {
+		return node.Config{}, metadata.Instance{}, nil, fmt.Errorf("invalid local node: %w", err)
+	}
+	log, done := logger(cfg.Cluster)
+	cfg.Log = log.With("node", cfg.Name)
+	if cfg.PlatformCA, err = daemon.PlatformCA(cfg.Cluster, false); err != nil {
+		done()
+		return node.Config{}, metadata.Instance{}, nil, fmt.Errorf("the local network %s has no platform CA: %w", cfg.Cluster, err)
+	}
+	return cfg, in, done, nil
+}
+
 func (r *nodeResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
 	var m nodeModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	cfg, in, err := m.config()
+	cfg, in, done, err := m.bootConfig()
 	if err != nil {
-		resp.Diagnostics.AddError("Invalid local node", err.Error())
+		resp.Diagnostics.AddError("Starting the node", err.Error())
 		return
 	}
-	log, done := logger(cfg.Cluster)
 	defer done()
-	cfg.Log = log.With("node", cfg.Name)
-	// The network resource made the CA; a node never makes its own.
-	if cfg.PlatformCA, err = daemon.PlatformCA(cfg.Cluster, false); err != nil {
-		resp.Diagnostics.AddError("Starting the node", fmt.Sprintf("the local network %s has no platform CA: %v", cfg.Cluster, err))
-		return
-	}
 	// Registered first: the bootstrapper asks the metadata API who it is as soon as it starts.
 	if err := daemon.AddInstance(cfg.Cluster, in); err != nil {
 		resp.Diagnostics.AddError("Registering the node", err.Error())
@@ -171,9 +183,37 @@ func (r *nodeResource) Read(ctx context.Context, req resource.ReadRequest, resp 
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }
 
-func (r *nodeResource) Update(_ context.Context, _ resource.UpdateRequest, resp *resource.UpdateResponse) {
-	// Every attribute forces a replacement.
-	resp.Diagnostics.AddError("Unexpected update", "constellation_local_node cannot be updated in place")
+// Update moves the node to another image (image_dir is the only attribute that changes in place): it stops
+// the node and boots the new image on the same state disk, as a reboot into an upgraded image would. A
+// node that does not come up stays stopped; the next apply starts it again (Read drops it from the state).
+func (r *nodeResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	var plan, prior nodeModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	cfg, _, done, err := plan.bootConfig()
+	if err != nil {
+		resp.Diagnostics.AddError("Restarting the node", err.Error())
+		return
+	}
+	defer done()
+	unlock, err := lockCluster(cfg.Cluster)
+	if err != nil {
+		resp.Diagnostics.AddError("Restarting the node", err.Error())
+		return
+	}
+	defer unlock()
+	cfg.Log.Info("moving the node to another image", "from", prior.ImageDir.ValueString(), "to", cfg.ImageDir)
+	if _, err := node.Restart(ctx, cfg); err != nil {
+		resp.Diagnostics.AddError("Restarting the node with "+cfg.ImageDir,
+			fmt.Sprintf("%v\n%s\nThe node is stopped with its state disk kept; the next apply starts it again.",
+				err, logTails(node.StateDirFor(cfg.Cluster, cfg.Name))))
+		return
+	}
+	plan.ID, plan.IP, plan.PodCIDR = prior.ID, prior.IP, prior.PodCIDR
+	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
 }
 
 func (r *nodeResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/hashicorp/terraform-plugin-go/tfprotov6"
+	"github.com/hashicorp/terraform-plugin-go/tftypes"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -67,4 +68,78 @@ func TestOneOf(t *testing.T) {
 	resp := &validator.StringResponse{}
 	v.ValidateString(context.Background(), validator.StringRequest{Path: path.Root("role"), ConfigValue: types.StringUnknown()}, resp)
 	assert.False(t, resp.Diagnostics.HasError(), "an unknown value is checked once known")
+}
+
+// TestNodeImageChangesInPlace plans a node whose image changed and one whose name changed: a new image is a
+// restart on the same state disk (an upgrade), anything else replaces the node and its disk.
+func TestNodeImageChangesInPlace(t *testing.T) {
+	srv := providerserver.NewProtocol6(New())()
+	ctx := context.Background()
+	_, err := srv.GetProviderSchema(ctx, &tfprotov6.GetProviderSchemaRequest{})
+	require.NoError(t, err)
+
+	str := tftypes.String
+	typ := tftypes.Object{AttributeTypes: map[string]tftypes.Type{
+		"id": str, "network": str, "name": str, "role": str, "index": tftypes.Number, "image_dir": str,
+		"state_disk_size_gb": tftypes.Number, "ip": str, "pod_cidr": str,
+	}}
+	node := func(name, image string, computed bool) tftypes.Value {
+		v := func(s string) tftypes.Value {
+			if !computed {
+				return tftypes.NewValue(str, tftypes.UnknownValue)
+			}
+			return tftypes.NewValue(str, s)
+		}
+		return tftypes.NewValue(typ, map[string]tftypes.Value{
+			"id": v("c/" + name), "network": tftypes.NewValue(str, "c"), "name": tftypes.NewValue(str, name),
+			"role": tftypes.NewValue(str, "worker"), "index": tftypes.NewValue(tftypes.Number, 1),
+			"image_dir": tftypes.NewValue(str, image), "state_disk_size_gb": tftypes.NewValue(tftypes.Number, nil),
+			"ip": v("10.0.0.3"), "pod_cidr": v("10.244.1.0/24"),
+		})
+	}
+	dynamic := func(v tftypes.Value) *tfprotov6.DynamicValue {
+		d, err := tfprotov6.NewDynamicValue(typ, v)
+		require.NoError(t, err)
+		return &d
+	}
+	config := func(name, image string) tftypes.Value {
+		return tftypes.NewValue(typ, map[string]tftypes.Value{
+			"id": tftypes.NewValue(str, nil), "network": tftypes.NewValue(str, "c"), "name": tftypes.NewValue(str, name),
+			"role": tftypes.NewValue(str, "worker"), "index": tftypes.NewValue(tftypes.Number, 1),
+			"image_dir": tftypes.NewValue(str, image), "state_disk_size_gb": tftypes.NewValue(tftypes.Number, nil),
+			"ip": tftypes.NewValue(str, nil), "pod_cidr": tftypes.NewValue(str, nil),
+		})
+	}
+	prior := node("worker-0", "/images/a", true)
+
+	testCases := map[string]struct {
+		name, image string
+		wantReplace []string
+	}{
+		"new image":  {name: "worker-0", image: "/images/b"},
+		"new name":   {name: "worker-1", image: "/images/a", wantReplace: []string{"name"}},
+		"no changes": {name: "worker-0", image: "/images/a"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			proposed := node(tc.name, tc.image, true)
+			resp, err := srv.PlanResourceChange(ctx, &tfprotov6.PlanResourceChangeRequest{
+				TypeName: "constellation_local_node", PriorState: dynamic(prior),
+				ProposedNewState: dynamic(proposed), Config: dynamic(config(tc.name, tc.image)),
+			})
+			require.NoError(t, err)
+			for _, d := range resp.Diagnostics {
+				t.Errorf("diagnostic: %s: %s", d.Summary, d.Detail)
+			}
+			var got []string
+			for _, p := range resp.RequiresReplace {
+				got = append(got, p.String())
+			}
+			var want []string
+			for _, a := range tc.wantReplace {
+				want = append(want, tftypes.NewAttributePath().WithAttributeName(a).String())
+			}
+			assert.Equal(t, want, got)
+		})
+	}
 }

@@ -6,13 +6,15 @@ resource "constellation_local_network" "this" {
   init_secret        = var.init_secret
 }
 
+# A node runs its own image if it has one (a roll-out by `constellation apply` moves nodes one at a time),
+# else the module's.
 resource "constellation_local_node" "node" {
   for_each           = var.nodes
   network            = constellation_local_network.this.id
   name               = each.key
   role               = each.value.role
   index              = each.value.index
-  image_dir          = var.image
+  image_dir          = coalesce(each.value.image, var.image)
   state_disk_size_gb = each.value.state_disk_size_gb
 }
 

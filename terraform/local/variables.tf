@@ -16,7 +16,7 @@ variable "init_secret" {
 
 variable "image" {
   type        = string
-  description = "Directory of the node image (constellation.efi, root.erofs, root.verity)."
+  description = "Directory of the node image (constellation.efi, root.erofs, root.verity) of nodes without their own."
 }
 
 variable "bridge_cidr" {
@@ -42,6 +42,7 @@ variable "nodes" {
     state_disk_size_gb = number
     instance_type      = string
     zone               = string
+    image              = optional(string)
   }))
-  description = "Nodes by name."
+  description = "Nodes by name; image, if set, is the node's own image directory (a roll-out moves nodes one by one)."
 }

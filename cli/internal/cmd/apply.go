@@ -58,8 +58,15 @@ func newApplyCmd(e *env) *cobra.Command {
   5. write the admin kubeconfig to constellation-admin.conf.
 
 If the node fails attestation, nothing is sent and the differing measurements are listed. If
-initialization fails on the node, its logs are written to constellation-cluster.log. Running apply
-again on an initialized cluster changes nothing; after an interruption it continues.`,
+initialization fails on the node, its logs are written to constellation-cluster.log. After an
+interruption, running apply again continues.
+
+On an initialized cluster, apply moves the nodes to the configuration's node image when it differs
+(write it with 'constellation upgrade check --update-config'): one node at a time, control planes
+first, each cordoned and drained, rebooted into the new image with its state disk kept, unlocked
+(control planes, with the master secret) or rejoined (workers), Ready, uncordoned and verified. While
+nodes move, the JoinService and 'constellation verify' accept both images; afterwards only the new one.
+An interrupted roll-out continues when apply runs again. Otherwise apply changes nothing.`,
 		Example: `  constellation apply
   constellation apply --merge-kubeconfig     # also add the cluster to ~/.kube/config`,
 		Args: cobra.NoArgs,
@@ -91,9 +98,7 @@ func (e *env) apply(ctx context.Context, p *progress, merge, replaceCA bool) err
 		return err
 	}
 	if st.IsInitialized() {
-		fmt.Fprintf(e.out, "The cluster %s is already initialized (cluster ID %s); nothing to do.\n"+
-			"Check its nodes with 'constellation verify'.\n", st.Infrastructure.Name, st.ClusterValues.ClusterID)
-		return nil
+		return e.applyInitialized(ctx, cfg, st, p)
 	}
 	if !st.HasInfrastructure() {
 		if st, err = e.create(ctx, cfg, p, replaceCA); err != nil {
@@ -125,6 +130,20 @@ func (e *env) apply(ctx context.Context, p *progress, merge, replaceCA bool) err
 		"Use it with:  kubectl --kubeconfig %s get nodes\nVerify nodes: constellation verify\n",
 		cfg.Name, p.Total(), st.ClusterValues.ClusterID, e.path(AdminConfFile), e.path(AdminConfFile))
 	return nil
+}
+
+// applyInitialized brings an initialized cluster to the configuration: today, its node image (a roll-out).
+func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
+	r, err := e.planRollout(ctx, cfg, st, p)
+	if err != nil {
+		return fmt.Errorf("%w\n(If every control plane restarted, unlock them first with 'constellation recover'.)", err)
+	}
+	if r == nil {
+		fmt.Fprintf(e.out, "The cluster %s is initialized (cluster ID %s) and runs what %s describes; nothing to do.\n"+
+			"Check its nodes with 'constellation verify'.\n", st.Infrastructure.Name, st.ClusterValues.ClusterID, e.path(config.FileName))
+		return nil
+	}
+	return e.rollout(ctx, r, p)
 }
 
 // masterSecret reads the workspace's master secret, or generates and writes one. An interrupted apply

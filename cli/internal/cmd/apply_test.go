@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"gopkg.in/yaml.v3"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/cli/internal/terraform"
@@ -38,6 +40,37 @@ type fakeInfra struct {
 	destroyed  int
 	// platformCA is what the provider reports; empty means the test nodes' CA (vtpmtest).
 	platformCA string
+	// images is the image each node runs; moved lists MoveNode's calls as node=image.
+	images map[string]string
+	moved  []string
+	// loaded lists LoadImage's calls as node<archive-name; loadErr makes them fail.
+	loaded  []string
+	loadErr error
+}
+
+func (f *fakeInfra) LoadImage(_ context.Context, _ *config.Config, node, archive string) ([]string, error) {
+	if f.loadErr != nil {
+		return nil, f.loadErr
+	}
+	f.loaded = append(f.loaded, node+"<"+filepath.Base(archive))
+	return []string{"docker.io/library/workload:v1"}, nil
+}
+
+func (f *fakeInfra) NodeImages() (map[string]string, error) {
+	out := map[string]string{}
+	for k, v := range f.images {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (f *fakeInfra) MoveNode(ctx context.Context, _ *config.Config, node, image string) (terraform.Outputs, error) {
+	if f.images == nil {
+		f.images = map[string]string{}
+	}
+	f.images[node] = image
+	f.moved = append(f.moved, node+"="+image)
+	return f.Outputs(ctx)
 }
 
 func (f *fakeInfra) Apply(context.Context, *config.Config) (terraform.Outputs, error) {
@@ -259,9 +292,12 @@ func TestApply(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "-rw-------", info.Mode().Perm().String())
 
-			// A second apply changes nothing.
+			// A second apply changes nothing: the cluster trusts the configured measurements.
 			stateBefore, err := afero.ReadFile(fs, state.FileName)
 			require.NoError(t, err)
+			cluster := clusterTrusting(t, fs, nil)
+			e.deps.kube = func([]byte) (kubernetes.Interface, error) { return cluster, nil }
+			e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: imageFixture(t)}, nil }
 			in.sent = nil
 			out.Reset()
 			require.Zero(t, execute(context.Background(), []string{"apply"}, e))

@@ -86,6 +86,28 @@ func (e *env) requireState() (*state.State, error) {
 	return st, nil
 }
 
+// loadCluster reads the configuration and the state of a created cluster.
+func (e *env) loadCluster() (*config.Config, *state.State, error) {
+	cfg, err := e.loadConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := e.requireState()
+	return cfg, st, err
+}
+
+// loadInitialized is loadCluster for commands that need an initialized cluster; what names what they do.
+func (e *env) loadInitialized(what string) (*config.Config, *state.State, error) {
+	cfg, st, err := e.loadCluster()
+	if err != nil {
+		return nil, nil, err
+	}
+	if !st.IsInitialized() {
+		return nil, nil, fmt.Errorf("the cluster was never initialized: there is nothing to %s (initialize it with 'constellation apply')", what)
+	}
+	return cfg, st, nil
+}
+
 // workspaceDir is the absolute path of the workspace, for the tools that run in it.
 func (e *env) workspaceDir() (string, error) {
 	ws := e.workspace

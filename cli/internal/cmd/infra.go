@@ -1,17 +1,21 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/localprovider/providerinfo"
 )
 
 // infrastructure creates and destroys a cluster's machines. Terraform does it (terraformInfra); tests use
@@ -27,6 +31,14 @@ type infrastructure interface {
 	Identity() (uid string, initSecret []byte, err error)
 	// Destroy removes everything Apply created.
 	Destroy(ctx context.Context) error
+	// NodeImages returns the image each node runs, as the last Apply rendered it (local provider).
+	NodeImages() (map[string]string, error)
+	// MoveNode reboots one node into another image, its state disk kept (local provider): one step of a
+	// roll-out. Every other node keeps its image.
+	MoveNode(ctx context.Context, cfg *config.Config, node, image string) (terraform.Outputs, error)
+	// LoadImage imports a container image archive into a running node's containerd (local provider) and
+	// returns the image references it carried.
+	LoadImage(ctx context.Context, cfg *config.Config, node, archive string) ([]string, error)
 }
 
 // artifacts are the files the CLI ships beside its binary (make build installs them into out/):
@@ -102,9 +114,48 @@ func (t *terraformInfra) options() terraform.Options {
 }
 
 func (t *terraformInfra) Apply(ctx context.Context, cfg *config.Config) (terraform.Outputs, error) {
+	return t.apply(ctx, cfg, nil)
+}
+
+func (t *terraformInfra) MoveNode(ctx context.Context, cfg *config.Config, node, image string) (terraform.Outputs, error) {
+	if cfg.GetProvider() != cloudprovider.Local {
+		return terraform.Outputs{}, fmt.Errorf("moving a node to another image is implemented for the local provider only, not %s", cfg.GetProvider())
+	}
+	return t.apply(ctx, cfg, map[string]string{node: image})
+}
+
+func (t *terraformInfra) LoadImage(ctx context.Context, cfg *config.Config, node, archive string) ([]string, error) {
+	if cfg.GetProvider() != cloudprovider.Local {
+		return nil, fmt.Errorf("loading images into nodes is implemented for the local provider only, not %s: "+
+			"push the image to a registry the nodes reach", cfg.GetProvider())
+	}
+	// The provider binary does it: the CLI links none of the node runtime.
+	cmd := exec.CommandContext(ctx, t.artifacts.providerBinary(), providerinfo.LoadImageCommand, cfg.Name, node, archive)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.Fields(string(out)), nil
+}
+
+func (t *terraformInfra) NodeImages() (map[string]string, error) {
+	vars, err := terraform.ReadVariables(t.workspace)
+	if err != nil {
+		return nil, err
+	}
+	return terraform.NodeImages(vars), nil
+}
+
+// apply renders the module's variables, with the node images in moves changed, and applies it.
+func (t *terraformInfra) apply(ctx context.Context, cfg *config.Config, moves map[string]string) (terraform.Outputs, error) {
 	in, err := t.inputs(cfg)
 	if err != nil {
 		return terraform.Outputs{}, err
+	}
+	for node, image := range moves {
+		in.NodeImages[node] = image
 	}
 	vars, err := terraform.Variables(cfg, in)
 	if err != nil {
@@ -126,7 +177,9 @@ func (t *terraformInfra) Apply(ctx context.Context, cfg *config.Config) (terrafo
 }
 
 // inputs keeps the UID and init secret of an earlier run: re-running must continue with the same
-// resources, and a node that already knows the init secret's hash must still accept it.
+// resources, and a node that already knows the init secret's hash must still accept it. Nodes keep the
+// image they run (local): only a roll-out (MoveNode) reboots a node into another one; the configuration's
+// image is the one of new nodes.
 func (t *terraformInfra) inputs(cfg *config.Config) (terraform.Inputs, error) {
 	in := terraform.Inputs{}
 	if uid, secret, err := t.Identity(); err == nil {
@@ -151,6 +204,12 @@ func (t *terraformInfra) inputs(cfg *config.Config) (terraform.Inputs, error) {
 		}
 		in.ImageRef = dir
 		in.ServicesDir = t.artifacts.servicesDir()
+		in.NodeImages = map[string]string{}
+		if cfg.GetProvider() == cloudprovider.Local {
+			if previous, err := t.NodeImages(); err == nil {
+				in.NodeImages = previous
+			}
+		}
 	default:
 		in.ImageRef = cfg.Image
 	}

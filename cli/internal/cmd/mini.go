@@ -1,11 +1,18 @@
 package cmd
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path/filepath"
+	"slices"
+	"strings"
 
+	"github.com/spf13/afero"
 	"github.com/spf13/cobra"
 
 	"github.com/constellation-go/constellation/internal/cloudprovider"
@@ -13,6 +20,7 @@ import (
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
+	"github.com/constellation-go/constellation/internal/state"
 )
 
 func newMiniCmd(e *env) *cobra.Command {
@@ -44,6 +52,7 @@ Re-running continues an interrupted mini up; on a running cluster it changes not
 			return e.apply(cmd.Context(), p, false, true)
 		},
 	})
+	cmd.AddCommand(newMiniImageCmd(e))
 	cmd.AddCommand(&cobra.Command{
 		Use:     "down",
 		Short:   "Destroy the local cluster (terminate --yes)",
@@ -54,6 +63,120 @@ Re-running continues an interrupted mini up; on a running cluster it changes not
 		},
 	})
 	return cmd
+}
+
+func newMiniImageCmd(e *env) *cobra.Command {
+	image := &cobra.Command{
+		Use:   "image",
+		Short: "Container images on the local cluster's nodes",
+		Args:  cobra.NoArgs,
+	}
+	load := &cobra.Command{
+		Use:   "load ARCHIVE",
+		Short: "Load a container image archive into every node's containerd (local nodes reach no registry)",
+		Long: `Import a container image archive (docker-archive or OCI image layout tarball, e.g. from
+'docker save' or a Bazel image rule) into the containerd of every node of the local cluster, or of the
+nodes named with --node, under the references it carries. Pods use it with imagePullPolicy: Never or
+IfNotPresent.
+
+A local node keeps its images in memory: after it restarts they are gone. The archive is recorded in
+constellation-state.yaml, and 'constellation apply' loads it into each node an image roll-out moves
+(if the file is still the one loaded); after any other restart, run this command again.`,
+		Example: `  constellation mini image load ./myapp.tar
+  kubectl --kubeconfig constellation-admin.conf create deployment myapp --image docker.io/library/myapp:v1`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			nodes, err := cmd.Flags().GetStringSlice(flagNode)
+			if err != nil {
+				return err
+			}
+			return e.miniImageLoad(cmd.Context(), args[0], nodes)
+		},
+	}
+	load.Flags().StringSlice(flagNode, nil, "node to load the image into, by name or address (repeatable; default: every node)")
+	_ = load.RegisterFlagCompletionFunc(flagNode, e.completeNodes)
+	image.AddCommand(load)
+	return image
+}
+
+// miniImageLoad loads a container image archive into the nodes and records it in the state.
+func (e *env) miniImageLoad(ctx context.Context, archive string, only []string) error {
+	cfg, st, err := e.loadCluster()
+	if err != nil {
+		return err
+	}
+	if cfg.GetProvider() != cloudprovider.Local {
+		return fmt.Errorf("mini image load is for local clusters; %s nodes pull from a registry", cfg.GetProvider())
+	}
+	abs, err := filepath.Abs(archive)
+	if err != nil {
+		return err
+	}
+	digest, err := fileSHA256(e.osFs, abs)
+	if err != nil {
+		return fmt.Errorf("reading the image archive: %w", err)
+	}
+	targets, err := selectNodes(st, only)
+	if err != nil {
+		return err
+	}
+	p := e.progress()
+	infra, err := e.infra(p)
+	if err != nil {
+		return err
+	}
+	var refs []string
+	for _, t := range targets {
+		p.Step("Loading %s into %s", filepath.Base(abs), t.name)
+		if refs, err = infra.LoadImage(ctx, cfg, t.name, abs); err != nil {
+			return fmt.Errorf("loading %s into %s: %w\nIs the node running? 'constellation status' shows the nodes; "+
+				"re-running loads it into every node again", abs, t.name, err)
+		}
+		p.Done()
+	}
+	loaded := state.LoadedImage{Path: abs, SHA256: digest, Refs: refs}
+	st.LoadedImages = slices.DeleteFunc(st.LoadedImages, func(l state.LoadedImage) bool { return l.Path == abs })
+	st.LoadedImages = append(st.LoadedImages, loaded)
+	if err := st.Write(e.files, state.FileName); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.out, "Loaded %s into %d node(s): %s\nUse it with imagePullPolicy: Never or IfNotPresent.\n",
+		filepath.Base(abs), len(targets), strings.Join(refs, ", "))
+	return nil
+}
+
+// reloadImages loads the recorded image archives into a node that restarted (and so lost them); a file that
+// changed or went away since it was loaded is reported, not loaded.
+func (e *env) reloadImages(ctx context.Context, cfg *config.Config, st *state.State, infra infrastructure, node string, p *progress) {
+	for _, l := range st.LoadedImages {
+		digest, err := fileSHA256(e.osFs, l.Path)
+		if err == nil && !bytes.Equal(digest, l.SHA256) {
+			err = errors.New("its content changed")
+		}
+		if err != nil {
+			fmt.Fprintf(e.errOut, "Notice: %s is no longer the archive loaded before (%v), so %s does not have %s after its "+
+				"restart: load it with 'constellation mini image load'\n", l.Path, err, node, strings.Join(l.Refs, ", "))
+			continue
+		}
+		if _, err := infra.LoadImage(ctx, cfg, node, l.Path); err != nil {
+			fmt.Fprintf(e.errOut, "Notice: loading %s into %s again failed: %v; load it with 'constellation mini image load'\n", l.Path, node, err)
+			continue
+		}
+		p.Detail("loaded %s into %s again", filepath.Base(l.Path), node)
+	}
+}
+
+func fileSHA256(fs afero.Fs, path string) ([]byte, error) {
+	f, err := fs.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return nil, err
+	}
+	return h.Sum(nil), nil
 }
 
 // miniConfig writes a local configuration measured from the image beside the CLI, or checks that the

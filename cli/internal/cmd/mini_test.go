@@ -1,7 +1,10 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -13,8 +16,10 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
+	"github.com/constellation-go/constellation/internal/state"
 )
 
 func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
@@ -67,4 +72,71 @@ func TestMiniUpRefusesAnotherProvider(t *testing.T) {
 // layered reads what is not in the memory workspace from the real file system (the CLI's artifacts).
 func layered(mem afero.Fs) afero.Fs {
 	return afero.NewCopyOnWriteFs(afero.NewReadOnlyFs(afero.NewOsFs()), mem)
+}
+
+// TestMiniImageLoad: the archive goes into every node (or the named ones) and is recorded once in the state,
+// by its absolute path and digest; a failing node says what to do.
+func TestMiniImageLoad(t *testing.T) {
+	testCases := map[string]struct {
+		args       []string
+		loadErr    error
+		wantCode   int
+		wantLoaded []string
+		wantStderr string
+	}{
+		"every node":   {wantLoaded: []string{"cp-0<app.tar", "worker-0<app.tar"}},
+		"one node":     {args: []string{"--node", "worker-0"}, wantLoaded: []string{"worker-0<app.tar"}},
+		"unknown node": {args: []string{"--node", "worker-7"}, wantCode: 1},
+		"a node that fails": {
+			loadErr: errors.New("the node is not running"), wantCode: 1,
+			wantStderr: "the node is not running",
+		},
+		"a missing archive": {args: []string{"--node", "cp-0"}, wantCode: 1, wantStderr: "reading the image archive"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			fs := afero.NewMemMapFs()
+			writeCreatedConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
+			writeInitializedState(t, fs, bytes.Repeat([]byte{3}, 32))
+			archive := "/images/app.tar"
+			if name != "a missing archive" {
+				require.NoError(t, afero.WriteFile(fs, archive, []byte("image archive"), 0o644))
+			}
+			infra := &fakeInfra{loadErr: tc.loadErr}
+			e, out, errOut := testEnv(t, fs, infra, nil, nil)
+			args := append([]string{"mini", "image", "load", archive}, tc.args...)
+			code := execute(context.Background(), args, e)
+			assert.Equal(t, tc.wantCode, code, "stdout: %s\nstderr: %s", out, errOut)
+			assert.Equal(t, tc.wantLoaded, infra.loaded)
+			assert.Contains(t, errOut.String(), tc.wantStderr)
+			st, err := state.Read(file.NewHandler(fs), state.FileName)
+			require.NoError(t, err)
+			if tc.wantCode != 0 {
+				assert.Empty(t, st.LoadedImages, "nothing is recorded of a load that failed")
+				return
+			}
+			assert.Contains(t, out.String(), "docker.io/library/workload:v1")
+			require.Len(t, st.LoadedImages, 1)
+			sum := sha256.Sum256([]byte("image archive"))
+			assert.Equal(t, state.LoadedImage{Path: archive, SHA256: sum[:], Refs: []string{"docker.io/library/workload:v1"}}, st.LoadedImages[0])
+
+			// Loading it again records it once.
+			require.Zero(t, execute(context.Background(), args, e))
+			st, err = state.Read(file.NewHandler(fs), state.FileName)
+			require.NoError(t, err)
+			assert.Len(t, st.LoadedImages, 1)
+
+			// A moved node gets the recorded archive again, unless the file changed.
+			infra.loaded = nil
+			cfg, err := e.loadConfig()
+			require.NoError(t, err)
+			e.reloadImages(context.Background(), cfg, st, infra, "cp-0", e.progress())
+			assert.Equal(t, []string{"cp-0<app.tar"}, infra.loaded)
+			require.NoError(t, afero.WriteFile(fs, archive, []byte("another image"), 0o644))
+			infra.loaded = nil
+			e.reloadImages(context.Background(), cfg, st, infra, "cp-0", e.progress())
+			assert.Empty(t, infra.loaded)
+			assert.Contains(t, errOut.String(), "its content changed")
+		})
+	}
 }

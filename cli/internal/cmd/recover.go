@@ -76,16 +76,9 @@ alone; re-running recover is safe.`,
 }
 
 func (e *env) recover(ctx context.Context, only []string) error {
-	cfg, err := e.loadConfig()
+	cfg, st, err := e.loadInitialized("recover")
 	if err != nil {
 		return err
-	}
-	st, err := e.requireState()
-	if err != nil {
-		return err
-	}
-	if !st.IsInitialized() {
-		return errors.New("the cluster was never initialized: there is nothing to recover (run 'constellation apply')")
 	}
 	ms, err := crypto.ReadMasterSecret(e.files, crypto.MasterSecretFileName)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -176,18 +169,21 @@ func whileBooting(ctx context.Context, p *progress, what string, fn func() error
 	}
 }
 
-// recoverNode sends the master secret to one node. A node whose Recovery API refuses connections is either
-// still booting (wait for it) or running normally (its VerificationService answers: leave it alone).
+// recoverNode sends the master secret to one node. A node whose VerificationService answers runs normally (it
+// is a pod, which needs the unlocked state disk): it is left alone. A node whose Recovery API refuses
+// connections is still booting: wait for it.
 func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint string, validator attestation.Validator,
 	req *recoverproto.RecoverRequest,
 ) (running bool, err error) {
+	runs := func() bool { return e.deps.reachable(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port))) }
+	if runs() {
+		return true, nil
+	}
 	return whileBooting(ctx, p, t.name+"'s Recovery API", func() error {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		return e.deps.recoverer.Recover(cctx, endpoint, validator, req)
-	}, func() bool {
-		return e.deps.reachable(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port)))
-	})
+	}, runs)
 }
 
 // waitForAPI waits until the cluster's API server lists its nodes.

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
@@ -56,6 +57,8 @@ type statusNode struct {
 	Kubelet    string `json:"kubeletVersion,omitempty"`
 	KernelOS   string `json:"osImage,omitempty"`
 	Conditions string `json:"notReadyReason,omitempty"`
+	// Image is the node image directory the node runs (local).
+	Image string `json:"image,omitempty"`
 }
 
 type statusResult struct {
@@ -69,7 +72,16 @@ type statusResult struct {
 	Attestation *statusAttestation `json:"attestation,omitempty"`
 	// Target is how far the nodes are at the configuration's Kubernetes version.
 	Target *statusTarget `json:"target,omitempty"`
-	Error  string        `json:"error,omitempty"`
+	// ImageTarget is how far the nodes are at the configuration's node image (local).
+	ImageTarget *statusImageTarget `json:"imageTarget,omitempty"`
+	Error       string             `json:"error,omitempty"`
+}
+
+// statusImageTarget counts the nodes that run the configuration's node image.
+type statusImageTarget struct {
+	Image    string `json:"image"`
+	AtTarget int    `json:"nodesAtTarget"`
+	Nodes    int    `json:"nodes"`
 }
 
 // statusAttestation is the attestation config the JoinService enforces.
@@ -111,6 +123,7 @@ func (e *env) status(ctx context.Context, format string) error {
 			res.Target = nodesAtTarget(cfg.KubernetesVersion, res.Nodes)
 		}
 	}
+	e.nodeImages(&res, byName)
 	slices.SortFunc(res.Nodes, func(a, b statusNode) int { return strings.Compare(a.Name, b.Name) })
 	if format == outputJSON {
 		data, err := json.MarshalIndent(res, "", "  ")
@@ -150,6 +163,14 @@ func (e *env) status(ctx context.Context, format string) error {
 	if tg := res.Target; tg != nil {
 		fmt.Fprintf(e.out, "Kubernetes target %s (%s): %d of %d nodes at target\n", tg.Kubernetes, config.FileName, tg.AtTarget, tg.Nodes)
 	}
+	if it := res.ImageTarget; it != nil {
+		fmt.Fprintf(e.out, "Node image target %s (%s): %d of %d nodes run it\n", it.Image, config.FileName, it.AtTarget, it.Nodes)
+		for _, n := range res.Nodes {
+			if n.Image != "" && n.Image != it.Image {
+				fmt.Fprintf(e.out, "  %s runs %s\n", n.Name, n.Image)
+			}
+		}
+	}
 	if a := res.Attestation; a != nil {
 		fmt.Fprintf(e.out, "Attestation config (JoinService): variant %s, enforced PCRs %v", a.Variant, a.PCRs)
 		if len(a.WarnOn) > 0 {
@@ -164,6 +185,41 @@ func (e *env) status(ctx context.Context, format string) error {
 		fmt.Fprintf(e.out, "%s\n", res.Error)
 	}
 	return nil
+}
+
+// nodeImages fills in the image each node runs and how many run the configured one, where the provider
+// records it (local); it leaves them out otherwise.
+func (e *env) nodeImages(res *statusResult, byName map[string]int) {
+	cfg, err := config.Load(e.files, config.FileName)
+	if err != nil || cfg.GetProvider() != cloudprovider.Local {
+		return
+	}
+	infra, err := e.infra(e.progress())
+	if err != nil {
+		return
+	}
+	images, err := infra.NodeImages()
+	if err != nil {
+		return
+	}
+	a, err := e.deps.artifacts()
+	if err != nil {
+		return
+	}
+	target, err := a.imageDir(cfg)
+	if err != nil {
+		return
+	}
+	res.ImageTarget = &statusImageTarget{Image: target}
+	for name, img := range images {
+		if i, ok := byName[name]; ok {
+			res.Nodes[i].Image = img
+			res.ImageTarget.Nodes++
+			if img == target {
+				res.ImageTarget.AtTarget++
+			}
+		}
+	}
 }
 
 // adminClient is a client of the cluster with the workspace's admin kubeconfig.

@@ -27,11 +27,13 @@ func newUpgradeCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "upgrade",
 		Short: "See what the cluster can be upgraded to",
-		Long: `See what this CLI can move a running cluster to: newer Kubernetes versions it pins, a node image and its
-measurements, and the services' version. Rolling a cluster to them is not built yet.`,
+		Long: `See what this CLI can move a running cluster to (upgrade check: newer Kubernetes versions it pins, a node
+image and its measurements, the services' version) and move it there (upgrade apply, the same as
+'constellation apply' on an initialized cluster). Rolling out node images works on local clusters;
+Kubernetes and service upgrades are not built yet.`,
 		Args: cobra.NoArgs,
 	}
-	cmd.AddCommand(newUpgradeCheckCmd(e))
+	cmd.AddCommand(newUpgradeCheckCmd(e), newUpgradeApplyCmd(e))
 	return cmd
 }
 
@@ -76,6 +78,28 @@ were.`,
 	_ = cmd.MarkFlagDirname(flagImage)
 	addOutputFlag(cmd)
 	return cmd
+}
+
+func newUpgradeApplyCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "apply",
+		Short: "Move an initialized cluster to the node image constellation-conf.yaml names",
+		Long: `The same as 'constellation apply' on an initialized cluster, under the name upgrades are looked for:
+the nodes move to the configuration's image one at a time (control planes first; each cordoned,
+drained, rebooted into the image with its state disk kept, rejoined or unlocked, Ready, uncordoned and
+verified). Both images are trusted while nodes move, only the new one afterwards. Re-running continues
+an interrupted roll-out. Choose the image first with 'constellation upgrade check --update-config'.`,
+		Example: `  constellation upgrade check --image /srv/images/next --update-config --kubernetes v1.33.13
+  constellation upgrade apply`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, st, err := e.loadInitialized("upgrade")
+			if err != nil {
+				return err
+			}
+			return e.applyInitialized(cmd.Context(), cfg, st, e.progress())
+		},
+	}
 }
 
 type upgradeCheckOptions struct {
@@ -241,7 +265,7 @@ func (e *env) writeUpgradeTargets(cfg *config.Config, res *upgradeCheckResult, k
 			}
 			updated = append(updated, "attestation.measurements")
 		}
-		if img.Candidate != img.Configured && cfg.Image != "" {
+		if img.Candidate != img.Configured {
 			if data, err = config.SetImage(data, img.Candidate); err != nil {
 				return nil, err
 			}

@@ -98,6 +98,8 @@ type nodeResult struct {
 	Mismatches []attestation.PCRMismatch `json:"mismatches,omitempty"`
 	Failures   []string                  `json:"failures,omitempty"`
 	Took       string                    `json:"took"`
+	// unreachable is set when the node's VerificationService gave no answer at all.
+	unreachable bool
 }
 
 type verifyResult struct {
@@ -111,11 +113,7 @@ type verifyResult struct {
 }
 
 func (e *env) verify(ctx context.Context, only []string, format string) error {
-	cfg, err := e.loadConfig()
-	if err != nil {
-		return err
-	}
-	st, err := e.requireState()
+	cfg, st, err := e.loadCluster()
 	if err != nil {
 		return err
 	}
@@ -130,6 +128,18 @@ func (e *env) verify(ctx context.Context, only []string, format string) error {
 	validator, err := e.validator(cfg, refs)
 	if err != nil {
 		return err
+	}
+	if st.IsInitialized() && st.Rollout != nil {
+		// The previous image's measurements come from the admin's own state, recorded when the roll-out began.
+		previous, err := st.Rollout.PreviousMeasurements.WithClusterID(st.ClusterValues.ClusterID)
+		if err != nil {
+			return err
+		}
+		if validator, err = choose.ForRollout(cfg.Attestation, refs, previous, e.log); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.errOut, "A roll-out to the image %s runs: a node still on the previous image is accepted with that "+
+			"image's measurements until 'constellation apply' finishes it.\n", st.Rollout.Image)
 	}
 	targets, err := selectNodes(st, only)
 	if err != nil {
@@ -307,6 +317,7 @@ func (e *env) verifyNode(ctx context.Context, t target, validator attestation.Va
 	doc, answered, err := e.deps.attester.GetAttestation(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port)), nonce)
 	if err != nil {
 		r.Error = fmt.Sprintf("getting an attestation from the VerificationService: %v", err)
+		r.unreachable = true
 		return r
 	}
 	if t.name == endpointTarget && answered != "" {

@@ -6,11 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/constellation-go/constellation/verify/verifytest"
 
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
@@ -30,6 +29,7 @@ import (
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/verify/verifyproto"
+	"github.com/constellation-go/constellation/verify/verifytest"
 )
 
 // fakeAttester answers for nodes by address from real vTPMs, through the real VerificationService.
@@ -251,9 +251,23 @@ func TestStatus(t *testing.T) {
 	cm.Data[attestationConfigKey] += "rollout:\n  previousMeasurements:\n    4:\n      expected: \"" + strings.Repeat("01", 32) + "\"\n"
 	_, err = k8s.CoreV1().ConfigMaps("kube-system").Update(context.Background(), cm, metav1.UpdateOptions{})
 	require.NoError(t, err)
+	// One node moved to the configured image already, the other still runs the previous one.
+	artifactsDir := imageFixture(t)
+	target := filepath.Join(artifactsDir, "image")
+	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: artifactsDir}, nil }
+	e.deps.infra = func(string, func(string)) (infrastructure, error) {
+		return &fakeInfra{images: map[string]string{"cp-0": target, "worker-0": "/images/a"}}, nil
+	}
 	out.Reset()
 	require.Zero(t, execute(context.Background(), []string{"status"}, e))
 	assert.Contains(t, out.String(), "a roll-out runs: the previous image's measurements are trusted too")
+	assert.Contains(t, out.String(), "Node image target "+target+" (constellation-conf.yaml): 1 of 2 nodes run it")
+	assert.Contains(t, out.String(), "worker-0 runs /images/a")
+	out.Reset()
+	require.Zero(t, execute(context.Background(), []string{"status", "-o", "json"}, e))
+	require.NoError(t, json.Unmarshal(out.Bytes(), &res))
+	assert.Equal(t, statusImageTarget{Image: target, AtTarget: 1, Nodes: 2}, *res.ImageTarget)
+	assert.Equal(t, "/images/a", res.Nodes[1].Image)
 
 	// Without a cluster: what to do.
 	empty, out2, errOut2 := testEnv(t, afero.NewMemMapFs(), &fakeInfra{}, nil, nil)
@@ -344,6 +358,54 @@ func TestVerifyWithoutWorkspace(t *testing.T) {
 				assert.Contains(t, out.String(), s)
 			}
 			assert.Contains(t, errOut.String(), tc.wantStderr)
+		})
+	}
+}
+
+// TestVerifyDuringRollout: while the state records a roll-out, a node still on the previous image verifies
+// with that image's measurements; without the record (the roll-out finished) it fails, and an image that is
+// neither never verifies.
+func TestVerifyDuringRollout(t *testing.T) {
+	clusterID := bytes.Repeat([]byte{3}, 32)
+	imageB := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: vtpmtest.Boot[3].Type, Data: "console=ttyS0 image=b"})
+	imageC := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: vtpmtest.Boot[3].Type, Data: "console=ttyS0 image=c"})
+	testCases := map[string]struct {
+		worker     []vtpmtest.Event
+		rollout    bool
+		wantCode   int
+		wantStdout []string
+	}{
+		"the previous image during the roll-out": {worker: vtpmtest.Boot, rollout: true, wantStdout: []string{"✓ worker-0"}},
+		"the previous image after the roll-out":  {worker: vtpmtest.Boot, wantCode: 1, wantStdout: []string{"✗ worker-0", "PCR 9"}},
+		"a third image during the roll-out": {
+			worker: imageC, rollout: true, wantCode: 1,
+			wantStdout: []string{"✗ worker-0", "PCR 9", "image=c"},
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			fs := afero.NewMemMapFs()
+			writeCreatedConfig(t, fs, vtpmtest.ReferenceValues(imageB))
+			writeInitializedState(t, fs, clusterID)
+			if tc.rollout {
+				st, err := state.Read(file.NewHandler(fs), state.FileName)
+				require.NoError(t, err)
+				st.Rollout = &state.Rollout{PreviousMeasurements: vtpmtest.ReferenceValues(vtpmtest.Boot), Image: "/images/b"}
+				require.NoError(t, st.Write(file.NewHandler(fs), state.FileName))
+			}
+			att := &fakeAttester{t: t, nodes: map[string]*vtpmtest.Node{
+				"10.42.0.2:30081": lockedNode(t, imageB, clusterID), "10.42.0.3:30081": lockedNode(t, tc.worker, clusterID),
+			}}
+			e, out, errOut := testEnv(t, fs, &fakeInfra{}, nil, att)
+			code := execute(context.Background(), []string{"verify"}, e)
+			assert.Equal(t, tc.wantCode, code, "stdout: %s\nstderr: %s", out, errOut)
+			assert.Contains(t, out.String(), "✓ cp-0")
+			for _, s := range tc.wantStdout {
+				assert.Contains(t, out.String(), s)
+			}
+			if tc.rollout {
+				assert.Contains(t, errOut.String(), "A roll-out to the image /images/b runs")
+			}
 		})
 	}
 }

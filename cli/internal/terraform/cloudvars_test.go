@@ -549,3 +549,25 @@ func mapKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// TestLocalNodeImages: a node that runs another image than the module's keeps it in its own entry, and
+// NodeImages reads back what every node runs.
+func TestLocalNodeImages(t *testing.T) {
+	cfg := validConfig(t, cloudprovider.Local)
+	in := validInputs(cfg)
+	in.ImageRef = "/images/b"
+	in.NodeImages = map[string]string{"cp-0": "/images/a", "worker-0": "/images/b", "worker-9": "/images/a"}
+	vars, err := Variables(cfg, in)
+	require.NoError(t, err)
+	nodes := vars["nodes"].(map[string]any)
+	assert.Equal(t, "/images/a", nodes["cp-0"].(map[string]any)["image"])
+	assert.NotContains(t, nodes["worker-0"].(map[string]any), "image", "a node on the module's image needs no entry")
+	assert.NotContains(t, nodes, "worker-9", "a node the configuration does not have is not made by its image")
+
+	// Through JSON, as the workspace stores them.
+	data, err := json.Marshal(vars)
+	require.NoError(t, err)
+	var stored map[string]any
+	require.NoError(t, json.Unmarshal(data, &stored))
+	assert.Equal(t, map[string]string{"cp-0": "/images/a", "worker-0": "/images/b"}, NodeImages(stored))
+}

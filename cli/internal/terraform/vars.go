@@ -39,6 +39,9 @@ type Inputs struct {
 	ImageRef string
 	// ServicesDir is where the services' image archives are (local only: the provider serves them).
 	ServicesDir string
+	// NodeImages are the image directories of nodes that do not run ImageRef (local only): a node keeps the
+	// image it runs until a roll-out moves it, so rendering the module never reboots a node by surprise.
+	NodeImages map[string]string
 }
 
 // Nodes lists the nodes the configuration asks for, control planes first, each role numbered across its
@@ -68,6 +71,23 @@ func Nodes(cfg *config.Config) []Node {
 		nodes[i].Index = i
 	}
 	return nodes
+}
+
+// NodeImages returns the image directory each node of rendered local-module variables runs: its own image, or
+// the module's image.
+func NodeImages(vars map[string]any) map[string]string {
+	out := map[string]string{}
+	fallback, _ := vars["image"].(string)
+	nodes, _ := vars["nodes"].(map[string]any)
+	for name, n := range nodes {
+		out[name] = fallback
+		if fields, ok := n.(map[string]any); ok {
+			if image, ok := fields["image"].(string); ok && image != "" {
+				out[name] = image
+			}
+		}
+	}
+	return out
 }
 
 // Variables renders the module variables of the configuration's provider.
@@ -129,6 +149,11 @@ func localVariables(cfg *config.Config, in Inputs) (map[string]any, error) {
 	nodes, err := moduleNodes(cfg)
 	if err != nil {
 		return nil, err
+	}
+	for name, image := range in.NodeImages {
+		if n, ok := nodes[name].(map[string]any); ok && image != in.ImageRef {
+			n["image"] = image
+		}
 	}
 	return map[string]any{
 		"bridge_cidr":        cfg.Provider.Local.BridgeCIDR,

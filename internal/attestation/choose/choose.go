@@ -2,6 +2,7 @@
 package choose
 
 import (
+	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -97,6 +98,40 @@ func ForConfig(att config.AttestationConfig, refs measurements.M, log *slog.Logg
 		}
 	}
 	return Validator(v, cfg)
+}
+
+// ForRollout returns the validator of a cluster that moves from one node image to another: a node passes if
+// the target image's reference values accept it, or the previous image's; each set is checked whole, never
+// a mix of the two. Both sets are adjusted by the caller as for ForConfig.
+func ForRollout(att config.AttestationConfig, target, previous measurements.M, log *slog.Logger) (attestation.Validator, error) {
+	t, err := ForConfig(att, target, log)
+	if err != nil {
+		return nil, err
+	}
+	p, err := ForConfig(att, previous, log)
+	if err != nil {
+		return nil, fmt.Errorf("the previous image's measurements (rollout.previousMeasurements): %w", err)
+	}
+	return eitherImage{target: t, previous: p}, nil
+}
+
+// eitherImage accepts a node that one of two complete measurement sets accepts.
+type eitherImage struct {
+	target, previous attestation.Validator
+}
+
+func (e eitherImage) Variant() variant.Variant { return e.target.Variant() }
+
+func (e eitherImage) Validate(ctx context.Context, doc, nonce []byte) ([]byte, error) {
+	data, errTarget := e.target.Validate(ctx, doc, nonce)
+	if errTarget == nil {
+		return data, nil
+	}
+	data, errPrevious := e.previous.Validate(ctx, doc, nonce)
+	if errPrevious == nil {
+		return data, nil
+	}
+	return nil, fmt.Errorf("the node matches neither the roll-out's target image: %w; nor the image it replaces: %w", errTarget, errPrevious)
 }
 
 // Node is a node's own attestation: its variant, its TPM and the issuer on it.

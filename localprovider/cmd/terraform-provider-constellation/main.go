@@ -15,9 +15,11 @@ import (
 )
 
 func main() {
-	// The nodes' init and the provider daemon are this binary, started again: they must not serve Terraform.
+	// The nodes' init, the provider daemon and `mini image load` are this binary, started again: they must not
+	// serve Terraform.
 	node.InitMain()
 	daemon.Main()
+	node.LoadImageMain()
 	if err := providerserver.Serve(context.Background(), tfprovider.New, providerserver.ServeOpts{Address: providerinfo.Address}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
