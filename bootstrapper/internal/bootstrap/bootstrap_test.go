@@ -374,6 +374,8 @@ func (r *raceJoiner) Join(context.Context, *joinproto.IssueJoinTicketResponse, m
 	return nil
 }
 
+func (r *raceJoiner) Reset(context.Context) error { return nil }
+
 // joinService hands out tickets for joinClusterSecret once its gate is open.
 type joinService struct {
 	joinproto.UnimplementedAPIServer

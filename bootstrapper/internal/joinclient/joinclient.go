@@ -5,7 +5,8 @@
 //
 // With a ticket it takes the node lock for the ticket's cluster ID (HKDF(measurement secret, measurement
 // salt, "key-clusterID")); if init took the lock first, the ticket is dropped. Then Joiner.Join sets up the
-// node: state disk, components, the kubelet's credentials and `kubeadm join`.
+// node: state disk, components, the kubelet's credentials and `kubeadm join`. A Join that fails is undone
+// (Joiner.Reset: `kubeadm reset`) and retried with the same ticket while its token is valid.
 //
 // A restarted node (its state disk was set up in an earlier boot) rejoins instead: IssueRejoinTicket gives
 // it the disk key and the cluster ID, it unlocks the disk, takes the node lock and installs the components
@@ -51,9 +52,11 @@ type Locker interface {
 	Taken() <-chan struct{}
 }
 
-// Joiner sets up the node with a ticket, after the node lock was taken.
+// Joiner sets up the node with a ticket, after the node lock was taken; Reset undoes a failed Join so that
+// it can run again with the same ticket.
 type Joiner interface {
 	Join(ctx context.Context, ticket *joinproto.IssueJoinTicketResponse, self metadata.Instance, kubeletKey *ecdsa.PrivateKey) error
+	Reset(ctx context.Context) error
 }
 
 // Disk is the node's state disk: its UUID identifies it for the JoinService (its key is derived from it); a
@@ -91,6 +94,9 @@ type Client struct {
 	Port int
 	// AttemptTimeout bounds one IssueJoinTicket call.
 	AttemptTimeout time.Duration
+	// TicketLifetime is how long a join ticket can be retried after the lock was taken: within the
+	// JoinService's bootstrap token lifetime (15 minutes).
+	TicketLifetime time.Duration
 	// DialOptions are added to every connection (tests).
 	DialOptions []grpc.DialOption
 }
@@ -99,13 +105,13 @@ type Client struct {
 func New(md Metadata, lock Locker, disk Disk, joiner Joiner, installer nodestate.Installer, creds credentials.TransportCredentials, log *slog.Logger) *Client {
 	return &Client{
 		metadata: md, lock: lock, disk: disk, joiner: joiner, installer: installer, creds: creds, log: log,
-		Backoff: DefaultBackoff, Port: joinproto.Port, AttemptTimeout: 30 * time.Second,
+		Backoff: DefaultBackoff, Port: joinproto.Port, AttemptTimeout: 30 * time.Second, TicketLifetime: 10 * time.Minute,
 	}
 }
 
 // Run tries to join until it succeeds (nil), the lock is taken by init (ErrLocked), the ticket could not be
-// used (an error after the lock was taken: the node is then locked to the cluster but not in it), or ctx
-// ends (ctx.Err()).
+// used while it was valid (an error after the lock was taken: the node is then locked to the cluster but not
+// in it, until it restarts), or ctx ends (ctx.Err()).
 func (c *Client) Run(ctx context.Context) error {
 	var self metadata.Instance
 	var diskUUID string
@@ -159,11 +165,47 @@ func (c *Client) Run(ctx context.Context) error {
 		return ErrLocked
 	}
 	log.Info("node lock taken for join", "clusterID", fmt.Sprintf("%x", clusterID), "apiServer", ticket.GetApiServerEndpoint())
-	if err := c.joiner.Join(ctx, ticket, self, key); err != nil {
-		return fmt.Errorf("joining the cluster: %w", err)
+	if err := c.joinWithTicket(ctx, ticket, self, key, log); err != nil {
+		return err
 	}
 	log.Info("joined the cluster")
 	return nil
+}
+
+// joinWithTicket runs the Joiner until it succeeds. After the lock the node cannot get another ticket (the
+// JoinService wants PCR 15 zero), so a failed join is undone and retried with the same ticket, its disk key
+// included, for as long as the ticket's bootstrap token lives; then the error is final and a restart of
+// the node (which clears PCR 15) starts over.
+func (c *Client) joinWithTicket(ctx context.Context, ticket *joinproto.IssueJoinTicketResponse, self metadata.Instance,
+	key *ecdsa.PrivateKey, log *slog.Logger,
+) error {
+	deadline := time.Now().Add(c.TicketLifetime)
+	delay := c.Backoff.Initial
+	for attempt := 1; ; attempt++ {
+		err := c.joiner.Join(ctx, ticket, self, key)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("joining the cluster: %w", err)
+		}
+		if time.Now().Add(delay).After(deadline) {
+			return fmt.Errorf("joining the cluster failed %d time(s) while its join ticket was valid: %w; restart the node "+
+				"to join again", attempt, err)
+		}
+		log.Warn("joining the cluster failed; undoing it and retrying with the same ticket", "attempt", attempt,
+			"retryIn", delay, "error", err)
+		if rerr := c.joiner.Reset(ctx); rerr != nil {
+			// The next Join may still succeed (kubeadm join checks what is in its way and says so).
+			log.Warn("undoing the failed join failed", "error", rerr)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("joining the cluster: %w (then %w)", err, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, c.Backoff.Max)
+	}
 }
 
 // ticketClusterID is the cluster a ticket of kind (join or rejoin) locks the node to.

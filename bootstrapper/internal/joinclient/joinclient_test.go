@@ -211,13 +211,29 @@ type fakeJoiner struct {
 	self   metadata.Instance
 	key    *ecdsa.PrivateKey
 	err    error
+	// failures makes the first this many Joins fail; tickets records every Join's ticket, resets the Resets.
+	failures int
+	tickets  []*joinproto.IssueJoinTicketResponse
+	resets   int
 }
 
 func (f *fakeJoiner) Join(_ context.Context, ticket *joinproto.IssueJoinTicketResponse, self metadata.Instance, key *ecdsa.PrivateKey) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.tickets = append(f.tickets, ticket)
+	if f.failures > 0 {
+		f.failures--
+		return errors.New("kubeadm join: exit status 1")
+	}
 	f.ticket, f.self, f.key = ticket, self, key
 	return f.err
+}
+
+func (f *fakeJoiner) Reset(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resets++
+	return nil
 }
 
 func (f *fakeJoiner) joined() bool {
@@ -390,13 +406,36 @@ func TestNoControlPlaneYet(t *testing.T) {
 	assert.False(t, n.joiner.joined())
 }
 
+// TestJoinerFailureAfterLock: a join that keeps failing after the lock is undone and retried with the same
+// ticket while it is valid, then fails for good (the node keeps its lock until it restarts).
 func TestJoinerFailureAfterLock(t *testing.T) {
 	n := newNode(t, vtpmtest.Boot, serve(t, &fakeJoinService{}))
+	n.client.TicketLifetime = 300 * time.Millisecond
 	n.joiner.err = errors.New("kubeadm join: exit status 1")
 	err := run(t, n.client, 30*time.Second)
 	require.ErrorContains(t, err, "kubeadm join")
+	require.ErrorContains(t, err, "restart the node")
 	assert.NotErrorIs(t, err, ErrLocked)
 	assert.NotEqual(t, []byte(measurements.Zero), n.pcr15(t), "the lock stays taken")
+	assert.Greater(t, len(n.joiner.tickets), 1, "the join was retried")
+	assert.Equal(t, len(n.joiner.tickets)-1, n.joiner.resets, "every failed join but the last was undone")
+}
+
+// TestJoinRetriedAfterLock: a join that fails twice after the lock (e.g. the API server was restarting) is
+// undone and retried with the same ticket and disk key, and the node joins; the lock is taken once.
+func TestJoinRetriedAfterLock(t *testing.T) {
+	n := newNode(t, vtpmtest.Boot, serve(t, &fakeJoinService{}))
+	n.joiner.failures = 2
+	require.NoError(t, run(t, n.client, 30*time.Second))
+	require.True(t, n.joiner.joined())
+	require.Len(t, n.joiner.tickets, 3)
+	for _, ticket := range n.joiner.tickets {
+		assert.Same(t, n.joiner.tickets[0], ticket, "no new ticket (and disk key) after the lock")
+	}
+	assert.Equal(t, 2, n.joiner.resets)
+	clusterID, err := crypto.ClusterID(measurementSecret, measurementSalt)
+	require.NoError(t, err)
+	assert.Equal(t, []byte(measurements.PCR15ForCluster(clusterID)), n.pcr15(t), "the lock was taken once, for the ticket's cluster")
 }
 
 func TestControlPlaneJoin(t *testing.T) {

@@ -31,9 +31,10 @@ type Installer interface {
 	Install(ctx context.Context, comps []*components.Component) error
 }
 
-// Kubeadm runs `kubeadm join`.
+// Kubeadm runs `kubeadm join`, and `kubeadm reset` after a join failed.
 type Kubeadm interface {
 	Join(ctx context.Context, config []byte) error
+	Reset(ctx context.Context) error
 }
 
 // NodeJoiner sets up a node from a join ticket.
@@ -86,6 +87,12 @@ func (j *NodeJoiner) Join(ctx context.Context, ticket *joinproto.IssueJoinTicket
 		return err
 	}
 	return j.Kubeadm.Join(ctx, config)
+}
+
+// Reset undoes what a failed Join did to Kubernetes' files (`kubeadm reset`), so that Join can run again with
+// the same ticket. The state disk stays unlocked with the ticket's key and the components installed.
+func (j *NodeJoiner) Reset(ctx context.Context) error {
+	return j.Kubeadm.Reset(ctx)
 }
 
 // writeControlPlaneFiles writes the cluster's CA files. Only the files the JoinService hands out are

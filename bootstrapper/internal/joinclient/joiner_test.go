@@ -54,6 +54,13 @@ type recordingKubeadm struct {
 	// seen records whether the kubelet's kubeconfig existed when kubeadm ran.
 	seen  bool
 	paths kubelet.Paths
+	// resets counts Reset's calls.
+	resets int
+}
+
+func (r *recordingKubeadm) Reset(context.Context) error {
+	r.resets++
+	return nil
 }
 
 func (r *recordingKubeadm) Join(_ context.Context, config []byte) error {

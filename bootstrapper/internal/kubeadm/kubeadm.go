@@ -1,4 +1,4 @@
-// Package kubeadm runs `kubeadm init` and `kubeadm join` on the node with a configuration from
+// Package kubeadm runs `kubeadm init`, `kubeadm join` and `kubeadm reset` on the node with a configuration from
 // kubeadmconfig. The configuration (it holds the bootstrap token) is written to a private temporary file
 // that is removed afterwards; kubeadm's output is streamed to the caller's writer line by line.
 //
@@ -51,6 +51,30 @@ func (r *Runner) Join(ctx context.Context, config []byte) error {
 	return r.run(ctx, "join", config)
 }
 
+// Reset runs `kubeadm reset --force`: it removes what a failed `kubeadm join` left (the kubelet's
+// configuration and credentials, static pod manifests, a control plane's etcd data), so that the join can
+// run again. kubeadm cannot stop the kubelet without an init system; the supervisor keeps restarting it,
+// and it waits for the configuration the next join writes.
+func (r *Runner) Reset(ctx context.Context) error {
+	return r.kubeadm(ctx, "reset", "--force", "--v=1")
+}
+
+// kubeadm runs kubeadm with args, its output to Out.
+func (r *Runner) kubeadm(ctx context.Context, args ...string) error {
+	exe := r.Exec
+	if exe == nil {
+		exe = OSExecutor{}
+	}
+	out := r.Out
+	if out == nil {
+		out = io.Discard
+	}
+	if err := exe.Run(ctx, r.Kubeadm, args, r.Env, out); err != nil {
+		return fmt.Errorf("kubeadm %s: %w", args[0], err)
+	}
+	return nil
+}
+
 func (r *Runner) run(ctx context.Context, cmd string, config []byte, flags ...string) error {
 	// Pods are routed through the node: kubeadm's preflight requires IPv4 forwarding, which is a setting
 	// of the node's own network namespace.
@@ -71,19 +95,7 @@ func (r *Runner) run(ctx context.Context, cmd string, config []byte, flags ...st
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("kubeadm %s: writing configuration: %w", cmd, err)
 	}
-	args := append([]string{cmd, "--config=" + path, "--v=1"}, flags...)
-	exe := r.Exec
-	if exe == nil {
-		exe = OSExecutor{}
-	}
-	out := r.Out
-	if out == nil {
-		out = io.Discard
-	}
-	if err := exe.Run(ctx, r.Kubeadm, args, r.Env, out); err != nil {
-		return fmt.Errorf("kubeadm %s: %w", cmd, err)
-	}
-	return nil
+	return r.kubeadm(ctx, append([]string{cmd, "--config=" + path, "--v=1"}, flags...)...)
 }
 
 func (r *Runner) enableIPForwarding() error {

@@ -128,3 +128,17 @@ func TestOSExecutor(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.Less(t, time.Since(start), 10*time.Second, "a cancelled command is stopped")
 }
+
+func TestReset(t *testing.T) {
+	exe := &fakeExec{}
+	var out bytes.Buffer
+	r := newRunner(t, exe, &out)
+	require.NoError(t, r.Reset(context.Background()))
+	assert.Equal(t, r.Kubeadm, exe.name)
+	assert.Equal(t, []string{"reset", "--force", "--v=1"}, exe.args, "no prompt: nobody is there to answer")
+	assert.Equal(t, r.Env, exe.env)
+	assert.NotEmpty(t, out.String(), "kubeadm's output goes to the node's log")
+
+	exe.err = errors.New("exit status 1")
+	require.ErrorContains(t, r.Reset(context.Background()), "kubeadm reset: exit status 1")
+}

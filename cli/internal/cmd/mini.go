@@ -30,28 +30,40 @@ func newMiniCmd(e *env) *cobra.Command {
 		Long: `A local cluster with one control plane and one worker: real kubeadm, real vTPM attestation,
 each node in its own namespaces on this machine, booted from the node image beside the CLI.`,
 	}
-	cmd.AddCommand(&cobra.Command{
+	up := &cobra.Command{
 		Use:   "up",
 		Short: "Create and initialize a local cluster (config generate local + apply)",
 		Long: `Write a local configuration whose measurements are precomputed from the node image (unless the
 workspace has one), create the nodes and initialize the cluster, in one command. The admin
 kubeconfig is written to constellation-admin.conf.
 
-Re-running continues an interrupted mini up; on a running cluster it changes nothing.`,
+--workers sizes the cluster (default: one control plane and one worker); it applies when the
+configuration is written, so a workspace with a configuration keeps its own size. Re-running continues
+an interrupted mini up; on a running cluster it changes nothing.`,
 		Example: `  mkdir mycluster && cd mycluster
   constellation mini up
+  constellation mini up --workers 4     # a control plane and four workers
   kubectl --kubeconfig constellation-admin.conf get nodes
   constellation verify
   constellation mini down`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			workers, err := cmd.Flags().GetInt(flagWorkers)
+			if err != nil {
+				return err
+			}
+			if workers < 0 || workers > maxMiniWorkers {
+				return fmt.Errorf("--%s %d: a local cluster has 0 to %d workers (each takes about 250 MiB of memory)", flagWorkers, workers, maxMiniWorkers)
+			}
 			p := e.progress()
-			if err := e.miniConfig(p); err != nil {
+			if err := e.miniConfig(p, workers, cmd.Flags().Changed(flagWorkers)); err != nil {
 				return err
 			}
 			return e.apply(cmd.Context(), p, false, true)
 		},
-	})
+	}
+	up.Flags().Int(flagWorkers, 1, "number of worker nodes (the control plane is one node)")
+	cmd.AddCommand(up)
 	cmd.AddCommand(newMiniImageCmd(e))
 	cmd.AddCommand(&cobra.Command{
 		Use:     "down",
@@ -179,15 +191,26 @@ func fileSHA256(fs afero.Fs, path string) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-// miniConfig writes a local configuration measured from the image beside the CLI, or checks that the
-// existing one is local.
-func (e *env) miniConfig(p *progress) error {
+const (
+	flagWorkers = "workers"
+	// maxMiniWorkers keeps a local cluster within what one machine runs.
+	maxMiniWorkers = 20
+)
+
+// miniConfig writes a local configuration with workers worker nodes, measured from the image beside the
+// CLI, or checks that the existing one is local (and, if workersSet, has that many workers).
+func (e *env) miniConfig(p *progress, workers int, workersSet bool) error {
 	cfg, err := config.Load(e.files, config.FileName)
 	switch {
 	case err == nil:
 		if cfg.GetProvider() != cloudprovider.Local {
 			return fmt.Errorf("%s is for provider %s; mini up needs a local configuration (use another workspace with -C)",
 				e.path(config.FileName), cfg.GetProvider())
+		}
+		if g, ok := cfg.NodeGroups[config.DefaultWorkerGroup]; workersSet && ok && g.InitialCount != workers {
+			return fmt.Errorf("%s has %d workers (nodeGroups.%s.initialCount), not the %d of --%s: the workspace's "+
+				"configuration decides; change it there before the cluster is created, or use another workspace with -C",
+				e.path(config.FileName), g.InitialCount, config.DefaultWorkerGroup, workers, flagWorkers)
 		}
 		return nil
 	case !errors.Is(err, fs.ErrNotExist):
@@ -198,6 +221,9 @@ func (e *env) miniConfig(p *progress) error {
 	if err != nil {
 		return err
 	}
+	g := cfg.NodeGroups[config.DefaultWorkerGroup]
+	g.InitialCount = workers
+	cfg.NodeGroups[config.DefaultWorkerGroup] = g
 	a, err := e.deps.artifacts()
 	if err != nil {
 		return err

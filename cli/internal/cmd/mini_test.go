@@ -55,6 +55,45 @@ func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
 		"a fresh node must show PCR 15 zero")
 }
 
+// TestMiniUpWorkers: --workers sizes the worker group of the configuration mini up writes; an existing
+// configuration with another size is not overridden, and an impossible size is refused before anything.
+func TestMiniUpWorkers(t *testing.T) {
+	dir := servicesFixture(t)
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), testUKI(), 0o644))
+	workers := func(e *env) int {
+		cfg, err := config.Load(e.files, config.FileName)
+		require.NoError(t, err)
+		return cfg.NodeGroups[config.DefaultWorkerGroup].InitialCount
+	}
+	newEnv := func(ws afero.Fs) (*env, *bytes.Buffer, *fakeInfra) {
+		infra := &fakeInfra{}
+		e, _, errOut := testEnv(t, layered(ws), infra, &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}, nil)
+		e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: dir}, nil }
+		return e, errOut, infra
+	}
+
+	ws := afero.NewMemMapFs()
+	e, _, infra := newEnv(ws)
+	// The fake node does not boot the test UKI, so apply stops at attestation; the configuration is written.
+	execute(context.Background(), []string{"mini", "up", "--workers", "4"}, e)
+	assert.Equal(t, 4, workers(e))
+	assert.Equal(t, 1, infra.applied)
+
+	e, errOut, infra := newEnv(ws)
+	assert.Equal(t, 1, execute(context.Background(), []string{"mini", "up", "--workers", "2"}, e))
+	assert.Contains(t, errOut.String(), "has 4 workers")
+	assert.Zero(t, infra.applied)
+	assert.Equal(t, 4, workers(e), "the workspace's configuration stays as it is")
+
+	for _, n := range []string{"-1", "21"} {
+		e, errOut, infra := newEnv(afero.NewMemMapFs())
+		assert.Equal(t, 1, execute(context.Background(), []string{"mini", "up", "--workers", n}, e))
+		assert.Contains(t, errOut.String(), "0 to 20 workers")
+		assert.Zero(t, infra.applied)
+	}
+}
+
 func TestMiniUpRefusesAnotherProvider(t *testing.T) {
 	fs := afero.NewMemMapFs()
 	cfg, err := config.Default(cloudprovider.QEMU)
