@@ -310,6 +310,9 @@ func (e *env) printUpgradeCheck(res *upgradeCheckResult) {
 	switch {
 	case len(res.Updated) > 0:
 		fmt.Fprintf(e.out, "Wrote %s into %s.\n", strings.Join(res.Updated, ", "), e.path(config.FileName))
+		if res.Kubernetes.Source == "cluster" {
+			fmt.Fprintln(e.out, "Move the cluster there with 'constellation upgrade apply'.")
+		}
 	case len(k.Targets) > 0 || imageChanged:
 		fmt.Fprintf(e.out, "Write the targets into %s with --%s.\n", e.path(config.FileName), flagUpdateConfig)
 	}

@@ -82,7 +82,7 @@ func TestUpgradeCheck(t *testing.T) {
 		},
 		"update the configuration": {
 			args: []string{"upgrade", "check", "--update-config"}, cluster: clusterAt("v1.33.13", "v0.1.0-dev"),
-			wantOut: []string{"Wrote kubernetesVersion, attestation.measurements into constellation-conf.yaml"},
+			wantOut: []string{"Wrote kubernetesVersion, attestation.measurements into constellation-conf.yaml", "constellation upgrade apply"},
 			wantK8s: "v1.34.10", wantPCRs: true,
 		},
 		"update to a chosen version": {
