@@ -398,6 +398,9 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	code, stdout, _ = c.run(ctx, "apply")
 	assert.Zero(t, code)
 	assert.Contains(t, stdout, "nothing to do")
+	code, stdout, _ = c.run(ctx, "status")
+	assert.Zero(t, code)
+	assert.Contains(t, stdout, "Node image target "+imageB+" (constellation-conf.yaml): 2 of 2 nodes run it")
 	t.Logf("FIGURES image roll-out of 2 nodes (interrupted once, then re-run): %s; the workload's longest unanswered "+
 		"stretch %s (%d answers)", took.Round(100*time.Millisecond), gap.Round(100*time.Millisecond), answers)
 
