@@ -45,8 +45,8 @@ type State struct {
 type LoadedImage struct {
 	// Path is the archive's absolute path.
 	Path string `yaml:"path"`
-	// SHA256 is the archive's digest when it was loaded: a changed file is not loaded again unasked.
-	SHA256 HexBytes `yaml:"sha256"`
+	// SHA256 is the archive's hex digest when it was loaded: a changed file is not loaded again unasked.
+	SHA256 string `yaml:"sha256"`
 	// Refs are the image references it carried.
 	Refs []string `yaml:"refs"`
 }

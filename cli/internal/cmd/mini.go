@@ -1,18 +1,14 @@
 package cmd
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/spf13/afero"
 	"github.com/spf13/cobra"
 
 	"github.com/constellation-go/constellation/internal/cloudprovider"
@@ -124,7 +120,7 @@ func (e *env) miniImageLoad(ctx context.Context, archive string, only []string) 
 	if err != nil {
 		return err
 	}
-	digest, err := fileSHA256(e.osFs, abs)
+	digest, err := file.NewHandler(e.osFs).SHA256(abs)
 	if err != nil {
 		return fmt.Errorf("reading the image archive: %w", err)
 	}
@@ -160,9 +156,10 @@ func (e *env) miniImageLoad(ctx context.Context, archive string, only []string) 
 // reloadImages loads the recorded image archives into a node that restarted (and so lost them); a file that
 // changed or went away since it was loaded is reported, not loaded.
 func (e *env) reloadImages(ctx context.Context, cfg *config.Config, st *state.State, infra infrastructure, node string, p *progress) {
+	fh := file.NewHandler(e.osFs)
 	for _, l := range st.LoadedImages {
-		digest, err := fileSHA256(e.osFs, l.Path)
-		if err == nil && !bytes.Equal(digest, l.SHA256) {
+		digest, err := fh.SHA256(l.Path)
+		if err == nil && digest != l.SHA256 {
 			err = errors.New("its content changed")
 		}
 		if err != nil {
@@ -176,19 +173,6 @@ func (e *env) reloadImages(ctx context.Context, cfg *config.Config, st *state.St
 		}
 		p.Detail("loaded %s into %s again", filepath.Base(l.Path), node)
 	}
-}
-
-func fileSHA256(fs afero.Fs, path string) ([]byte, error) {
-	f, err := fs.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return nil, err
-	}
-	return h.Sum(nil), nil
 }
 
 const (

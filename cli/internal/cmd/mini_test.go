@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -157,7 +158,7 @@ func TestMiniImageLoad(t *testing.T) {
 			assert.Contains(t, out.String(), "docker.io/library/workload:v1")
 			require.Len(t, st.LoadedImages, 1)
 			sum := sha256.Sum256([]byte("image archive"))
-			assert.Equal(t, state.LoadedImage{Path: archive, SHA256: sum[:], Refs: []string{"docker.io/library/workload:v1"}}, st.LoadedImages[0])
+			assert.Equal(t, state.LoadedImage{Path: archive, SHA256: hex.EncodeToString(sum[:]), Refs: []string{"docker.io/library/workload:v1"}}, st.LoadedImages[0])
 
 			// Loading it again records it once.
 			require.Zero(t, execute(context.Background(), args, e))
