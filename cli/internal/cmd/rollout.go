@@ -52,16 +52,14 @@ type imageRollout struct {
 	images map[string]string
 }
 
-// pending lists the nodes that do not run the target image yet.
-func (r *imageRollout) pending() []string {
-	var out []string
-	for name, img := range r.images {
+// allOnTarget tells whether every node runs the target image.
+func (r *imageRollout) allOnTarget() bool {
+	for _, img := range r.images {
 		if img != r.target {
-			out = append(out, name)
+			return false
 		}
 	}
-	slices.Sort(out)
-	return out
+	return true
 }
 
 // planRollout compares the configuration with the initialized cluster; it returns nil when every node runs
@@ -87,20 +85,10 @@ func (e *env) planRollout(ctx context.Context, cfg *config.Config, st *state.Sta
 		}
 		return nil, nil
 	}
-	if r.infra, err = e.infra(p); err != nil {
+	if r.infra, r.images, r.target, err = e.imagePlacement(cfg, p); err != nil {
 		return nil, err
 	}
-	if r.images, err = r.infra.NodeImages(); err != nil {
-		return nil, fmt.Errorf("reading which image each node runs: %w", err)
-	}
-	a, err := e.deps.artifacts()
-	if err != nil {
-		return nil, err
-	}
-	if r.target, err = a.imageDir(cfg); err != nil {
-		return nil, err
-	}
-	if !measurementsChanged && r.cluster.Rollout == nil && len(r.pending()) == 0 {
+	if !measurementsChanged && r.cluster.Rollout == nil && r.allOnTarget() {
 		return nil, nil
 	}
 	if r.cluster.Rollout != nil && measurementsChanged {
@@ -215,7 +203,7 @@ func (e *env) rollout(ctx context.Context, r *imageRollout, p *progress) (err er
 				}
 			}
 		}
-		if err := waitNodeReady(ctx, r.k8s, t.name, since, p); err != nil {
+		if err := waitNodeReady(ctx, r.k8s, t.name, since); err != nil {
 			return fmt.Errorf("%w\nRe-run 'constellation apply' to continue; 'constellation status' shows the nodes", err)
 		}
 		// Verified before it is uncordoned: the VerificationService is a DaemonSet, so it runs on a cordoned node,
@@ -359,7 +347,7 @@ func cordon(ctx context.Context, k8s kubernetes.Interface, name string, unschedu
 
 // waitNodeReady waits until the node reports Ready with a heartbeat after since (a heartbeat from before the
 // reboot does not count).
-func waitNodeReady(parent context.Context, k8s kubernetes.Interface, name string, since time.Time, p *progress) error {
+func waitNodeReady(parent context.Context, k8s kubernetes.Interface, name string, since time.Time) error {
 	ctx, cancel := context.WithTimeout(parent, rolloutWait)
 	defer cancel()
 	// Heartbeats are whole seconds.

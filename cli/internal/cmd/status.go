@@ -119,11 +119,14 @@ func (e *env) status(ctx context.Context, format string) error {
 		if err := e.clusterStatus(ctx, &res, byName); err != nil {
 			res.Error = fmt.Sprintf("the cluster did not answer: %v", err)
 		}
-		if cfg, err := config.Load(e.files, config.FileName); err == nil && res.Error == "" {
+	}
+	// status also serves a workspace whose configuration does not load: it then leaves the targets out.
+	if cfg, err := config.Load(e.files, config.FileName); err == nil {
+		if res.Initialized && res.Error == "" {
 			res.Target = nodesAtTarget(cfg.KubernetesVersion, res.Nodes)
 		}
+		e.nodeImages(cfg, &res, byName)
 	}
-	e.nodeImages(&res, byName)
 	slices.SortFunc(res.Nodes, func(a, b statusNode) int { return strings.Compare(a.Name, b.Name) })
 	if format == outputJSON {
 		data, err := json.MarshalIndent(res, "", "  ")
@@ -189,24 +192,8 @@ func (e *env) status(ctx context.Context, format string) error {
 
 // nodeImages fills in the image each node runs and how many run the configured one, where the provider
 // records it (local); it leaves them out otherwise.
-func (e *env) nodeImages(res *statusResult, byName map[string]int) {
-	cfg, err := config.Load(e.files, config.FileName)
-	if err != nil || cfg.GetProvider() != cloudprovider.Local {
-		return
-	}
-	infra, err := e.infra(e.progress())
-	if err != nil {
-		return
-	}
-	images, err := infra.NodeImages()
-	if err != nil {
-		return
-	}
-	a, err := e.deps.artifacts()
-	if err != nil {
-		return
-	}
-	target, err := a.imageDir(cfg)
+func (e *env) nodeImages(cfg *config.Config, res *statusResult, byName map[string]int) {
+	_, images, target, err := e.imagePlacement(cfg, e.progress())
 	if err != nil {
 		return
 	}
@@ -220,6 +207,28 @@ func (e *env) nodeImages(res *statusResult, byName map[string]int) {
 			}
 		}
 	}
+}
+
+// imagePlacement returns the infrastructure of a local cluster, the image directory each node runs and the
+// one the configuration names.
+func (e *env) imagePlacement(cfg *config.Config, p *progress) (infra infrastructure, images map[string]string, target string, err error) {
+	if cfg.GetProvider() != cloudprovider.Local {
+		return nil, nil, "", fmt.Errorf("only the local provider records each node's image, not %s", cfg.GetProvider())
+	}
+	if infra, err = e.infra(p); err != nil {
+		return nil, nil, "", err
+	}
+	if images, err = infra.NodeImages(); err != nil {
+		return nil, nil, "", fmt.Errorf("reading which image each node runs: %w", err)
+	}
+	a, err := e.deps.artifacts()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if target, err = a.imageDir(cfg); err != nil {
+		return nil, nil, "", err
+	}
+	return infra, images, target, nil
 }
 
 // adminClient is a client of the cluster with the workspace's admin kubeconfig.
