@@ -217,16 +217,23 @@ func dupFile(f *os.File) (*os.File, error) {
 // Output runs a command in the node and returns its standard output; a non-zero exit gives an *ExitError
 // with its standard error.
 func Output(ctx context.Context, stateDir string, args ...string) ([]byte, error) {
-	var stdout, stderr bytes.Buffer
-	err := Exec(ctx, stateDir, Cmd{Args: args, Stdout: &stdout, Stderr: &stderr})
+	stdout, _, err := collect(ctx, stateDir, nil, args)
+	if err != nil {
+		return stdout, fmt.Errorf("%s: %w", strings.Join(args, " "), err)
+	}
+	return stdout, nil
+}
+
+// collect runs args in the node with standard input stdin and returns what it wrote to standard output and
+// error; a non-zero exit gives an *ExitError with its standard error.
+func collect(ctx context.Context, stateDir string, stdin io.Reader, args []string) (stdout, stderr []byte, err error) {
+	var out, errOut bytes.Buffer
+	err = Exec(ctx, stateDir, Cmd{Args: args, Stdin: stdin, Stdout: &out, Stderr: &errOut})
 	var ee *ExitError
 	if errors.As(err, &ee) {
-		ee.Stderr = stderr.Bytes()
+		ee.Stderr = errOut.Bytes()
 	}
-	if err != nil {
-		return stdout.Bytes(), fmt.Errorf("%s: %w", strings.Join(args, " "), err)
-	}
-	return stdout.Bytes(), nil
+	return out.Bytes(), errOut.Bytes(), err
 }
 
 // Exec runs cmd in the node (see the package function Exec).

@@ -2,7 +2,6 @@ package node
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,22 +21,15 @@ const containerdNamespace = "k8s.io"
 // reach no registry. It returns the image references the archive carried. containerd keeps its images in
 // memory (its root is a tmpfs), so a node that restarts has lost them.
 func LoadImage(ctx context.Context, stateDir string, archive *os.File) ([]string, error) {
-	var stdout, stderr bytes.Buffer
 	// The archive's descriptor goes to ctr as its standard input: nothing is copied into the node first.
-	err := Exec(ctx, stateDir, Cmd{
-		Args:  []string{"ctr", "--address", ContainerdSocket, "-n", containerdNamespace, "images", "import", "-"},
-		Stdin: archive, Stdout: &stdout, Stderr: &stderr,
-	})
+	stdout, stderr, err := collect(ctx, stateDir, archive,
+		[]string{"ctr", "--address", ContainerdSocket, "-n", containerdNamespace, "images", "import", "-"})
 	if err != nil {
-		var ee *ExitError
-		if errors.As(err, &ee) {
-			ee.Stderr = stderr.Bytes()
-		}
 		return nil, fmt.Errorf("ctr images import: %w", err)
 	}
-	refs := importedRefs(stdout.String())
+	refs := importedRefs(string(stdout))
 	if len(refs) == 0 {
-		return nil, fmt.Errorf("ctr images import named no image (is the file an image archive?): %s", strings.TrimSpace(stdout.String()+stderr.String()))
+		return nil, fmt.Errorf("ctr images import named no image (is the file an image archive?): %s", strings.TrimSpace(string(stdout)+string(stderr)))
 	}
 	return refs, nil
 }
