@@ -37,6 +37,7 @@ const clockSkew = 2 * time.Minute
 // Errors a handshake fails with; check them with errors.Is.
 var (
 	ErrNoAttestation       = errors.New("peer certificate carries no attestation document")
+	ErrSeveralAttestations = errors.New("peer certificate carries more than one attestation document")
 	ErrUnknownVariant      = errors.New("peer certificate carries an attestation of a variant this side does not accept")
 	ErrEmptyDocument       = errors.New("peer certificate's attestation document is empty")
 	ErrKeyMismatch         = errors.New("attestation does not belong to the certificate's key")
@@ -130,6 +131,17 @@ func verifyAttestedCertificate(ctx context.Context, rawCerts [][]byte, validator
 	// malformed or altered certificate, refused before its extension is parsed.
 	if err := cert.CheckSignature(cert.SignatureAlgorithm, cert.RawTBSCertificate, cert.Signature); err != nil {
 		return fmt.Errorf("peer certificate is not self-signed: %w", err)
+	}
+	// One document per certificate: a handler that reads the peer's document (PeerDocument) then reads the
+	// one validated here, never a second one placed beside it.
+	var documents int
+	for _, ext := range cert.Extensions {
+		if isAttestationOID(ext.Id) {
+			documents++
+		}
+	}
+	if documents > 1 {
+		return fmt.Errorf("%w: %d", ErrSeveralAttestations, documents)
 	}
 	var offered []string
 	for _, ext := range cert.Extensions {

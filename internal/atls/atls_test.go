@@ -3,11 +3,18 @@ package atls
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"io"
+	"math/big"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -228,6 +235,9 @@ func TestVerifyCertificateChecks(t *testing.T) {
 		"unknown variant": {raw: func(t *testing.T) [][]byte { return certAt(t, testIssuer{v: variant.GCPSEVSNP}, now) }, wantErr: ErrUnknownVariant},
 		"garbage":         {raw: func(*testing.T) [][]byte { return [][]byte{{0x30, 0x03, 0x02, 0x01}} }},
 		"wrong signature": {raw: func(t *testing.T) [][]byte { return flipSignature(t, certAt(t, qemuIssuer, now)) }},
+		// A handler reading the peer's document (PeerDocument) must read the validated one: an unvalidated
+		// document of another variant placed first must not get through.
+		"two documents": {raw: func(t *testing.T) [][]byte { return twoDocuments(t, nonce, now) }, wantErr: ErrSeveralAttestations},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
@@ -242,6 +252,27 @@ func TestVerifyCertificateChecks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// twoDocuments returns a certificate with a made-up document of an unaccepted variant before a valid one.
+func twoDocuments(t *testing.T, nonce []byte, now time.Time) [][]byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	userData, err := keyDigest(&key.PublicKey)
+	require.NoError(t, err)
+	valid, err := qemuIssuer.Issue(context.Background(), userData, nonce)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Minute),
+		ExtraExtensions: []pkix.Extension{
+			{Id: variant.GCPSEVSNP.OID(), Value: []byte(`{"made":"up"}`)},
+			{Id: variant.QEMUVTPM.OID(), Value: valid},
+		},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	return [][]byte{der}
 }
 
 type emptyIssuer struct{}
@@ -285,7 +316,22 @@ func TestGRPCOverBufconn(t *testing.T) {
 	lis := bufconn.Listen(1 << 20)
 	serverCreds, err := NewCredentials(qemuIssuer, qemuValidator)
 	require.NoError(t, err)
-	srv := grpc.NewServer(grpc.Creds(serverCreds))
+	// Handlers see the document the handshake validated.
+	var (
+		mu       sync.Mutex
+		peerDocs [][]byte
+	)
+	srv := grpc.NewServer(grpc.Creds(serverCreds), grpc.UnaryInterceptor(
+		func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			doc, err := PeerDocument(ctx)
+			if err != nil {
+				return nil, err
+			}
+			mu.Lock()
+			peerDocs = append(peerDocs, doc)
+			mu.Unlock()
+			return handler(ctx, req)
+		}))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()
@@ -307,6 +353,15 @@ func TestGRPCOverBufconn(t *testing.T) {
 	require.NoError(t, call(qemuIssuer, qemuValidator))
 	require.NoError(t, call(qemuIssuer, qemuValidator))
 	assert.Error(t, call(nil, qemuValidator), "the server requires the client to attest")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, peerDocs, 2)
+	var doc testDoc
+	require.NoError(t, json.Unmarshal(peerDocs[1], &doc))
+	assert.Len(t, doc.Nonce, NonceSize, "the client's document, bound to the server's nonce")
+
+	_, err = PeerDocument(context.Background())
+	assert.ErrorIs(t, err, ErrNoAttestedPeer)
 }
 
 // countingValidator counts validations.

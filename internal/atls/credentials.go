@@ -3,10 +3,12 @@ package atls
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	"github.com/constellation-go/constellation/internal/attestation"
 )
@@ -73,4 +75,27 @@ func (c *Credentials) Clone() credentials.TransportCredentials {
 // Deprecated: required by the interface; gRPC no longer calls it.
 func (c *Credentials) OverrideServerName(string) error {
 	return nil
+}
+
+// ErrNoAttestedPeer is returned by PeerDocument for a call that did not arrive over aTLS.
+var ErrNoAttestedPeer = errors.New("the call did not come over an attested TLS connection")
+
+// PeerDocument returns the attestation document of the client of a gRPC call that arrived over these
+// credentials with validators: the document the handshake validated (the peer's leaf certificate is the one
+// its verification ran on). Handlers use it to bind a request to what the peer's attestation says.
+func PeerDocument(ctx context.Context) ([]byte, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, ErrNoAttestedPeer
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return nil, ErrNoAttestedPeer
+	}
+	for _, ext := range info.State.PeerCertificates[0].Extensions {
+		if isAttestationOID(ext.Id) {
+			return ext.Value, nil
+		}
+	}
+	return nil, ErrNoAttestedPeer
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 )
 
 // documentVersion is the format version of Document.
@@ -125,6 +126,20 @@ func decodeDocument(raw []byte) (*Document, error) {
 		return nil, fmt.Errorf("%w: attestation key, quote or signature missing", attestation.ErrMalformedDocument)
 	}
 	return &doc, nil
+}
+
+// CertifiedName returns the vTPM name (the node's name) the platform certified for the attestation key of
+// a document, or "" for a document without an AK certificate (variants in which an SEV-SNP report vouches for
+// the AK). Call it only on a document a Validator accepted: only then is the certificate trusted.
+func CertifiedName(raw []byte) (string, error) {
+	doc, err := decodeDocument(raw)
+	if err != nil {
+		return "", err
+	}
+	if len(doc.AKCert) == 0 {
+		return "", nil
+	}
+	return akcert.VTPMName(doc.AKCert)
 }
 
 // quoteDomain separates our quote bindings from any other use of the same AK.

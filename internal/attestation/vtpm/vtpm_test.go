@@ -92,6 +92,31 @@ func TestIssueAndValidate(t *testing.T) {
 	assert.Equal(t, decode(t, doc).AKPublic, decode(t, doc2).AKPublic)
 }
 
+// The AK certificate names the node the platform certified the vTPM for; the JoinService binds join tickets
+// to that name.
+func TestCertifiedName(t *testing.T) {
+	vn := vtpmtest.NewNamedNode(t, "worker-3", boot)
+	issuer := NewIssuer(variant.QEMUVTPM, vn.TPM, WithEventLog(func() ([]byte, error) { return vn.EventLog, nil }))
+	t.Cleanup(issuer.Close)
+	doc, err := issuer.Issue(context.Background(), []byte("user data"), newNonce(t))
+	require.NoError(t, err)
+	name, err := CertifiedName(doc)
+	require.NoError(t, err)
+	assert.Equal(t, "worker-3", name)
+
+	// Without an AK certificate (SEV-SNP variants) there is no name.
+	d := decode(t, doc)
+	d.AKCert = nil
+	raw, err := json.Marshal(d)
+	require.NoError(t, err)
+	name, err = CertifiedName(raw)
+	require.NoError(t, err)
+	assert.Empty(t, name)
+
+	_, err = CertifiedName([]byte("{"))
+	assert.ErrorIs(t, err, attestation.ErrMalformedDocument)
+}
+
 func TestWarnOnlyMismatchIsReportedNotFatal(t *testing.T) {
 	n := newNode(t, boot)
 	refs := n.refs.Clone()

@@ -138,9 +138,9 @@ func newJoinEnv(t testing.TB) *joinEnv {
 	}
 }
 
-func (e *joinEnv) nodeClient(t testing.TB, events []vtpmtest.Event) joinproto.APIClient {
+func (e *joinEnv) nodeClient(t testing.TB, name string, events []vtpmtest.Event) joinproto.APIClient {
 	t.Helper()
-	conn, err := dialJoinService(e.dial, nodeCredentials(t, events))
+	conn, err := dialJoinService(e.dial, nodeCredentials(t, name, events))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
 	return joinproto.NewAPIClient(conn)
@@ -177,7 +177,7 @@ func TestJoinTwentyNodesAgainstRealAPIServer(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 1; i <= 20; i++ {
 		uuid, node := fmt.Sprintf("00000000-0000-0000-0000-%012d", i), fmt.Sprintf("worker-%d", i)
-		client := env.nodeClient(t, vtpmtest.Boot)
+		client := env.nodeClient(t, node, vtpmtest.Boot)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -214,7 +214,7 @@ func TestJoinTwentyNodesAgainstRealAPIServer(t *testing.T) {
 	assert.Equal(t, 20.0, testutil.ToFloat64(env.server.metrics.attempts.WithLabelValues("IssueJoinTicket", resultOK, reasonNone)))
 
 	// A node booted with a changed kernel command line gets nothing, and the refusal is counted.
-	tampered := env.nodeClient(t, vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: eventlog.EvIPL, Data: "console=ttyS0 init=/bin/sh"}))
+	tampered := env.nodeClient(t, "evil", vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: eventlog.EvIPL, Data: "console=ttyS0 init=/bin/sh"}))
 	_, err := tampered.IssueJoinTicket(ctx, &joinproto.IssueJoinTicketRequest{
 		DiskUuid: "00000000-0000-0000-0000-000000000099", NodeName: "evil", CertificateRequest: kubeletCSR(t, "evil"),
 	})
@@ -231,7 +231,7 @@ func TestJoinTwentyNodesAgainstRealAPIServer(t *testing.T) {
 	assert.Equal(t, 1.0, testutil.ToFloat64(env.server.metrics.attempts.WithLabelValues("handshake", resultRefused, reasonAttestation)))
 
 	// A restarted KeyService derives identical keys.
-	client := env.nodeClient(t, vtpmtest.Boot)
+	client := env.nodeClient(t, "worker-7", vtpmtest.Boot)
 	uuid := "00000000-0000-0000-0000-000000000007"
 	env.keys.stop()
 	env.keys = startKeyService(t, env.keys.addr, env.keys.secretFile)
@@ -252,7 +252,7 @@ func BenchmarkIssueJoinTicket(b *testing.B) {
 	creds := make([]*atls.Credentials, nodes)
 	csrs := make([][]byte, nodes)
 	for i := range creds {
-		creds[i] = nodeCredentials(b, vtpmtest.Boot)
+		creds[i] = nodeCredentials(b, fmt.Sprintf("worker-%d", i), vtpmtest.Boot)
 		csrs[i] = kubeletCSR(b, fmt.Sprintf("worker-%d", i))
 	}
 	for _, concurrency := range []int{1, 8, 64} {

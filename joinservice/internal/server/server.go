@@ -19,8 +19,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/constellation-go/constellation/internal/atls"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
@@ -77,6 +79,7 @@ const (
 	reasonNone        = ""
 	reasonAttestation = "attestation"
 	reasonRequest     = "invalid_request"
+	reasonNodeName    = "node_name"
 	reasonKeyService  = "keyservice"
 	reasonToken       = "token"
 	reasonCSR         = "kubelet_csr"
@@ -138,6 +141,9 @@ func (s *Server) issueJoinTicket(ctx context.Context, req *joinproto.IssueJoinTi
 	if len(req.GetNodeName()) > 253 || !nodeNameRe.MatchString(req.GetNodeName()) {
 		return nil, fail(reasonRequest, codes.InvalidArgument, "node name %q is not a DNS subdomain", req.GetNodeName())
 	}
+	if err := checkCertifiedName(ctx, req.GetNodeName()); err != nil {
+		return nil, fail(reasonNodeName, codes.PermissionDenied, "%w", err)
+	}
 	diskKey, measurementSecret, err := s.secrets(ctx, req.GetDiskUuid())
 	if err != nil {
 		return nil, err
@@ -188,6 +194,29 @@ func (s *Server) IssueRejoinTicket(ctx context.Context, req *joinproto.IssueRejo
 	return resp, s.finish("IssueRejoinTicket", start, log, err)
 }
 
+// ErrNodeNameNotCertified refuses a node that asks to join under another name than the one its platform
+// certified for its vTPM: a kubelet certificate and bootstrap token for another node's name would let it
+// impersonate that node to the API server.
+var ErrNodeNameNotCertified = errors.New("the node name is not the one the platform certified for the node's vTPM")
+
+// checkCertifiedName binds the request's node name to the caller's attestation. Documents of variants in
+// which an SEV-SNP report vouches for the AK name no node (the report says which VM, not which name), so
+// only vTPM names are checked; for qemu-vtpm the validator has already required the AK certificate.
+func checkCertifiedName(ctx context.Context, nodeName string) error {
+	doc, err := atls.PeerDocument(ctx)
+	if err != nil {
+		return err
+	}
+	certified, err := vtpm.CertifiedName(doc)
+	if err != nil {
+		return err
+	}
+	if certified != "" && certified != nodeName {
+		return fmt.Errorf("%w: asked to join as %q, the vTPM is certified as %q", ErrNodeNameNotCertified, nodeName, certified)
+	}
+	return nil
+}
+
 func (s *Server) secrets(ctx context.Context, diskUUID string) (diskKey, measurementSecret []byte, err error) {
 	if diskKey, err = s.keys.GetDataKey(ctx, diskUUID, joinproto.StateDiskKeyLength); err != nil {
 		return nil, nil, fail(reasonKeyService, codes.Unavailable, "getting the disk key: %w", err)
@@ -223,7 +252,7 @@ func (s *Server) finish(rpc string, start time.Time, log *slog.Logger, err error
 		je = &joinError{reason: "internal", code: codes.Internal, err: err}
 	}
 	result := resultFailed
-	if je.code == codes.InvalidArgument {
+	if je.code == codes.InvalidArgument || je.code == codes.PermissionDenied {
 		result = resultRefused
 	}
 	s.metrics.attempts.WithLabelValues(rpc, result, je.reason).Inc()

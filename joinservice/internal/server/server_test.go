@@ -118,10 +118,11 @@ func atlsServer(t testing.TB, s *Server) *grpc.Server {
 	return g
 }
 
-// nodeCredentials returns the aTLS credentials of a node booted with events, attesting with its own swtpm.
-func nodeCredentials(t testing.TB, events []vtpmtest.Event) *atls.Credentials {
+// nodeCredentials returns the aTLS credentials of a node booted with events, attesting with its own swtpm,
+// which the platform certified for the node's name.
+func nodeCredentials(t testing.TB, name string, events []vtpmtest.Event) *atls.Credentials {
 	t.Helper()
-	n := vtpmtest.NewNode(t, events)
+	n := vtpmtest.NewNamedNode(t, name, events)
 	log := n.EventLog
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return log, nil }))
 	t.Cleanup(issuer.Close)
@@ -135,10 +136,10 @@ func dialJoinService(dial func(context.Context, string) (net.Conn, error), creds
 	return grpc.NewClient("passthrough:///joinservice", grpc.WithContextDialer(dial), grpc.WithTransportCredentials(creds))
 }
 
-// joiningNode dials the JoinService as a node booted with events.
-func (f *fixture) joiningNode(t *testing.T, events []vtpmtest.Event) joinproto.APIClient {
+// joiningNode dials the JoinService as the node name booted with events.
+func (f *fixture) joiningNode(t *testing.T, name string, events []vtpmtest.Event) joinproto.APIClient {
 	t.Helper()
-	conn, err := dialJoinService(f.dial, nodeCredentials(t, events))
+	conn, err := dialJoinService(f.dial, nodeCredentials(t, name, events))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
 	return joinproto.NewAPIClient(conn)
@@ -159,7 +160,7 @@ const diskUUID = "00000000-0000-0000-0000-000000000002"
 
 func TestIssueJoinTicket(t *testing.T) {
 	f := newFixture(t, keyService(t))
-	node := f.joiningNode(t, vtpmtest.Boot)
+	node := f.joiningNode(t, "worker-1", vtpmtest.Boot)
 	var resp0 *joinproto.IssueJoinTicketResponse
 	for _, controlPlane := range []bool{false, true} {
 		resp, err := node.IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
@@ -200,7 +201,7 @@ func TestIssueJoinTicket(t *testing.T) {
 func TestTamperedNodeGetsNothing(t *testing.T) {
 	f := newFixture(t, keyService(t))
 	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 3, vtpmtest.Event{PCR: 9, Type: eventlog.EvIPL, Data: "console=ttyS0 init=/bin/sh"})
-	node := f.joiningNode(t, tampered)
+	node := f.joiningNode(t, "evil", tampered)
 	resp, err := node.IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
 		DiskUuid: diskUUID, NodeName: "evil", CertificateRequest: kubeletCSR(t, "evil"),
 	})
@@ -224,6 +225,7 @@ func TestRefusalsAndFailures(t *testing.T) {
 		req        *joinproto.IssueJoinTicketRequest
 		wantCode   codes.Code
 		wantReason string
+		wantErr    string
 	}{
 		"bad disk UUID": {
 			req:      &joinproto.IssueJoinTicketRequest{DiskUuid: "not-a-uuid", NodeName: "w", CertificateRequest: []byte{1}},
@@ -242,6 +244,11 @@ func TestRefusalsAndFailures(t *testing.T) {
 			req:      &joinproto.IssueJoinTicketRequest{DiskUuid: diskUUID, NodeName: "worker-1"},
 			wantCode: codes.Unavailable, wantReason: reasonKeyService,
 		},
+		// A genuine node asking for another node's kubelet certificate and token.
+		"another node's name": {
+			req:      &joinproto.IssueJoinTicketRequest{DiskUuid: diskUUID, NodeName: "control-plane-0", IsControlPlane: true},
+			wantCode: codes.PermissionDenied, wantReason: reasonNodeName, wantErr: ErrNodeNameNotCertified.Error(),
+		},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
@@ -250,13 +257,17 @@ func TestRefusalsAndFailures(t *testing.T) {
 				keys = keyService(t)
 			}
 			f := newFixture(t, keys)
-			if tc.req.CertificateRequest == nil && tc.wantReason == reasonCSR {
+			switch {
+			case tc.req.CertificateRequest == nil && tc.wantReason == reasonCSR:
 				tc.req.CertificateRequest = kubeletCSR(t, "worker-2")
+			case tc.req.CertificateRequest == nil:
+				tc.req.CertificateRequest = kubeletCSR(t, tc.req.GetNodeName())
 			}
-			_, err := f.server.IssueJoinTicket(context.Background(), tc.req)
+			_, err := f.joiningNode(t, "worker-1", vtpmtest.Boot).IssueJoinTicket(context.Background(), tc.req)
 			assert.Equal(t, tc.wantCode, status.Code(err), "%v", err)
+			assert.Contains(t, status.Convert(err).Message(), tc.wantErr)
 			result := resultFailed
-			if tc.wantCode == codes.InvalidArgument {
+			if tc.wantCode == codes.InvalidArgument || tc.wantCode == codes.PermissionDenied {
 				result = resultRefused
 			}
 			assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.attempts.WithLabelValues("IssueJoinTicket", result, tc.wantReason)))
@@ -270,7 +281,7 @@ func TestRefusalsAndFailures(t *testing.T) {
 func TestControlPlaneFilesMissing(t *testing.T) {
 	f := newFixture(t, keyService(t))
 	require.NoError(t, os.Remove(filepath.Join(f.pkiDir, "etcd/ca.key")))
-	_, err := f.server.IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
+	_, err := f.joiningNode(t, "cp-2", vtpmtest.Boot).IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
 		DiskUuid: diskUUID, NodeName: "cp-2", IsControlPlane: true, CertificateRequest: kubeletCSR(t, "cp-2"),
 	})
 	assert.Equal(t, codes.Internal, status.Code(err))

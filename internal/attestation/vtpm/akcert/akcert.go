@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -134,6 +135,29 @@ func hasEKU(cert *x509.Certificate, oid asn1.ObjectIdentifier) bool {
 		}
 	}
 	return false
+}
+
+// subjectSuffix follows the vTPM's name in the common name of its AK certificate.
+const subjectSuffix = " attestation key"
+
+// SubjectName is the common name of the AK certificate of the vTPM named vtpmName (the node's name).
+func SubjectName(vtpmName string) string { return vtpmName + subjectSuffix }
+
+// ErrNoName marks an AK certificate whose subject names no vTPM.
+var ErrNoName = errors.New("the attestation key certificate names no vTPM")
+
+// VTPMName returns the name of the vTPM an AK certificate (DER) was issued for: the node name the platform
+// gave it. Call it only on a certificate Verify accepted.
+func VTPMName(der []byte) (string, error) {
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrCertificate, err)
+	}
+	name, ok := strings.CutSuffix(cert.Subject.CommonName, subjectSuffix)
+	if !ok || name == "" {
+		return "", fmt.Errorf("%w: common name %q", ErrNoName, cert.Subject.CommonName)
+	}
+	return name, nil
 }
 
 // ParseCertificates decodes one or more PEM certificates and nothing else: the form of the platform CA in

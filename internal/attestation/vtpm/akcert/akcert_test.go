@@ -50,6 +50,14 @@ func TestVerify(t *testing.T) {
 	require.Len(t, certs, 1)
 }
 
+func TestVTPMName(t *testing.T) {
+	_, der, _ := testChain(t) // common name "ak": names no vTPM
+	_, err := VTPMName(der)
+	require.ErrorIs(t, err, ErrNoName)
+	_, err = VTPMName([]byte{1, 2, 3})
+	require.ErrorIs(t, err, ErrCertificate)
+}
+
 // FuzzVerify: arbitrary certificate bytes never panic and only the genuine certificate passes.
 func FuzzVerify(f *testing.F) {
 	pool, der, ak := testChain(f)

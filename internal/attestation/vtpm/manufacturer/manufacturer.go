@@ -258,7 +258,7 @@ func (ca *CA) Manufacture(t transport.TPM, name string) error {
 // IssueAKCertificate returns an AK certificate (DER) for pub, naming the vTPM name. Manufacture calls it for
 // the AK it created in the vTPM; nothing else should.
 func (ca *CA) IssueAKCertificate(pub crypto.PublicKey, name string) ([]byte, error) {
-	return ca.issue(pub, name+" attestation key", x509.KeyUsageDigitalSignature, akcert.EKU)
+	return ca.issue(pub, akcert.SubjectName(name), x509.KeyUsageDigitalSignature, akcert.EKU)
 }
 
 // issue signs a certificate for pub.

@@ -54,16 +54,32 @@ type Node struct {
 	EventLog []byte
 }
 
-// NewNode starts an swtpm that the test platform CA (PlatformCA) certifies and measures events into it.
+// NodeName is the name the platform CA certifies the vTPMs of NewNode and NewNodeWithCA for (a node's name
+// is in its AK certificate; the JoinService gives a node a ticket for that name only).
+const NodeName = "test-node"
+
+// NewNode starts an swtpm that the test platform CA (PlatformCA) certifies for NodeName and measures events
+// into it.
 func NewNode(t testing.TB, events []Event) *Node {
 	t.Helper()
-	return NewNodeWithCA(t, events, PlatformCA(t))
+	return newNode(t, NodeName, events, PlatformCA(t))
+}
+
+// NewNamedNode is NewNode with a vTPM certified for the node name.
+func NewNamedNode(t testing.TB, name string, events []Event) *Node {
+	t.Helper()
+	return newNode(t, name, events, PlatformCA(t))
 }
 
 // NewNodeWithCA is NewNode with a vTPM certified by ca: a node of another platform.
 func NewNodeWithCA(t testing.TB, events []Event, ca *manufacturer.CA) *Node {
 	t.Helper()
-	p, tp := certifiedTPM(t, ca)
+	return newNode(t, NodeName, events, ca)
+}
+
+func newNode(t testing.TB, name string, events []Event, ca *manufacturer.CA) *Node {
+	t.Helper()
+	p, tp := certifiedTPM(t, ca, name)
 	b := eventlog.NewBuilder()
 	measured := make([]precompute.Event, len(events))
 	for i, ev := range events {
@@ -77,7 +93,7 @@ func NewNodeWithCA(t testing.TB, events []Event, ca *manufacturer.CA) *Node {
 }
 
 // certifiedTPM starts an swtpm and has ca certify it, before anything runs on it, as the local provider does.
-func certifiedTPM(t testing.TB, ca *manufacturer.CA, opts ...swtpm.Option) (*swtpm.Process, transport.TPMCloser) {
+func certifiedTPM(t testing.TB, ca *manufacturer.CA, name string, opts ...swtpm.Option) (*swtpm.Process, transport.TPMCloser) {
 	t.Helper()
 	p := swtpmtest.Start(t, opts...)
 	tp, err := tpm.Open(p.Address())
@@ -85,7 +101,7 @@ func certifiedTPM(t testing.TB, ca *manufacturer.CA, opts ...swtpm.Option) (*swt
 		t.Fatalf("opening swtpm: %v", err)
 	}
 	t.Cleanup(func() { _ = tp.Close() })
-	if err := ca.Manufacture(tp, "test-node"); err != nil {
+	if err := ca.Manufacture(tp, name); err != nil {
 		t.Fatalf("certifying the test vTPM: %v", err)
 	}
 	return p, tp
@@ -153,7 +169,7 @@ func NewNodeFromLog(t testing.TB, raw []byte) (*Node, measurements.M) {
 	if err != nil {
 		t.Fatalf("reading the log's startup locality: %v", err)
 	}
-	p, tp := certifiedTPM(t, PlatformCA(t), swtpm.StartupLocality(locality))
+	p, tp := certifiedTPM(t, PlatformCA(t), NodeName, swtpm.StartupLocality(locality))
 	for _, ev := range log.Events[1:] { // Events[0] is the Spec ID header
 		if ev.Type == eventlog.EvNoAction {
 			continue
