@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
+	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
@@ -224,33 +224,19 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	}
 	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initproto.Port))
 	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)
-	progress := func(step, msg string) { p.Detail("%s: %s", step, msg) }
-	var resp *initproto.InitSuccessResponse
-	_, err = whileBooting(ctx, p, "the node's Init API", func() error {
-		var err error
-		resp, err = e.deps.initer.Init(ctx, endpoint, validator, req, progress)
-		return err
-	}, nil)
-	var failed *initFailedError
-	if err != nil && resuming && !errors.As(err, &failed) && ctx.Err() == nil {
-		p.Detail("the node is not fresh; checking whether it is this cluster's, initialized by an interrupted apply")
-		var resumeErr error
-		if resp, resumeErr = e.deps.initer.Init(ctx, endpoint, resumeValidator, req, progress); resumeErr == nil {
-			err = nil
-		} else if errors.As(resumeErr, &failed) {
-			err = resumeErr
-		} else {
-			err = fmt.Errorf("%w\n(checked as a node of this cluster too: %v)", err, resumeErr)
-		}
+	r := clusterclient.InitRequest{
+		Endpoint: endpoint, Request: req, Fresh: validator, Identity: id,
+		Progress: func(step, msg string) { p.Detail("%s: %s", step, msg) },
+		Notice:   func(msg string) { p.Detail("%s", msg) },
 	}
+	if resuming {
+		r.Resume = resumeValidator
+	}
+	resp, err := clusterclient.Init(ctx, e.deps.initer, e.deps.booting, r)
 	if err != nil {
 		return e.initFailed(ctx, endpoint, err)
 	}
 	p.Done()
-	// The node derived them from what we sent; different values mean it is not running our bootstrapper.
-	if subtle.ConstantTimeCompare(resp.GetClusterId(), id.ClusterID) != 1 || subtle.ConstantTimeCompare(resp.GetOwnerId(), id.OwnerID) != 1 {
-		return fmt.Errorf("the node answered with a cluster ID or owner ID that does not follow from the master secret; do not use this cluster")
-	}
 	if err := e.files.Write(AdminConfFile, resp.GetKubeconfig(), file.OptOverwrite, file.OptSecret); err != nil {
 		return err
 	}
@@ -259,9 +245,9 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 }
 
 func (e *env) initFailed(ctx context.Context, endpoint string, err error) error {
-	var failed *initFailedError
+	var failed *clusterclient.InitFailedError
 	if errors.As(err, &failed) {
-		if werr := e.files.Write(ClusterLogFile, failed.logs, file.OptOverwrite, file.OptSecret); werr != nil {
+		if werr := e.files.Write(ClusterLogFile, failed.Logs, file.OptOverwrite, file.OptSecret); werr != nil {
 			return fmt.Errorf("initializing the cluster failed: %w (and writing its logs failed: %w)", err, werr)
 		}
 		return fmt.Errorf("initializing the cluster failed: %w\nThe node's logs are in %s. Fix the cause and re-run "+
@@ -294,7 +280,7 @@ func (e *env) components(ctx context.Context, cfg *config.Config, infra infrastr
 	if err != nil {
 		return nil, err
 	}
-	services, err := versions.ServiceSet(a.servicesDir())
+	services, err := versions.ServiceSet(a.ServicesDir())
 	if err != nil {
 		return nil, err
 	}

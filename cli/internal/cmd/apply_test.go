@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
+	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
+	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
@@ -155,22 +157,23 @@ func (f *fakeIniter) Init(ctx context.Context, _ string, v attestation.Validator
 		return nil, status.Error(codes.Canceled, "context canceled")
 	}
 	if f.fail {
-		return nil, &initFailedError{message: "kubeadm init failed", logs: []byte("kubelet: boom\n")}
+		return nil, &clusterclient.InitFailedError{Message: "kubeadm init failed", Logs: []byte("kubelet: boom\n")}
 	}
 	return &initproto.InitSuccessResponse{Kubeconfig: []byte("apiVersion: v1\nkind: Config\n"), ClusterId: clusterID, OwnerId: ownerID}, nil
 }
 
 // testEnv returns an env on a memory file system with fakes, and a local configuration whose measurements
 // are those of a vTPM node booted with vtpmtest.Boot.
-func testEnv(t *testing.T, fs afero.Fs, infra *fakeInfra, in initer, att attester) (*env, *bytes.Buffer, *bytes.Buffer) {
+func testEnv(t *testing.T, fs afero.Fs, infra *fakeInfra, in clusterclient.Initer, att clusterclient.Attester) (*env, *bytes.Buffer, *bytes.Buffer) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	e := &env{osFs: fs, in: strings.NewReader(""), out: &out, errOut: &errOut, deps: deps{
 		infra:      func(string, func(string)) (infrastructure, error) { return infra, nil },
-		artifacts:  func() (artifacts, error) { return artifacts{dir: t.TempDir()}, nil },
+		artifacts:  func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: t.TempDir()}, nil },
 		initer:     in,
 		attester:   att,
 		isTerminal: func() bool { return false },
+		booting:    clusterclient.Booting{Wait: 200 * time.Millisecond, Poll: time.Millisecond},
 	}}
 	return e, &out, &errOut
 }
@@ -245,7 +248,7 @@ func TestApply(t *testing.T) {
 			infra := &fakeInfra{applyErr: tc.applyErr}
 			in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, tc.boot), fail: tc.fail}
 			e, out, errOut := testEnv(t, fs, infra, in, nil)
-			e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+			e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
 
 			code := execute(context.Background(), []string{"apply"}, e)
 			assert.Equal(t, tc.wantCode, code, "stdout: %s\nstderr: %s", out, errOut)
@@ -297,7 +300,7 @@ func TestApply(t *testing.T) {
 			require.NoError(t, err)
 			cluster := clusterTrusting(t, fs, nil)
 			e.deps.kube = func([]byte) (kubernetes.Interface, error) { return cluster, nil }
-			e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: imageFixture(t)}, nil }
+			e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: imageFixture(t)}, nil }
 			in.sent = nil
 			out.Reset()
 			require.Zero(t, execute(context.Background(), []string{"apply"}, e))
@@ -317,7 +320,7 @@ func TestApplyReusesTheMasterSecret(t *testing.T) {
 	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
 	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot), fail: true}
 	e, _, _ := testEnv(t, fs, &fakeInfra{}, in, nil)
-	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
 	require.Equal(t, 1, execute(context.Background(), []string{"apply"}, e))
 	first := in.sent.GetMasterSecret()
 	in.fail = false
@@ -332,7 +335,7 @@ func TestApplyResumesAnInterruptedInit(t *testing.T) {
 	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
 	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot), interrupt: true}
 	e, out, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
-	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
 	require.Equal(t, 1, execute(context.Background(), []string{"apply"}, e))
 	assert.Contains(t, errOut.String(), "re-run 'constellation apply' to continue")
 
@@ -360,12 +363,11 @@ func TestApplyResumesAnInterruptedInit(t *testing.T) {
 
 // TestApplyWaitsForABootingNode: the node's Init API does not listen yet right after create.
 func TestApplyWaitsForABootingNode(t *testing.T) {
-	bootPoll = time.Millisecond
 	fs := afero.NewMemMapFs()
 	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))
 	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot), booting: 3}
 	e, out, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
-	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
 	require.Equal(t, 0, execute(context.Background(), []string{"apply"}, e), errOut.String())
 	assert.Contains(t, errOut.String(), "still booting")
 	assert.Contains(t, out.String(), "is initialized")
@@ -386,7 +388,7 @@ func servicesFixture(t *testing.T) string {
 // The platform's CA becomes the configuration's trust root at create; a configuration that trusts another
 // platform is not silently rewritten, and no node of this platform is trusted under it.
 func TestApplyRecordsThePlatformCA(t *testing.T) {
-	artifactsFn := func() (artifacts, error) { return artifacts{dir: servicesFixture(t)}, nil }
+	artifactsFn := func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
 
 	fs := afero.NewMemMapFs()
 	writeLocalConfig(t, fs, vtpmtest.ReferenceValues(vtpmtest.Boot))

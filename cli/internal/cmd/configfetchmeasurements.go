@@ -257,7 +257,7 @@ func (e *env) configuredImageRef(cfg *config.Config) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	uki, err := file.NewHandler(e.osFs).Read(filepath.Join(a.configuredImageDir(cfg), "constellation.efi"))
+	uki, err := file.NewHandler(e.osFs).Read(filepath.Join(a.ConfiguredImageDir(cfg), "constellation.efi"))
 	if err != nil {
 		return "", fmt.Errorf("reading the configured image's UKI: %w (build the image with 'make image', or set 'image' in %s)", err, config.FileName)
 	}

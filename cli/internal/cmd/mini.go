@@ -212,7 +212,7 @@ func (e *env) miniConfig(p *progress, workers int, workersSet bool) error {
 	if err != nil {
 		return err
 	}
-	img, err := a.imageDir(cfg)
+	img, err := a.ImageDir(cfg)
 	if err != nil {
 		return err
 	}

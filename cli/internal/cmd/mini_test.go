@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
@@ -39,7 +40,7 @@ func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
 	// The node is not booted from the test UKI, so its attestation fails: mini up must stop before init.
 	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
 	e, out, errOut := testEnv(t, layered(ws), &fakeInfra{}, in, nil)
-	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: dir}, nil }
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: dir}, nil }
 	code := execute(context.Background(), []string{"mini", "up"}, e)
 	assert.Equal(t, 1, code, "stdout: %s\nstderr: %s", out, errOut)
 	assert.Nil(t, in.sent, "a node that does not show the image's PCRs gets nothing")
@@ -70,7 +71,7 @@ func TestMiniUpWorkers(t *testing.T) {
 	newEnv := func(ws afero.Fs) (*env, *bytes.Buffer, *fakeInfra) {
 		infra := &fakeInfra{}
 		e, _, errOut := testEnv(t, layered(ws), infra, &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}, nil)
-		e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: dir}, nil }
+		e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: dir}, nil }
 		return e, errOut, infra
 	}
 

@@ -8,17 +8,12 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
-	"github.com/constellation-go/constellation/internal/atls"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
@@ -28,22 +23,6 @@ import (
 // recoverer sends the master secret to a restarted node over aTLS; the handshake checks the node first.
 type recoverer interface {
 	Recover(ctx context.Context, endpoint string, validator attestation.Validator, req *recoverproto.RecoverRequest) error
-}
-
-type grpcRecoverer struct{}
-
-func (grpcRecoverer) Recover(ctx context.Context, endpoint string, validator attestation.Validator, req *recoverproto.RecoverRequest) error {
-	creds, err := atls.NewCredentials(nil, []attestation.Validator{validator})
-	if err != nil {
-		return err
-	}
-	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_, err = recoverproto.NewAPIClient(conn).Recover(ctx, req)
-	return err
 }
 
 func newRecoverCmd(e *env) *cobra.Command {
@@ -132,46 +111,14 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	return nil
 }
 
-// bootWait bounds how long a command waits for a booting node's API to listen, asking every bootPoll.
-var bootWait, bootPoll = 3 * time.Minute, 2 * time.Second
-
-// refused tells whether a gRPC call failed because nothing listens yet.
-func refused(err error) bool {
-	return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "connection refused")
-}
-
-// whileBooting calls fn until it does not fail with a refused connection, for at most bootWait; a node
-// whose service is not listening yet may still be booting. done, if set, ends the wait early with
-// (true, nil).
-func whileBooting(ctx context.Context, p *progress, what string, fn func() error, done func() bool) (bool, error) {
-	deadline := time.Now().Add(bootWait)
-	waiting := false
-	for {
-		err := fn()
-		if err == nil || !refused(err) {
-			return false, err
-		}
-		if done != nil && done() {
-			return true, nil
-		}
-		if time.Now().After(deadline) {
-			return false, fmt.Errorf("%s did not answer within %s: is the node booted? (%w)", what, bootWait, err)
-		}
-		if !waiting {
-			p.Detail("waiting for %s (the node is still booting)", what)
-			waiting = true
-		}
-		select {
-		case <-ctx.Done():
-			return false, ctx.Err()
-		case <-time.After(bootPoll):
-		}
-	}
-}
-
 // recoverNode sends the master secret to one node. A node whose VerificationService answers runs normally (it
 // is a pod, which needs the unlocked state disk): it is left alone. A node whose Recovery API refuses
 // connections is still booting: wait for it.
+// waitingFor tells the user that a command waits for a booting node's API.
+func waitingFor(p *progress) func(what string) {
+	return func(what string) { p.Detail("waiting for %s (the node is still booting)", what) }
+}
+
 func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint string, validator attestation.Validator,
 	req *recoverproto.RecoverRequest,
 ) (running bool, err error) {
@@ -179,7 +126,7 @@ func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint s
 	if runs() {
 		return true, nil
 	}
-	return whileBooting(ctx, p, t.name+"'s Recovery API", func() error {
+	return e.deps.booting.Do(ctx, t.name+"'s Recovery API", waitingFor(p), func() error {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		return e.deps.recoverer.Recover(cctx, endpoint, validator, req)

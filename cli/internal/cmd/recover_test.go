@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"testing"
-	"time"
 
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
@@ -55,7 +54,6 @@ func (f *fakeRecoverer) Recover(ctx context.Context, endpoint string, v attestat
 func TestRecover(t *testing.T) {
 	tampered := vtpmtest.WithEvent(vtpmtest.Boot, 4, vtpmtest.Event{PCR: 11, Type: vtpmtest.Boot[4].Type, Data: ".linux-evil"})
 	ms := crypto.MasterSecret{Key: bytes.Repeat([]byte{1}, 32), Salt: bytes.Repeat([]byte{2}, 32)}
-	bootPoll, bootWait = time.Millisecond, 200*time.Millisecond
 	testCases := map[string]struct {
 		cp         *vtpmtest.Node
 		booting    int

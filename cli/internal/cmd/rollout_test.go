@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 
+	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
@@ -75,7 +76,7 @@ func otherImage(m measurements.M, i int) measurements.M {
 func rolloutEnv(t *testing.T, fs afero.Fs, artifactsDir string, infra *fakeInfra, k8s kubernetes.Interface) (*env, *bytes.Buffer, *config.Config, *state.State) {
 	t.Helper()
 	e, _, errOut := testEnv(t, fs, infra, nil, nil)
-	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: artifactsDir}, nil }
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: artifactsDir}, nil }
 	e.deps.kube = func([]byte) (kubernetes.Interface, error) { return k8s, nil }
 	require.NoError(t, afero.WriteFile(fs, AdminConfFile, []byte("apiVersion: v1\nkind: Config\n"), 0o600))
 	e.files = file.NewHandler(fs)

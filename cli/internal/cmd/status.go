@@ -225,7 +225,7 @@ func (e *env) imagePlacement(cfg *config.Config, p *progress) (infra infrastruct
 	if err != nil {
 		return nil, nil, "", err
 	}
-	if target, err = a.imageDir(cfg); err != nil {
+	if target, err = a.ImageDir(cfg); err != nil {
 		return nil, nil, "", err
 	}
 	return infra, images, target, nil

@@ -208,9 +208,9 @@ func (e *env) imageCandidate(cfg *config.Config, dir string) (*upgradeImage, err
 	if err != nil {
 		return nil, err
 	}
-	img := &upgradeImage{Configured: a.configuredImageDir(cfg), Candidate: dir}
+	img := &upgradeImage{Configured: a.ConfiguredImageDir(cfg), Candidate: dir}
 	if img.Candidate == "" {
-		img.Candidate = filepath.Join(a.dir, "image")
+		img.Candidate = a.InstalledImageDir()
 	}
 	if abs, err := filepath.Abs(img.Candidate); err == nil {
 		img.Candidate = abs

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 
+	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/upgrade"
@@ -108,7 +109,7 @@ func TestUpgradeCheck(t *testing.T) {
 				require.NoError(t, afero.WriteFile(ws, AdminConfFile, []byte("kubeconfig"), 0o600))
 			}
 			e, out, errOut := testEnv(t, layered(ws), &fakeInfra{}, nil, nil)
-			e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: dir}, nil }
+			e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: dir}, nil }
 			e.deps.kube = func([]byte) (kubernetes.Interface, error) { return tc.cluster, nil }
 
 			code := execute(context.Background(), tc.args, e)
@@ -134,7 +135,7 @@ func TestUpgradeCheck(t *testing.T) {
 func TestUpgradeCheckJSON(t *testing.T) {
 	ws, dir := upgradeFixture(t)
 	e, out, errOut := testEnv(t, layered(ws), &fakeInfra{}, nil, nil)
-	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: dir}, nil }
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: dir}, nil }
 	require.Zero(t, execute(context.Background(), []string{"upgrade", "check", "-o", "json"}, e), errOut.String())
 	var res upgradeCheckResult
 	require.NoError(t, json.Unmarshal(out.Bytes(), &res))

@@ -1,9 +1,7 @@
 package cmd
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -18,6 +16,7 @@ import (
 	"github.com/spf13/afero"
 	"github.com/spf13/cobra"
 
+	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
@@ -307,39 +306,32 @@ func (e *env) verifyNode(ctx context.Context, t target, validator attestation.Va
 	start := time.Now()
 	r := nodeResult{Name: t.name, IP: t.ip, Role: t.role}
 	defer func() { r.Took = time.Since(start).Round(time.Millisecond).String() }()
-	nonce := make([]byte, 32)
-	if _, err := rand.Read(nonce); err != nil {
-		r.Error = err.Error()
-		return r
-	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	doc, answered, err := e.deps.attester.GetAttestation(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port)), nonce)
-	if err != nil {
-		r.Error = fmt.Sprintf("getting an attestation from the VerificationService: %v", err)
-		r.unreachable = true
-		return r
-	}
-	if t.name == endpointTarget && answered != "" {
-		r.Name = answered // reported as the node says; the binding below makes that claim checked
-	}
-	userData, err := validator.Validate(ctx, doc, nonce)
-	if err != nil {
-		var verr *attestation.ValidationError
-		if errors.As(err, &verr) {
-			r.Mismatches, r.Failures = verr.Mismatches, verr.Failures
-		}
-		r.Error = err.Error()
-		return r
-	}
-	// The answer must come from the node asked: its document is bound to the answering node's name.
 	node := t.name
 	if t.name == endpointTarget {
-		node = answered // no node list: the endpoint's node, whichever it is
+		node = "" // no node list: the endpoint's node, whichever it is
 	}
-	if !bytes.Equal(userData, verifyproto.Binding(node, nil)) {
+	answered, err := clusterclient.Attest(ctx, e.deps.attester, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port)), node, validator)
+	if t.name == endpointTarget && answered != "" {
+		r.Name = answered // reported as the node says; Attest checked the claim through the binding
+	}
+	var verr *attestation.ValidationError
+	switch {
+	case errors.Is(err, clusterclient.ErrUnreachable):
+		r.Error = err.Error()
+		r.unreachable = true
+		return r
+	case errors.Is(err, clusterclient.ErrNotBound):
 		r.Error = fmt.Sprintf("the answer is not %s's own: its attestation is bound to another node (it says %q); "+
 			"the address answered with another node's attestation, so this node is not verified", t.name, answered)
+		return r
+	case errors.As(err, &verr):
+		r.Mismatches, r.Failures = verr.Mismatches, verr.Failures
+		r.Error = err.Error()
+		return r
+	case err != nil:
+		r.Error = err.Error()
 		return r
 	}
 	r.Verified = true

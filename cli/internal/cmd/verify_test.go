@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 
+	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
@@ -254,7 +255,7 @@ func TestStatus(t *testing.T) {
 	// One node moved to the configured image already, the other still runs the previous one.
 	artifactsDir := imageFixture(t)
 	target := filepath.Join(artifactsDir, "image")
-	e.deps.artifacts = func() (artifacts, error) { return artifacts{dir: artifactsDir}, nil }
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: artifactsDir}, nil }
 	e.deps.infra = func(string, func(string)) (infrastructure, error) {
 		return &fakeInfra{images: map[string]string{"cp-0": target, "worker-0": "/images/a"}}, nil
 	}

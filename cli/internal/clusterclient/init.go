@@ -1,0 +1,76 @@
+package clusterclient
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+
+	"github.com/constellation-go/constellation/bootstrapper/initproto"
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/crypto"
+)
+
+// Initer sends one init request (GRPC does; tests fake it).
+type Initer interface {
+	Init(ctx context.Context, endpoint string, validator attestation.Validator, req *initproto.InitRequest,
+		progress func(step, message string)) (*initproto.InitSuccessResponse, error)
+}
+
+// InitRequest is one attempt to initialize the cluster at Endpoint.
+type InitRequest struct {
+	Endpoint string
+	Request  *initproto.InitRequest
+	// Fresh accepts the node as it must be before init: the configured measurements, PCR 15 zero.
+	Fresh attestation.Validator
+	// Resume, if set, accepts the node as a node of this cluster (PCR 15 = its cluster ID): one that an
+	// interrupted init of the same master secret left initializing or initialized. Set it only when the
+	// master secret existed before this attempt.
+	Resume attestation.Validator
+	// Identity is what the node must derive from the master secret and salt sent.
+	Identity crypto.Identity
+	// Progress receives the node's steps; Notice what the client decides along the way.
+	Progress func(step, message string)
+	Notice   func(message string)
+}
+
+// ErrWrongIdentity is returned for a node that answered with a cluster or owner ID that does not follow from
+// the master secret: it does not run the project's bootstrapper.
+var ErrWrongIdentity = errors.New("the node answered with a cluster ID or owner ID that does not follow from the master secret; do not use this cluster")
+
+// Init initializes the cluster, waiting while the node boots. A node that is not fresh is asked again as a
+// node of this cluster (r.Resume), so that an interrupted init resumes instead of failing; a failure the
+// node reported (InitFailedError) is final.
+func Init(ctx context.Context, api Initer, b Booting, r InitRequest) (*initproto.InitSuccessResponse, error) {
+	notice := r.Notice
+	if notice == nil {
+		notice = func(string) {}
+	}
+	var resp *initproto.InitSuccessResponse
+	_, err := b.Do(ctx, "the node's Init API", func(what string) { notice(fmt.Sprintf("waiting for %s (the node is still booting)", what)) },
+		func() error {
+			var err error
+			resp, err = api.Init(ctx, r.Endpoint, r.Fresh, r.Request, r.Progress)
+			return err
+		}, nil)
+	var failed *InitFailedError
+	if err != nil && r.Resume != nil && !errors.As(err, &failed) && ctx.Err() == nil {
+		notice("the node is not fresh; checking whether it is this cluster's, initialized by an interrupted apply")
+		var resumeErr error
+		if resp, resumeErr = api.Init(ctx, r.Endpoint, r.Resume, r.Request, r.Progress); resumeErr == nil {
+			err = nil
+		} else if errors.As(resumeErr, &failed) {
+			err = resumeErr
+		} else {
+			err = fmt.Errorf("%w\n(checked as a node of this cluster too: %v)", err, resumeErr)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	// The node derived them from what we sent; different values mean it is not running our bootstrapper.
+	if subtle.ConstantTimeCompare(resp.GetClusterId(), r.Identity.ClusterID) != 1 || subtle.ConstantTimeCompare(resp.GetOwnerId(), r.Identity.OwnerID) != 1 {
+		return nil, ErrWrongIdentity
+	}
+	return resp, nil
+}
