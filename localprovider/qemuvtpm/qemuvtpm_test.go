@@ -2,6 +2,7 @@ package qemuvtpm
 
 import (
 	"context"
+	"crypto/x509"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -13,7 +14,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/constellation-go/constellation/internal/attestation/eventlog"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/akcert"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/manufacturer"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/testenv"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/tpm/swtpm"
@@ -36,6 +42,35 @@ func reopen(t *testing.T, v VTPM, ca *manufacturer.CA) error {
 	require.NoError(t, err)
 	defer tp.Close()
 	return ca.Manufacture(tp, "worker-0")
+}
+
+// attestation starts the vTPM's state with a command socket of its own (its swtpm must be stopped), issues
+// an attestation as the node's bootstrapper does and validates it against ca as the JoinService does. It
+// returns the validator's error and the node name the AK certificate carries.
+func attestation(t *testing.T, v VTPM, ca *manufacturer.CA) (string, error) {
+	t.Helper()
+	dir := testenv.TempDir(t)
+	require.NoError(t, os.Symlink(v.stateDir(), filepath.Join(dir, "state")))
+	p, err := swtpm.Start(context.Background(), dir)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.Stop()) }()
+	tp, err := tpm.Open(p.Address())
+	require.NoError(t, err)
+	defer tp.Close()
+	// Nothing was measured: an empty log and the PCRs of a fresh node with no boot events.
+	issuer := vtpm.NewIssuer(variant.QEMUVTPM, tp, vtpm.WithEventLog(func() ([]byte, error) { return eventlog.NewBuilder().Bytes(), nil }))
+	defer issuer.Close()
+	nonce := make([]byte, 32)
+	doc, err := issuer.Issue(context.Background(), []byte("user data"), nonce)
+	require.NoError(t, err)
+	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
+		Measurements: vtpmtest.ReferenceValues(nil), AKRoots: []*x509.Certificate{ca.Certificate()},
+	})
+	require.NoError(t, err)
+	if _, err := validator.Validate(context.Background(), doc, nonce); err != nil {
+		return "", err
+	}
+	return vtpm.CertifiedName(doc)
 }
 
 func TestEnsure(t *testing.T) {
@@ -78,6 +113,12 @@ func TestEnsure(t *testing.T) {
 	require.NoError(t, reopen(t, v, ca))
 	other, err := manufacturer.NewCA("another platform CA")
 	require.NoError(t, err)
+	// Its attestations chain to ca, name the node, and do not pass for another platform's CA.
+	name, err := attestation(t, v, ca)
+	require.NoError(t, err)
+	assert.Equal(t, "worker-0", name)
+	_, err = attestation(t, v, other)
+	require.ErrorIs(t, err, akcert.ErrCertificate)
 	require.ErrorIs(t, reopen(t, v, other), manufacturer.ErrOtherManufacturer)
 	require.ErrorIs(t, Ensure(ctx, v, other, "worker-0", me.Username), manufacturer.ErrOtherManufacturer,
 		"another CA never takes over a vTPM")
