@@ -81,6 +81,7 @@ func (a Artifacts) ServicesDir() string { return filepath.Join(a.Dir, "services"
 func (a Artifacts) ProviderBinary() string {
 	return filepath.Join(a.Dir, "terraform-provider-constellation")
 }
+
 // LibvirtProvider is the libvirt Terraform provider built from source.
 func (a Artifacts) LibvirtProvider() string {
 	return filepath.Join(a.Dir, "terraform-provider-libvirt")
