@@ -254,12 +254,27 @@ func TestMiniUp(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, tpm.Extend(tp, 12, bytes.Repeat([]byte{0x42}, 32)))
 	require.NoError(t, tp.Close())
+	tampered := time.Now()
 	code, stdout, stderr = c.run(ctx, "verify")
 	assert.Equal(t, 1, code, "verify must fail for a tampered node")
 	assert.Contains(t, stdout, "✓ cp-0")
 	assert.Contains(t, stdout, "✗ worker-0")
 	assert.Contains(t, stdout, "PCR 12", "verify must name the PCR that differs")
 	assert.Contains(t, stderr, "1 of 2 nodes failed verification")
+	// Nobody ran verify for the cluster: the JoinService's re-attestation flags the node within one
+	// interval (the default 30 s, plus the round's own time), names the PCR, and cordons it.
+	var attested nodeAttestation
+	require.Eventually(t, func() bool {
+		attested = nodeAttested(ctx, t, kubeconfig, "worker-0")
+		return attested.Status == "False" && attested.Cordoned
+	}, reattestInterval+15*time.Second, time.Second, "re-attestation did not flag and cordon the tampered worker: %+v", attested)
+	t.Logf("FIGURES re-attestation: tampered worker flagged and cordoned %s after the tamper", time.Since(tampered).Round(100*time.Millisecond))
+	assert.Contains(t, attested.Message, "PCR 12", "the condition names the PCR")
+	assert.Equal(t, "True", nodeAttested(ctx, t, kubeconfig, "cp-0").Status, "the untouched control plane stays attested")
+	code, stdout, _ = c.run(ctx, "status")
+	assert.Zero(t, code)
+	assert.Regexp(t, `worker-0\s+worker\s+\S+\s+yes\s+no \(cordoned\)`, stdout)
+	assert.Contains(t, stdout, "worker-0 failed re-attestation")
 
 	// Every control plane restarts (the machine rebooted): its vTPM is fresh and its state disk locked;
 	// only the master secret opens it again. recover must bring the Kubernetes API back.
@@ -308,6 +323,11 @@ func TestMiniUp(t *testing.T) {
 		return code == 0
 	}, 5*time.Minute, 3*time.Second, "the rejoined worker does not verify:\n%s", verifyOut)
 	t.Logf("FIGURES worker restart: Ready again %s after the restart began", rejoinTook.Round(100*time.Millisecond))
+	// Booted afresh, it verifies again: re-attestation uncordons the node it cordoned.
+	require.Eventually(t, func() bool {
+		attested = nodeAttested(ctx, t, kubeconfig, "worker-0")
+		return attested.Status == "True" && !attested.Cordoned
+	}, reattestInterval+30*time.Second, time.Second, "re-attestation did not clear the rejoined worker: %+v", attested)
 
 	// The figures bench/cli.sh prints.
 	t.Logf("FIGURES mini up (resuming the interrupted one) %s; both nodes Ready %s after its start (%s after it returned)",
@@ -547,6 +567,39 @@ func kubectl(ctx context.Context, t *testing.T, kubeconfig string, args ...strin
 		return fmt.Sprintf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// reattestInterval is the JoinService's default --reattest-interval.
+const reattestInterval = 30 * time.Second
+
+// nodeAttestation is a node's re-attestation condition and whether it is cordoned.
+type nodeAttestation struct {
+	Status, Reason, Message string
+	Cordoned                bool
+}
+
+func nodeAttested(ctx context.Context, t *testing.T, kubeconfig, name string) nodeAttestation {
+	t.Helper()
+	var n struct {
+		Spec struct {
+			Unschedulable bool `json:"unschedulable"`
+		} `json:"spec"`
+		Status struct {
+			Conditions []struct {
+				Type, Status, Reason, Message string
+			} `json:"conditions"`
+		} `json:"status"`
+	}
+	if json.Unmarshal([]byte(kubectl(ctx, t, kubeconfig, "get", "node", name, "-o", "json")), &n) != nil {
+		return nodeAttestation{}
+	}
+	out := nodeAttestation{Cordoned: n.Spec.Unschedulable}
+	for _, c := range n.Status.Conditions {
+		if c.Type == "ConstellationAttested" {
+			out.Status, out.Reason, out.Message = c.Status, c.Reason, c.Message
+		}
+	}
+	return out
 }
 
 func readyNodes(listJSON string) int {

@@ -49,19 +49,37 @@ type Rollout struct {
 // reference value, and PCR 15 zero (a node joins before it takes its node lock); during a roll-out, the
 // previous image's reference values too, as a second, complete set.
 func Parse(data []byte, log *slog.Logger) (attestation.Validator, error) {
+	return parse(data, func(m measurements.M) (measurements.M, error) { return m.WithFreshNode(), nil }, log)
+}
+
+// ParseJoined is Parse for nodes that joined the cluster of clusterID: PCR 15 must be clusterID.
+func ParseJoined(data, clusterID []byte, log *slog.Logger) (attestation.Validator, error) {
+	return parse(data, func(m measurements.M) (measurements.M, error) { return m.WithClusterID(clusterID) }, log)
+}
+
+// parse builds the validator of f with PCR 15 as lock sets it.
+func parse(data []byte, lock func(measurements.M) (measurements.M, error), log *slog.Logger) (attestation.Validator, error) {
 	var f File
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("decoding attestation config: %w", err)
 	}
+	refs, err := lock(f.Measurements)
+	if err != nil {
+		return nil, err
+	}
 	if f.Rollout == nil {
-		return choose.ForConfig(f.AttestationConfig, f.Measurements.WithFreshNode(), log)
+		return choose.ForConfig(f.AttestationConfig, refs, log)
 	}
 	if len(f.Rollout.PreviousMeasurements) == 0 {
 		return nil, errors.New("rollout.previousMeasurements: empty; remove the rollout when no roll-out runs")
 	}
-	v, err := choose.ForRollout(f.AttestationConfig, f.Measurements.WithFreshNode(), f.Rollout.PreviousMeasurements.WithFreshNode(), log)
+	previous, err := lock(f.Rollout.PreviousMeasurements)
+	if err != nil {
+		return nil, err
+	}
+	v, err := choose.ForRollout(f.AttestationConfig, refs, previous, log)
 	if err != nil {
 		return nil, fmt.Errorf("rollout: %w", err)
 	}
@@ -76,6 +94,7 @@ type Validator struct {
 	mu      sync.RWMutex
 	current attestation.Validator
 	digest  [sha256.Size]byte
+	data    []byte
 }
 
 // NewValidator loads path; it fails if the first load fails, since there is nothing to fall back to.
@@ -109,7 +128,7 @@ func (v *Validator) Reload() error {
 		return err
 	}
 	v.mu.Lock()
-	v.current, v.digest = next, digest
+	v.current, v.digest, v.data = next, digest, data
 	v.mu.Unlock()
 	return nil
 }
@@ -147,5 +166,41 @@ func (v *Validator) Validate(ctx context.Context, doc, nonce []byte) ([]byte, er
 	v.mu.RLock()
 	current := v.current
 	v.mu.RUnlock()
+	return current.Validate(ctx, doc, nonce)
+}
+
+// Joined returns a validator of nodes that joined the cluster of clusterID (PCR 15 = clusterID) that follows
+// the same file: the re-attestation of running nodes.
+func (v *Validator) Joined(clusterID []byte) attestation.Validator {
+	return &joinedValidator{file: v, clusterID: clusterID}
+}
+
+type joinedValidator struct {
+	file      *Validator
+	clusterID []byte
+
+	mu      sync.Mutex
+	current attestation.Validator
+	digest  [sha256.Size]byte
+}
+
+func (j *joinedValidator) Variant() variant.Variant { return j.file.Variant() }
+
+// Validate builds the joined validator again when the file changed (the file's last good version).
+func (j *joinedValidator) Validate(ctx context.Context, doc, nonce []byte) ([]byte, error) {
+	j.file.mu.RLock()
+	data, digest := j.file.data, j.file.digest
+	j.file.mu.RUnlock()
+	j.mu.Lock()
+	if j.current == nil || j.digest != digest {
+		next, err := ParseJoined(data, j.clusterID, j.file.log)
+		if err != nil {
+			j.mu.Unlock()
+			return nil, err
+		}
+		j.current, j.digest = next, digest
+	}
+	current := j.current
+	j.mu.Unlock()
 	return current.Validate(ctx, doc, nonce)
 }

@@ -15,3 +15,13 @@ const (
 var ControlPlaneFiles = []string{
 	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
 }
+
+const (
+	// AttestedCondition is the node condition the JoinService's re-attestation sets on every node (True:
+	// verified in the last round; False: refused, with the reason and the differing PCRs; Unknown:
+	// unreachable). `constellation status` shows it.
+	AttestedCondition = "ConstellationAttested"
+	// CordonedByAnnotation marks a node that re-attestation cordoned (value "reattestation"); only such a
+	// node is uncordoned again when it verifies.
+	CordonedByAnnotation = "constellation.io/cordoned-by"
+)

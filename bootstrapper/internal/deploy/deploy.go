@@ -277,10 +277,14 @@ func applyJoinServiceRBAC(ctx context.Context, client kubernetes.Interface) erro
 	if _, err := client.CoreV1().ServiceAccounts(Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
-	// The JoinService creates bootstrap tokens (Secrets in kube-system) and nothing else.
+	// In kube-system the JoinService creates bootstrap tokens (Secrets) and holds the re-attestation lease.
 	role := &rbacv1.Role{
 		ObjectMeta: meta(JoinServiceName),
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}}},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
+			// The lease that makes one JoinService the re-attesting one.
+			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
+		},
 	}
 	if _, err := client.RbacV1().Roles(Namespace).Create(ctx, role, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
 		_, err = client.RbacV1().Roles(Namespace).Update(ctx, role, metav1.UpdateOptions{})
@@ -298,8 +302,37 @@ func applyJoinServiceRBAC(ctx context.Context, client kubernetes.Interface) erro
 	if _, err := client.RbacV1().RoleBindings(Namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
+	// Re-attestation (joinservice/internal/reattest): list the nodes, set their condition, cordon one that
+	// fails, record Events on them. (The JoinService holds the cluster CA's key already; these rights add
+	// nothing an attacker of the JoinService could not mint.)
+	clusterRole := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: reattestRoleName, Labels: labels(JoinServiceName)},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "patch"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
+		},
+	}
+	if _, err := client.RbacV1().ClusterRoles().Create(ctx, clusterRole, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		if _, err := client.RbacV1().ClusterRoles().Update(ctx, clusterRole, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	clusterBinding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: reattestRoleName, Labels: labels(JoinServiceName)},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: reattestRoleName},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: JoinServiceName, Namespace: Namespace}},
+	}
+	if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, clusterBinding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
 	return nil
 }
+
+// reattestRoleName is the ClusterRole (and binding) of the JoinService's re-attestation.
+const reattestRoleName = "constellation-reattestation"
 
 func applySecret(ctx context.Context, client kubernetes.Interface, s *corev1.Secret) error {
 	api := client.CoreV1().Secrets(Namespace)
@@ -423,6 +456,8 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 		Env: []corev1.EnvVar{
 			{Name: "KUBERNETES_SERVICE_HOST", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
 			{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiServerPort)},
+			// The identity in the re-attestation lease.
+			{Name: "JOINSERVICE_NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
 		},
 		Ports:          []corev1.ContainerPort{hostPort(joinServiceGRPCPort), hostPort(joinServiceHTTPPort)},
 		ReadinessProbe: healthProbe("", joinServiceHTTPPort),

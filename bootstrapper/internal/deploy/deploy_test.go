@@ -169,6 +169,15 @@ func container(t *testing.T, ds *appsv1.DaemonSet) corev1.Container {
 	return ds.Spec.Template.Spec.Containers[0]
 }
 
+func hasEnv(c corev1.Container, name string) bool {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 func hasArg(c corev1.Container, arg string) bool {
 	return slices.Contains(c.Args, arg)
 }
@@ -297,6 +306,14 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	require.NoError(t, err)
 	_, err = saClient.CoreV1().Secrets(Namespace).Get(ctx, MasterSecretName, metav1.GetOptions{})
 	assert.True(t, apierrors.IsForbidden(err), "the JoinService cannot read the master secret: %v", err)
+	// Re-attestation: it lists nodes and may cordon them, but neither delete them nor read other Secrets.
+	_, err = saClient.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	err = saClient.CoreV1().Nodes().Delete(ctx, "any", metav1.DeleteOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "the JoinService cannot delete nodes: %v", err)
+	_, err = saClient.CoreV1().Secrets(Namespace).List(ctx, metav1.ListOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "the JoinService cannot list secrets: %v", err)
+	assert.True(t, hasEnv(jc, "JOINSERVICE_NODE_NAME"), "the lease identity is the node's name")
 
 	// Deploying again updates in place.
 	cfg.KubernetesVersion = "v1.34.1"

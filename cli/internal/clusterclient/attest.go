@@ -1,7 +1,6 @@
 package clusterclient
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -19,9 +18,8 @@ type Attester interface {
 var (
 	// ErrUnreachable marks a node whose VerificationService gave no answer at all.
 	ErrUnreachable = errors.New("getting an attestation from the VerificationService")
-	// ErrNotBound marks an answer that validated but is bound to another node than the one asked: the
-	// address answered with another node's attestation.
-	ErrNotBound = errors.New("the answer is bound to another node")
+	// ErrNotBound marks an answer bound to another node than the one asked (verifyproto.CheckAnswer).
+	ErrNotBound = verifyproto.ErrNotBound
 )
 
 // Attest asks the VerificationService at endpoint for an attestation bound to a fresh nonce, validates it
@@ -37,16 +35,5 @@ func Attest(ctx context.Context, api Attester, endpoint, node string, validator 
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
-	userData, err := validator.Validate(ctx, doc, nonce)
-	if err != nil {
-		return answered, err
-	}
-	want := node
-	if want == "" {
-		want = answered // the endpoint's node, whichever it is; the binding makes its claim checked
-	}
-	if !bytes.Equal(userData, verifyproto.Binding(want, nil)) {
-		return answered, fmt.Errorf("%w (it says it is %q)", ErrNotBound, answered)
-	}
-	return answered, nil
+	return answered, verifyproto.CheckAnswer(ctx, validator, doc, nonce, node, answered)
 }

@@ -11,7 +11,6 @@ import (
 	"io"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
@@ -89,18 +88,7 @@ func (GRPC) Recover(ctx context.Context, endpoint string, validator attestation.
 // GetAttestation asks the VerificationService at endpoint for an attestation bound to nonce; it returns the
 // document and the name of the node that says it answered.
 func (GRPC) GetAttestation(ctx context.Context, endpoint string, nonce []byte) ([]byte, string, error) {
-	// No transport security needed: the document is signed by the node's TPM and bound to the nonce and,
-	// through verifyproto.Binding, to the node's name (Attest checks both).
-	conn, err := grpc.NewClient(endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, "", err
-	}
-	defer conn.Close()
-	resp, err := verifyproto.NewAPIClient(conn).GetAttestation(ctx, &verifyproto.GetAttestationRequest{Nonce: nonce})
-	if err != nil {
-		return nil, "", err
-	}
-	return resp.GetAttestation(), resp.GetNodeName(), nil
+	return verifyproto.Client{}.GetAttestation(ctx, endpoint, nonce)
 }
 
 // dialAttested returns a connection whose every handshake validates the server with validator.

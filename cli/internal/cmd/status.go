@@ -18,6 +18,7 @@ import (
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
 // The bootstrapper's names for the attestation config the JoinService uses.
@@ -59,6 +60,12 @@ type statusNode struct {
 	Conditions string `json:"notReadyReason,omitempty"`
 	// Image is the node image directory the node runs (local).
 	Image string `json:"image,omitempty"`
+	// Attested is the JoinService's last re-attestation of the node: "yes", "no", or "unknown" (not reached).
+	Attested string `json:"attested,omitempty"`
+	// AttestedMessage says why a node is not attested.
+	AttestedMessage string `json:"attestedMessage,omitempty"`
+	// Cordoned is set for an unschedulable node.
+	Cordoned bool `json:"cordoned,omitempty"`
 }
 
 type statusResult struct {
@@ -147,7 +154,7 @@ func (e *env) status(ctx context.Context, format string) error {
 		fmt.Fprintln(e.out)
 	}
 	tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tREADY\tKUBELET\tOS")
+	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tREADY\tATTESTED\tKUBELET\tOS")
 	for _, n := range res.Nodes {
 		ready := "no"
 		switch {
@@ -160,9 +167,18 @@ func (e *env) status(ctx context.Context, format string) error {
 		case n.Conditions != "":
 			ready = "no (" + n.Conditions + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, ready, dash(n.Kubelet), dash(n.KernelOS))
+		attested := dash(n.Attested)
+		if n.Cordoned {
+			attested += " (cordoned)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.IP, ready, attested, dash(n.Kubelet), dash(n.KernelOS))
 	}
 	_ = tw.Flush()
+	for _, n := range res.Nodes {
+		if n.Attested == "no" {
+			fmt.Fprintf(e.out, "%s failed re-attestation: %s\n", n.Name, n.AttestedMessage)
+		}
+	}
 	if tg := res.Target; tg != nil {
 		fmt.Fprintf(e.out, "Kubernetes target %s (%s): %d of %d nodes at target\n", tg.Kubernetes, config.FileName, tg.AtTarget, tg.Nodes)
 	}
@@ -290,11 +306,21 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 		sn.InCluster = true
 		sn.Kubelet = n.Status.NodeInfo.KubeletVersion
 		sn.KernelOS = n.Status.NodeInfo.OSImage
+		sn.Cordoned = n.Spec.Unschedulable
 		for _, c := range n.Status.Conditions {
-			if c.Type == corev1.NodeReady {
+			switch c.Type {
+			case corev1.NodeReady:
 				sn.Ready = c.Status == corev1.ConditionTrue
 				if !sn.Ready {
 					sn.Conditions = c.Reason
+				}
+			case joinproto.AttestedCondition:
+				sn.Attested = map[corev1.ConditionStatus]string{corev1.ConditionTrue: "yes", corev1.ConditionFalse: "no"}[c.Status]
+				if sn.Attested == "" {
+					sn.Attested = "unknown"
+				}
+				if c.Status != corev1.ConditionTrue {
+					sn.AttestedMessage = c.Reason + ": " + c.Message
 				}
 			}
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 	"github.com/constellation-go/constellation/verify/verifytest"
 )
@@ -212,9 +213,15 @@ func TestStatus(t *testing.T) {
 	notReady := corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionFalse, Reason: "KubeletNotReady"}
 	k8s := k8sfake.NewClientset(
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cp-0"}, Status: corev1.NodeStatus{
-			Conditions: []corev1.NodeCondition{ready}, NodeInfo: corev1.NodeSystemInfo{KubeletVersion: "v1.33.13", OSImage: "Debian"},
+			Conditions: []corev1.NodeCondition{ready, {Type: joinproto.AttestedCondition, Status: corev1.ConditionTrue, Reason: "Verified"}},
+			NodeInfo:   corev1.NodeSystemInfo{KubeletVersion: "v1.33.13", OSImage: "Debian"},
 		}},
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-0"}, Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{notReady}}},
+		// Re-attestation refused worker-0 and cordoned it.
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-0"}, Spec: corev1.NodeSpec{Unschedulable: true}, Status: corev1.NodeStatus{
+			Conditions: []corev1.NodeCondition{notReady, {
+				Type: joinproto.AttestedCondition, Status: corev1.ConditionFalse, Reason: "MeasurementsDiffer", Message: "measurements differ: PCR 12 ...",
+			}},
+		}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: attestationConfigMap, Namespace: "kube-system"},
 			Data: map[string]string{attestationConfigKey: "variant: qemu-vtpm\nmeasurements:\n  4:\n    expected: \"" +
 				strings.Repeat("00", 32) + "\"\n  12:\n    expected: \"" + strings.Repeat("11", 32) + "\"\n    warnOnly: true\n"}},
@@ -227,8 +234,9 @@ func TestStatus(t *testing.T) {
 	}
 	require.Zero(t, execute(context.Background(), []string{"status"}, e), errOut.String())
 	assert.Equal(t, "kubeconfig", string(gotKubeconfig))
-	assert.Regexp(t, `cp-0\s+control-plane\s+10.42.0.2\s+yes\s+v1.33.13\s+Debian`, out.String())
-	assert.Regexp(t, `worker-0\s+worker\s+10.42.0.3\s+no \(KubeletNotReady\)`, out.String())
+	assert.Regexp(t, `cp-0\s+control-plane\s+10.42.0.2\s+yes\s+yes\s+v1.33.13\s+Debian`, out.String())
+	assert.Regexp(t, `worker-0\s+worker\s+10.42.0.3\s+no \(KubeletNotReady\)\s+no \(cordoned\)`, out.String())
+	assert.Contains(t, out.String(), "worker-0 failed re-attestation: MeasurementsDiffer: measurements differ: PCR 12")
 	assert.Contains(t, out.String(), "enforced PCRs [4], warn-only [12]")
 	assert.NotContains(t, out.String(), "a roll-out runs")
 	assert.Contains(t, out.String(), "Kubernetes target v1.33.13 (constellation-conf.yaml): 1 of 2 nodes at target",

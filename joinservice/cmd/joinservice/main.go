@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,8 +17,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -27,14 +30,17 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	cryptoutil "github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
+	"github.com/constellation-go/constellation/joinservice/internal/reattest"
 	"github.com/constellation-go/constellation/joinservice/internal/server"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
+	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
 func main() {
@@ -60,6 +66,9 @@ func run(args []string) error {
 	variantName := fs.String("variant", variant.QEMUVTPM.String(), "attestation variant of this node, which attests to joining nodes")
 	tpmAddr := fs.String("tpm", "device:"+tpm.DefaultDevice, "this node's TPM (device:<path> or swtpm:<socket>)")
 	eventLog := fs.String("event-log", vtpm.DefaultEventLogPath, "this node's TCG event log")
+	nodeName := fs.String("node-name", "", "this control plane's node name (default: the host name)")
+	reattestInterval := fs.Duration("reattest-interval", 30*time.Second, "how often every node is attested again")
+	reattestNoCordon := fs.Bool("reattest-no-cordon", false, "report nodes that fail re-attestation without cordoning them")
 	// Every aTLS handshake costs this node a TPM quote; a joining node needs one connection and retries
 	// every few seconds.
 	rateLimit := service.RateLimitFlags(fs, 1, 10)
@@ -134,7 +143,42 @@ func run(args []string) error {
 	g := grpc.NewServer(grpc.Creds(creds), grpc.UnaryInterceptor(limit.UnaryServerInterceptor()))
 	srv.Register(g)
 
+	if *nodeName == "" {
+		if *nodeName, err = os.Hostname(); err != nil {
+			return err
+		}
+	}
+	keys := server.NewKeyServiceClient(keyserviceproto.NewAPIClient(keyConn))
+	go reattestNodes(ctx, log, client, keys, salt, validator, *nodeName, reattest.Config{Interval: *reattestInterval, NoCordon: *reattestNoCordon}, reg)
+
 	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{GRPC: g, ConnLimit: limit, Registry: reg, Log: log})
+}
+
+// reattestNodes re-attests the cluster's nodes while this JoinService holds the re-attestation lease. Nodes
+// of this cluster show PCR 15 = the cluster ID, which follows from the measurement secret (KeyService) and
+// salt; the KeyService may start after the JoinService, so it is asked until it answers.
+func reattestNodes(ctx context.Context, log *slog.Logger, client kubernetes.Interface, keys server.KeyGetter, salt []byte,
+	validator *attestconfig.Validator, nodeName string, cfg reattest.Config, reg prometheus.Registerer,
+) {
+	var clusterID []byte
+	for {
+		secret, err := keys.GetDataKey(ctx, cryptoutil.MeasurementSecretID, 32)
+		if err == nil {
+			if clusterID, err = cryptoutil.ClusterID(secret, salt); err == nil {
+				break
+			}
+		}
+		log.Warn("re-attestation waits for the KeyService", "error", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+	r := reattest.New(client, verifyproto.Client{}, validator.Joined(clusterID), cfg, log, reg)
+	if err := reattest.RunAsLeader(ctx, client, metav1.NamespaceSystem, nodeName, r); err != nil {
+		log.Error("re-attestation stopped", "error", err)
+	}
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
