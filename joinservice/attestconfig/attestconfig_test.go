@@ -18,9 +18,12 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/tpm"
 )
 
 func TestMain(m *testing.M) {
@@ -210,4 +213,43 @@ func TestRollout(t *testing.T) {
 	delete(incomplete, measurements.PCRUKI)
 	_, err = Parse(rolloutYAML(t, s.Measurements, incomplete), slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, err, "rollout.previousMeasurements")
+}
+
+// Joined checks running nodes: PCR 15 must be this cluster's ID, where a joining node must show zero; it
+// follows the file like the join validator.
+func TestJoined(t *testing.T) {
+	clusterID := bytes.Repeat([]byte{0xc1}, 32)
+	n := vtpmtest.NewNode(t, vtpmtest.Boot)
+	require.NoError(t, tpm.Extend(n.TPM, measurements.PCRClusterID, measurements.ClusterIDEvent(clusterID))) // the node lock, as the bootstrapper takes it
+	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return n.EventLog, nil }))
+	t.Cleanup(issuer.Close)
+	nonce := bytes.Repeat([]byte{7}, 32)
+	doc, err := issuer.Issue(context.Background(), []byte("data"), nonce)
+	require.NoError(t, err)
+
+	path := filepath.Join(t.TempDir(), FileName)
+	writeConfig(t, path, configYAML(t, vtpmtest.ReferenceValues(vtpmtest.Boot)))
+	v, err := NewValidator(path, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	_, err = v.Joined(clusterID).Validate(context.Background(), doc, nonce)
+	require.NoError(t, err, "a node of this cluster")
+	_, err = v.Joined(bytes.Repeat([]byte{0xc2}, 32)).Validate(context.Background(), doc, nonce)
+	assert.ErrorContains(t, err, "PCR 15", "a node of another cluster")
+	_, err = v.Validate(context.Background(), doc, nonce)
+	assert.ErrorContains(t, err, "PCR 15", "a node that took its lock no longer joins")
+
+	// The file changes (another image): the joined validator follows it.
+	joined := v.Joined(clusterID)
+	other := vtpmtest.ReferenceValues(vtpmtest.Boot)
+	d := sha256.Sum256([]byte("new image"))
+	other[measurements.PCRKernel] = measurements.Measurement{Expected: d[:]}
+	writeConfig(t, path, configYAML(t, other))
+	require.NoError(t, v.Reload())
+	_, err = joined.Validate(context.Background(), doc, nonce)
+	assert.ErrorIs(t, err, attestation.ErrMeasurementMismatch)
+	// During a roll-out from the node's image: accepted again.
+	writeConfig(t, path, rolloutYAML(t, other, vtpmtest.ReferenceValues(vtpmtest.Boot)))
+	require.NoError(t, v.Reload())
+	_, err = joined.Validate(context.Background(), doc, nonce)
+	require.NoError(t, err)
 }
