@@ -275,6 +275,11 @@ func TestMiniUp(t *testing.T) {
 	assert.Zero(t, code)
 	assert.Regexp(t, `worker-0\s+worker\s+\S+\s+yes\s+no \(cordoned\)`, stdout)
 	assert.Contains(t, stdout, "worker-0 failed re-attestation")
+	// Every decision so far is in cp-0's hash-chained audit log, the refusal of worker-0 among them.
+	code, stdout, stderr = c.run(ctx, "audit", "verify")
+	require.Zero(t, code, "audit verify failed:\n%s\n%s", stdout, stderr)
+	assert.Regexp(t, `✓ cp-0 \(10\.42\.0\.2\): \d+ entries, chain intact`, stdout)
+	assert.NotContains(t, stdout, " 0 failed)", "the refused re-attestation is recorded")
 
 	// Every control plane restarts (the machine rebooted): its vTPM is fresh and its state disk locked;
 	// only the master secret opens it again. recover must bring the Kubernetes API back.
@@ -334,6 +339,16 @@ func TestMiniUp(t *testing.T) {
 		upTook.Round(100*time.Millisecond), bothReady.Round(100*time.Millisecond), readyAfterUp.Round(100*time.Millisecond))
 
 	testImageRollout(ctx, t, c, cluster, kubeconfig, workerDir)
+
+	// Someone with root on cp-0 deletes an entry of its audit log: audit verify names the break.
+	code, stdout, stderr = c.run(ctx, "audit", "verify")
+	require.Zero(t, code, "audit verify failed before the tampering:\n%s\n%s", stdout, stderr)
+	_, err = node.Output(ctx, node.StateDirFor(cluster, "cp-0"), "sed", "-i", "2d", "/etc/kubernetes/audit/joinservice.log")
+	require.NoError(t, err)
+	code, stdout, _ = c.run(ctx, "audit", "verify")
+	assert.Equal(t, 1, code, "a deleted audit entry must be detected")
+	assert.Contains(t, stdout, "✗ cp-0")
+	assert.Contains(t, stdout, "does not follow entry 1")
 }
 
 // testImageRollout moves the running cluster to image B (make image-b) with `upgrade check --update-config`

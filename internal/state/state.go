@@ -39,6 +39,15 @@ type State struct {
 	// (local nodes reach no registry and forget their images when they restart): a roll-out loads them
 	// into each node it moved again.
 	LoadedImages []LoadedImage `yaml:"loadedImages,omitempty"`
+	// AuditAnchors are, per control plane, the last audit log entry `constellation audit verify` saw: the
+	// log must still contain it (a log cut short or replaced is detected).
+	AuditAnchors map[string]AuditAnchor `yaml:"auditAnchors,omitempty"`
+}
+
+// AuditAnchor is an entry of a control plane's audit log: its sequence number and hash.
+type AuditAnchor struct {
+	Seq  uint64 `yaml:"seq"`
+	Hash string `yaml:"hash"`
 }
 
 // LoadedImage is a container image archive loaded into the nodes.

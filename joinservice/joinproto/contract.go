@@ -24,4 +24,6 @@ const (
 	// CordonedByAnnotation marks a node that re-attestation cordoned (value "reattestation"); only such a
 	// node is uncordoned again when it verifies.
 	CordonedByAnnotation = "constellation.io/cordoned-by"
+	// AuditPath serves the JoinService's audit log (package audit) on HTTPPort.
+	AuditPath = "/audit"
 )

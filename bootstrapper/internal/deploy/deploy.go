@@ -331,6 +331,9 @@ func applyJoinServiceRBAC(ctx context.Context, client kubernetes.Interface) erro
 	return nil
 }
 
+// auditDir holds the JoinService's audit log on the control plane.
+const auditDir = "/etc/kubernetes/audit"
+
 // reattestRoleName is the ClusterRole (and binding) of the JoinService's re-attestation.
 const reattestRoleName = "constellation-reattestation"
 
@@ -450,6 +453,7 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 			"--measurement-salt=" + path.Join(mastersecretMount, MeasurementSaltKey),
 			"--kubernetes-version=" + cfg.KubernetesVersion,
 			"--components=" + path.Join(joinConfigMount, ComponentsKey),
+			"--audit-log=" + path.Join(auditDir, "joinservice.log"),
 		},
 		// In-cluster configuration, but with the API server on this very node rather than the
 		// kubernetes Service, which needs kube-proxy.
@@ -469,6 +473,8 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 			{Name: "attestation", MountPath: attestationMount, ReadOnly: true},
 			{Name: "salt", MountPath: mastersecretMount, ReadOnly: true},
 			{Name: "join", MountPath: joinConfigMount, ReadOnly: true},
+			// The audit log, on the control plane's encrypted state disk (/etc/kubernetes is on it).
+			{Name: "audit", MountPath: auditDir},
 			socketMount,
 		},
 	}
@@ -492,6 +498,7 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 			{Name: "join", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 				LocalObjectReference: corev1.LocalObjectReference{Name: JoinConfigName},
 			}}},
+			{Name: "audit", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: auditDir, Type: ptr(corev1.HostPathDirectoryOrCreate)}}},
 			socketVolume,
 		}, attestationVolumes...),
 	})

@@ -29,6 +29,8 @@ type deps struct {
 	recoverer recoverer
 	// booting bounds the wait for a node's API that does not listen yet.
 	booting clusterclient.Booting
+	// auditLog fetches a control plane's audit log.
+	auditLog func(ctx context.Context, ip string) ([]byte, error)
 	// reachable tells whether a TCP address accepts connections.
 	reachable func(ctx context.Context, addr string) bool
 	// kube returns a client of the cluster of an admin kubeconfig.
@@ -53,6 +55,7 @@ func defaultDeps() deps {
 		attester:  clusterclient.GRPC{},
 		recoverer: clusterclient.GRPC{},
 		booting:   clusterclient.DefaultBooting,
+		auditLog:  fetchAuditLog,
 		reachable: func(ctx context.Context, addr string) bool {
 			conn, err := (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp", addr)
 			if err != nil {

@@ -91,6 +91,7 @@ constellation-admin.conf (the admin kubeconfig).`,
 	root.AddCommand(newApplyCmd(e))
 	root.AddCommand(newVerifyCmd(e))
 	root.AddCommand(newStatusCmd(e))
+	root.AddCommand(newAuditCmd(e))
 	root.AddCommand(newRecoverCmd(e))
 	root.AddCommand(newTerminateCmd(e))
 	root.AddCommand(newMiniCmd(e))

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -30,6 +31,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/audit"
 	cryptoutil "github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/tpm"
@@ -69,6 +71,7 @@ func run(args []string) error {
 	nodeName := fs.String("node-name", "", "this control plane's node name (default: the host name)")
 	reattestInterval := fs.Duration("reattest-interval", 30*time.Second, "how often every node is attested again")
 	reattestNoCordon := fs.Bool("reattest-no-cordon", false, "report nodes that fail re-attestation without cordoning them")
+	auditPath := fs.String("audit-log", "/etc/kubernetes/audit/joinservice.log", "the hash-chained audit log of every attestation decision (on the encrypted state disk)")
 	// Every aTLS handshake costs this node a TPM quote; a joining node needs one connection and retries
 	// every few seconds.
 	rateLimit := service.RateLimitFlags(fs, 1, 10)
@@ -143,15 +146,33 @@ func run(args []string) error {
 	g := grpc.NewServer(grpc.Creds(creds), grpc.UnaryInterceptor(limit.UnaryServerInterceptor()))
 	srv.Register(g)
 
+	auditLog, err := audit.Open(*auditPath)
+	switch {
+	case errors.Is(err, audit.ErrBroken):
+		// Decisions keep being recorded; `constellation audit verify` reports the break too.
+		log.Error("the audit log was tampered with", "path", *auditPath, "error", err)
+	case err != nil:
+		return fmt.Errorf("opening the audit log: %w", err)
+	}
+	defer auditLog.Close()
+	srv.RecordTo(auditLog)
+
 	if *nodeName == "" {
 		if *nodeName, err = os.Hostname(); err != nil {
 			return err
 		}
 	}
 	keys := server.NewKeyServiceClient(keyserviceproto.NewAPIClient(keyConn))
-	go reattestNodes(ctx, log, client, keys, salt, validator, *nodeName, reattest.Config{Interval: *reattestInterval, NoCordon: *reattestNoCordon}, reg)
+	go reattestNodes(ctx, log, client, keys, salt, validator, *nodeName, reattest.Config{Interval: *reattestInterval, NoCordon: *reattestNoCordon, Audit: auditLog}, reg)
 
-	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{GRPC: g, ConnLimit: limit, Registry: reg, Log: log})
+	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{
+		GRPC: g, ConnLimit: limit, Registry: reg, Log: log,
+		// Integrity comes from the chain and the verifier's anchor, not from the transport.
+		Handlers: map[string]http.Handler{joinproto.AuditPath: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/jsonl")
+			http.ServeFile(w, r, *auditPath)
+		})},
+	})
 }
 
 // reattestNodes re-attests the cluster's nodes while this JoinService holds the re-attestation lease. Nodes

@@ -27,6 +27,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/audit"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
@@ -70,6 +71,8 @@ type Config struct {
 	Endpoint func(*corev1.Node) (string, bool)
 	// Timeout bounds one node's attestation (default 20 s).
 	Timeout time.Duration
+	// Audit, if set, records every outcome.
+	Audit interface{ Append(audit.Entry) error }
 }
 
 // Result is one node's outcome in a round.
@@ -223,6 +226,11 @@ func (r *Reattester) record(ctx context.Context, node *corev1.Node, res Result) 
 		result, status = "unreachable", corev1.ConditionUnknown
 	}
 	r.counter.WithLabelValues(node.Name, result, res.Reason).Inc()
+	if r.cfg.Audit != nil {
+		if err := r.cfg.Audit.Append(audit.Entry{Kind: audit.KindReattestation, Node: node.Name, Result: result, Reason: res.Reason, Detail: res.Message}); err != nil {
+			r.log.Error("could not record a re-attestation in the audit log", "node", node.Name, "error", err)
+		}
+	}
 
 	previous := findCondition(node)
 	now := metav1.NewTime(r.now())

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/audit"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 	"github.com/constellation-go/constellation/verify/verifytest"
@@ -102,9 +105,14 @@ func TestRound(t *testing.T) {
 	})
 	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
+	auditPath := filepath.Join(t.TempDir(), "audit.log")
+	auditLog, err := audit.Open(auditPath)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = auditLog.Close() })
 	r := New(client, verifyproto.Client{}, validator, Config{
 		Endpoint: func(n *corev1.Node) (string, bool) { a, ok := addrs[n.Name]; return a, ok },
 		Timeout:  5 * time.Second,
+		Audit:    auditLog,
 	}, slog.New(slog.DiscardHandler), reg)
 
 	reasons := func(results []Result) map[string]string {
@@ -166,6 +174,15 @@ func TestRound(t *testing.T) {
 	assert.False(t, w.Spec.Unschedulable, "uncordoned")
 	assert.NotContains(t, w.Annotations, CordonAnnotation)
 	assert.True(t, getNode(t, client, "worker-1").Spec.Unschedulable, "the admin's cordon stays")
+
+	// Every outcome of the four rounds is in the audit log, its chain intact.
+	f, err := os.Open(auditPath)
+	require.NoError(t, err)
+	defer f.Close()
+	sum, err := audit.Verify(f, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 4*5, sum.Entries)
+	assert.Equal(t, 6, sum.Results["failed"], "the impostor in each round, worker-0 in the second and third")
 }
 
 // With NoCordon the node is reported but stays schedulable. PCR 9 is extended without an event in the log.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
+	"github.com/constellation-go/constellation/internal/audit"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
@@ -40,6 +42,11 @@ type tokenCreator interface {
 
 type csrSigner interface {
 	SignKubeletCSR(der []byte, nodeName string) ([]byte, error)
+}
+
+// auditLog records every decision (package audit).
+type auditLog interface {
+	Append(audit.Entry) error
 }
 
 // Config is what the JoinService tells joining nodes.
@@ -63,6 +70,7 @@ type Server struct {
 	signer  csrSigner
 	log     *slog.Logger
 	metrics *metrics
+	audit   auditLog
 }
 
 type metrics struct {
@@ -103,6 +111,20 @@ func New(cfg Config, keys KeyGetter, tokens tokenCreator, signer csrSigner, log 
 	return &Server{cfg: cfg, keys: keys, tokens: tokens, signer: signer, log: log, metrics: m}
 }
 
+// RecordTo makes the server record every join, rejoin and refused handshake in a.
+func (s *Server) RecordTo(a auditLog) { s.audit = a }
+
+// record appends an entry to the audit log, if there is one. A decision stands even if it cannot be
+// recorded (a full disk must not stop the cluster from healing); the failure is logged.
+func (s *Server) record(e audit.Entry) {
+	if s.audit == nil {
+		return
+	}
+	if err := s.audit.Append(e); err != nil {
+		s.log.Error("could not record a decision in the audit log", "kind", e.Kind, "node", e.Node, "error", err)
+	}
+}
+
 // Register adds the API to g.
 func (s *Server) Register(g *grpc.Server) {
 	joinproto.RegisterAPIServer(g, s)
@@ -131,7 +153,8 @@ func (s *Server) IssueJoinTicket(ctx context.Context, req *joinproto.IssueJoinTi
 	start := time.Now()
 	log := s.log.With("node", req.GetNodeName(), "diskUUID", req.GetDiskUuid(), "controlPlane", req.GetIsControlPlane())
 	resp, err := s.issueJoinTicket(ctx, req)
-	return resp, s.finish("IssueJoinTicket", start, log, err)
+	return resp, s.finish("IssueJoinTicket", start, log, audit.Entry{Kind: audit.KindJoin, Node: req.GetNodeName(),
+		Detail: fmt.Sprintf("disk %s, control plane %t", req.GetDiskUuid(), req.GetIsControlPlane())}, err)
 }
 
 func (s *Server) issueJoinTicket(ctx context.Context, req *joinproto.IssueJoinTicketRequest) (*joinproto.IssueJoinTicketResponse, error) {
@@ -191,7 +214,7 @@ func (s *Server) IssueRejoinTicket(ctx context.Context, req *joinproto.IssueRejo
 		}
 		return &joinproto.IssueRejoinTicketResponse{StateDiskKey: diskKey, MeasurementSecret: measurementSecret, MeasurementSalt: s.cfg.MeasurementSalt}, nil
 	}()
-	return resp, s.finish("IssueRejoinTicket", start, log, err)
+	return resp, s.finish("IssueRejoinTicket", start, log, audit.Entry{Kind: audit.KindRejoin, Detail: "disk " + req.GetDiskUuid()}, err)
 }
 
 // ErrNodeNameNotCertified refuses a node that asks to join under another name than the one its platform
@@ -239,12 +262,15 @@ func (s *Server) controlPlaneFiles() ([]*joinproto.ControlPlaneCertOrKey, error)
 	return files, nil
 }
 
-// finish records the attempt and turns err into a gRPC status that tells the node what failed.
-func (s *Server) finish(rpc string, start time.Time, log *slog.Logger, err error) error {
+// finish records the attempt (metrics, the audit log's entry e) and turns err into a gRPC status that tells
+// the node what failed.
+func (s *Server) finish(rpc string, start time.Time, log *slog.Logger, e audit.Entry, err error) error {
 	if err == nil {
 		s.metrics.attempts.WithLabelValues(rpc, resultOK, reasonNone).Inc()
 		s.metrics.latency.WithLabelValues(rpc, resultOK).Observe(time.Since(start).Seconds())
 		log.Info("issued ticket", "rpc", rpc, "duration", time.Since(start))
+		e.Result = resultOK
+		s.record(e)
 		return nil
 	}
 	var je *joinError
@@ -258,6 +284,9 @@ func (s *Server) finish(rpc string, start time.Time, log *slog.Logger, err error
 	s.metrics.attempts.WithLabelValues(rpc, result, je.reason).Inc()
 	s.metrics.latency.WithLabelValues(rpc, result).Observe(time.Since(start).Seconds())
 	log.Warn("ticket not issued", "rpc", rpc, "reason", je.reason, "error", je.err)
+	e.Result, e.Reason = result, je.reason
+	e.Detail = strings.TrimSpace(e.Detail + ": " + je.err.Error())
+	s.record(e)
 	return status.Error(je.code, je.err.Error())
 }
 
@@ -276,6 +305,7 @@ func (c *countingValidator) Validate(ctx context.Context, doc, nonce []byte) ([]
 	if err != nil {
 		c.s.metrics.attempts.WithLabelValues("handshake", resultRefused, reasonAttestation).Inc()
 		c.s.log.Warn("refused a node's attestation", "error", err)
+		c.s.record(audit.Entry{Kind: audit.KindHandshake, Result: resultRefused, Reason: reasonAttestation, Detail: truncate(err.Error())})
 	}
 	return userData, err
 }
@@ -283,4 +313,13 @@ func (c *countingValidator) Validate(ctx context.Context, doc, nonce []byte) ([]
 // Variant returns the wrapped validator's variant.
 func (c *countingValidator) Variant() variant.Variant {
 	return c.Validator.Variant()
+}
+
+// truncate bounds a detail in the audit log (a validation error lists every differing PCR with its events).
+func truncate(s string) string {
+	const limit = 4096
+	if len(s) > limit {
+		return s[:limit-3] + "..."
+	}
+	return s
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,11 +9,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +40,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/audit"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
@@ -69,12 +73,13 @@ func keyService(t *testing.T) KeyGetter {
 }
 
 type fixture struct {
-	server  *Server
-	client  *fake.Clientset
-	ca      *x509.Certificate
-	dial    func(context.Context, string) (net.Conn, error)
-	pkiDir  string
-	metrics *metrics
+	server    *Server
+	auditPath string
+	client    *fake.Clientset
+	ca        *x509.Certificate
+	dial      func(context.Context, string) (net.Conn, error)
+	pkiDir    string
+	metrics   *metrics
 }
 
 func newFixture(t *testing.T, keys KeyGetter) *fixture {
@@ -101,7 +106,29 @@ func newFixture(t *testing.T, keys KeyGetter) *fixture {
 		MeasurementSalt: []byte("salt"), KubernetesVersion: "v1.33.13", PKIDir: pki,
 	}, keys, kubeadm.NewTokenIssuer(client), kubeadm.NewCSRSigner(ca, caKey), slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 
-	return &fixture{server: s, client: client, ca: ca, dial: serve(t, atlsServer(t, s)), pkiDir: pki, metrics: s.metrics}
+	auditPath := filepath.Join(t.TempDir(), "audit.log")
+	auditLog, err := audit.Open(auditPath)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = auditLog.Close() })
+	s.RecordTo(auditLog)
+	return &fixture{server: s, auditPath: auditPath, client: client, ca: ca, dial: serve(t, atlsServer(t, s)), pkiDir: pki, metrics: s.metrics}
+}
+
+// audited returns the audit log's entries "kind node result reason", after checking its chain.
+func (f *fixture) audited(t *testing.T) []string {
+	t.Helper()
+	data, err := os.ReadFile(f.auditPath)
+	require.NoError(t, err)
+	sum, err := audit.Verify(bytes.NewReader(data), nil)
+	require.NoError(t, err)
+	var out []string
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		var e audit.Entry
+		require.NoError(t, json.Unmarshal(line, &e))
+		out = append(out, strings.Join(strings.Fields(strings.Join([]string{e.Kind, e.Node, e.Result, e.Reason}, " ")), " "))
+	}
+	require.Len(t, out, sum.Entries)
+	return out
 }
 
 // atlsServer serves s over aTLS, accepting nodes that booted vtpmtest.Boot and have not joined yet.
@@ -189,6 +216,7 @@ func TestIssueJoinTicket(t *testing.T) {
 
 	rejoin, err := node.IssueRejoinTicket(context.Background(), &joinproto.IssueRejoinTicketRequest{DiskUuid: diskUUID})
 	require.NoError(t, err)
+	assert.Equal(t, []string{"join worker-1 ok", "join worker-1 ok", "rejoin ok"}, f.audited(t), "every decision is in the audit log")
 	assert.Equal(t, "e76b3dcbdbe5d6851cdac0d7b89f3c93f3949582b39d2621538af8352b04e452ce64ab7ce9b8be93e5657c845b105c6e38649f3ee7d691fdf57a13583b5e9c6f", hex.EncodeToString(rejoin.GetStateDiskKey()))
 	// The same cluster ID as a join: a rejoined node locks itself to the same cluster.
 	joined, err := crypto.ClusterID(resp0.GetMeasurementSecret(), resp0.GetMeasurementSalt())
@@ -211,6 +239,7 @@ func TestTamperedNodeGetsNothing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, secrets.Items, "no token was created")
 	assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.attempts.WithLabelValues("handshake", resultRefused, reasonAttestation)))
+	assert.Equal(t, []string{"handshake refused attestation"}, f.audited(t))
 }
 
 type failingKeys struct{}
@@ -271,6 +300,7 @@ func TestRefusalsAndFailures(t *testing.T) {
 				result = resultRefused
 			}
 			assert.Equal(t, 1.0, testutil.ToFloat64(f.metrics.attempts.WithLabelValues("IssueJoinTicket", result, tc.wantReason)))
+			assert.Equal(t, []string{strings.Join(strings.Fields("join "+tc.req.GetNodeName()+" "+result+" "+tc.wantReason), " ")}, f.audited(t))
 			secrets, err := f.client.CoreV1().Secrets(metav1.NamespaceSystem).List(context.Background(), metav1.ListOptions{})
 			require.NoError(t, err)
 			assert.Empty(t, secrets.Items, "a failed join leaves no token behind")
