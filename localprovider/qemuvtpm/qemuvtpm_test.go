@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -29,18 +30,27 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// reopen runs the vTPM's state with a command socket of its own (its swtpm must be stopped) and returns
-// what manufacturing it again with ca says: nil for a vTPM ca certified.
-func reopen(t *testing.T, v VTPM, ca *manufacturer.CA) error {
+// openState runs the vTPM's state with a command socket of its own (its swtpm must be stopped); the state
+// is saved and released when stop is called.
+func openState(t *testing.T, v VTPM) (tp transport.TPM, stop func()) {
 	t.Helper()
 	dir := testenv.TempDir(t)
 	require.NoError(t, os.Symlink(v.stateDir(), filepath.Join(dir, "state")))
 	p, err := swtpm.Start(context.Background(), dir)
 	require.NoError(t, err)
-	defer func() { require.NoError(t, p.Stop()) }()
-	tp, err := tpm.Open(p.Address())
+	closer, err := tpm.Open(p.Address())
 	require.NoError(t, err)
-	defer tp.Close()
+	return closer, func() {
+		_ = closer.Close()
+		require.NoError(t, p.Stop())
+	}
+}
+
+// reopen returns what manufacturing the vTPM again with ca says: nil for a vTPM ca certified.
+func reopen(t *testing.T, v VTPM, ca *manufacturer.CA) error {
+	t.Helper()
+	tp, stop := openState(t, v)
+	defer stop()
 	return ca.Manufacture(tp, "worker-0")
 }
 
@@ -49,14 +59,8 @@ func reopen(t *testing.T, v VTPM, ca *manufacturer.CA) error {
 // returns the validator's error and the node name the AK certificate carries.
 func attestation(t *testing.T, v VTPM, ca *manufacturer.CA) (string, error) {
 	t.Helper()
-	dir := testenv.TempDir(t)
-	require.NoError(t, os.Symlink(v.stateDir(), filepath.Join(dir, "state")))
-	p, err := swtpm.Start(context.Background(), dir)
-	require.NoError(t, err)
-	defer func() { require.NoError(t, p.Stop()) }()
-	tp, err := tpm.Open(p.Address())
-	require.NoError(t, err)
-	defer tp.Close()
+	tp, stop := openState(t, v)
+	defer stop()
 	// Nothing was measured: an empty log and the PCRs of a fresh node with no boot events.
 	issuer := vtpm.NewIssuer(variant.QEMUVTPM, tp, vtpm.WithEventLog(func() ([]byte, error) { return eventlog.NewBuilder().Bytes(), nil }))
 	defer issuer.Close()

@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -21,28 +20,11 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/crypto"
-	"github.com/constellation-go/constellation/verify/verifyproto"
 	"github.com/constellation-go/constellation/verify/verifytest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// verificationService runs the real VerificationService of a node named name, booted with events, on
-// loopback and returns its address.
-func verificationService(t *testing.T, name string, events []vtpmtest.Event) string {
-	t.Helper()
-	n := vtpmtest.NewNode(t, events)
-	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return n.EventLog, nil }))
-	t.Cleanup(issuer.Close)
-	g := grpc.NewServer()
-	verifyproto.RegisterAPIServer(g, verifytest.New(issuer, name))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-	return lis.Addr().String()
 }
 
 // closedAddress is a loopback address nothing listens on.
@@ -80,7 +62,7 @@ func TestAttest(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			endpoint := closedAddress(t)
 			if tc.answers != "" {
-				endpoint = verificationService(t, tc.answers, tc.events)
+				endpoint, _ = verifytest.ServeNode(t, tc.answers, tc.events)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
@@ -30,22 +29,6 @@ import (
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
-}
-
-// verificationService runs the real VerificationService of a node named name on loopback; it returns its
-// address and the node's vTPM.
-func verificationService(t *testing.T, name string) (string, *vtpmtest.Node) {
-	t.Helper()
-	n := vtpmtest.NewNode(t, vtpmtest.Boot)
-	issuer := vtpm.NewIssuer(variant.QEMUVTPM, n.TPM, vtpm.WithEventLog(func() ([]byte, error) { return n.EventLog, nil }))
-	t.Cleanup(issuer.Close)
-	g := grpc.NewServer()
-	verifyproto.RegisterAPIServer(g, verifytest.New(issuer, name))
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-	return lis.Addr().String(), n
 }
 
 func node(name string) *corev1.Node {
@@ -89,7 +72,7 @@ func TestRound(t *testing.T) {
 	addrs := map[string]string{}
 	var vtpms = map[string]*vtpmtest.Node{}
 	for _, name := range []string{"cp-0", "worker-0", "worker-1"} {
-		addrs[name], vtpms[name] = verificationService(t, name)
+		addrs[name], vtpms[name] = verifytest.ServeNode(t, name, vtpmtest.Boot)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -166,7 +149,7 @@ func TestRound(t *testing.T) {
 
 	// worker-0 restarts (a fresh vTPM, booted as measured): it verifies again and is uncordoned; the
 	// admin's cordon of worker-1 stays.
-	addrs["worker-0"], _ = verificationService(t, "worker-0")
+	addrs["worker-0"], _ = verifytest.ServeNode(t, "worker-0", vtpmtest.Boot)
 	_, err = r.Round(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, corev1.ConditionTrue, condition(t, client, "worker-0").Status)
@@ -187,7 +170,7 @@ func TestRound(t *testing.T) {
 
 // With NoCordon the node is reported but stays schedulable. PCR 9 is extended without an event in the log.
 func TestNoCordon(t *testing.T) {
-	addr, n := verificationService(t, "worker-0")
+	addr, n := verifytest.ServeNode(t, "worker-0", vtpmtest.Boot)
 	require.NoError(t, tpm.Extend(n.TPM, 9, make([]byte, 32)))
 	client := fake.NewClientset(node("worker-0"))
 	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
