@@ -20,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	swtpmArgs "github.com/constellation-go/constellation/internal/tpm/swtpm"
 )
 
 // Debian's OVMF (package ovmf): 4 MiB flash images, Secure Boot off.
@@ -98,9 +100,9 @@ func Boot(ctx context.Context, cfg Config) (*Report, error) {
 	defer cancel()
 
 	// QEMU drives the vTPM over swtpm's control channel and does TPM2_Startup through the firmware, as
-	// on a real machine, so swtpm gets no startup flags.
-	swtpm := exec.CommandContext(ctx, "swtpm", "socket", "--tpm2", "--tpmstate", "dir="+tpmDir,
-		"--ctrl", "type=unixio,path="+tpmSock, "--log", "file="+filepath.Join(tpmDir, "log"))
+	// on a real machine: the same vTPM as the qemu provider's (swtpm.QEMUArgs), QEMU running as this user.
+	swtpm := exec.CommandContext(ctx, "swtpm", append(swtpmArgs.QEMUArgs(tpmDir, tpmSock, os.Getuid(), os.Getgid()),
+		"--log", "file="+filepath.Join(tpmDir, "log"))...)
 	// Pdeathsig: a test binary that panics on its timeout must not leave a vTPM or a guest behind.
 	swtpm.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	swtpm.Cancel = func() error { return swtpm.Process.Signal(syscall.SIGTERM) }
