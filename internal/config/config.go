@@ -12,6 +12,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/snp"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"
@@ -45,6 +46,47 @@ type Config struct {
 	Provider          ProviderConfig       `yaml:"provider" jsonschema_description:"Where the nodes run. Set exactly one provider."`
 	Attestation       AttestationConfig    `yaml:"attestation" jsonschema_description:"How nodes prove what they booted before they get keys or join the cluster."`
 	NodeGroups        map[string]NodeGroup `yaml:"nodeGroups" jsonschema_description:"Groups of nodes by name. At least one control-plane node is required."`
+	KMS               KMSConfig            `yaml:"kms" jsonschema_description:"Where the keys of the nodes' state disks come from. Empty: constellation-managed, derived from the master secret in constellation-mastersecret.json. awsKMS: user-managed, wrapped by a key of your KMS that never leaves it. The cluster's identity (its ID, PCR 15) always comes from the master secret."`
+}
+
+// KMSConfig selects the key backend of the cluster's KeyService.
+type KMSConfig struct {
+	AWSKMS *AWSKMSConfig `yaml:"awsKMS,omitempty" jsonschema_description:"User-managed keys in AWS KMS or a server of its API (e.g. local-kms): the KeyService has the KMS generate each data key once and keeps only the wrapped key in the cluster. Credentials come from the KeyService's AWS environment, never from this file."`
+}
+
+// AWSKMSConfig names an AWS KMS key.
+type AWSKMSConfig struct {
+	Region   string `yaml:"region" jsonschema_description:"Region of the KMS key, e.g. eu-west-1."`
+	KeyID    string `yaml:"keyID" jsonschema_description:"The symmetric encryption KMS key: its ID, ARN, or alias (alias/<name>)."`
+	Endpoint string `yaml:"endpoint,omitempty" jsonschema_description:"URL of the KMS API; empty means AWS's endpoint of the region. Set it for a server of the API of your own, e.g. http://10.42.0.1:4599 for local-kms."`
+}
+
+// Mode is "constellation-managed" or "user-managed".
+func (k KMSConfig) Mode() string {
+	if k.AWSKMS != nil {
+		return "user-managed"
+	}
+	return "constellation-managed"
+}
+
+// URI is the KeyService's backend (package kmsuri).
+func (k KMSConfig) URI() string {
+	if a := k.AWSKMS; a != nil {
+		return kmsuri.AWSKMSURI(a.Region, a.KeyID, a.Endpoint)
+	}
+	return kmsuri.Default
+}
+
+// String describes the backend without anything secret (there is nothing secret in it).
+func (k KMSConfig) String() string {
+	if a := k.AWSKMS; a != nil {
+		where := "region " + a.Region
+		if a.Endpoint != "" {
+			where += " at " + a.Endpoint
+		}
+		return fmt.Sprintf("user-managed: AWS KMS key %s (%s)", a.KeyID, where)
+	}
+	return "constellation-managed: derived from the master secret"
 }
 
 // ProviderConfig holds the settings of exactly one provider.

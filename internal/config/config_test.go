@@ -15,6 +15,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 )
 
 // fillCloud sets the account-specific fields a user must fill in for a cloud provider.
@@ -469,4 +470,37 @@ func fieldsOf(err error) []string {
 		fields = append(fields, fe.Field)
 	}
 	return fields
+}
+
+func TestKMS(t *testing.T) {
+	cfg, err := Default(cloudprovider.Local)
+	require.NoError(t, err)
+	assert.Equal(t, "constellation-managed", cfg.KMS.Mode())
+	assert.Equal(t, kmsuri.Default, cfg.KMS.URI())
+
+	// config generate --kms aws-kms: the section to fill in, each missing field named with its line.
+	cfg.KMS.AWSKMS = &AWSKMSConfig{Endpoint: "ftp://kms.example"}
+	data, err := cfg.Marshal()
+	require.NoError(t, err)
+	assert.Contains(t, string(data), "never from this file", "the section is commented")
+	_, err = Parse(data)
+	require.ErrorIs(t, err, ErrInvalid)
+	assert.ElementsMatch(t, []string{"kms.awsKMS.region", "kms.awsKMS.keyID", "kms.awsKMS.endpoint"}, fieldsOf(err))
+	for _, fe := range fieldErrors(err) {
+		assert.NotZero(t, fe.Line, "field %s should point at a line", fe.Field)
+	}
+
+	cfg.KMS.AWSKMS = &AWSKMSConfig{Region: "eu-west-1", KeyID: "alias/constellation", Endpoint: "http://10.42.0.1:4599"}
+	data, err = cfg.Marshal()
+	require.NoError(t, err)
+	parsed, err := Parse(data)
+	require.NoError(t, err)
+	assert.Equal(t, "user-managed", parsed.KMS.Mode())
+	assert.Equal(t, "user-managed: AWS KMS key alias/constellation (region eu-west-1 at http://10.42.0.1:4599)", parsed.KMS.String())
+	u, err := kmsuri.Parse(parsed.KMS.URI())
+	require.NoError(t, err)
+	assert.Equal(t, kmsuri.AWSKMS, u.Host)
+	assert.Equal(t, "alias/constellation", u.Query().Get(kmsuri.AWSKeyID))
+	assert.Equal(t, "eu-west-1", u.Query().Get(kmsuri.AWSRegion))
+	assert.Equal(t, "http://10.42.0.1:4599", u.Query().Get(kmsuri.AWSEndpoint))
 }

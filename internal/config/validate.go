@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -81,7 +82,22 @@ func (c *Config) Validate() error {
 	provider := c.validateProvider(v)
 	c.validateAttestation(v, provider)
 	c.validateNodeGroups(v, provider)
+	c.validateKMS(v)
 	return errors.Join(v.errs...)
+}
+
+func (c *Config) validateKMS(v *validator) {
+	a := c.KMS.AWSKMS
+	if a == nil {
+		return
+	}
+	v.required("kms.awsKMS.region", a.Region)
+	v.required("kms.awsKMS.keyID", a.KeyID)
+	if a.Endpoint != "" {
+		if u, err := url.Parse(a.Endpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			v.fail("kms.awsKMS.endpoint", "%q is not an http(s) URL", a.Endpoint)
+		}
+	}
 }
 
 func (c *Config) validateName(v *validator) {

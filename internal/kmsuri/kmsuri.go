@@ -15,6 +15,25 @@ const (
 	ClusterKMS = "cluster-kms"
 )
 
+// The user-managed AWS KMS backend, kms://aws-kms?region=<region>&key-id=<key ID, ARN or alias>[&endpoint=<URL>].
+const (
+	AWSKMS      = "aws-kms"
+	AWSRegion   = "region"
+	AWSKeyID    = "key-id"
+	AWSEndpoint = "endpoint"
+)
+
+// AWSKMSURI is the URI of an AWS KMS key; endpoint may be empty.
+func AWSKMSURI(region, keyID, endpoint string) string {
+	q := url.Values{}
+	q.Set(AWSRegion, region)
+	q.Set(AWSKeyID, keyID)
+	if endpoint != "" {
+		q.Set(AWSEndpoint, endpoint)
+	}
+	return (&url.URL{Scheme: Scheme, Host: AWSKMS, RawQuery: q.Encode()}).String()
+}
+
 // Default is the URI of the constellation-managed backend, used when none is given.
 var Default = Scheme + "://" + ClusterKMS
 

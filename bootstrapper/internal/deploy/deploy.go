@@ -48,6 +48,7 @@ import (
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
+	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
@@ -58,7 +59,7 @@ const (
 	AttestationConfigName         = attestconfig.ConfigMapName
 	JoinConfigName                = "join-config"
 	JoinServiceName               = "joinservice"
-	KeyServiceName                = "keyservice"
+	KeyServiceName                = keyserviceproto.DaemonSetName
 	VerificationServiceName       = "verificationservice"
 	MeasurementSaltKey            = "measurementSalt"
 	ComponentsKey                 = "components.json"
@@ -423,7 +424,7 @@ func keyService(cfg Config) *appsv1.DaemonSet {
 			Args: []string{
 				"--grpc-addr=" + KeyServiceAddr,
 				"--http-addr=" + net.JoinHostPort(keyServiceLoopback, strconv.Itoa(keyServiceHTTPPort)),
-				"--kms-uri=" + cfg.KMSURI,
+				keyserviceproto.KMSURIFlag + cfg.KMSURI,
 				"--master-secret=" + path.Join(mastersecretMount, crypto.MasterSecretFileName),
 			},
 			LivenessProbe: healthProbe(keyServiceLoopback, keyServiceHTTPPort),

@@ -170,7 +170,15 @@ func (e *env) masterSecret(p *progress) (ms crypto.MasterSecret, existed bool, e
 	return ms, false, nil
 }
 
+// errUserManagedKeys stops an init with user-managed keys before anything is sent: the KeyService has no
+// way to get the KMS's credentials into the cluster yet, so it could not start, and the nodes would wait.
+var errUserManagedKeys = errors.New("kms.awsKMS: initializing a cluster with user-managed keys is not supported yet " +
+	"(the KeyService cannot get AWS credentials); remove the kms section to use constellation-managed keys")
+
 func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
+	if cfg.KMS.AWSKMS != nil {
+		return errUserManagedKeys
+	}
 	infra, err := e.infra(p)
 	if err != nil {
 		return err
@@ -220,7 +228,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	req := &initproto.InitRequest{
 		InitSecret: initSecret, MasterSecret: ms.Key, Salt: ms.Salt, KubernetesVersion: version,
 		KubernetesComponents: comps, ClusterName: cfg.Name, ApiserverCertSans: sans,
-		AttestationConfig: attestationConfig,
+		AttestationConfig: attestationConfig, KmsUri: cfg.KMS.URI(),
 	}
 	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initproto.Port))
 	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)

@@ -432,3 +432,22 @@ func TestApplyRecordsThePlatformCA(t *testing.T) {
 	assert.Contains(t, errOut3.String(), "attestation key is not trusted")
 	assert.Nil(t, in3.sent)
 }
+
+// User-managed keys cannot be initialized yet: apply says so before it sends anything.
+func TestApplyRefusesUserManagedKeysForNow(t *testing.T) {
+	fs := afero.NewMemMapFs()
+	cfg, err := config.Default(cloudprovider.Local)
+	require.NoError(t, err)
+	cfg.KMS.AWSKMS = &config.AWSKMSConfig{Region: "eu-west-1", KeyID: "alias/c"}
+	data, err := cfg.Marshal()
+	require.NoError(t, err)
+	data, err = config.SetMeasurements(data, vtpmtest.ReferenceValues(vtpmtest.Boot))
+	require.NoError(t, err)
+	require.NoError(t, afero.WriteFile(fs, config.FileName, data, 0o644))
+	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
+	e, _, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
+	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
+	assert.Equal(t, 1, execute(context.Background(), []string{"apply"}, e))
+	assert.Contains(t, errOut.String(), "user-managed keys is not supported yet")
+	assert.Zero(t, in.calls, "nothing was sent to the node")
+}

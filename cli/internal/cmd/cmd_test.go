@@ -60,6 +60,14 @@ func TestConfigGenerate(t *testing.T) {
 			args: []string{"config", "generate", "AWS"}, wantPath: config.FileName,
 			wantStdout: "Fill in the account-specific fields", wantK8s: "v1.33.13", wantName: "constell", wantVariant: "aws-sev-snp",
 		},
+		"user-managed keys": {
+			args: []string{"config", "generate", "local", "--kms", "aws-kms"}, wantPath: config.FileName,
+			wantStdout: "Fill in the account-specific fields", wantK8s: "v1.33.13", wantName: "constell", wantVariant: "qemu-vtpm",
+		},
+		"unknown key backend": {
+			args: []string{"config", "generate", "local", "--kms", "vault"}, wantCode: 1,
+			wantStderr: `--kms: "vault" is not one of constellation-managed, aws-kms`,
+		},
 		"unknown provider": {
 			args: []string{"config", "generate", "openstack"}, wantCode: 1,
 			wantStderr: `unknown provider "openstack": choose one of local, qemu, aws, gcp, azure`,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -16,9 +17,11 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
+	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
 )
 
 // The bootstrapper's names for the attestation config the JoinService uses.
@@ -77,6 +80,9 @@ type statusResult struct {
 	Kubernetes  string             `json:"kubernetesVersion,omitempty"`
 	Nodes       []statusNode       `json:"nodes"`
 	Attestation *statusAttestation `json:"attestation,omitempty"`
+	// Keys is the KeyService's backend: "constellation-managed" or "user-managed: <backend> (<settings>)",
+	// as the cluster runs it (as configured before init).
+	Keys string `json:"keys,omitempty"`
 	// Target is how far the nodes are at the configuration's Kubernetes version.
 	Target *statusTarget `json:"target,omitempty"`
 	// ImageTarget is how far the nodes are at the configuration's node image (local).
@@ -129,6 +135,9 @@ func (e *env) status(ctx context.Context, format string) error {
 	}
 	// status also serves a workspace whose configuration does not load: it then leaves the targets out.
 	if cfg, err := config.Load(e.files, config.FileName); err == nil {
+		if res.Keys == "" {
+			res.Keys = cfg.KMS.String() + " (as configured)"
+		}
 		if res.Initialized && res.Error == "" {
 			res.Target = nodesAtTarget(cfg.KubernetesVersion, res.Nodes)
 		}
@@ -189,6 +198,9 @@ func (e *env) status(ctx context.Context, format string) error {
 				fmt.Fprintf(e.out, "  %s runs %s\n", n.Name, n.Image)
 			}
 		}
+	}
+	if res.Keys != "" {
+		fmt.Fprintf(e.out, "State disk keys: %s\n", res.Keys)
 	}
 	if a := res.Attestation; a != nil {
 		fmt.Fprintf(e.out, "Attestation config (JoinService): variant %s, enforced PCRs %v", a.Variant, a.PCRs)
@@ -334,6 +346,7 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 		return fmt.Errorf("parsing the attestation config: %w", err)
 	}
 	res.Attestation = &statusAttestation{Variant: att.Variant, Rollout: att.Rollout != nil}
+	res.Keys = clusterKeys(ctx, k8s)
 	for idx, m := range att.Measurements {
 		if m.WarnOnly {
 			res.Attestation.WarnOn = append(res.Attestation.WarnOn, idx)
@@ -344,4 +357,33 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 	slices.Sort(res.Attestation.PCRs)
 	slices.Sort(res.Attestation.WarnOn)
 	return nil
+}
+
+// clusterKeys describes the KeyService's backend from its DaemonSet's --kms-uri (nothing secret: credentials
+// never go into the URI); "" if it cannot be read.
+func clusterKeys(ctx context.Context, k8s kubernetes.Interface) string {
+	ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, keyserviceproto.DaemonSetName, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	uri := kmsuri.Default
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		for _, arg := range c.Args {
+			if v, ok := strings.CutPrefix(arg, keyserviceproto.KMSURIFlag); ok {
+				uri = v
+			}
+		}
+	}
+	u, err := kmsuri.Parse(uri)
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	if u.Host == kmsuri.ClusterKMS {
+		return "constellation-managed: derived from the master secret"
+	}
+	var settings []string
+	for _, k := range slices.Sorted(maps.Keys(u.Query())) {
+		settings = append(settings, k+"="+u.Query().Get(k))
+	}
+	return fmt.Sprintf("user-managed: %s (%s)", u.Host, strings.Join(settings, ", "))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -25,11 +26,13 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/internal/tpm"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
+	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 	"github.com/constellation-go/constellation/verify/verifytest"
 )
@@ -222,6 +225,10 @@ func TestStatus(t *testing.T) {
 				Type: joinproto.AttestedCondition, Status: corev1.ConditionFalse, Reason: "MeasurementsDiffer", Message: "measurements differ: PCR 12 ...",
 			}},
 		}},
+		&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: keyserviceproto.DaemonSetName, Namespace: "kube-system"},
+			Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Args: []string{"--grpc-addr=x", keyserviceproto.KMSURIFlag + kmsuri.AWSKMSURI("eu-west-1", "alias/c", "")},
+			}}}}}},
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: attestationConfigMap, Namespace: "kube-system"},
 			Data: map[string]string{attestationConfigKey: "variant: qemu-vtpm\nmeasurements:\n  4:\n    expected: \"" +
 				strings.Repeat("00", 32) + "\"\n  12:\n    expected: \"" + strings.Repeat("11", 32) + "\"\n    warnOnly: true\n"}},
@@ -238,6 +245,7 @@ func TestStatus(t *testing.T) {
 	assert.Regexp(t, `worker-0\s+worker\s+10.42.0.3\s+no \(KubeletNotReady\)\s+no \(cordoned\)`, out.String())
 	assert.Contains(t, out.String(), "worker-0 failed re-attestation: MeasurementsDiffer: measurements differ: PCR 12")
 	assert.Contains(t, out.String(), "enforced PCRs [4], warn-only [12]")
+	assert.Contains(t, out.String(), "State disk keys: user-managed: aws-kms (key-id=alias/c, region=eu-west-1)", "as the cluster runs it")
 	assert.NotContains(t, out.String(), "a roll-out runs")
 	assert.Contains(t, out.String(), "Kubernetes target v1.33.13 (constellation-conf.yaml): 1 of 2 nodes at target",
 		"worker-0 reports no kubelet version")

@@ -38,7 +38,7 @@ func run(args []string) error {
 	grpcAddr := fs.String("grpc-addr", "unix:///run/constellation/keyservice/keyservice.sock", "address of the gRPC API: unix://<absolute socket path> (made 0600 in a 0700 directory: only the JoinService mounts it) or host:port")
 	httpAddr := fs.String("http-addr", ":9001", "address of /healthz and /metrics")
 	kmsURI := fs.String("kms-uri", kmsuri.Default, "key backend")
-	secretPath := fs.String("master-secret", "/var/run/constellation/mastersecret/"+crypto.MasterSecretFileName, "master secret file (for kms://cluster-kms)")
+	secretPath := fs.String("master-secret", "/var/run/constellation/mastersecret/"+crypto.MasterSecretFileName, "master secret file (every backend: the cluster's identity comes from it)")
 	logLevel, logFormat := service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "KEYSERVICE", args); err != nil {
 		return err
@@ -50,14 +50,11 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	var master *crypto.MasterSecret
-	if *kmsURI == kmsuri.Default {
-		fh := file.NewHandler(afero.NewBasePathFs(afero.NewOsFs(), filepath.Dir(*secretPath)))
-		m, err := crypto.ReadMasterSecret(fh, filepath.Base(*secretPath))
-		if err != nil {
-			return err
-		}
-		master = &m
+	// Every backend needs it: the cluster's identity (the measurement secret) always comes from it.
+	fh := file.NewHandler(afero.NewBasePathFs(afero.NewOsFs(), filepath.Dir(*secretPath)))
+	master, err := crypto.ReadMasterSecret(fh, filepath.Base(*secretPath))
+	if err != nil {
+		return err
 	}
 	// User-managed: the KMS wraps the data keys, which are kept wrapped in a Secret of this cluster.
 	if err := kms.Register(awskms.Name, func(ctx context.Context, u *url.URL) (kms.KMS, error) {
@@ -73,7 +70,7 @@ func run(args []string) error {
 	}); err != nil {
 		return err
 	}
-	backend, err := kms.New(ctx, *kmsURI, master)
+	backend, err := kms.New(ctx, *kmsURI, &master)
 	if err != nil {
 		return err
 	}

@@ -49,20 +49,25 @@ func Register(name string, f Factory) error {
 	return nil
 }
 
-// New opens the backend that uri names. master is required for kms://cluster-kms and ignored otherwise.
+// New opens the backend that uri names. master is required for every backend: kms://cluster-kms derives
+// every key from it; with a user-managed backend the cluster's identity still does — the measurement
+// secret, from which the cluster ID in every node's PCR 15 follows, is what the first control plane derived
+// from the master secret at init, and a joining node must get the same one — while the disks' data keys
+// come from the backend.
 func New(ctx context.Context, uri string, master *crypto.MasterSecret) (KMS, error) {
 	u, err := kmsuri.Parse(uri)
 	if err != nil {
 		return nil, err
 	}
+	if master == nil {
+		return nil, fmt.Errorf("key backend %s needs the master secret (the cluster's identity comes from it)", u.Host)
+	}
+	if err := master.Validate(); err != nil {
+		return nil, fmt.Errorf("key backend %s: %w", u.Host, err)
+	}
+	identity := &clusterKMS{secret: *master}
 	if u.Host == ClusterKMS {
-		if master == nil {
-			return nil, fmt.Errorf("key backend %s needs the master secret", ClusterKMS)
-		}
-		if err := master.Validate(); err != nil {
-			return nil, fmt.Errorf("key backend %s: %w", ClusterKMS, err)
-		}
-		return &clusterKMS{secret: *master}, nil
+		return identity, nil
 	}
 	mu.RLock()
 	f, ok := backends[u.Host]
@@ -70,7 +75,24 @@ func New(ctx context.Context, uri string, master *crypto.MasterSecret) (KMS, err
 	if !ok {
 		return nil, fmt.Errorf("%w %q: known backends are %s", ErrUnknownBackend, u.Host, strings.Join(known(), ", "))
 	}
-	return f(ctx, u)
+	data, err := f(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	return &userManaged{identity: identity, data: data}, nil
+}
+
+// userManaged takes the measurement secret from the master secret and every other key from the backend.
+type userManaged struct {
+	identity KMS
+	data     KMS
+}
+
+func (k *userManaged) GetDEK(ctx context.Context, dekID string, length int) ([]byte, error) {
+	if dekID == crypto.MeasurementSecretID {
+		return k.identity.GetDEK(ctx, dekID, length)
+	}
+	return k.data.GetDEK(ctx, dekID, length)
 }
 
 func known() []string {

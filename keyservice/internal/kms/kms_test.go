@@ -44,16 +44,17 @@ func TestNew(t *testing.T) {
 		master  *crypto.MasterSecret
 		wantErr string
 	}{
-		"cluster":              {uri: "kms://cluster-kms", master: cryptotest.MasterSecret()},
-		"cluster trailing /":   {uri: "kms://cluster-kms/", master: cryptotest.MasterSecret()},
-		"user-managed":         {uri: "kms://test-external?key=projects/p/keys/k"},
-		"user-managed refuses": {uri: "kms://test-external", wantErr: "key parameter missing"},
-		"no master secret":     {uri: "kms://cluster-kms", wantErr: "needs the master secret"},
-		"bad master secret":    {uri: "kms://cluster-kms", master: &crypto.MasterSecret{Key: []byte{1}}, wantErr: `field "key"`},
-		"cluster parameters":   {uri: "kms://cluster-kms?salt=x", master: cryptotest.MasterSecret(), wantErr: "takes no parameters"},
-		"unknown backend":      {uri: "kms://vault", wantErr: "known backends are cluster-kms, test-external"},
-		"wrong scheme":         {uri: "https://cluster-kms", wantErr: "expected a URI like kms://cluster-kms"},
-		"not a URI":            {uri: "cluster-kms", wantErr: "expected a URI"},
+		"cluster":                                {uri: "kms://cluster-kms", master: cryptotest.MasterSecret()},
+		"cluster trailing /":                     {uri: "kms://cluster-kms/", master: cryptotest.MasterSecret()},
+		"user-managed":                           {uri: "kms://test-external?key=projects/p/keys/k", master: cryptotest.MasterSecret()},
+		"user-managed refuses":                   {uri: "kms://test-external", master: cryptotest.MasterSecret(), wantErr: "key parameter missing"},
+		"user-managed without the master secret": {uri: "kms://test-external?key=k", wantErr: "the cluster's identity comes from it"},
+		"no master secret":                       {uri: "kms://cluster-kms", wantErr: "needs the master secret"},
+		"bad master secret":                      {uri: "kms://cluster-kms", master: &crypto.MasterSecret{Key: []byte{1}}, wantErr: `field "key"`},
+		"cluster parameters":                     {uri: "kms://cluster-kms?salt=x", master: cryptotest.MasterSecret(), wantErr: "takes no parameters"},
+		"unknown backend":                        {uri: "kms://vault", master: cryptotest.MasterSecret(), wantErr: "known backends are cluster-kms, test-external"},
+		"wrong scheme":                           {uri: "https://cluster-kms", wantErr: "expected a URI like kms://cluster-kms"},
+		"not a URI":                              {uri: "cluster-kms", wantErr: "expected a URI"},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
@@ -67,6 +68,19 @@ func TestNew(t *testing.T) {
 			assert.NotNil(t, k)
 		})
 	}
-	_, err := New(context.Background(), "kms://vault", nil)
+
+	// User-managed: the disks' keys from the backend, the measurement secret (the cluster's identity) from
+	// the master secret, as the first control plane derived it at init.
+	k, err := New(context.Background(), "kms://test-external?key=k", cryptotest.MasterSecret())
+	require.NoError(t, err)
+	disk, err := k.GetDEK(context.Background(), "00000000-0000-0000-0000-000000000001", 64)
+	require.NoError(t, err)
+	assert.Equal(t, "external", string(disk))
+	secret, err := k.GetDEK(context.Background(), crypto.MeasurementSecretID, 32)
+	require.NoError(t, err)
+	id, err := cryptotest.MasterSecret().Identity()
+	require.NoError(t, err)
+	assert.Equal(t, id.MeasurementSecret, secret)
+	_, err = New(context.Background(), "kms://vault", cryptotest.MasterSecret())
 	assert.ErrorIs(t, err, ErrUnknownBackend)
 }

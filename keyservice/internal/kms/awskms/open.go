@@ -10,18 +10,20 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/constellation-go/constellation/internal/kmsuri"
 )
 
 // Name is the backend's name in kms://<name> URIs.
-const Name = "aws-kms"
+const Name = kmsuri.AWSKMS
 
 // The settings of kms://aws-kms?region=<region>&key-id=<key ID, ARN or alias>[&endpoint=<URL>]. Credentials
 // come from the usual AWS environment (variables, shared files, the instance's role), never from the URI,
 // which the cluster keeps in plain sight.
 const (
-	paramRegion   = "region"
-	paramKeyID    = "key-id"
-	paramEndpoint = "endpoint"
+	paramRegion   = kmsuri.AWSRegion
+	paramKeyID    = kmsuri.AWSKeyID
+	paramEndpoint = kmsuri.AWSEndpoint
 )
 
 // Open returns the backend a kms://aws-kms URI describes, keeping wrapped keys in store.
