@@ -46,6 +46,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -188,6 +189,15 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer own.Close()
 	v, t, issuer := own.Variant, own.TPM, own.Issuer
+	// What this node booted, before anything else: an admin comparing a node with the published
+	// measurements finds the values in its first log lines, even if it never gets further.
+	if pcrs, err := tpm.ReadPCRs(t, measurements.DefaultEnforced); err == nil {
+		for _, idx := range measurements.DefaultEnforced {
+			log.Info("booted with", "pcr", idx, "sha256", hex.EncodeToString(pcrs[idx]))
+		}
+	} else {
+		log.Warn("reading the booted PCRs", "error", err)
+	}
 	md, err := metadata.New(metadata.Config{
 		Provider: f.cloudProvider, URL: f.metadataURL, Name: f.nodeName, IP: f.nodeIP, PodCIDR: f.podCIDR,
 	})
