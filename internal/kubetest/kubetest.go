@@ -95,6 +95,7 @@ type Cluster struct {
 	Kubeconfig []byte
 
 	dir       string // temporary directory holding the PKI and etcd's data
+	etcdURL   string
 	started   bool   // Start returned; failures after this get the processes' output logged
 	etcd      *process
 	apiserver *process
@@ -273,6 +274,7 @@ func (c *Cluster) start(etcdPath, apiserverPath string, t testing.TB) error {
 	}
 	clientPort, peerPort, securePort := ports[0], ports[1], ports[2]
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(clientPort)
+	c.etcdURL = etcdURL
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peerPort)
 	c.Endpoint = "https://127.0.0.1:" + strconv.Itoa(securePort)
 
@@ -436,6 +438,39 @@ func exitedError(p *process) error {
 		return fmt.Errorf("%w: %w", errAddrInUse, err)
 	}
 	return err
+}
+
+// Components Crash can crash.
+const (
+	Etcd      = "etcd"
+	APIServer = "kube-apiserver"
+)
+
+// Crash kills etcd or kube-apiserver at once, as a crash would, keeps it down for down, and starts it again
+// with the same ports, certificates and data; it returns once the component serves again.
+func (c *Cluster) Crash(t testing.TB, component string, down time.Duration) {
+	t.Helper()
+	p := &c.etcd
+	if component == APIServer {
+		p = &c.apiserver
+	}
+	old := *p
+	old.kill()
+	time.Sleep(down)
+	next, err := startProcess(old.name, old.path, old.args, old.dir)
+	if err != nil {
+		t.Fatalf("kubetest: restarting %s: %v", component, err)
+	}
+	*p = next
+	switch component {
+	case Etcd:
+		err = waitEtcd(next, c.etcdURL)
+	default:
+		err = c.waitAPIServer(time.Now().Add(apiserverTimeout))
+	}
+	if err != nil {
+		t.Fatalf("kubetest: %s did not come back: %v", component, err)
+	}
 }
 
 // stop stops the controller manager, kube-apiserver, then etcd. All are waited for.

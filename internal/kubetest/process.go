@@ -65,6 +65,9 @@ func (b *tailBuffer) Tail(maxLines int) string {
 // process is a child process running in its own process group, with its output captured.
 type process struct {
 	name string
+	path string
+	args []string
+	dir  string
 	cmd  *exec.Cmd
 	out  *tailBuffer
 	done chan struct{} // closed when the process has exited and its output is drained
@@ -72,7 +75,7 @@ type process struct {
 }
 
 func startProcess(name, path string, args []string, dir string) (*process, error) {
-	p := &process{name: name, out: newTailBuffer(logLimit), done: make(chan struct{})}
+	p := &process{name: name, path: path, args: args, dir: dir, out: newTailBuffer(logLimit), done: make(chan struct{})}
 	cmd := exec.Command(path, args...)
 	cmd.Dir = dir
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + dir, "TMPDIR=" + dir}
@@ -94,6 +97,14 @@ func startProcess(name, path string, args []string, dir string) (*process, error
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// kill ends the process group at once (SIGKILL), as a crash would, and waits for it.
+func (p *process) kill() {
+	if !p.exited() {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	<-p.done
 }
 
 // exited reports whether the process has exited.

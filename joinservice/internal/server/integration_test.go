@@ -25,7 +25,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -106,6 +108,8 @@ func writeVectorSecret(t testing.TB) string {
 
 // joinEnv is a real API server, a KeyService and a JoinService serving aTLS on bufconn.
 type joinEnv struct {
+	grpc     *grpc.Server
+	addr     string
 	cluster  *kubetest.Cluster
 	keys     *keyServiceProcess
 	server   *Server
@@ -126,17 +130,33 @@ func newJoinEnv(t testing.TB) *joinEnv {
 		MeasurementSalt: []byte("salt"), KubernetesVersion: kubetest.KubernetesVersion, PKIDir: t.TempDir(),
 	}, NewKeyServiceClient(keyserviceproto.NewAPIClient(conn)), kubeadm.NewTokenIssuer(cluster.Client),
 		kubeadm.NewCSRSigner(cluster.CACert, cluster.CAKey), slog.New(slog.DiscardHandler), reg)
-	g := atlsServer(t, s)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	env := &joinEnv{cluster: cluster, keys: ks, server: s, registry: reg}
+	env.addr = env.serve(t, "127.0.0.1:0") // fixed from here on: nodes dial it concurrently
+	env.dial = func(ctx context.Context, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", env.addr)
+	}
+	return env
+}
+
+// serve runs the JoinService's gRPC server over aTLS on addr and returns the address.
+func (e *joinEnv) serve(t testing.TB, addr string) string {
+	t.Helper()
+	g := atlsServer(t, e.server)
+	lis, err := net.Listen("tcp", addr)
 	require.NoError(t, err)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &joinEnv{
-		cluster: cluster, keys: ks, server: s, registry: reg,
-		dial: func(ctx context.Context, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "tcp", lis.Addr().String())
-		},
-	}
+	e.grpc = g
+	return lis.Addr().String()
+}
+
+// crashJoinService stops the JoinService's server at once (open connections break) and starts a new one
+// on the same address after down, as a restarted pod would.
+func (e *joinEnv) crashJoinService(t testing.TB, down time.Duration) {
+	t.Helper()
+	e.grpc.Stop()
+	time.Sleep(down)
+	e.serve(t, e.addr)
 }
 
 func (e *joinEnv) nodeClient(t testing.TB, name string, events []vtpmtest.Event) joinproto.APIClient {
@@ -240,6 +260,129 @@ func TestJoinTwentyNodesAgainstRealAPIServer(t *testing.T) {
 		resp, err := client.IssueRejoinTicket(ctx, &joinproto.IssueRejoinTicketRequest{DiskUuid: uuid})
 		return err == nil && hex.EncodeToString(resp.GetStateDiskKey()) == want.DiskKeys[uuid]
 	}, 10*time.Second, 100*time.Millisecond)
+}
+
+// TestJoinsSurviveFaults is the JoinService's part of the fault-injection suite: 8 nodes keep asking for join
+// tickets while, one after the other, the KeyService stops, kube-apiserver crashes, etcd crashes and the
+// JoinService itself crashes, each coming back after a while. Every ticket issued along the way carries the
+// node's right disk key; every refusal is a clear, retryable error that names what failed; once all are
+// back, every node gets a ticket again and its token authenticates.
+func TestJoinsSurviveFaults(t *testing.T) {
+	want := loadVectors(t)
+	env := newJoinEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	const nodes = 8
+	type tally struct {
+		ok     atomic.Int64
+		mu     sync.Mutex
+		failed map[string]int // by faultClass
+	}
+	tallies := make([]tally, nodes)
+	var wrongKeys atomic.Int64
+	var wg sync.WaitGroup
+	for i := range nodes {
+		uuid, name := fmt.Sprintf("00000000-0000-0000-0000-%012d", i+1), fmt.Sprintf("worker-%d", i+1)
+		creds := nodeCredentials(t, name, vtpmtest.Boot)
+		csr := kubeletCSR(t, name)
+		tallies[i].failed = map[string]int{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				conn, err := dialJoinService(env.dial, creds)
+				if err == nil {
+					cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+					var resp *joinproto.IssueJoinTicketResponse
+					resp, err = joinproto.NewAPIClient(conn).IssueJoinTicket(cctx, &joinproto.IssueJoinTicketRequest{
+						DiskUuid: uuid, NodeName: name, CertificateRequest: csr,
+					})
+					ccancel()
+					_ = conn.Close()
+					if err == nil && hex.EncodeToString(resp.GetStateDiskKey()) != want.DiskKeys[uuid] {
+						wrongKeys.Add(1)
+					}
+				}
+				if err == nil {
+					tallies[i].ok.Add(1)
+				} else if ctx.Err() == nil {
+					tallies[i].mu.Lock()
+					tallies[i].failed[faultClass(err)]++
+					tallies[i].mu.Unlock()
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+
+	time.Sleep(time.Second)
+	env.keys.stop()
+	time.Sleep(2 * time.Second)
+	env.keys = startKeyService(t, env.keys.addr, env.keys.secretFile)
+	time.Sleep(time.Second)
+	env.cluster.Crash(t, kubetest.APIServer, 2*time.Second)
+	time.Sleep(time.Second)
+	env.cluster.Crash(t, kubetest.Etcd, 2*time.Second)
+	time.Sleep(time.Second)
+	env.crashJoinService(t, 2*time.Second)
+	time.Sleep(2 * time.Second)
+
+	// All back: each node gets a ticket within a few attempts, and its token works at the API server.
+	oks := make([]int64, nodes)
+	for i := range tallies {
+		oks[i] = tallies[i].ok.Load()
+	}
+	require.Eventually(t, func() bool {
+		for i := range tallies {
+			if tallies[i].ok.Load() <= oks[i] {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 100*time.Millisecond, "a node got no ticket after every component came back")
+	cancel()
+	wg.Wait()
+	assert.Zero(t, wrongKeys.Load(), "a ticket carried another disk key")
+
+	failures := map[string]int{}
+	for i := range tallies {
+		t.Logf("worker-%d: %d tickets, failures %v", i+1, tallies[i].ok.Load(), tallies[i].failed)
+		for class, n := range tallies[i].failed {
+			failures[class] += n
+		}
+	}
+	for class := range failures {
+		assert.Contains(t, []string{"keyservice", "token", "unavailable"}, class, "an unexpected kind of failure")
+	}
+	assert.NotZero(t, failures["keyservice"], "the KeyService outage was noticed and named")
+
+	// A ticket issued after the faults authenticates: the token is in the restarted etcd.
+	tokenOf := func() string {
+		resp, err := env.nodeClient(t, "worker-1", vtpmtest.Boot).IssueJoinTicket(context.Background(), &joinproto.IssueJoinTicketRequest{
+			DiskUuid: "00000000-0000-0000-0000-000000000001", NodeName: "worker-1", CertificateRequest: kubeletCSR(t, "worker-1"),
+		})
+		require.NoError(t, err)
+		return resp.GetToken()
+	}
+	user, _, err := whoAmI(context.Background(), env.cluster, tokenOf())
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(user, "system:bootstrap:"))
+}
+
+// faultClass sorts a failed join by what the node is told: the KeyService, the API server (the token), or
+// the JoinService being unreachable.
+func faultClass(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "getting the disk key") || strings.Contains(msg, "getting the measurement secret"):
+		return "keyservice"
+	case strings.Contains(msg, "token"):
+		return "token"
+	case status.Code(err) == codes.Unavailable:
+		return "unavailable"
+	}
+	return msg
 }
 
 // BenchmarkIssueJoinTicket measures tickets per second end to end without kubeadm, one new connection per
