@@ -96,7 +96,7 @@ type Cluster struct {
 
 	dir       string // temporary directory holding the PKI and etcd's data
 	etcdURL   string
-	started   bool   // Start returned; failures after this get the processes' output logged
+	started   bool // Start returned; failures after this get the processes' output logged
 	etcd      *process
 	apiserver *process
 	// controllerManager runs only when a test asks for it (StartControllerManager).
