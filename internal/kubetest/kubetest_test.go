@@ -42,6 +42,7 @@ func TestCluster(t *testing.T) {
 		t.Run("admin", func(t *testing.T) { testAdmin(t, c) })
 		t.Run("kubeconfig for user", func(t *testing.T) { testKubeconfigFor(t, c) })
 		t.Run("bootstrap token", func(t *testing.T) { testBootstrapToken(t, c) })
+		t.Run("crash", func(t *testing.T) { testCrash(t, c) })
 	})
 	if c == nil || !c.started {
 		return // skipped or failed to start
@@ -54,6 +55,22 @@ func TestCluster(t *testing.T) {
 	}
 	_, err := os.Stat(c.dir)
 	assert.ErrorIs(t, err, os.ErrNotExist, "%s not removed", c.dir)
+}
+
+// testCrash: a crashed etcd or kube-apiserver comes back on the same ports with its data.
+func testCrash(t *testing.T, c *Cluster) {
+	ctx := context.Background()
+	_, err := c.Client.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "survivor"}, Data: map[string]string{"k": "v"},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	for _, component := range []string{APIServer, Etcd} {
+		c.Crash(t, component, 100*time.Millisecond)
+		require.Eventually(t, func() bool {
+			cm, err := c.Client.CoreV1().ConfigMaps("default").Get(ctx, "survivor", metav1.GetOptions{})
+			return err == nil && cm.Data["k"] == "v"
+		}, 30*time.Second, 100*time.Millisecond, "the data after %s crashed", component)
+	}
 }
 
 func testAdmin(t *testing.T, c *Cluster) {
