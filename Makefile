@@ -80,6 +80,8 @@ cluster-test: setup image services
 	@bazel/hosttools.sh check cluster-test
 	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 30m -v \
 		-run 'TestTwoNodeCluster' ./localprovider/cluster/
+	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 10m -v \
+		-run 'TestRealImage' ./localprovider/node/
 
 ## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), recover, rejoin, an
 ## image roll-out to image B, mini down
