@@ -75,7 +75,8 @@ image-test: setup
 	@bazel/hosttools.sh check image-test
 	image/test.sh
 
-## cluster-test: a control plane and a worker from the image become a real kubeadm cluster (local nodes)
+## cluster-test: a control plane and a worker from the image become a real kubeadm cluster (local nodes); a node
+## of the real image in detail (root, booted PCRs, state disk, containerd, a container, a restart)
 cluster-test: setup image services
 	@bazel/hosttools.sh check cluster-test
 	CI=true CONSTELLATION_IMAGE_DIR=$$(readlink -f out/image) go test -count=1 -timeout 30m -v \
