@@ -61,8 +61,12 @@ func (e Entry) digest() (string, error) {
 	return hex.EncodeToString(d[:]), nil
 }
 
-// maxLine bounds one entry (a detail is at most a few KiB).
-const maxLine = 64 << 10
+// maxLine bounds one entry; maxDetail bounds its detail (a validation error lists every differing PCR with
+// its events), which Append cuts to fit.
+const (
+	maxLine   = 64 << 10
+	maxDetail = 4096
+)
 
 // Log appends entries to a file.
 type Log struct {
@@ -102,6 +106,9 @@ func (l *Log) Append(e Entry) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e.Seq, e.Time, e.Prev = l.seq+1, l.now().UTC(), l.last
+	if len(e.Detail) > maxDetail {
+		e.Detail = e.Detail[:maxDetail-3] + "..."
+	}
 	h, err := e.digest()
 	if err != nil {
 		return err

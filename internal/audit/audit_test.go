@@ -132,6 +132,21 @@ func TestReplacedFileIsFollowed(t *testing.T) {
 	require.ErrorIs(t, err, ErrBroken)
 }
 
+// A long detail is cut to maxDetail; the entry still verifies.
+func TestLongDetail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.log")
+	l, err := Open(path)
+	require.NoError(t, err)
+	require.NoError(t, l.Append(Entry{Kind: KindHandshake, Result: "refused", Detail: strings.Repeat("PCR 9 differs; ", 1000)}))
+	require.NoError(t, l.Close())
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	sum, err := Verify(bytes.NewReader(data), nil)
+	require.NoError(t, err)
+	assert.Len(t, sum.Last.Detail, maxDetail)
+	assert.True(t, strings.HasSuffix(sum.Last.Detail, "..."))
+}
+
 func FuzzVerify(f *testing.F) {
 	path := filepath.Join(f.TempDir(), "a.log")
 	l, err := Open(path)

@@ -125,10 +125,12 @@ func run(args []string) error {
 	go validator.Watch(ctx, *reloadInterval)
 
 	reg := service.NewRegistry()
+	// One KeyService client for tickets and for re-attestation's cluster ID.
+	keys := server.NewKeyServiceClient(keyserviceproto.NewAPIClient(keyConn))
 	srv := server.New(server.Config{
 		APIServerEndpoint: *apiEndpoint, DiscoveryHash: kubeadm.DiscoveryHash(ca), MeasurementSalt: salt,
 		KubernetesVersion: *k8sVersion, Components: comps, PKIDir: *pkiDir,
-	}, server.NewKeyServiceClient(keyserviceproto.NewAPIClient(keyConn)), kubeadm.NewTokenIssuer(client),
+	}, keys, kubeadm.NewTokenIssuer(client),
 		kubeadm.NewCSRSigner(ca, caKey), log, reg)
 	// Mutual aTLS: the joining node attests to the JoinService, and the JoinService (its control plane's
 	// vTPM) to the joining node, which accepts a disk key and components only from a control plane of its
@@ -162,7 +164,6 @@ func run(args []string) error {
 			return err
 		}
 	}
-	keys := server.NewKeyServiceClient(keyserviceproto.NewAPIClient(keyConn))
 	go reattestNodes(ctx, log, client, keys, salt, validator, *nodeName, reattest.Config{Interval: *reattestInterval, NoCordon: *reattestNoCordon, Audit: auditLog}, reg)
 
 	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{

@@ -305,7 +305,7 @@ func (c *countingValidator) Validate(ctx context.Context, doc, nonce []byte) ([]
 	if err != nil {
 		c.s.metrics.attempts.WithLabelValues("handshake", resultRefused, reasonAttestation).Inc()
 		c.s.log.Warn("refused a node's attestation", "error", err)
-		c.s.record(audit.Entry{Kind: audit.KindHandshake, Result: resultRefused, Reason: reasonAttestation, Detail: truncate(err.Error())})
+		c.s.record(audit.Entry{Kind: audit.KindHandshake, Result: resultRefused, Reason: reasonAttestation, Detail: err.Error()})
 	}
 	return userData, err
 }
@@ -313,13 +313,4 @@ func (c *countingValidator) Validate(ctx context.Context, doc, nonce []byte) ([]
 // Variant returns the wrapped validator's variant.
 func (c *countingValidator) Variant() variant.Variant {
 	return c.Validator.Variant()
-}
-
-// truncate bounds a detail in the audit log (a validation error lists every differing PCR with its events).
-func truncate(s string) string {
-	const limit = 4096
-	if len(s) > limit {
-		return s[:limit-3] + "..."
-	}
-	return s
 }
