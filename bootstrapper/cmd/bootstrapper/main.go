@@ -224,7 +224,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}}
 	installer := protoInstaller{in: &install.Installer{ContainerdAddress: f.containerdSocket, Log: log.With("component", "installer")}, disk: disk}
 	kubeadmOut := &nodelog.LineLogger{Log: log.With("component", "kubeadm"), Msg: "kubeadm"}
-	runner := &kubeadm.Runner{Kubeadm: filepath.Join(f.binDir, "kubeadm"), Env: env, Out: kubeadmOut}
+	supervisor := kubelet.NewSupervisor(kubelet.ExecStarter{Path: filepath.Join(f.binDir, "kubelet"), Env: env},
+		kubelet.Paths{}, nil, kubeletLog, log.With("component", "kubelet"))
+	runner := &kubeadm.Runner{Kubeadm: filepath.Join(f.binDir, "kubeadm"), Env: env, Out: kubeadmOut, Kubelet: supervisor}
 	node := kubeadmconfig.Node{Name: self.Name, IP: self.IP, CRISocket: "unix://" + f.containerdSocket, CgroupRoot: f.cgroupRoot}
 
 	initializer := clusterinit.New(clusterinit.Config{
@@ -274,9 +276,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	join := joinclient.New(md, lock, disk, &joinclient.NodeJoiner{
 		Disk: disk, Installer: installer, Kubeadm: runner, Node: node,
 	}, installer, joinCreds, log.With("component", "join"))
-
-	supervisor := kubelet.NewSupervisor(kubelet.ExecStarter{Path: filepath.Join(f.binDir, "kubelet"), Env: env},
-		kubelet.Paths{}, nil, kubeletLog, log.With("component", "kubelet"))
 
 	b := &bootstrap.Bootstrapper{
 		Lock: lock, InitServer: initGRPC, InitListener: initLis, Join: join, Kubelet: supervisor,

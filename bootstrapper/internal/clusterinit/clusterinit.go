@@ -3,6 +3,11 @@
 // installs the Kubernetes components, runs `kubeadm init`, waits for the API server, removes the bootstrap
 // token kubeadm insists on creating, and deploys the Constellation services with the attestation config
 // derived from this node's own measurements. It returns the admin kubeconfig.
+//
+// The state disk records the completed init (nodestate's MarkMember). An init on a disk that records one is
+// refused (the node holds a cluster: `constellation recover` brings it back); an init on a disk set up
+// without the record was cut off (power loss, a crash) and is redone: `kubeadm reset` removes what it left,
+// then the init runs as on a new disk, which the same master secret unlocks again.
 package clusterinit
 
 import (
@@ -37,6 +42,11 @@ type StateDisk interface {
 	UUID() (string, error)
 	// Unlock encrypts or unlocks the node's state with key and puts it in place.
 	Unlock(key []byte) error
+	// Initialized tells whether the disk was set up in an earlier boot.
+	Initialized() bool
+	// Member tells whether the unlocked disk records a completed init or join; MarkMember records it.
+	Member() bool
+	MarkMember() error
 }
 
 // Installer downloads, verifies (sha256) and installs components.
@@ -44,10 +54,14 @@ type Installer interface {
 	Install(ctx context.Context, comps []*components.Component) error
 }
 
-// Kubeadm runs `kubeadm init`.
+// Kubeadm runs `kubeadm init`, and `kubeadm reset` before an init that redoes a cut-off one.
 type Kubeadm interface {
 	Init(ctx context.Context, config []byte) error
+	Reset(ctx context.Context) error
 }
+
+// ErrMember refuses an init on a node whose state disk holds an initialized cluster.
+var ErrMember = errors.New("this node's state disk holds a cluster that was initialized before")
 
 // Config is what the initializer knows about the node and the cluster's shape (from flags and metadata).
 type Config struct {
@@ -159,13 +173,24 @@ func (i *Initializer) Init(ctx context.Context, req initserver.Request, progress
 	if err != nil {
 		return nil, err
 	}
+	setUpBefore := i.deps.Disk.Initialized()
 	if err := i.deps.Disk.Unlock(diskKey); err != nil {
 		return nil, err
+	}
+	if setUpBefore && i.deps.Disk.Member() {
+		return nil, fmt.Errorf("%w: run 'constellation recover' to bring it back instead", ErrMember)
 	}
 
 	progress("install", fmt.Sprintf("installing %d Kubernetes components (%s)", len(req.Components), req.KubernetesVersion))
 	if err := i.deps.Installer.Install(ctx, req.Components); err != nil {
 		return nil, fmt.Errorf("installing components: %w", err)
+	}
+	if setUpBefore {
+		// kubeadm is installed again only now: the node's /var did not survive the restart.
+		progress("reset", "the state disk holds an init that was cut off: undoing it (kubeadm reset)")
+		if err := i.deps.Kubeadm.Reset(ctx); err != nil {
+			return nil, fmt.Errorf("undoing the cut-off init: %w", err)
+		}
 	}
 
 	token, err := kubeadmconfig.GenerateToken()
@@ -215,6 +240,9 @@ func (i *Initializer) Init(ctx context.Context, req initserver.Request, progress
 		EventLogPath:      i.cfg.EventLogPath,
 		Images:            i.cfg.Images,
 	}); err != nil {
+		return nil, err
+	}
+	if err := i.deps.Disk.MarkMember(); err != nil {
 		return nil, err
 	}
 	progress("done", "the cluster is initialised")

@@ -45,6 +45,19 @@ type fakeDisk struct {
 	key       []byte
 	uuidErr   error
 	unlockErr error
+	// setUp: the disk was unlocked in an earlier boot; member: that boot completed its init.
+	setUp, member bool
+	markErr       error
+}
+
+func (d *fakeDisk) Initialized() bool { return d.setUp }
+func (d *fakeDisk) Member() bool      { return d.member }
+func (d *fakeDisk) MarkMember() error {
+	if d.markErr != nil {
+		return d.markErr
+	}
+	d.member = true
+	return nil
 }
 
 func (d *fakeDisk) UUID() (string, error) { return diskUUID, d.uuidErr }
@@ -71,6 +84,13 @@ type fakeKubeadm struct {
 	kubeconfig []byte
 	client     kubernetes.Interface
 	err        error
+	resets     int
+	resetErr   error
+}
+
+func (f *fakeKubeadm) Reset(context.Context) error {
+	f.resets++
+	return f.resetErr
 }
 
 var tokenRe = regexp.MustCompile(`token: ([a-z0-9]{6})\.([a-z0-9]{16})`)
@@ -148,9 +168,33 @@ func testRequest(t *testing.T) initserver.Request {
 }
 
 func TestInitAgainstAPIServer(t *testing.T) {
+	testCases := map[string]struct {
+		disk       *fakeDisk
+		wantSteps  []string
+		wantResets int
+	}{
+		"a new disk": {
+			disk:      &fakeDisk{},
+			wantSteps: []string{"state-disk", "install", "kubeadm-init", "wait-api", "deploy", "done"},
+		},
+		// The node lost power during an earlier init: what that left is undone, the init runs again.
+		"a disk of a cut-off init": {
+			disk:       &fakeDisk{setUp: true},
+			wantSteps:  []string{"state-disk", "install", "reset", "kubeadm-init", "wait-api", "deploy", "done"},
+			wantResets: 1,
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			testInitAgainstAPIServer(t, tc.disk, tc.wantSteps, tc.wantResets)
+		})
+	}
+}
+
+func testInitAgainstAPIServer(t *testing.T, disk *fakeDisk, wantSteps []string, wantResets int) {
 	cluster := kubetest.Start(t)
 	cfg := testConfig(t)
-	disk, installer := &fakeDisk{}, &fakeInstaller{}
+	installer := &fakeInstaller{}
 	kubeadm := &fakeKubeadm{adminPath: cfg.AdminKubeconfig, kubeconfig: cluster.Kubeconfig, client: cluster.Client}
 	init := New(cfg, Dependencies{Disk: disk, Installer: installer, Kubeadm: kubeadm, PCRs: pcrs}, slog.New(slog.DiscardHandler))
 
@@ -160,7 +204,9 @@ func TestInitAgainstAPIServer(t *testing.T) {
 	kubeconfig, err := init.Init(context.Background(), req, func(step, _ string) { steps = append(steps, step) })
 	require.NoError(t, err)
 	assert.Equal(t, cluster.Kubeconfig, kubeconfig)
-	assert.Equal(t, []string{"state-disk", "install", "kubeadm-init", "wait-api", "deploy", "done"}, steps)
+	assert.Equal(t, wantSteps, steps)
+	assert.Equal(t, wantResets, kubeadm.resets)
+	assert.True(t, disk.member, "the disk records the completed init")
 
 	// The state disk key is the one the KeyService gives for this disk.
 	want, err := crypto.DeriveKey(req.MasterSecret.Key, req.MasterSecret.Salt, diskUUID, 64)
@@ -223,6 +269,23 @@ current-context: c
 			},
 			wantErr:  "another key",
 			wantStep: "state-disk",
+		},
+		// A node whose init completed in an earlier boot holds the cluster: init would destroy it.
+		"the disk holds an initialized cluster": {
+			edit: func(_ *Config, d *Dependencies, k *fakeKubeadm) {
+				d.Disk = &fakeDisk{setUp: true, member: true}
+				k.err = errors.New("kubeadm must not run")
+			},
+			wantErr:  "run 'constellation recover'",
+			wantStep: "state-disk",
+		},
+		"undoing a cut-off init fails": {
+			edit: func(_ *Config, d *Dependencies, k *fakeKubeadm) {
+				d.Disk = &fakeDisk{setUp: true}
+				k.resetErr = errors.New("kubeadm reset: exit status 1")
+			},
+			wantErr:  "undoing the cut-off init: kubeadm reset",
+			wantStep: "reset",
 		},
 		"install fails": {
 			edit: func(_ *Config, d *Dependencies, _ *fakeKubeadm) {

@@ -8,10 +8,15 @@
 // node: state disk, components, the kubelet's credentials and `kubeadm join`. A Join that fails is undone
 // (Joiner.Reset: `kubeadm reset`) and retried with the same ticket while its token is valid.
 //
+// Once the join succeeded, the disk records that the node is a member (nodestate's MarkMember).
+//
 // A restarted node (its state disk was set up in an earlier boot) rejoins instead: IssueRejoinTicket gives
 // it the disk key and the cluster ID, it unlocks the disk, takes the node lock and installs the components
 // it recorded; its Kubernetes credentials and configuration are on the disk, so the kubelet, started when
-// the lock is taken, brings the same node back.
+// the lock is taken, brings the same node back. If the unlocked disk does not record membership, the
+// earlier boot was cut off during its join (power loss, a crash): the node joins again on the same disk
+// (IssueJoinTicket gives the same disk key, derived from the disk's UUID), after `kubeadm reset` has removed
+// what the cut-off join left.
 package joinclient
 
 import (
@@ -66,6 +71,9 @@ type Disk interface {
 	Initialized() bool
 	Unlock(key []byte) error
 	LoadComponents() ([]byte, error)
+	// Member tells whether the unlocked disk records a completed join; MarkMember records it.
+	Member() bool
+	MarkMember() error
 }
 
 // Backoff is the retry delay: Initial, doubling up to Max.
@@ -131,6 +139,12 @@ func (c *Client) Run(ctx context.Context) error {
 	if c.disk.Initialized() {
 		return c.rejoin(ctx, self, diskUUID)
 	}
+	return c.join(ctx, self, diskUUID, false)
+}
+
+// join gets a join ticket and joins; redo means the state disk holds what a cut-off join left, which goes
+// first.
+func (c *Client) join(ctx context.Context, self metadata.Instance, diskUUID string, redo bool) error {
 	key, csr, err := kubelet.NewClientKey(self.Name)
 	if err != nil {
 		return err
@@ -165,7 +179,25 @@ func (c *Client) Run(ctx context.Context) error {
 		return ErrLocked
 	}
 	log.Info("node lock taken for join", "clusterID", fmt.Sprintf("%x", clusterID), "apiServer", ticket.GetApiServerEndpoint())
+	if redo {
+		// kubeadm comes with the ticket's components: the node's /var did not survive the restart.
+		log.Info("undoing what the cut-off join left (kubeadm reset) before joining again")
+		err := c.installer.Install(ctx, ticket.GetKubernetesComponents())
+		if err == nil {
+			err = c.joiner.Reset(ctx)
+		}
+		if err != nil {
+			// The join may still succeed, or fail and be undone and retried (kubeadm join says what is in
+			// its way).
+			log.Warn("undoing the cut-off join failed", "error", err)
+		}
+	}
 	if err := c.joinWithTicket(ctx, ticket, self, key, log); err != nil {
+		return err
+	}
+	// Until this is recorded, the next boot would join again: retry rather than leave a working node that
+	// the next boot resets (a full disk frees up; nothing else can be done here).
+	if err := c.retryLocked(ctx, "recording the completed join on the state disk", c.disk.MarkMember); err != nil {
 		return err
 	}
 	log.Info("joined the cluster")
@@ -240,6 +272,11 @@ func (c *Client) rejoin(ctx context.Context, self metadata.Instance, diskUUID st
 	// Before the lock: a key that does not unlock the disk leaves the node as it was.
 	if err := c.disk.Unlock(ticket.GetStateDiskKey()); err != nil {
 		return fmt.Errorf("the JoinService's disk key does not unlock this node's state disk: %w", err)
+	}
+	if !c.disk.Member() {
+		log.Warn("the state disk was set up in an earlier boot whose join never completed (cut off by a power loss " +
+			"or crash); joining again with the same disk")
+		return c.join(ctx, self, diskUUID, true)
 	}
 	locked, err := c.lock.TryLock(clusterID)
 	if err != nil {

@@ -163,6 +163,27 @@ type fakeDisk struct {
 	unlockKey   []byte
 	unlocked    bool
 	components  []byte
+	member      bool
+}
+
+func (d *fakeDisk) Member() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.unlocked && d.member
+}
+
+// MarkMember works on a locked fake too: the fake Joiner does not unlock it as the real one does.
+func (d *fakeDisk) MarkMember() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.member = true
+	return nil
+}
+
+func (d *fakeDisk) isMember() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.member
 }
 
 func (*fakeDisk) UUID() (string, error) { return "00000000-0000-0000-0000-000000000042", nil }
@@ -307,6 +328,7 @@ func TestJoinRetriesWithBackoff(t *testing.T) {
 		assert.GreaterOrEqual(t, calls[i+1].Sub(calls[i]), min, "gap %d", i)
 	}
 
+	assert.True(t, n.disk.isMember(), "the disk records the completed join")
 	req := svc.reqs[len(svc.reqs)-1]
 	assert.Equal(t, "worker-0", req.GetNodeName())
 	assert.Equal(t, "00000000-0000-0000-0000-000000000042", req.GetDiskUuid())
@@ -465,7 +487,7 @@ func TestRejoin(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			svc := &fakeJoinService{failures: 1}
 			n := newNode(t, vtpmtest.Boot, serve(t, svc))
-			n.disk.initialized, n.disk.unlockKey, n.disk.components = true, tc.unlockKey, recorded
+			n.disk.initialized, n.disk.unlockKey, n.disk.components, n.disk.member = true, tc.unlockKey, recorded, true
 			n.installer.failures = tc.installFailures
 
 			err := run(t, n.client, 30*time.Second)
@@ -488,6 +510,29 @@ func TestRejoin(t *testing.T) {
 			assert.Equal(t, tc.installFailures+1, n.installer.calls)
 		})
 	}
+}
+
+// TestRejoinAfterCutOffJoin: a node that lost power during its join restarts with a disk set up but not
+// recording a completed join. Its rejoin ticket's key unlocks the disk (it is the cluster's), but there is
+// nothing to rejoin: it takes no lock, undoes what the cut-off join left (kubeadm reset) and joins again
+// with a join ticket.
+func TestRejoinAfterCutOffJoin(t *testing.T) {
+	svc := &fakeJoinService{}
+	n := newNode(t, vtpmtest.Boot, serve(t, svc))
+	n.disk.initialized, n.disk.unlockKey = true, rejoinKey
+
+	require.NoError(t, run(t, n.client, 30*time.Second))
+	require.Len(t, svc.rejoins, 1, "it asks for a rejoin ticket first")
+	require.Len(t, svc.reqs, 1, "then, the join being cut off, for a join ticket")
+	assert.Equal(t, svc.rejoins[0].GetDiskUuid(), svc.reqs[0].GetDiskUuid(), "for the same disk")
+	assert.Equal(t, 1, n.joiner.resets, "what the cut-off join left is undone first")
+	assert.True(t, n.joiner.joined())
+	assert.True(t, n.disk.isMember(), "the disk records the completed join")
+	assert.Equal(t, 1, n.installer.calls, "the ticket's components (kubeadm) are installed for the reset; the "+
+		"recorded ones are not reinstalled")
+	clusterID, err := crypto.ClusterID(measurementSecret, measurementSalt)
+	require.NoError(t, err)
+	assert.Equal(t, []byte(measurements.PCR15ForCluster(clusterID)), n.pcr15(t))
 }
 
 // TestRejoinAfterRecovery: the admin's recover took the lock first; the rejoin ticket is dropped.

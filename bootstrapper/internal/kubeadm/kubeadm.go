@@ -39,6 +39,11 @@ type Runner struct {
 	ProcSys string
 	// Out receives kubeadm's output.
 	Out io.Writer
+	// Kubelet, if set, stops the kubelet while `kubeadm reset` runs (kubelet.Supervisor): kubeadm cannot
+	// stop it without an init system.
+	Kubelet interface {
+		WhileStopped(ctx context.Context, f func(context.Context) error) error
+	}
 }
 
 // Init runs `kubeadm init` with config.
@@ -51,12 +56,16 @@ func (r *Runner) Join(ctx context.Context, config []byte) error {
 	return r.run(ctx, "join", config)
 }
 
-// Reset runs `kubeadm reset --force`: it removes what a failed `kubeadm join` left (the kubelet's
-// configuration and credentials, static pod manifests, a control plane's etcd data), so that the join can
-// run again. kubeadm cannot stop the kubelet without an init system; the supervisor keeps restarting it,
-// and it waits for the configuration the next join writes.
+// Reset runs `kubeadm reset --force`: it removes what a failed or cut-off `kubeadm join` or init left (the
+// kubelet's configuration and credentials, static pod manifests, a control plane's etcd data), so that it
+// can run again. kubeadm cannot stop the kubelet without an init system: Kubelet stops it meanwhile, and
+// the supervisor then waits for the configuration the next join or init writes.
 func (r *Runner) Reset(ctx context.Context) error {
-	return r.kubeadm(ctx, "reset", "--force", "--v=1")
+	reset := func(ctx context.Context) error { return r.kubeadm(ctx, "reset", "--force", "--v=1") }
+	if r.Kubelet == nil {
+		return reset(ctx)
+	}
+	return r.Kubelet.WhileStopped(ctx, reset)
 }
 
 // kubeadm runs kubeadm with args, its output to Out.

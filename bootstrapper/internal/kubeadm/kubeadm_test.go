@@ -142,3 +142,22 @@ func TestReset(t *testing.T) {
 	exe.err = errors.New("exit status 1")
 	require.ErrorContains(t, r.Reset(context.Background()), "kubeadm reset: exit status 1")
 }
+
+// stoppedKubelet records whether kubeadm ran while the kubelet was stopped.
+type stoppedKubelet struct{ calls int }
+
+func (k *stoppedKubelet) WhileStopped(ctx context.Context, f func(context.Context) error) error {
+	k.calls++
+	return f(ctx)
+}
+
+// TestResetStopsTheKubelet: with a supervisor, kubeadm reset runs while it has the kubelet stopped.
+func TestResetStopsTheKubelet(t *testing.T) {
+	exe := &fakeExec{}
+	r := newRunner(t, exe, io.Discard)
+	k := &stoppedKubelet{}
+	r.Kubelet = k
+	require.NoError(t, r.Reset(context.Background()))
+	assert.Equal(t, 1, k.calls)
+	assert.Equal(t, []string{"reset", "--force", "--v=1"}, exe.args)
+}

@@ -8,8 +8,11 @@
 //   - cgroupDriver cgroupfs: hosts use cgroup v1 (hybrid), and there is no systemd to delegate to.
 //   - the node IP is given explicitly everywhere (kubelet --node-ip, the API server's advertise address, etcd):
 //     nodes have no default route, from which kubeadm and the kubelet would otherwise pick an address.
-//   - failSwapOn false and hard eviction thresholds of 0%: a node shares swap and disks with its host, which
-//     it neither controls nor should evict pods over.
+//   - failSwapOn false and hard eviction thresholds of 0% for what a node shares with its host (swap, the
+//     image file system, a tmpfs), which it neither controls nor should evict pods over; the node file
+//     system (/var/lib/kubelet) is the node's own encrypted state disk, so it keeps a real threshold
+//     (nodefs.available 5%): a full state disk shows as DiskPressure, and the kubelet reclaims space; the
+//     condition clears a minute after the pressure ended.
 //   - kube-proxy's conntrack.maxPerCore 0: nf_conntrack_max is global and read-only outside the host's network
 //     namespace; kube-proxy would fail trying to raise it.
 //   - the controller manager does not allocate node pod CIDRs: the provider assigns each node's pod range
@@ -353,14 +356,17 @@ func GenerateJoin(c Join) ([]byte, error) {
 // kubeletConfiguration is the cluster-wide kubelet configuration (kubeadm stores it in the kubelet-config
 // ConfigMap, so joining nodes get the same). Node-specific flags go into kubeletExtraArgs.
 func kubeletConfiguration() kubeletv1beta1.KubeletConfiguration {
-	zeroPercent := map[string]string{"nodefs.available": "0%", "nodefs.inodesFree": "0%", "imagefs.available": "0%"}
+	eviction := map[string]string{"nodefs.available": "5%", "nodefs.inodesFree": "0%", "imagefs.available": "0%"}
 	return kubeletv1beta1.KubeletConfiguration{
-		TypeMeta:                    metav1.TypeMeta{APIVersion: kubeletAPIVersion, Kind: "KubeletConfiguration"},
-		CgroupDriver:                "cgroupfs",
-		FailSwapOn:                  ptr(false),
-		EvictionHard:                zeroPercent,
-		ImageGCHighThresholdPercent: ptr(int32(100)),
-		VolumePluginDir:             FlexVolumeDir,
+		TypeMeta:     metav1.TypeMeta{APIVersion: kubeletAPIVersion, Kind: "KubeletConfiguration"},
+		CgroupDriver: "cgroupfs",
+		FailSwapOn:   ptr(false),
+		EvictionHard: eviction,
+		// How long a pressure condition stays after the pressure ended: a minute instead of five, so a node
+		// whose state disk was cleaned up admits pods again soon; still enough to damp oscillation.
+		EvictionPressureTransitionPeriod: metav1.Duration{Duration: time.Minute},
+		ImageGCHighThresholdPercent:      ptr(int32(100)),
+		VolumePluginDir:                  FlexVolumeDir,
 	}
 }
 

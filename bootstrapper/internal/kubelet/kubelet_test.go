@@ -363,3 +363,47 @@ func (s *syncWriter) String() string {
 	}
 	return s.w.String()
 }
+
+// TestSupervisorWhileStopped: kubeadm reset runs with the kubelet stopped, removes its configuration, and the
+// kubelet starts again only once the next join has written a new one; without a running supervisor the
+// reset just runs.
+func TestSupervisorWhileStopped(t *testing.T) {
+	root := t.TempDir()
+	writeKubeadmFiles(t, root, "")
+	starter := newFakeStarter()
+	s := newTestSupervisor(starter, root, io.Discard)
+	stop := run(t, s)
+	p := starter.next(t)
+
+	var sawRunning bool
+	require.NoError(t, s.WhileStopped(context.Background(), func(context.Context) error {
+		select {
+		case sig := <-p.signals:
+			assert.Equal(t, syscall.SIGTERM, sig)
+		default:
+			sawRunning = true
+		}
+		// What kubeadm reset does to the kubelet's files.
+		require.NoError(t, os.Remove(filepath.Join(root, ConfigFile)))
+		require.NoError(t, os.Remove(filepath.Join(root, FlagsEnvFile)))
+		return nil
+	}))
+	assert.False(t, sawRunning, "the kubelet was stopped before the reset ran")
+	time.Sleep(100 * time.Millisecond)
+	assert.Equal(t, int64(1), s.Starts(), "no kubelet without a configuration")
+	writeKubeadmFiles(t, root, "")
+	p = starter.next(t)
+	assert.Equal(t, int64(2), s.Starts())
+
+	// Another reset stops the second kubelet; one while the supervisor waits for a configuration returns too.
+	require.NoError(t, s.WhileStopped(context.Background(), func(context.Context) error {
+		require.NoError(t, os.Remove(filepath.Join(root, ConfigFile)))
+		return nil
+	}))
+	require.NoError(t, s.WhileStopped(context.Background(), func(context.Context) error { return nil }))
+	require.NoError(t, stop())
+
+	// Without Run, the reset runs on its own; its error is returned.
+	boom := errors.New("kubeadm reset: exit status 1")
+	assert.ErrorIs(t, s.WhileStopped(context.Background(), func(context.Context) error { return boom }), boom)
+}

@@ -86,7 +86,18 @@ type Supervisor struct {
 	StopGrace time.Duration
 
 	starts atomic.Int64
+	// pauses carries WhileStopped's requests to Run; running tells whether Run is there to take them.
+	pauses  chan pause
+	running atomic.Bool
 }
+
+// pause is a WhileStopped request: Run closes stopped once no kubelet runs, and waits for resume.
+type pause struct {
+	stopped, resume chan struct{}
+}
+
+// errPaused ends a kubelet run that WhileStopped stopped.
+var errPaused = errors.New("stopped for kubeadm reset")
 
 // NewSupervisor returns a supervisor that starts the kubelet through starter with kubeadm's files under
 // paths, plus extraArgs; the kubelet's output goes to out.
@@ -94,6 +105,42 @@ func NewSupervisor(starter Starter, paths Paths, extraArgs []string, out io.Writ
 	return &Supervisor{
 		starter: starter, paths: paths, extraArgs: extraArgs, out: out, log: log,
 		Backoff: DefaultBackoff, PollInterval: 250 * time.Millisecond, StopGrace: 10 * time.Second,
+		pauses: make(chan pause),
+	}
+}
+
+// WhileStopped stops the kubelet, runs f (`kubeadm reset`), and lets the supervisor go back to waiting for
+// kubeadm's configuration, as `kubeadm reset` does on a host with systemd (it stops the kubelet service, and
+// the next init or join starts it). Without this the kubelet of a failed or cut-off join keeps running with
+// the configuration reset removed, and holds the port that the next join's preflight finds in use. If Run
+// is not running, f just runs.
+func (s *Supervisor) WhileStopped(ctx context.Context, f func(context.Context) error) error {
+	if !s.running.Load() {
+		return f(ctx)
+	}
+	p := pause{stopped: make(chan struct{}), resume: make(chan struct{})}
+	defer close(p.resume)
+	select {
+	case s.pauses <- p:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-p.stopped:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return f(ctx)
+}
+
+// paused serves a WhileStopped request while no kubelet runs; false if ctx ended.
+func paused(ctx context.Context, p pause) bool {
+	close(p.stopped)
+	select {
+	case <-p.resume:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
@@ -106,6 +153,8 @@ func (s *Supervisor) Starts() int64 {
 // configuration and flags before the first start (on a fresh node kubeadm writes them during init or join,
 // and waits for the kubelet to come up), and reads kubeadm's flags file anew at every start.
 func (s *Supervisor) Run(ctx context.Context) error {
+	s.running.Store(true)
+	defer s.running.Store(false)
 	if !s.waitForConfig(ctx) {
 		return nil
 	}
@@ -115,6 +164,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		err := s.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errPaused) {
+			s.log.Info("kubelet stopped for kubeadm reset; waiting for kubeadm's configuration again")
+			if !s.waitForConfig(ctx) {
+				return nil
+			}
+			delay = s.Backoff.Initial
+			continue
 		}
 		if time.Since(started) >= s.Backoff.Stable {
 			delay = s.Backoff.Initial
@@ -152,6 +209,12 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 	case <-ctx.Done():
 		s.stop(p, exited)
 		return ctx.Err()
+	case req := <-s.pauses:
+		s.stop(p, exited)
+		if !paused(ctx, req) {
+			return ctx.Err()
+		}
+		return errPaused
 	}
 }
 
@@ -184,6 +247,10 @@ func (s *Supervisor) waitForConfig(ctx context.Context) bool {
 		select {
 		case <-ctx.Done():
 			return false
+		case req := <-s.pauses:
+			if !paused(ctx, req) {
+				return false
+			}
 		case <-time.After(s.PollInterval):
 		}
 	}

@@ -6,7 +6,9 @@
 // written to disk encrypted with a key that only an attested node can obtain.
 //
 // The disk's UUID, from which its key is derived (key ID = UUID), is kept unencrypted at the root of the
-// disk: it is not secret, and it must be readable before the key is known.
+// disk: it is not secret, and it must be readable before the key is known. Inside the encrypted directory,
+// the disk records the node's components (for a rejoin) and, once its init or join completed, that the node
+// is a member: a disk that opens but lacks that record belongs to an init or join a power cut interrupted.
 package nodestate
 
 import (
@@ -28,6 +30,11 @@ const EncryptedDir = "encrypted"
 
 // uuidFile holds the disk's UUID at the root of the state disk.
 const uuidFile = "disk-uuid"
+
+// memberFile, inside EncryptedDir, records that the node completed its init or join with this disk. A disk
+// set up (unlocked, so Initialized) without it was cut off in the middle of one: the next boot redoes it on
+// the same disk instead of rejoining a cluster the node never belonged to.
+const memberFile = "member"
 
 // componentsFile, inside EncryptedDir, lists the components the node installed: a restarted node that is
 // recovered installs them again (its /var is gone).
@@ -139,15 +146,50 @@ func (d *Disk) Initialized() bool {
 
 // SaveComponents records the node's components on the unlocked state disk.
 func (d *Disk) SaveComponents(data []byte) error {
-	path := filepath.Join(d.Dir, EncryptedDir, componentsFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("state disk: recording the components: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := writeDurably(filepath.Join(d.Dir, EncryptedDir, componentsFile), data); err != nil {
 		return fmt.Errorf("state disk: recording the components: %w", err)
 	}
 	return nil
+}
+
+// MarkMember records, on the unlocked state disk, that the node has completed its init or join.
+func (d *Disk) MarkMember() error {
+	if err := writeDurably(filepath.Join(d.Dir, EncryptedDir, memberFile), []byte("member\n")); err != nil {
+		return fmt.Errorf("state disk: recording that the node joined: %w", err)
+	}
+	return nil
+}
+
+// Member tells whether MarkMember was called for this disk, in this boot or an earlier one. The disk must be
+// unlocked (a locked directory shows only encrypted names).
+func (d *Disk) Member() bool {
+	_, err := os.Stat(filepath.Join(d.Dir, EncryptedDir, memberFile))
+	return err == nil
+}
+
+// writeDurably replaces path with data so that a power cut leaves either the old or the new file: the data
+// is synced before the rename, the directory after it.
+func writeDurably(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	return errors.Join(dir.Sync(), dir.Close())
 }
 
 // LoadComponents returns what SaveComponents recorded; the disk must be unlocked.

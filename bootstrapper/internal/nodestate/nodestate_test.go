@@ -108,6 +108,13 @@ func TestInitializedAndComponents(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(d.Dir, EncryptedDir, componentsFile))
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	// Set up, but the join or init did not complete yet.
+	assert.False(t, d.Member())
+	require.NoError(t, d.MarkMember())
+	assert.True(t, d.Member())
+	require.NoError(t, d.MarkMember(), "recording it again is harmless")
+	assert.True(t, d.Member())
 }
 
 // TestUnlockRealDisk uses a real ext4 state disk with fscrypt and real bind mounts: what Kubernetes writes
