@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/constellation-go/constellation/internal/remains"
@@ -119,6 +120,18 @@ func (st *runState) save(l layout) error {
 		return err
 	}
 	return os.Rename(tmp, l.stateFile())
+}
+
+// IsStateDir tells whether dir is a node's state directory (it holds a node's files: its state disk, vTPM,
+// logs or node.json).
+func IsStateDir(dir string) bool {
+	l := layout{dir}
+	for _, p := range []string{l.stateFile(), l.stateDisk(), l.vtpmDir(), l.logDir()} {
+		if _, err := os.Stat(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Running tells whether the node whose state directory is stateDir runs.
@@ -479,6 +492,51 @@ func Restart(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	return Start(ctx, cfg)
+}
+
+// PowerCut stops a running node the way a power failure does, for fault tests: its init (and with it every
+// process of the node) and its swtpm get SIGKILL at once; nothing is synced, unmounted or shut down. What
+// is left (cgroups, node.json, the vTPM's sockets) is cleaned up by the next Start or Stop, as after a
+// crash of the machine.
+func PowerCut(ctx context.Context, stateDir string) error {
+	st, err := readState(layout{stateDir})
+	if err != nil {
+		return fmt.Errorf("power-cutting node %s: %w", filepath.Base(stateDir), err)
+	}
+	for _, p := range []proc.Process{st.Init, st.Swtpm} {
+		if err := p.Signal(syscall.SIGKILL); err != nil {
+			return fmt.Errorf("power-cutting node %s: %w", filepath.Base(stateDir), err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := errors.Join(st.Init.Wait(wctx), st.Swtpm.Wait(wctx)); err != nil {
+		return fmt.Errorf("power-cutting node %s: waiting for its processes to end: %w", filepath.Base(stateDir), err)
+	}
+	return nil
+}
+
+// RestartVTPM kills a running node's swtpm and starts a new one on the same state, for fault tests: the
+// node keeps running, but the vTPM it was given at boot is gone (its socket in the node names the old one)
+// and the new one holds none of the boot's measurements. Only a restart of the node gives it a vTPM again.
+func RestartVTPM(ctx context.Context, stateDir string) error {
+	l := layout{stateDir}
+	st, err := readState(l)
+	if err != nil {
+		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
+	}
+	if err := st.Swtpm.Signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := st.Swtpm.Wait(wctx); err != nil {
+		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
+	}
+	if st.Swtpm, err = startSwtpm(ctx, l); err != nil {
+		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
+	}
+	return st.save(l)
 }
 
 // Destroy stops the node and removes its network and state directory (the state disk with it).

@@ -20,6 +20,7 @@ import (
 	"github.com/constellation-go/constellation/localprovider/daemon"
 	"github.com/constellation-go/constellation/localprovider/metadata"
 	"github.com/constellation-go/constellation/localprovider/network"
+	"github.com/constellation-go/constellation/localprovider/node"
 )
 
 type networkResource struct{}
@@ -211,6 +212,12 @@ func (r *networkResource) Delete(ctx context.Context, req resource.DeleteRequest
 		resp.Diagnostics.AddError("Invalid local network", err.Error())
 		return
 	}
+	// Nodes that stopped outside Terraform (a power cut, a crash) are no longer in its state, so their
+	// resources were not destroyed: what they left goes with the network.
+	if err := removeStoppedNodes(ctx, name); err != nil {
+		resp.Diagnostics.AddError("Removing stopped nodes", err.Error())
+		return
+	}
 	nw, err := spec.Network()
 	if err == nil {
 		err = nw.Destroy()
@@ -222,4 +229,31 @@ func (r *networkResource) Delete(ctx context.Context, req resource.DeleteRequest
 	if err := daemon.Remove(name); err != nil {
 		resp.Diagnostics.AddError("Removing the local provider's files", err.Error())
 	}
+}
+
+// removeStoppedNodes stops (cleaning up after a crash) and removes every node state directory left in the
+// cluster's directory.
+func removeStoppedNodes(ctx context.Context, cluster string) error {
+	entries, err := os.ReadDir(daemon.Dir(cluster))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		dir := filepath.Join(daemon.Dir(cluster), e.Name())
+		if !e.IsDir() || !node.IsStateDir(dir) {
+			continue
+		}
+		if err := node.Stop(ctx, dir, 0); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", e.Name(), err))
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", e.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -101,6 +101,7 @@ type fakeIniter struct {
 	booting int              // refused connections before the API listens
 	accepts map[string]bool  // validators whose handshake succeeds
 	failure *InitFailedError // what an accepted init reports instead of success
+	cutOff  error            // how the connection of an accepted init ends after its progress
 	resp    *initproto.InitSuccessResponse
 	calls   []string
 }
@@ -120,6 +121,9 @@ func (f *fakeIniter) Init(_ context.Context, _ string, v attestation.Validator, 
 		return nil, errNotFresh
 	}
 	progress("kubeadm", "init")
+	if f.cutOff != nil {
+		return nil, f.cutOff
+	}
 	if f.failure != nil {
 		return nil, f.failure
 	}
@@ -155,6 +159,10 @@ func TestInit(t *testing.T) {
 		"a failure the node reported is final": {
 			initer: &fakeIniter{accepts: map[string]bool{"fresh": true}, failure: &InitFailedError{Message: "kubeadm init failed", Logs: []byte("boom")}},
 			resume: true, wantCalls: []string{"fresh"}, wantFailed: true,
+		},
+		"a node that stops answering during its init (a power cut)": {
+			initer: &fakeIniter{accepts: map[string]bool{"fresh": true}, cutOff: status.Error(codes.Unavailable, "error reading from server: EOF")},
+			resume: true, wantCalls: []string{"fresh", "resume"}, wantErr: ErrInitCutOff,
 		},
 		"a node that derives another identity": {
 			initer:    &fakeIniter{accepts: map[string]bool{"fresh": true}, resp: &initproto.InitSuccessResponse{ClusterId: []byte("other"), OwnerId: id.OwnerID}},

@@ -38,6 +38,11 @@ type InitRequest struct {
 // the master secret: it does not run the project's bootstrapper.
 var ErrWrongIdentity = errors.New("the node answered with a cluster ID or owner ID that does not follow from the master secret; do not use this cluster")
 
+// ErrInitCutOff is returned when the connection to the node ended after its init had begun and before it
+// reported the result, and asking it again did not resume it: the node restarted or lost power (or the
+// network failed). Its next boot redoes the cut-off init when it is asked again.
+var ErrInitCutOff = errors.New("the connection to the node ended during its init")
+
 // Init initializes the cluster, waiting while the node boots. A node that is not fresh is asked again as a
 // node of this cluster (r.Resume), so that an interrupted init resumes instead of failing; a failure the
 // node reported (InitFailedError) is final.
@@ -46,24 +51,35 @@ func Init(ctx context.Context, api Initer, b Booting, r InitRequest) (*initproto
 	if notice == nil {
 		notice = func(string) {}
 	}
+	// Whether the node reported progress: then a failure without a result cut the init off.
+	began := false
+	progress := func(step, message string) {
+		began = true
+		if r.Progress != nil {
+			r.Progress(step, message)
+		}
+	}
 	var resp *initproto.InitSuccessResponse
 	_, err := b.Do(ctx, "the node's Init API", func(what string) { notice(fmt.Sprintf("waiting for %s (the node is still booting)", what)) },
 		func() error {
 			var err error
-			resp, err = api.Init(ctx, r.Endpoint, r.Fresh, r.Request, r.Progress)
+			resp, err = api.Init(ctx, r.Endpoint, r.Fresh, r.Request, progress)
 			return err
 		}, nil)
 	var failed *InitFailedError
 	if err != nil && r.Resume != nil && !errors.As(err, &failed) && ctx.Err() == nil {
 		notice("the node is not fresh; checking whether it is this cluster's, initialized by an interrupted apply")
 		var resumeErr error
-		if resp, resumeErr = api.Init(ctx, r.Endpoint, r.Resume, r.Request, r.Progress); resumeErr == nil {
+		if resp, resumeErr = api.Init(ctx, r.Endpoint, r.Resume, r.Request, progress); resumeErr == nil {
 			err = nil
 		} else if errors.As(resumeErr, &failed) {
 			err = resumeErr
 		} else {
 			err = fmt.Errorf("%w\n(checked as a node of this cluster too: %v)", err, resumeErr)
 		}
+	}
+	if err != nil && began && !errors.As(err, &failed) && ctx.Err() == nil {
+		return nil, fmt.Errorf("%w: %w", ErrInitCutOff, err)
 	}
 	if err != nil {
 		return nil, err

@@ -20,6 +20,7 @@ import (
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/cli/internal/clusterclient"
+	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
@@ -100,23 +101,10 @@ func (e *env) apply(ctx context.Context, p *progress, merge, replaceCA bool) err
 	if st.IsInitialized() {
 		return e.applyInitialized(ctx, cfg, st, p)
 	}
-	if !st.HasInfrastructure() {
-		if st, err = e.create(ctx, cfg, p, replaceCA); err != nil {
-			return err
-		}
-	} else if cfg.Attestation.PlatformCA == "" || replaceCA {
-		// A create interrupted before it recorded the platform's CA.
-		infra, err := e.infra(p)
-		if err != nil {
-			return err
-		}
-		out, err := infra.Outputs(ctx)
-		if err != nil {
-			return err
-		}
-		if err := e.trustPlatformCA(cfg, out.PlatformCA, replaceCA, p); err != nil {
-			return err
-		}
+	// Every run applies the infrastructure (Terraform is idempotent): it completes an interrupted create,
+	// and starts a node that stopped, such as a first control plane that lost power during its init.
+	if st, err = e.create(ctx, cfg, p, replaceCA); err != nil {
+		return err
 	}
 	if err := e.initCluster(ctx, cfg, st, p); err != nil {
 		return err
@@ -134,6 +122,9 @@ func (e *env) apply(ctx context.Context, p *progress, merge, replaceCA bool) err
 
 // applyInitialized brings an initialized cluster to the configuration: today, its node image (a roll-out).
 func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
+	if err := e.checkInfrastructure(ctx, cfg, st, p); err != nil {
+		return err
+	}
 	r, err := e.planRollout(ctx, cfg, st, p)
 	if err != nil {
 		return fmt.Errorf("%w\n(If every control plane restarted, unlock them first with 'constellation recover'.)", err)
@@ -144,6 +135,34 @@ func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *stat
 		return nil
 	}
 	return e.rollout(ctx, r, p)
+}
+
+// checkInfrastructure applies the infrastructure of an initialized cluster again: nodes that stopped (a
+// power cut, a crash of the machine) are started on their state disks and come back through the
+// JoinService, and the local provider's daemon is restarted if it died. Each node keeps the image it runs.
+func (e *env) checkInfrastructure(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
+	nodes := terraform.Nodes(cfg)
+	for _, n := range nodes {
+		if _, ok := st.Infrastructure.Nodes[n.Name]; !ok {
+			return fmt.Errorf("%s describes node %s, which the initialized cluster does not have: adding nodes to an "+
+				"initialized cluster is not supported yet; set nodeGroups back to the cluster's %d nodes",
+				e.path(config.FileName), n.Name, len(st.Infrastructure.Nodes))
+		}
+	}
+	if len(nodes) != len(st.Infrastructure.Nodes) {
+		return fmt.Errorf("%s describes %d nodes, the initialized cluster has %d: removing nodes is not supported yet; "+
+			"set nodeGroups back", e.path(config.FileName), len(nodes), len(st.Infrastructure.Nodes))
+	}
+	infra, err := e.infra(p)
+	if err != nil {
+		return err
+	}
+	p.Step("Checking the infrastructure (%s, %d nodes); stopped nodes are started again", cfg.GetProvider(), len(nodes))
+	if _, err := infra.Apply(ctx, cfg); err != nil {
+		return fmt.Errorf("checking the infrastructure: %w\nRe-run the command to continue", err)
+	}
+	p.Done()
+	return nil
 }
 
 // masterSecret reads the workspace's master secret, or generates and writes one. An interrupted apply
@@ -263,6 +282,11 @@ func (e *env) initFailed(ctx context.Context, endpoint string, err error) error 
 	}
 	if ctx.Err() != nil || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
 		return fmt.Errorf("interrupted while initializing the cluster (the node carries on): re-run 'constellation apply' to continue")
+	}
+	if errors.Is(err, clusterclient.ErrInitCutOff) {
+		return fmt.Errorf("initializing the cluster at %s failed: %w\nThe node restarted or lost power during its init "+
+			"(or the network failed). Re-run 'constellation apply': it starts the node again if it is stopped, and "+
+			"the node redoes the cut-off init on the same state disk", endpoint, err)
 	}
 	return fmt.Errorf("initializing the cluster at %s failed: %w\nIf the node failed attestation, nothing was sent to it: "+
 		"check attestation.measurements (e.g. with 'constellation config fetch-measurements') and the node image", endpoint, err)

@@ -306,10 +306,24 @@ func TestApply(t *testing.T) {
 			require.Zero(t, execute(context.Background(), []string{"apply"}, e))
 			assert.Contains(t, out.String(), "nothing to do")
 			assert.Nil(t, in.sent)
-			assert.Equal(t, 1, infra.applied)
+			assert.Equal(t, 2, infra.applied, "the infrastructure is applied again: it starts nodes that stopped")
 			stateAfter, err := afero.ReadFile(fs, state.FileName)
 			require.NoError(t, err)
 			assert.Equal(t, stateBefore, stateAfter)
+
+			// A configuration with another node than the cluster has is refused before Terraform runs.
+			var cfg config.Config
+			require.NoError(t, e.files.ReadYAML(config.FileName, &cfg))
+			g := cfg.NodeGroups[config.DefaultWorkerGroup]
+			g.InitialCount++
+			cfg.NodeGroups[config.DefaultWorkerGroup] = g
+			data, err := cfg.Marshal()
+			require.NoError(t, err)
+			require.NoError(t, afero.WriteFile(fs, config.FileName, data, 0o644))
+			errOut.Reset()
+			assert.Equal(t, 1, execute(context.Background(), []string{"apply"}, e))
+			assert.Contains(t, errOut.String(), "adding nodes to an initialized cluster is not supported yet")
+			assert.Equal(t, 2, infra.applied)
 		})
 	}
 }

@@ -138,7 +138,11 @@ func (e *env) create(ctx context.Context, cfg *config.Config, p *progress, repla
 	if err != nil {
 		return nil, err
 	}
-	p.Step("Creating the infrastructure (%s, %d nodes)", cfg.GetProvider(), len(terraform.Nodes(cfg)))
+	if st.HasInfrastructure() {
+		p.Step("Checking the infrastructure (%s, %d nodes); stopped nodes are started again", cfg.GetProvider(), len(terraform.Nodes(cfg)))
+	} else {
+		p.Step("Creating the infrastructure (%s, %d nodes)", cfg.GetProvider(), len(terraform.Nodes(cfg)))
+	}
 	out, err := infra.Apply(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating the infrastructure: %w\nRe-run the command to continue; 'constellation terminate' removes what was created", err)

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/hashicorp/terraform-exec/tfexec"
 	"github.com/spf13/afero"
@@ -69,6 +70,9 @@ type Runner struct {
 	dir      string
 	tf       *tfexec.Terraform
 	progress func(string)
+	// providersRun is set once `terraform init` is done: warnings after it are the providers' (what they
+	// found and repaired), not Terraform's own about its working directory.
+	providersRun atomic.Bool
 }
 
 // Options configure a Runner.
@@ -312,6 +316,7 @@ func (r *Runner) Apply(ctx context.Context) (Outputs, error) {
 	if err := r.tf.Init(ctx); err != nil {
 		return Outputs{}, r.wrap("terraform init", err)
 	}
+	r.providersRun.Store(true)
 	if err := r.tf.Apply(ctx); err != nil {
 		return Outputs{}, r.wrap("terraform apply", err)
 	}
@@ -324,6 +329,7 @@ func (r *Runner) Destroy(ctx context.Context) error {
 	if err := r.tf.Init(ctx); err != nil {
 		return r.wrap("terraform init", err)
 	}
+	r.providersRun.Store(true)
 	if err := r.tf.Destroy(ctx); err != nil {
 		return r.wrap("terraform destroy", err)
 	}
@@ -372,12 +378,18 @@ func (r *Runner) wrap(step string, err error) error {
 // `constellation_local_node.node["cp-0"]: Creation complete after 1s [id=c/cp-0]`.
 var resourceEvent = regexp.MustCompile(`^(\S+): (Creating|Creation complete|Still creating|Destroying|Destruction complete|Still destroying|Modifying|Modifications complete)`)
 
+// warning matches the summary line of a warning a provider reported (plain or boxed, as -no-color prints it),
+// e.g. that the local provider restarted its daemon: the user should see what was repaired.
+var warning = regexp.MustCompile(`^(?:│ )?Warning: (.+)$`)
+
 func (r *Runner) event(line string) {
 	if r.progress == nil {
 		return
 	}
 	if m := resourceEvent.FindStringSubmatch(line); m != nil {
 		r.progress(strings.TrimSpace(line))
+	} else if m := warning.FindStringSubmatch(line); m != nil && r.providersRun.Load() {
+		r.progress("warning: " + strings.TrimSpace(m[1]))
 	}
 }
 

@@ -124,3 +124,35 @@ func TestProgressLines(t *testing.T) {
 		`constellation_local_node.node["cp-0"]: Creation complete after 1s [id=c/cp-0]`}, got)
 	assert.False(t, strings.Contains(strings.Join(got, ""), "Plan"))
 }
+
+// TestProgressEvents: the user sees each resource's progress and every warning a provider reported (what it
+// repaired), nothing else of Terraform's output.
+func TestProgressEvents(t *testing.T) {
+	testCases := map[string]struct {
+		line        string
+		beforeApply bool
+		want        []string
+	}{
+		"a resource event": {
+			line: `constellation_local_node.node["cp-0"]: Creation complete after 1s [id=c/cp-0]`,
+			want: []string{`constellation_local_node.node["cp-0"]: Creation complete after 1s [id=c/cp-0]`},
+		},
+		"a plain warning":        {line: "Warning: Restarted the local provider daemon", want: []string{"warning: Restarted the local provider daemon"}},
+		"a boxed warning":        {line: "│ Warning: Restarted the local provider daemon", want: []string{"warning: Restarted the local provider daemon"}},
+		"other output":           {line: "Apply complete! Resources: 0 added, 0 changed, 0 destroyed."},
+		"a warning's detail":     {line: "│ The daemon serving cluster c's metadata API was not running"},
+		"a resource's attribute": {line: `      + image_dir = "/x"`},
+		"terraform init's own warning": {
+			line: "Warning: Incomplete lock file information for providers", beforeApply: true,
+		},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			var got []string
+			r := &Runner{progress: func(s string) { got = append(got, s) }}
+			r.providersRun.Store(!tc.beforeApply)
+			r.event(tc.line)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}

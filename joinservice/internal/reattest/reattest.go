@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -48,11 +50,14 @@ const (
 	ReasonMismatch = "MeasurementsDiffer"
 	// ReasonUnlogged: a PCR holds a value its own event log does not explain, i.e. it was extended at
 	// runtime without a logged event (behind the node's back).
-	ReasonUnlogged    = "UnloggedMeasurement"
-	ReasonInvalid     = "AttestationInvalid"
-	ReasonNotBound    = "AnswerNotBound"
-	ReasonUnreachable = "Unreachable"
-	ReasonNoAddress   = "NoAddress"
+	ReasonUnlogged = "UnloggedMeasurement"
+	ReasonInvalid  = "AttestationInvalid"
+	ReasonNotBound = "AnswerNotBound"
+	// ReasonCannotAttest: the node's VerificationService answered, but could not issue an attestation (its
+	// vTPM failed or was replaced): a node that cannot prove its state is not trusted.
+	ReasonCannotAttest = "CannotAttest"
+	ReasonUnreachable  = "Unreachable"
+	ReasonNoAddress    = "NoAddress"
 )
 
 // Attester asks a VerificationService for an attestation bound to nonce (clusterclient.GRPC-like).
@@ -177,6 +182,11 @@ func (r *Reattester) check(ctx context.Context, node *corev1.Node) Result {
 		return res
 	}
 	doc, answered, err := r.attester.GetAttestation(ctx, endpoint, nonce)
+	if status.Code(err) == codes.Internal {
+		res.Reason, res.Message = ReasonCannotAttest, fmt.Sprintf("the VerificationService at %s answered, but could not "+
+			"issue an attestation (is the node's vTPM working? a reboot gives the node its vTPM again): %v", endpoint, err)
+		return res
+	}
 	if err != nil {
 		res.Reason, res.Message = ReasonUnreachable, fmt.Sprintf("the VerificationService at %s did not answer: %v", endpoint, err)
 		return res

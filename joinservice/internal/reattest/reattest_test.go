@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
@@ -188,4 +190,31 @@ func TestNoCordon(t *testing.T) {
 	assert.Contains(t, results[0].Message, "PCR 9")
 	assert.False(t, getNode(t, client, "worker-0").Spec.Unschedulable)
 	assert.Equal(t, corev1.ConditionFalse, condition(t, client, "worker-0").Status)
+}
+
+// brokenVTPM is a VerificationService whose node's vTPM fails: it answers as the real one does then.
+type brokenVTPM struct{}
+
+func (brokenVTPM) GetAttestation(context.Context, string, []byte) ([]byte, string, error) {
+	return nil, "", status.Error(codes.Internal, "issuing the attestation failed")
+}
+
+// A node whose VerificationService answers but cannot attest (its vTPM is gone) is refused and cordoned,
+// unlike one that does not answer at all.
+func TestNodeThatCannotAttest(t *testing.T) {
+	client := fake.NewClientset(node("worker-0"))
+	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
+		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t),
+	})
+	require.NoError(t, err)
+	r := New(client, brokenVTPM{}, validator, Config{
+		Endpoint: func(*corev1.Node) (string, bool) { return "10.42.0.9:9090", true },
+	}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	results, err := r.Round(context.Background())
+	require.NoError(t, err)
+	require.Len(t, results, 1)
+	assert.Equal(t, ReasonCannotAttest, results[0].Reason, results[0].Message)
+	assert.Contains(t, results[0].Message, "vTPM")
+	assert.Equal(t, corev1.ConditionFalse, condition(t, client, "worker-0").Status)
+	assert.True(t, getNode(t, client, "worker-0").Spec.Unschedulable, "cordoned")
 }
