@@ -44,7 +44,7 @@ run: build
 	$(CLI) -C $(WORKSPACE_DIR) mini up
 
 ## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
-test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test qemu-test
+test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test qemu-test
 
 ## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs.
 ## Packages come from Debian's archive as it is today; a difference from image/mkosi/packages.lock is a notice
@@ -92,6 +92,13 @@ e2e-test: build image-b
 	install -m 0644 bazel-bin/cli/e2e/workload/image.tar out/e2e-workload.tar
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) CONSTELLATION_E2E_IMAGE_B=$$(readlink -f out/image-b) \
 		CONSTELLATION_E2E_WORKLOAD=$$(readlink -f out/e2e-workload.tar) go test -count=1 -timeout 40m -v -run TestMiniUp ./cli/e2e/
+
+## fault-test: the fault suite on a real local cluster: power cuts during kubeadm init and during a join, a
+## restarted swtpm, the provider daemon killed during a reboot, a full state disk; each ends with every node
+## Ready and verified and no key or secret lost
+fault-test: build
+	@bazel/hosttools.sh check fault-test
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestFaults ./cli/e2e/
 
 ## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
 qemu-test: build libvirt-provider

@@ -552,14 +552,27 @@ func (p *probe) stop() (time.Duration, int) {
 
 func clusterName(t *testing.T, ws string) string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(ws, "constellation-conf.yaml"))
+	name, err := readClusterName(ws)
 	require.NoError(t, err)
+	return name
+}
+
+// readClusterName is the name in the workspace's configuration.
+func readClusterName(ws string) (string, error) {
+	data, err := os.ReadFile(filepath.Join(ws, "constellation-conf.yaml"))
+	if err != nil {
+		return "", err
+	}
 	var cfg struct {
 		Name string `yaml:"name"`
 	}
-	require.NoError(t, yaml.Unmarshal(data, &cfg))
-	require.NotEmpty(t, cfg.Name)
-	return cfg.Name
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		return "", err
+	}
+	if cfg.Name == "" {
+		return "", errors.New("the configuration names no cluster")
+	}
+	return cfg.Name, nil
 }
 
 func masterKey(t *testing.T, ws string) string {
@@ -595,17 +608,8 @@ type nodeAttestation struct {
 
 func nodeAttested(ctx context.Context, t *testing.T, kubeconfig, name string) nodeAttestation {
 	t.Helper()
-	var n struct {
-		Spec struct {
-			Unschedulable bool `json:"unschedulable"`
-		} `json:"spec"`
-		Status struct {
-			Conditions []struct {
-				Type, Status, Reason, Message string
-			} `json:"conditions"`
-		} `json:"status"`
-	}
-	if json.Unmarshal([]byte(kubectl(ctx, t, kubeconfig, "get", "node", name, "-o", "json")), &n) != nil {
+	n, ok := getNode(ctx, t, kubeconfig, name)
+	if !ok {
 		return nodeAttestation{}
 	}
 	out := nodeAttestation{Cordoned: n.Spec.Unschedulable}
@@ -615,6 +619,36 @@ func nodeAttested(ctx context.Context, t *testing.T, kubeconfig, name string) no
 		}
 	}
 	return out
+}
+
+// nodeCondition is the status of a node's condition of type typ ("" if it has none).
+func nodeCondition(ctx context.Context, t *testing.T, kubeconfig, name, typ string) string {
+	t.Helper()
+	n, _ := getNode(ctx, t, kubeconfig, name)
+	for _, c := range n.Status.Conditions {
+		if c.Type == typ {
+			return c.Status
+		}
+	}
+	return ""
+}
+
+type nodeObject struct {
+	Spec struct {
+		Unschedulable bool `json:"unschedulable"`
+	} `json:"spec"`
+	Status struct {
+		Conditions []struct {
+			Type, Status, Reason, Message string
+		} `json:"conditions"`
+	} `json:"status"`
+}
+
+func getNode(ctx context.Context, t *testing.T, kubeconfig, name string) (nodeObject, bool) {
+	t.Helper()
+	var n nodeObject
+	err := json.Unmarshal([]byte(kubectl(ctx, t, kubeconfig, "get", "node", name, "-o", "json")), &n)
+	return n, err == nil
 }
 
 func readyNodes(listJSON string) int {
