@@ -88,6 +88,26 @@ func nodeImages(t *testing.T, ws string) map[string]string {
 	return out
 }
 
+// newCLI is the CLI that cliEnv names, in a new workspace, and a context that bounds the test; the test is
+// skipped when cliEnv is not set (makeTarget sets it). The CLI's transcript is logged at the end if the test
+// failed or runs verbosely.
+func newCLI(t *testing.T, makeTarget string) (*cli, context.Context) {
+	t.Helper()
+	bin := os.Getenv(cliEnv)
+	if bin == "" {
+		t.Skipf("%s is not set: run 'make %s' (as root, after 'make build')", cliEnv, makeTarget)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	t.Cleanup(cancel)
+	c := &cli{t: t, bin: bin, ws: t.TempDir(), logs: &bytes.Buffer{}}
+	t.Cleanup(func() {
+		if t.Failed() || testing.Verbose() {
+			t.Logf("CLI transcript:\n%s", c.logs.String())
+		}
+	})
+	return c, ctx
+}
+
 type cli struct {
 	t    *testing.T
 	bin  string
@@ -163,18 +183,7 @@ func (w *watchWriter) String() string {
 // TestMiniUp is the CLI issue's end-to-end test: on this machine, `mini up` gives two Ready nodes that
 // `verify` accepts; a node whose PCR changed fails `verify` with the PCR named; `mini down` leaves nothing.
 func TestMiniUp(t *testing.T) {
-	bin := os.Getenv(cliEnv)
-	if bin == "" {
-		t.Skipf("%s is not set: run 'make e2e-test' (as root, after 'make build')", cliEnv)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-	c := &cli{t: t, bin: bin, ws: t.TempDir(), logs: &bytes.Buffer{}}
-	defer func() {
-		if t.Failed() || testing.Verbose() {
-			t.Logf("CLI transcript:\n%s", c.logs.String())
-		}
-	}()
+	c, ctx := newCLI(t, "e2e-test")
 
 	// Ctrl-C while the first control plane initializes: the CLI stops and says how to continue; the node
 	// carries on. Running mini up again resumes.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -29,17 +28,8 @@ import (
 // The JoinService, KeyService, kube-apiserver and etcd crashes under a burst of joins are
 // joinservice/internal/server's TestJoinsSurviveFaults.
 func TestFaults(t *testing.T) {
-	bin := os.Getenv(cliEnv)
-	if bin == "" {
-		t.Skipf("%s is not set: run 'make fault-test' (as root, after 'make build')", cliEnv)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
-	defer cancel()
-	c := &cli{t: t, bin: bin, ws: t.TempDir(), logs: &bytes.Buffer{}}
+	c, ctx := newCLI(t, "fault-test")
 	defer func() {
-		if t.Failed() || testing.Verbose() {
-			t.Logf("CLI transcript:\n%s", c.logs.String())
-		}
 		// The end of each node's bootstrapper log (the cluster goes in the cleanup, after this).
 		if name, err := readClusterName(c.ws); err == nil && t.Failed() {
 			for _, n := range []string{"cp-0", "worker-0"} {

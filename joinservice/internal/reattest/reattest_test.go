@@ -38,6 +38,16 @@ func node(name string) *corev1.Node {
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.42.0.9"}}}}
 }
 
+// bootValidator accepts nodes that booted vtpmtest.Boot, as the cluster's JoinService does.
+func bootValidator(t *testing.T) *vtpm.Validator {
+	t.Helper()
+	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
+		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t),
+	})
+	require.NoError(t, err)
+	return validator
+}
+
 func condition(t *testing.T, client *fake.Clientset, name string) corev1.NodeCondition {
 	t.Helper()
 	n, err := client.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
@@ -85,10 +95,7 @@ func TestRound(t *testing.T) {
 	admin := node("worker-1")
 	admin.Spec.Unschedulable = true // the admin's cordon
 	client := fake.NewClientset(node("cp-0"), node("worker-0"), admin, node("worker-2"), node("impostor"))
-	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
-		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t),
-	})
-	require.NoError(t, err)
+	validator := bootValidator(t)
 	reg := prometheus.NewRegistry()
 	auditPath := filepath.Join(t.TempDir(), "audit.log")
 	auditLog, err := audit.Open(auditPath)
@@ -175,10 +182,7 @@ func TestNoCordon(t *testing.T) {
 	addr, n := verifytest.ServeNode(t, "worker-0", vtpmtest.Boot)
 	require.NoError(t, tpm.Extend(n.TPM, 9, make([]byte, 32)))
 	client := fake.NewClientset(node("worker-0"))
-	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
-		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t),
-	})
-	require.NoError(t, err)
+	validator := bootValidator(t)
 	r := New(client, verifyproto.Client{}, validator, Config{
 		NoCordon: true, Endpoint: func(*corev1.Node) (string, bool) { return addr, true },
 	}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
@@ -203,10 +207,7 @@ func (brokenVTPM) GetAttestation(context.Context, string, []byte) ([]byte, strin
 // unlike one that does not answer at all.
 func TestNodeThatCannotAttest(t *testing.T) {
 	client := fake.NewClientset(node("worker-0"))
-	validator, err := vtpm.NewValidator(variant.QEMUVTPM, vtpm.ValidatorConfig{
-		Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot).WithFreshNode(), AKRoots: vtpmtest.AKRoots(t),
-	})
-	require.NoError(t, err)
+	validator := bootValidator(t)
 	r := New(client, brokenVTPM{}, validator, Config{
 		Endpoint: func(*corev1.Node) (string, bool) { return "10.42.0.9:9090", true },
 	}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
