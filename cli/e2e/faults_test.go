@@ -195,8 +195,8 @@ func powerCutAt(ctx context.Context, t *testing.T, stateDir func() (string, erro
 	out := make(chan error, 1)
 	go func() {
 		var dir string
-		// Only lines written from now on count: a restarted node's log is rotated, but not always.
-		offset := int64(-1)
+		// Only lines written from now on count: the log is appended across boots.
+		offset := -1
 		for {
 			if dir == "" {
 				if d, err := stateDir(); err == nil {
@@ -204,11 +204,9 @@ func powerCutAt(ctx context.Context, t *testing.T, stateDir func() (string, erro
 				}
 			}
 			if dir != "" {
-				logFile := filepath.Join(dir, "logs", "bootstrapper.log")
-				data, err := os.ReadFile(logFile)
 				if offset < 0 {
-					offset = int64(len(data))
-				} else if err == nil && int64(len(data)) >= offset && strings.Contains(string(data[offset:]), line) {
+					offset = bootLogSize(dir)
+				} else if strings.Contains(bootLogSince(dir, offset), line) {
 					break
 				}
 			}

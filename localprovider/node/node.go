@@ -500,18 +500,11 @@ func Restart(ctx context.Context, cfg Config) (*Node, error) {
 // crash of the machine.
 func PowerCut(ctx context.Context, stateDir string) error {
 	st, err := readState(layout{stateDir})
+	if err == nil {
+		err = kill(ctx, st.Init, st.Swtpm)
+	}
 	if err != nil {
 		return fmt.Errorf("power-cutting node %s: %w", filepath.Base(stateDir), err)
-	}
-	for _, p := range []proc.Process{st.Init, st.Swtpm} {
-		if err := p.Signal(syscall.SIGKILL); err != nil {
-			return fmt.Errorf("power-cutting node %s: %w", filepath.Base(stateDir), err)
-		}
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := errors.Join(st.Init.Wait(wctx), st.Swtpm.Wait(wctx)); err != nil {
-		return fmt.Errorf("power-cutting node %s: waiting for its processes to end: %w", filepath.Base(stateDir), err)
 	}
 	return nil
 }
@@ -522,21 +515,36 @@ func PowerCut(ctx context.Context, stateDir string) error {
 func RestartVTPM(ctx context.Context, stateDir string) error {
 	l := layout{stateDir}
 	st, err := readState(l)
+	if err == nil {
+		err = kill(ctx, st.Swtpm)
+	}
+	if err == nil {
+		st.Swtpm, err = startSwtpm(ctx, l)
+	}
+	if err == nil {
+		err = st.save(l)
+	}
 	if err != nil {
 		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
 	}
-	if err := st.Swtpm.Signal(syscall.SIGKILL); err != nil {
-		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
+	return nil
+}
+
+// kill sends SIGKILL to every process at once, then waits (up to 10 s) until all have ended.
+func kill(ctx context.Context, procs ...proc.Process) error {
+	for _, p := range procs {
+		if err := p.Signal(syscall.SIGKILL); err != nil {
+			return err
+		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := st.Swtpm.Wait(wctx); err != nil {
-		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
+	for _, p := range procs {
+		if err := p.Wait(ctx); err != nil {
+			return fmt.Errorf("waiting for process %d to end: %w", p.PID, err)
+		}
 	}
-	if st.Swtpm, err = startSwtpm(ctx, l); err != nil {
-		return fmt.Errorf("restarting the vTPM of node %s: %w", filepath.Base(stateDir), err)
-	}
-	return st.save(l)
+	return nil
 }
 
 // Destroy stops the node and removes its network and state directory (the state disk with it).

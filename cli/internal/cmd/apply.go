@@ -157,7 +157,7 @@ func (e *env) checkInfrastructure(ctx context.Context, cfg *config.Config, st *s
 	if err != nil {
 		return err
 	}
-	p.Step("Checking the infrastructure (%s, %d nodes); stopped nodes are started again", cfg.GetProvider(), len(nodes))
+	p.Step(checkingInfrastructure, cfg.GetProvider(), len(nodes))
 	if _, err := infra.Apply(ctx, cfg); err != nil {
 		return fmt.Errorf("checking the infrastructure: %w\nRe-run the command to continue", err)
 	}

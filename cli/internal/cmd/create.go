@@ -128,6 +128,10 @@ func (e *env) infra(p *progress) (infrastructure, error) {
 	return e.deps.infra(ws, func(line string) { p.Detail("%s", line) })
 }
 
+// checkingInfrastructure is the step of an apply that runs Terraform on infrastructure that exists (provider,
+// number of nodes).
+const checkingInfrastructure = "Checking the infrastructure (%s, %d nodes); stopped nodes are started again"
+
 // create applies the infrastructure and records it in the state.
 func (e *env) create(ctx context.Context, cfg *config.Config, p *progress, replaceCA bool) (*state.State, error) {
 	st, err := e.readState()
@@ -139,7 +143,7 @@ func (e *env) create(ctx context.Context, cfg *config.Config, p *progress, repla
 		return nil, err
 	}
 	if st.HasInfrastructure() {
-		p.Step("Checking the infrastructure (%s, %d nodes); stopped nodes are started again", cfg.GetProvider(), len(terraform.Nodes(cfg)))
+		p.Step(checkingInfrastructure, cfg.GetProvider(), len(terraform.Nodes(cfg)))
 	} else {
 		p.Step("Creating the infrastructure (%s, %d nodes)", cfg.GetProvider(), len(terraform.Nodes(cfg)))
 	}
