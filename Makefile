@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test qemu-test check-generated generate protos bench clean
+.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test fault-test kms-test qemu-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (the host tools of bazel/hosttools.sh, Terraform, Bazel in a
 ## chroot, Go modules, the Kubernetes binaries integration tests run); idempotent and cached
@@ -44,7 +44,7 @@ run: build
 	$(CLI) -C $(WORKSPACE_DIR) mini up
 
 ## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
-test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test qemu-test
+test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test kms-test qemu-test
 
 ## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs.
 ## Packages come from Debian's archive as it is today; a difference from image/mkosi/packages.lock is a notice
@@ -99,6 +99,12 @@ e2e-test: build image-b
 fault-test: build
 	@bazel/hosttools.sh check fault-test
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestFaults ./cli/e2e/
+
+## kms-test: user-managed keys on a real local cluster (mini up --kms local-kms): every disk key from the KMS,
+## recover through it, a refusing KMS during a rejoin, a move to another KMS key with the old one disabled
+kms-test: build
+	@bazel/hosttools.sh check kms-test
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestUserManagedKeys ./cli/e2e/
 
 ## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
 qemu-test: build libvirt-provider

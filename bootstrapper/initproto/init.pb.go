@@ -37,8 +37,12 @@ type InitRequest struct {
 	// attestation_config is the attestation section of the admin's constellation-conf.yaml (YAML): exactly
 	// what the JoinService enforces for joining nodes (variant, every measurement, the platform CA).
 	AttestationConfig []byte `protobuf:"bytes,9,opt,name=attestation_config,json=attestationConfig,proto3" json:"attestation_config,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// kms_credentials, with user-managed keys, are the AWS credentials the cluster uses for the KMS (the
+	// first control plane for its own disk key, then the KeyService); absent: the nodes' own AWS
+	// environment (e.g. an instance role).
+	KmsCredentials *AWSCredentials `protobuf:"bytes,10,opt,name=kms_credentials,json=kmsCredentials,proto3" json:"kms_credentials,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
@@ -134,6 +138,73 @@ func (x *InitRequest) GetAttestationConfig() []byte {
 	return nil
 }
 
+func (x *InitRequest) GetKmsCredentials() *AWSCredentials {
+	if x != nil {
+		return x.KmsCredentials
+	}
+	return nil
+}
+
+type AWSCredentials struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	AccessKeyId     string                 `protobuf:"bytes,1,opt,name=access_key_id,json=accessKeyId,proto3" json:"access_key_id,omitempty"`
+	SecretAccessKey string                 `protobuf:"bytes,2,opt,name=secret_access_key,json=secretAccessKey,proto3" json:"secret_access_key,omitempty"`
+	SessionToken    string                 `protobuf:"bytes,3,opt,name=session_token,json=sessionToken,proto3" json:"session_token,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AWSCredentials) Reset() {
+	*x = AWSCredentials{}
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AWSCredentials) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AWSCredentials) ProtoMessage() {}
+
+func (x *AWSCredentials) ProtoReflect() protoreflect.Message {
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AWSCredentials.ProtoReflect.Descriptor instead.
+func (*AWSCredentials) Descriptor() ([]byte, []int) {
+	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AWSCredentials) GetAccessKeyId() string {
+	if x != nil {
+		return x.AccessKeyId
+	}
+	return ""
+}
+
+func (x *AWSCredentials) GetSecretAccessKey() string {
+	if x != nil {
+		return x.SecretAccessKey
+	}
+	return ""
+}
+
+func (x *AWSCredentials) GetSessionToken() string {
+	if x != nil {
+		return x.SessionToken
+	}
+	return ""
+}
+
 type InitResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -149,7 +220,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[1]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +232,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[1]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +245,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{1}
+	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InitResponse) GetKind() isInitResponse_Kind {
@@ -259,7 +330,7 @@ type InitSuccessResponse struct {
 
 func (x *InitSuccessResponse) Reset() {
 	*x = InitSuccessResponse{}
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[2]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -271,7 +342,7 @@ func (x *InitSuccessResponse) String() string {
 func (*InitSuccessResponse) ProtoMessage() {}
 
 func (x *InitSuccessResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[2]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -284,7 +355,7 @@ func (x *InitSuccessResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitSuccessResponse.ProtoReflect.Descriptor instead.
 func (*InitSuccessResponse) Descriptor() ([]byte, []int) {
-	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{2}
+	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InitSuccessResponse) GetKubeconfig() []byte {
@@ -317,7 +388,7 @@ type InitFailureResponse struct {
 
 func (x *InitFailureResponse) Reset() {
 	*x = InitFailureResponse{}
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[3]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +400,7 @@ func (x *InitFailureResponse) String() string {
 func (*InitFailureResponse) ProtoMessage() {}
 
 func (x *InitFailureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[3]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +413,7 @@ func (x *InitFailureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitFailureResponse.ProtoReflect.Descriptor instead.
 func (*InitFailureResponse) Descriptor() ([]byte, []int) {
-	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{3}
+	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InitFailureResponse) GetError() string {
@@ -361,7 +432,7 @@ type LogResponse struct {
 
 func (x *LogResponse) Reset() {
 	*x = LogResponse{}
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[4]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +444,7 @@ func (x *LogResponse) String() string {
 func (*LogResponse) ProtoMessage() {}
 
 func (x *LogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[4]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +457,7 @@ func (x *LogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogResponse.ProtoReflect.Descriptor instead.
 func (*LogResponse) Descriptor() ([]byte, []int) {
-	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{4}
+	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *LogResponse) GetLog() []byte {
@@ -406,7 +477,7 @@ type ProgressResponse struct {
 
 func (x *ProgressResponse) Reset() {
 	*x = ProgressResponse{}
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[5]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -418,7 +489,7 @@ func (x *ProgressResponse) String() string {
 func (*ProgressResponse) ProtoMessage() {}
 
 func (x *ProgressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bootstrapper_initproto_init_proto_msgTypes[5]
+	mi := &file_bootstrapper_initproto_init_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -431,7 +502,7 @@ func (x *ProgressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressResponse.ProtoReflect.Descriptor instead.
 func (*ProgressResponse) Descriptor() ([]byte, []int) {
-	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{5}
+	return file_bootstrapper_initproto_init_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ProgressResponse) GetStep() string {
@@ -452,7 +523,7 @@ var File_bootstrapper_initproto_init_proto protoreflect.FileDescriptor
 
 const file_bootstrapper_initproto_init_proto_rawDesc = "" +
 	"\n" +
-	"!bootstrapper/initproto/init.proto\x12\x04init\x1a-internal/versions/components/components.proto\"\xfd\x02\n" +
+	"!bootstrapper/initproto/init.proto\x12\x04init\x1a-internal/versions/components/components.proto\"\xbc\x03\n" +
 	"\vInitRequest\x12\x1f\n" +
 	"\vinit_secret\x18\x01 \x01(\fR\n" +
 	"initSecret\x12#\n" +
@@ -463,7 +534,13 @@ const file_bootstrapper_initproto_init_proto_rawDesc = "" +
 	"\fcluster_name\x18\x06 \x01(\tR\vclusterName\x12.\n" +
 	"\x13apiserver_cert_sans\x18\a \x03(\tR\x11apiserverCertSans\x12\x17\n" +
 	"\akms_uri\x18\b \x01(\tR\x06kmsUri\x12-\n" +
-	"\x12attestation_config\x18\t \x01(\fR\x11attestationConfig\"\xf3\x01\n" +
+	"\x12attestation_config\x18\t \x01(\fR\x11attestationConfig\x12=\n" +
+	"\x0fkms_credentials\x18\n" +
+	" \x01(\v2\x14.init.AWSCredentialsR\x0ekmsCredentials\"\x85\x01\n" +
+	"\x0eAWSCredentials\x12\"\n" +
+	"\raccess_key_id\x18\x01 \x01(\tR\vaccessKeyId\x12*\n" +
+	"\x11secret_access_key\x18\x02 \x01(\tR\x0fsecretAccessKey\x12#\n" +
+	"\rsession_token\x18\x03 \x01(\tR\fsessionToken\"\xf3\x01\n" +
 	"\fInitResponse\x12>\n" +
 	"\finit_success\x18\x01 \x01(\v2\x19.init.InitSuccessResponseH\x00R\vinitSuccess\x12>\n" +
 	"\finit_failure\x18\x02 \x01(\v2\x19.init.InitFailureResponseH\x00R\vinitFailure\x12%\n" +
@@ -499,29 +576,31 @@ func file_bootstrapper_initproto_init_proto_rawDescGZIP() []byte {
 	return file_bootstrapper_initproto_init_proto_rawDescData
 }
 
-var file_bootstrapper_initproto_init_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_bootstrapper_initproto_init_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_bootstrapper_initproto_init_proto_goTypes = []any{
 	(*InitRequest)(nil),          // 0: init.InitRequest
-	(*InitResponse)(nil),         // 1: init.InitResponse
-	(*InitSuccessResponse)(nil),  // 2: init.InitSuccessResponse
-	(*InitFailureResponse)(nil),  // 3: init.InitFailureResponse
-	(*LogResponse)(nil),          // 4: init.LogResponse
-	(*ProgressResponse)(nil),     // 5: init.ProgressResponse
-	(*components.Component)(nil), // 6: components.Component
+	(*AWSCredentials)(nil),       // 1: init.AWSCredentials
+	(*InitResponse)(nil),         // 2: init.InitResponse
+	(*InitSuccessResponse)(nil),  // 3: init.InitSuccessResponse
+	(*InitFailureResponse)(nil),  // 4: init.InitFailureResponse
+	(*LogResponse)(nil),          // 5: init.LogResponse
+	(*ProgressResponse)(nil),     // 6: init.ProgressResponse
+	(*components.Component)(nil), // 7: components.Component
 }
 var file_bootstrapper_initproto_init_proto_depIdxs = []int32{
-	6, // 0: init.InitRequest.kubernetes_components:type_name -> components.Component
-	2, // 1: init.InitResponse.init_success:type_name -> init.InitSuccessResponse
-	3, // 2: init.InitResponse.init_failure:type_name -> init.InitFailureResponse
-	4, // 3: init.InitResponse.log:type_name -> init.LogResponse
-	5, // 4: init.InitResponse.progress:type_name -> init.ProgressResponse
-	0, // 5: init.API.Init:input_type -> init.InitRequest
-	1, // 6: init.API.Init:output_type -> init.InitResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	7, // 0: init.InitRequest.kubernetes_components:type_name -> components.Component
+	1, // 1: init.InitRequest.kms_credentials:type_name -> init.AWSCredentials
+	3, // 2: init.InitResponse.init_success:type_name -> init.InitSuccessResponse
+	4, // 3: init.InitResponse.init_failure:type_name -> init.InitFailureResponse
+	5, // 4: init.InitResponse.log:type_name -> init.LogResponse
+	6, // 5: init.InitResponse.progress:type_name -> init.ProgressResponse
+	0, // 6: init.API.Init:input_type -> init.InitRequest
+	2, // 7: init.API.Init:output_type -> init.InitResponse
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_bootstrapper_initproto_init_proto_init() }
@@ -529,7 +608,7 @@ func file_bootstrapper_initproto_init_proto_init() {
 	if File_bootstrapper_initproto_init_proto != nil {
 		return
 	}
-	file_bootstrapper_initproto_init_proto_msgTypes[1].OneofWrappers = []any{
+	file_bootstrapper_initproto_init_proto_msgTypes[2].OneofWrappers = []any{
 		(*InitResponse_InitSuccess)(nil),
 		(*InitResponse_InitFailure)(nil),
 		(*InitResponse_Log)(nil),
@@ -541,7 +620,7 @@ func file_bootstrapper_initproto_init_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bootstrapper_initproto_init_proto_rawDesc), len(file_bootstrapper_initproto_init_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

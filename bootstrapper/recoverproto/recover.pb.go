@@ -21,17 +21,112 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-type RecoverRequest struct {
+type DescribeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	MasterSecret  []byte                 `protobuf:"bytes,1,opt,name=master_secret,json=masterSecret,proto3" json:"master_secret,omitempty"`
-	Salt          []byte                 `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *DescribeRequest) Reset() {
+	*x = DescribeRequest{}
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeRequest) ProtoMessage() {}
+
+func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
+func (*DescribeRequest) Descriptor() ([]byte, []int) {
+	return file_bootstrapper_recoverproto_recover_proto_rawDescGZIP(), []int{0}
+}
+
+type DescribeResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	DiskUuid string                 `protobuf:"bytes,1,opt,name=disk_uuid,json=diskUuid,proto3" json:"disk_uuid,omitempty"`
+	// wrapped_state_disk_key is empty with constellation-managed keys.
+	WrappedStateDiskKey []byte `protobuf:"bytes,2,opt,name=wrapped_state_disk_key,json=wrappedStateDiskKey,proto3" json:"wrapped_state_disk_key,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *DescribeResponse) Reset() {
+	*x = DescribeResponse{}
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DescribeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DescribeResponse) ProtoMessage() {}
+
+func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
+func (*DescribeResponse) Descriptor() ([]byte, []int) {
+	return file_bootstrapper_recoverproto_recover_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DescribeResponse) GetDiskUuid() string {
+	if x != nil {
+		return x.DiskUuid
+	}
+	return ""
+}
+
+func (x *DescribeResponse) GetWrappedStateDiskKey() []byte {
+	if x != nil {
+		return x.WrappedStateDiskKey
+	}
+	return nil
+}
+
+type RecoverRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	MasterSecret []byte                 `protobuf:"bytes,1,opt,name=master_secret,json=masterSecret,proto3" json:"master_secret,omitempty"`
+	Salt         []byte                 `protobuf:"bytes,2,opt,name=salt,proto3" json:"salt,omitempty"`
+	// state_disk_key, with user-managed keys, is the disk key the admin unwrapped with the KMS; empty: the
+	// key is derived from the master secret.
+	StateDiskKey []byte `protobuf:"bytes,3,opt,name=state_disk_key,json=stateDiskKey,proto3" json:"state_disk_key,omitempty"`
+	// wrapped_state_disk_key, with state_disk_key, replaces the node's wrapped key (re-wrapped by the KMS
+	// key the cluster uses now).
+	WrappedStateDiskKey []byte `protobuf:"bytes,4,opt,name=wrapped_state_disk_key,json=wrappedStateDiskKey,proto3" json:"wrapped_state_disk_key,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
 func (x *RecoverRequest) Reset() {
 	*x = RecoverRequest{}
-	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[0]
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +138,7 @@ func (x *RecoverRequest) String() string {
 func (*RecoverRequest) ProtoMessage() {}
 
 func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[0]
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +151,7 @@ func (x *RecoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverRequest.ProtoReflect.Descriptor instead.
 func (*RecoverRequest) Descriptor() ([]byte, []int) {
-	return file_bootstrapper_recoverproto_recover_proto_rawDescGZIP(), []int{0}
+	return file_bootstrapper_recoverproto_recover_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RecoverRequest) GetMasterSecret() []byte {
@@ -73,6 +168,20 @@ func (x *RecoverRequest) GetSalt() []byte {
 	return nil
 }
 
+func (x *RecoverRequest) GetStateDiskKey() []byte {
+	if x != nil {
+		return x.StateDiskKey
+	}
+	return nil
+}
+
+func (x *RecoverRequest) GetWrappedStateDiskKey() []byte {
+	if x != nil {
+		return x.WrappedStateDiskKey
+	}
+	return nil
+}
+
 type RecoverResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// disk_uuid is the state disk the master secret unlocked.
@@ -83,7 +192,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[1]
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -95,7 +204,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[1]
+	mi := &file_bootstrapper_recoverproto_recover_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -108,7 +217,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_bootstrapper_recoverproto_recover_proto_rawDescGZIP(), []int{1}
+	return file_bootstrapper_recoverproto_recover_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RecoverResponse) GetDiskUuid() string {
@@ -122,13 +231,20 @@ var File_bootstrapper_recoverproto_recover_proto protoreflect.FileDescriptor
 
 const file_bootstrapper_recoverproto_recover_proto_rawDesc = "" +
 	"\n" +
-	"'bootstrapper/recoverproto/recover.proto\x12\arecover\"I\n" +
+	"'bootstrapper/recoverproto/recover.proto\x12\arecover\"\x11\n" +
+	"\x0fDescribeRequest\"d\n" +
+	"\x10DescribeResponse\x12\x1b\n" +
+	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid\x123\n" +
+	"\x16wrapped_state_disk_key\x18\x02 \x01(\fR\x13wrappedStateDiskKey\"\xa4\x01\n" +
 	"\x0eRecoverRequest\x12#\n" +
 	"\rmaster_secret\x18\x01 \x01(\fR\fmasterSecret\x12\x12\n" +
-	"\x04salt\x18\x02 \x01(\fR\x04salt\".\n" +
+	"\x04salt\x18\x02 \x01(\fR\x04salt\x12$\n" +
+	"\x0estate_disk_key\x18\x03 \x01(\fR\fstateDiskKey\x123\n" +
+	"\x16wrapped_state_disk_key\x18\x04 \x01(\fR\x13wrappedStateDiskKey\".\n" +
 	"\x0fRecoverResponse\x12\x1b\n" +
-	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid2C\n" +
-	"\x03API\x12<\n" +
+	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid2\x84\x01\n" +
+	"\x03API\x12?\n" +
+	"\bDescribe\x12\x18.recover.DescribeRequest\x1a\x19.recover.DescribeResponse\x12<\n" +
 	"\aRecover\x12\x17.recover.RecoverRequest\x1a\x18.recover.RecoverResponseBEZCgithub.com/constellation-go/constellation/bootstrapper/recoverprotob\x06proto3"
 
 var (
@@ -143,16 +259,20 @@ func file_bootstrapper_recoverproto_recover_proto_rawDescGZIP() []byte {
 	return file_bootstrapper_recoverproto_recover_proto_rawDescData
 }
 
-var file_bootstrapper_recoverproto_recover_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_bootstrapper_recoverproto_recover_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_bootstrapper_recoverproto_recover_proto_goTypes = []any{
-	(*RecoverRequest)(nil),  // 0: recover.RecoverRequest
-	(*RecoverResponse)(nil), // 1: recover.RecoverResponse
+	(*DescribeRequest)(nil),  // 0: recover.DescribeRequest
+	(*DescribeResponse)(nil), // 1: recover.DescribeResponse
+	(*RecoverRequest)(nil),   // 2: recover.RecoverRequest
+	(*RecoverResponse)(nil),  // 3: recover.RecoverResponse
 }
 var file_bootstrapper_recoverproto_recover_proto_depIdxs = []int32{
-	0, // 0: recover.API.Recover:input_type -> recover.RecoverRequest
-	1, // 1: recover.API.Recover:output_type -> recover.RecoverResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	0, // 0: recover.API.Describe:input_type -> recover.DescribeRequest
+	2, // 1: recover.API.Recover:input_type -> recover.RecoverRequest
+	1, // 2: recover.API.Describe:output_type -> recover.DescribeResponse
+	3, // 3: recover.API.Recover:output_type -> recover.RecoverResponse
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -169,7 +289,7 @@ func file_bootstrapper_recoverproto_recover_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_bootstrapper_recoverproto_recover_proto_rawDesc), len(file_bootstrapper_recoverproto_recover_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	API_Recover_FullMethodName = "/recover.API/Recover"
+	API_Describe_FullMethodName = "/recover.API/Describe"
+	API_Recover_FullMethodName  = "/recover.API/Recover"
 )
 
 // APIClient is the client API for API service.
@@ -30,6 +31,9 @@ const (
 // sends the master secret. It is served over aTLS (the node attests) on a node whose state disk was
 // initialised before and whose node lock is not taken.
 type APIClient interface {
+	// Describe says which state disk the node has and, with user-managed keys, its key wrapped by the KMS,
+	// so that the admin can unwrap it. Nothing in it is secret.
+	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
 	Recover(ctx context.Context, in *RecoverRequest, opts ...grpc.CallOption) (*RecoverResponse, error)
 }
 
@@ -39,6 +43,16 @@ type aPIClient struct {
 
 func NewAPIClient(cc grpc.ClientConnInterface) APIClient {
 	return &aPIClient{cc}
+}
+
+func (c *aPIClient) Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DescribeResponse)
+	err := c.cc.Invoke(ctx, API_Describe_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (c *aPIClient) Recover(ctx context.Context, in *RecoverRequest, opts ...grpc.CallOption) (*RecoverResponse, error) {
@@ -59,6 +73,9 @@ func (c *aPIClient) Recover(ctx context.Context, in *RecoverRequest, opts ...grp
 // sends the master secret. It is served over aTLS (the node attests) on a node whose state disk was
 // initialised before and whose node lock is not taken.
 type APIServer interface {
+	// Describe says which state disk the node has and, with user-managed keys, its key wrapped by the KMS,
+	// so that the admin can unwrap it. Nothing in it is secret.
+	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
 	Recover(context.Context, *RecoverRequest) (*RecoverResponse, error)
 	mustEmbedUnimplementedAPIServer()
 }
@@ -70,6 +87,9 @@ type APIServer interface {
 // pointer dereference when methods are called.
 type UnimplementedAPIServer struct{}
 
+func (UnimplementedAPIServer) Describe(context.Context, *DescribeRequest) (*DescribeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Describe not implemented")
+}
 func (UnimplementedAPIServer) Recover(context.Context, *RecoverRequest) (*RecoverResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Recover not implemented")
 }
@@ -92,6 +112,24 @@ func RegisterAPIServer(s grpc.ServiceRegistrar, srv APIServer) {
 		t.testEmbeddedByValue()
 	}
 	s.RegisterService(&API_ServiceDesc, srv)
+}
+
+func _API_Describe_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DescribeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(APIServer).Describe(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: API_Describe_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(APIServer).Describe(ctx, req.(*DescribeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
 }
 
 func _API_Recover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
@@ -119,6 +157,10 @@ var API_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "recover.API",
 	HandlerType: (*APIServer)(nil),
 	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Describe",
+			Handler:    _API_Describe_Handler,
+		},
 		{
 			MethodName: "Recover",
 			Handler:    _API_Recover_Handler,

@@ -246,5 +246,5 @@ func waitHealthy(ctx context.Context, t *testing.T, c *cli, kubeconfig, when str
 			return a.Status == "True" && !a.Cordoned
 		}, reattestInterval+30*time.Second, time.Second, "%s is not attested and schedulable %s: %+v", name, when, a)
 	}
-	t.Logf("FIGURES fault suite: healthy %s, %s after the wait began", when, time.Since(start).Round(100*time.Millisecond))
+	t.Logf("FIGURES healthy %s, %s after the wait began", when, time.Since(start).Round(100*time.Millisecond))
 }

@@ -51,14 +51,16 @@ type Config struct {
 
 // KMSConfig selects the key backend of the cluster's KeyService.
 type KMSConfig struct {
-	AWSKMS *AWSKMSConfig `yaml:"awsKMS,omitempty" jsonschema_description:"User-managed keys in AWS KMS or a server of its API (e.g. local-kms): the KeyService has the KMS generate each data key once and keeps only the wrapped key in the cluster. Credentials come from the KeyService's AWS environment, never from this file."`
+	AWSKMS *AWSKMSConfig `yaml:"awsKMS,omitempty" jsonschema_description:"User-managed keys in AWS KMS or a server of its API (e.g. local-kms): the KMS generates each data key once; the cluster keeps only wrapped keys (the KeyService's in a Secret, each node's own beside its state disk, for recovery). Credentials are never in this file: see credentialsFile."`
 }
 
 // AWSKMSConfig names an AWS KMS key.
 type AWSKMSConfig struct {
 	Region   string `yaml:"region" jsonschema_description:"Region of the KMS key, e.g. eu-west-1."`
 	KeyID    string `yaml:"keyID" jsonschema_description:"The symmetric encryption KMS key: its ID, ARN, or alias (alias/<name>)."`
-	Endpoint string `yaml:"endpoint,omitempty" jsonschema_description:"URL of the KMS API; empty means AWS's endpoint of the region. Set it for a server of the API of your own, e.g. http://10.42.0.1:4599 for local-kms."`
+	Endpoint string `yaml:"endpoint" jsonschema_description:"URL of the KMS API; empty means AWS's endpoint of the region. Set it for a server of the API of your own, e.g. http://10.42.0.1:4599 for local-kms."`
+	// CredentialsFile names a file; the credentials themselves never enter the configuration.
+	CredentialsFile string `yaml:"credentialsFile" jsonschema_description:"File (relative to the workspace; keep it 0600) with the AWS credentials the cluster uses for the KMS, as 'aws configure export-credentials --format process' writes them (grant them kms:GenerateDataKey, kms:Decrypt, kms:ReEncrypt*, kms:DescribeKey on the key). apply sends them to the first control plane over attested TLS, and the KeyService keeps them in a Secret; recover also uses them. Empty: the nodes use their own AWS environment (an instance role), and recover uses yours."`
 }
 
 // Mode is "constellation-managed" or "user-managed".
@@ -101,6 +103,7 @@ type ProviderConfig struct {
 // LocalConfig configures the local provider.
 type LocalConfig struct {
 	BridgeCIDR string `yaml:"bridgeCIDR" jsonschema_description:"Private IPv4 prefix of the bridge the provider creates; nodes get addresses from it. It must not overlap a network this machine uses."`
+	LocalKMS   bool   `yaml:"localKMS,omitempty" jsonschema_description:"Run a KMS of the AWS KMS API (local-kms) on the bridge's address, port 4599, with a key under alias/constellation, to try user-managed keys on this machine (mini up --kms local-kms sets it and points kms.awsKMS at it). It has no access control and keeps its keys in plain files below /var/lib/constellation/local: never for real data."`
 }
 
 // QEMUConfig configures the qemu provider.

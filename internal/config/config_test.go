@@ -482,7 +482,7 @@ func TestKMS(t *testing.T) {
 	cfg.KMS.AWSKMS = &AWSKMSConfig{Endpoint: "ftp://kms.example"}
 	data, err := cfg.Marshal()
 	require.NoError(t, err)
-	assert.Contains(t, string(data), "never from this file", "the section is commented")
+	assert.Contains(t, string(data), "Credentials are never in this file", "the section is commented")
 	_, err = Parse(data)
 	require.ErrorIs(t, err, ErrInvalid)
 	assert.ElementsMatch(t, []string{"kms.awsKMS.region", "kms.awsKMS.keyID", "kms.awsKMS.endpoint"}, fieldsOf(err))

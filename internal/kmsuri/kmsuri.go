@@ -23,6 +23,14 @@ const (
 	AWSEndpoint = "endpoint"
 )
 
+// The KMS of the AWS KMS API the local provider runs on a cluster's bridge (package localkms): here, so
+// that the CLI can point a configuration at it without linking the server.
+const (
+	LocalKMSPort   = 4599
+	LocalKMSRegion = "us-east-1"
+	LocalKMSAlias  = "alias/constellation"
+)
+
 // AWSKMSURI is the URI of an AWS KMS key; endpoint may be empty.
 func AWSKMSURI(region, keyID, endpoint string) string {
 	q := url.Values{}

@@ -105,8 +105,12 @@ type IssueJoinTicketResponse struct {
 	ControlPlaneFiles        []*ControlPlaneCertOrKey `protobuf:"bytes,8,rep,name=control_plane_files,json=controlPlaneFiles,proto3" json:"control_plane_files,omitempty"`
 	KubernetesVersion        string                   `protobuf:"bytes,9,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
 	KubernetesComponents     []*components.Component  `protobuf:"bytes,10,rep,name=kubernetes_components,json=kubernetesComponents,proto3" json:"kubernetes_components,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// wrapped_state_disk_key is state_disk_key wrapped by the user's KMS key (user-managed keys; empty
+	// otherwise). The node keeps it beside its disk: with every control plane down, the admin unwraps it
+	// with the KMS to recover the node.
+	WrappedStateDiskKey []byte `protobuf:"bytes,11,opt,name=wrapped_state_disk_key,json=wrappedStateDiskKey,proto3" json:"wrapped_state_disk_key,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *IssueJoinTicketResponse) Reset() {
@@ -205,6 +209,13 @@ func (x *IssueJoinTicketResponse) GetKubernetesVersion() string {
 func (x *IssueJoinTicketResponse) GetKubernetesComponents() []*components.Component {
 	if x != nil {
 		return x.KubernetesComponents
+	}
+	return nil
+}
+
+func (x *IssueJoinTicketResponse) GetWrappedStateDiskKey() []byte {
+	if x != nil {
+		return x.WrappedStateDiskKey
 	}
 	return nil
 }
@@ -314,8 +325,10 @@ type IssueRejoinTicketResponse struct {
 	StateDiskKey      []byte                 `protobuf:"bytes,1,opt,name=state_disk_key,json=stateDiskKey,proto3" json:"state_disk_key,omitempty"`
 	MeasurementSecret []byte                 `protobuf:"bytes,2,opt,name=measurement_secret,json=measurementSecret,proto3" json:"measurement_secret,omitempty"`
 	MeasurementSalt   []byte                 `protobuf:"bytes,3,opt,name=measurement_salt,json=measurementSalt,proto3" json:"measurement_salt,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// wrapped_state_disk_key: as in IssueJoinTicketResponse (it may be newer: the KMS key moved).
+	WrappedStateDiskKey []byte `protobuf:"bytes,4,opt,name=wrapped_state_disk_key,json=wrappedStateDiskKey,proto3" json:"wrapped_state_disk_key,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *IssueRejoinTicketResponse) Reset() {
@@ -369,6 +382,13 @@ func (x *IssueRejoinTicketResponse) GetMeasurementSalt() []byte {
 	return nil
 }
 
+func (x *IssueRejoinTicketResponse) GetWrappedStateDiskKey() []byte {
+	if x != nil {
+		return x.WrappedStateDiskKey
+	}
+	return nil
+}
+
 var File_joinservice_joinproto_join_proto protoreflect.FileDescriptor
 
 const file_joinservice_joinproto_join_proto_rawDesc = "" +
@@ -378,7 +398,7 @@ const file_joinservice_joinproto_join_proto_rawDesc = "" +
 	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x12(\n" +
 	"\x10is_control_plane\x18\x03 \x01(\bR\x0eisControlPlane\x12/\n" +
-	"\x13certificate_request\x18\x04 \x01(\fR\x12certificateRequest\"\x8a\x04\n" +
+	"\x13certificate_request\x18\x04 \x01(\fR\x12certificateRequest\"\xbf\x04\n" +
 	"\x17IssueJoinTicketResponse\x12$\n" +
 	"\x0estate_disk_key\x18\x01 \x01(\fR\fstateDiskKey\x12)\n" +
 	"\x10measurement_salt\x18\x02 \x01(\fR\x0fmeasurementSalt\x12-\n" +
@@ -390,16 +410,18 @@ const file_joinservice_joinproto_join_proto_rawDesc = "" +
 	"\x13control_plane_files\x18\b \x03(\v2\x1b.join.ControlPlaneCertOrKeyR\x11controlPlaneFiles\x12-\n" +
 	"\x12kubernetes_version\x18\t \x01(\tR\x11kubernetesVersion\x12J\n" +
 	"\x15kubernetes_components\x18\n" +
-	" \x03(\v2\x15.components.ComponentR\x14kubernetesComponents\"?\n" +
+	" \x03(\v2\x15.components.ComponentR\x14kubernetesComponents\x123\n" +
+	"\x16wrapped_state_disk_key\x18\v \x01(\fR\x13wrappedStateDiskKey\"?\n" +
 	"\x15ControlPlaneCertOrKey\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"7\n" +
 	"\x18IssueRejoinTicketRequest\x12\x1b\n" +
-	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid\"\x9b\x01\n" +
+	"\tdisk_uuid\x18\x01 \x01(\tR\bdiskUuid\"\xd0\x01\n" +
 	"\x19IssueRejoinTicketResponse\x12$\n" +
 	"\x0estate_disk_key\x18\x01 \x01(\fR\fstateDiskKey\x12-\n" +
 	"\x12measurement_secret\x18\x02 \x01(\fR\x11measurementSecret\x12)\n" +
-	"\x10measurement_salt\x18\x03 \x01(\fR\x0fmeasurementSalt2\xab\x01\n" +
+	"\x10measurement_salt\x18\x03 \x01(\fR\x0fmeasurementSalt\x123\n" +
+	"\x16wrapped_state_disk_key\x18\x04 \x01(\fR\x13wrappedStateDiskKey2\xab\x01\n" +
 	"\x03API\x12N\n" +
 	"\x0fIssueJoinTicket\x12\x1c.join.IssueJoinTicketRequest\x1a\x1d.join.IssueJoinTicketResponse\x12T\n" +
 	"\x11IssueRejoinTicket\x12\x1e.join.IssueRejoinTicketRequest\x1a\x1f.join.IssueRejoinTicketResponseBAZ?github.com/constellation-go/constellation/joinservice/joinprotob\x06proto3"

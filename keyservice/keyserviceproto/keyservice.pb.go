@@ -76,10 +76,13 @@ func (x *GetDataKeyRequest) GetLength() uint32 {
 }
 
 type GetDataKeyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DataKey       []byte                 `protobuf:"bytes,1,opt,name=data_key,json=dataKey,proto3" json:"data_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	DataKey []byte                 `protobuf:"bytes,1,opt,name=data_key,json=dataKey,proto3" json:"data_key,omitempty"`
+	// wrapped_data_key is data_key wrapped by the user's KMS key (user-managed keys only; empty otherwise).
+	// It is not secret: only the KMS unwraps it.
+	WrappedDataKey []byte `protobuf:"bytes,2,opt,name=wrapped_data_key,json=wrappedDataKey,proto3" json:"wrapped_data_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GetDataKeyResponse) Reset() {
@@ -119,6 +122,13 @@ func (x *GetDataKeyResponse) GetDataKey() []byte {
 	return nil
 }
 
+func (x *GetDataKeyResponse) GetWrappedDataKey() []byte {
+	if x != nil {
+		return x.WrappedDataKey
+	}
+	return nil
+}
+
 var File_keyservice_keyserviceproto_keyservice_proto protoreflect.FileDescriptor
 
 const file_keyservice_keyserviceproto_keyservice_proto_rawDesc = "" +
@@ -127,9 +137,10 @@ const file_keyservice_keyserviceproto_keyservice_proto_rawDesc = "" +
 	"keyservice\"K\n" +
 	"\x11GetDataKeyRequest\x12\x1e\n" +
 	"\vdata_key_id\x18\x01 \x01(\tR\tdataKeyId\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\rR\x06length\"/\n" +
+	"\x06length\x18\x02 \x01(\rR\x06length\"Y\n" +
 	"\x12GetDataKeyResponse\x12\x19\n" +
-	"\bdata_key\x18\x01 \x01(\fR\adataKey2R\n" +
+	"\bdata_key\x18\x01 \x01(\fR\adataKey\x12(\n" +
+	"\x10wrapped_data_key\x18\x02 \x01(\fR\x0ewrappedDataKey2R\n" +
 	"\x03API\x12K\n" +
 	"\n" +
 	"GetDataKey\x12\x1d.keyservice.GetDataKeyRequest\x1a\x1e.keyservice.GetDataKeyResponseBFZDgithub.com/constellation-go/constellation/keyservice/keyserviceprotob\x06proto3"

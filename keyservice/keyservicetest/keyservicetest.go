@@ -25,3 +25,14 @@ func Register(g *grpc.Server, master *crypto.MasterSecret) error {
 	server.New(backend, slog.New(slog.DiscardHandler), prometheus.NewRegistry()).Register(g)
 	return nil
 }
+
+// RegisterUserManaged adds a user-managed KeyService to g: the cluster's identity from master, the disks'
+// keys from data (e.g. an awskms.Backend on a local-kms).
+func RegisterUserManaged(g *grpc.Server, master *crypto.MasterSecret, data kms.KMS) error {
+	identity, err := kms.New(context.Background(), kmsuri.Default, master)
+	if err != nil {
+		return fmt.Errorf("opening the cluster KMS: %w", err)
+	}
+	server.New(kms.UserManaged(identity, data), slog.New(slog.DiscardHandler), prometheus.NewRegistry()).Register(g)
+	return nil
+}

@@ -1,6 +1,7 @@
 // Package cluster serves what a local cluster's nodes need from the provider, on the cluster bridge's
-// address: the metadata API and the component server (Serve). The daemon runs them between Terraform runs;
-// this package's test starts whole clusters in-process with them.
+// address: the metadata API and the component server (Serve), and, on request, a KMS of the AWS KMS API
+// (WithLocalKMS). The daemon runs them between Terraform runs; this package's test starts whole clusters
+// in-process with them.
 package cluster
 
 import (
@@ -11,7 +12,9 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
+	"github.com/constellation-go/constellation/internal/localkms"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/localprovider/componentserver"
 	"github.com/constellation-go/constellation/localprovider/metadata"
@@ -30,18 +33,48 @@ func ComponentURL(bridge netip.Addr) string {
 	return "http://" + netip.AddrPortFrom(bridge, ComponentPort).String()
 }
 
-// Servers are the provider's servers on the bridge address: the metadata API (metadata.DefaultPort) and
-// the component server (ComponentPort).
+// KMSURL is the base URL of the local KMS (WithLocalKMS) on the bridge address.
+func KMSURL(bridge netip.Addr) string {
+	return "http://" + netip.AddrPortFrom(bridge, localkms.Port).String()
+}
+
+// ensureKeyTimeout bounds making the local KMS's key: the KMS runs in this process.
+const ensureKeyTimeout = 30 * time.Second
+
+// Servers are the provider's servers on the bridge address: the metadata API (metadata.DefaultPort), the
+// component server (ComponentPort) and, with WithLocalKMS, the local KMS (localkms.Port).
 type Servers struct {
 	Metadata *metadata.Server
+	// KMS is the local KMS, nil without WithLocalKMS.
+	KMS *localkms.Server
+	// KMSKeyID is the ID of the local KMS's key under localkms.DefaultAlias.
+	KMSKeyID string
 	cancels  []context.CancelFunc
 	wg       sync.WaitGroup
 	log      *slog.Logger
 }
 
+// Option adds to what Serve serves.
+type Option func(*options)
+
+type options struct {
+	kmsDir string
+}
+
+// WithLocalKMS also serves a KMS of the AWS KMS API on the bridge address at localkms.Port, with its
+// database in dataDir, and makes sure it has a key under localkms.DefaultAlias. The directory must outlive
+// the servers for as long as anything is encrypted with its keys.
+func WithLocalKMS(dataDir string) Option {
+	return func(o *options) { o.kmsDir = dataDir }
+}
+
 // Serve starts the metadata API with st and the component server for the Kubernetes version's pinned set
-// and the extra sets, both on the bridge address. They run until Close.
-func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetesVersion string, extra []versions.ExtraSet, log *slog.Logger) (_ *Servers, retErr error) {
+// and the extra sets, both on the bridge address, and what the options add. They run until Close.
+func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetesVersion string, extra []versions.ExtraSet, log *slog.Logger, opts ...Option) (_ *Servers, retErr error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	s := &Servers{log: log}
 	defer func() {
 		if retErr != nil {
@@ -80,7 +113,29 @@ func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetes
 		return nil, fmt.Errorf("component server: %w", err)
 	}
 	s.serve(ctx, compLn, func(ctx context.Context, ln net.Listener) error { return comps.Serve(ctx, ln) })
+
+	if o.kmsDir != "" {
+		if err := s.serveKMS(ctx, bridge, o.kmsDir); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+func (s *Servers) serveKMS(ctx context.Context, bridge netip.Addr, dataDir string) error {
+	addr := netip.AddrPortFrom(bridge, localkms.Port).String()
+	var err error
+	if s.KMS, err = localkms.Start(addr, dataDir, s.log.With("server", "local-kms")); err != nil {
+		return fmt.Errorf("starting the local KMS on %s: %w", addr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, ensureKeyTimeout)
+	defer cancel()
+	// Its errors name the KMS and its endpoint.
+	if s.KMSKeyID, err = localkms.EnsureKey(ctx, s.KMS.Endpoint(), localkms.DefaultAlias); err != nil {
+		return err
+	}
+	s.log.Info("local KMS ready", "endpoint", s.KMS.Endpoint(), "alias", localkms.DefaultAlias, "keyID", s.KMSKeyID)
+	return nil
 }
 
 func (s *Servers) serve(ctx context.Context, ln net.Listener, serve func(context.Context, net.Listener) error) {
@@ -101,4 +156,9 @@ func (s *Servers) Close() {
 		cancel()
 	}
 	s.wg.Wait()
+	if s.KMS != nil {
+		if err := s.KMS.Close(); err != nil {
+			s.log.Error("stopping the local KMS", "error", err)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 // Package daemon keeps a local cluster's provider side alive between Terraform runs: the metadata API and
-// the component server on the cluster bridge's address (package cluster's Serve). Nodes need them for as
-// long as they run, but the Terraform provider that creates the nodes exits after each `terraform apply`.
+// the component server on the cluster bridge's address (package cluster's Serve), and with Spec.LocalKMS a
+// KMS of the AWS KMS API. Nodes need them for as long as they run, but the Terraform provider that creates
+// the nodes exits after each `terraform apply`.
 //
 // The network resource writes the cluster's Spec and starts the daemon; each node resource registers its
 // instance before it starts the node and reloads the daemon (SIGHUP), so the metadata API lists the node
@@ -10,6 +11,7 @@
 //	instances/<node>.json a node's metadata.Instance
 //	daemon.json           the running daemon (PID and start time)
 //	daemon.log            its log (appended)
+//	kms.db/               the local KMS's keys (Spec.LocalKMS); kept until Remove
 //
 // A program that starts the daemon with Start must call Main first thing in main (like node.InitMain).
 package daemon
@@ -59,6 +61,9 @@ type Spec struct {
 	ServicesDir string `json:"servicesDir"`
 	// InitSecretHash is the SHA-256 of the init secret (metadata.HashInitSecret).
 	InitSecretHash []byte `json:"initSecretHash"`
+	// LocalKMS also serves a KMS of the AWS KMS API on the bridge address (cluster.WithLocalKMS), its keys
+	// in KMSDir. A reload does not start or stop it: a restart does.
+	LocalKMS bool `json:"localKMS,omitempty"`
 }
 
 // Network returns the cluster's network (it changes nothing on the machine).
@@ -72,6 +77,11 @@ func Dir(cluster string) string { return filepath.Join(node.DefaultStateRoot, cl
 func specFile(cluster string) string     { return filepath.Join(Dir(cluster), "provider.json") }
 func instancesDir(cluster string) string { return filepath.Join(Dir(cluster), "instances") }
 func pidFile(cluster string) string      { return filepath.Join(Dir(cluster), "daemon.json") }
+
+// KMSDir holds the local KMS's database (Spec.LocalKMS). Only Remove deletes it: whatever the cluster
+// encrypted with its keys is lost with them, so turning the KMS off or restarting the daemon keeps it. Its
+// name is not a DNS label, so no node's state directory beside it can be it.
+func KMSDir(cluster string) string { return filepath.Join(Dir(cluster), "kms.db") }
 
 // PlatformCA returns the CA that certifies the cluster's vTPMs, kept beside the provider's files
 // (platform-ca.key, 0600, and platform-ca.crt; node names are DNS labels and never clash with them). With
@@ -263,13 +273,14 @@ func Stop(ctx context.Context, cluster string) error {
 	return nil
 }
 
-// Remove deletes the cluster's provider files (the nodes' state directories beside them are the nodes'),
-// and the cluster's directory once it is empty. The daemon must be stopped.
+// Remove deletes the cluster's provider files, the local KMS's keys among them (the nodes' state
+// directories beside them are the nodes'), and the cluster's directory once it is empty. The daemon must be
+// stopped.
 func Remove(cluster string) error {
 	var errs []error
 	caKey, caCert := manufacturer.Files(Dir(cluster))
 	for _, p := range []string{specFile(cluster), instancesDir(cluster), pidFile(cluster), LogFile(cluster), ProviderLogFile(cluster),
-		filepath.Join(Dir(cluster), ".lock"), caKey, caCert} {
+		filepath.Join(Dir(cluster), ".lock"), caKey, caCert, KMSDir(cluster)} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}
@@ -314,7 +325,11 @@ func run(ctx context.Context, clusterName string, ready io.WriteCloser, log *slo
 	if err != nil {
 		return err
 	}
-	servers, err := cluster.Serve(ctx, nw.BridgeAddr(), st, spec.KubernetesVersion, []versions.ExtraSet{extra}, log)
+	var opts []cluster.Option
+	if spec.LocalKMS {
+		opts = append(opts, cluster.WithLocalKMS(KMSDir(clusterName)))
+	}
+	servers, err := cluster.Serve(ctx, nw.BridgeAddr(), st, spec.KubernetesVersion, []versions.ExtraSet{extra}, log, opts...)
 	if err != nil {
 		return err
 	}
@@ -330,7 +345,7 @@ func run(ctx context.Context, clusterName string, ready io.WriteCloser, log *slo
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	log.Info("serving", "bridge", nw.BridgeAddr(), "instances", len(st.Instances))
+	log.Info("serving", "bridge", nw.BridgeAddr(), "instances", len(st.Instances), "localKMS", spec.LocalKMS)
 	fmt.Fprintln(ready, "ready")
 	ready.Close()
 

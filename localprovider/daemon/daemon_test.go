@@ -3,19 +3,26 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/constellation-go/constellation/internal/testenv"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/constellation-go/constellation/internal/localkms"
 	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/versions"
+	"github.com/constellation-go/constellation/localprovider/cluster"
 	"github.com/constellation-go/constellation/localprovider/localtest"
 	"github.com/constellation-go/constellation/localprovider/metadata"
 	"github.com/constellation-go/constellation/localprovider/network"
@@ -125,5 +132,87 @@ func TestDaemonStartFailureIsReported(t *testing.T) {
 	assert.Contains(t, err.Error(), "joinservice")
 	assert.Contains(t, err.Error(), LogFile(cluster))
 	_, running := Running(cluster)
+	assert.False(t, running)
+}
+
+// TestDaemonLocalKMS serves the local KMS and restarts the daemon with it, then without it: the keys, and
+// what they encrypted, outlive both restarts; only Remove deletes them.
+func TestDaemonLocalKMS(t *testing.T) {
+	testenv.NeedRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	clusterName, nw := newNetwork(t)
+	spec := Spec{
+		Cluster: clusterName, BridgeCIDR: nw.Config().BridgeCIDR, KubernetesVersion: versions.DefaultKubernetes,
+		ServicesDir: servicesDir(t), InitSecretHash: metadata.HashInitSecret([]byte("secret")), LocalKMS: true,
+	}
+	require.NoError(t, WriteSpec(spec))
+	t.Cleanup(func() {
+		assert.NoError(t, Stop(context.Background(), clusterName))
+		assert.NoError(t, Remove(clusterName))
+		assert.NoDirExists(t, KMSDir(clusterName))
+		assert.NoDirExists(t, Dir(clusterName))
+	})
+	restart := func(t *testing.T) {
+		t.Helper()
+		require.NoError(t, Stop(ctx, clusterName))
+		require.NoError(t, Start(ctx, clusterName, ""))
+	}
+
+	require.NoError(t, Start(ctx, clusterName, ""))
+	endpoint := cluster.KMSURL(nw.BridgeAddr())
+	assert.Equal(t, "http://"+netip.AddrPortFrom(nw.BridgeAddr(), localkms.Port).String(), endpoint)
+	client := localkms.Client(endpoint)
+	// The daemon made the key before it was ready.
+	described, err := client.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(localkms.DefaultAlias)})
+	require.NoError(t, err)
+	keyID := aws.ToString(described.KeyMetadata.KeyId)
+	dk, err := client.GenerateDataKey(ctx, &kms.GenerateDataKeyInput{KeyId: aws.String(localkms.DefaultAlias), NumberOfBytes: aws.Int32(32)})
+	require.NoError(t, err)
+
+	restart(t)
+	again, err := localkms.EnsureKey(ctx, endpoint, localkms.DefaultAlias)
+	require.NoError(t, err)
+	assert.Equal(t, keyID, again, "a restarted daemon made a new key")
+	out, err := client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: dk.CiphertextBlob})
+	require.NoError(t, err)
+	assert.Equal(t, dk.Plaintext, out.Plaintext)
+
+	// Off: nothing listens, the keys stay.
+	spec.LocalKMS = false
+	require.NoError(t, WriteSpec(spec))
+	restart(t)
+	_, err = client.ListKeys(ctx, &kms.ListKeysInput{})
+	assert.Error(t, err, "the KMS still serves")
+	assert.DirExists(t, KMSDir(clusterName))
+
+	spec.LocalKMS = true
+	require.NoError(t, WriteSpec(spec))
+	restart(t)
+	out, err = client.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: dk.CiphertextBlob})
+	require.NoError(t, err)
+	assert.Equal(t, dk.Plaintext, out.Plaintext)
+}
+
+func TestDaemonLocalKMSFailureIsReported(t *testing.T) {
+	testenv.NeedRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	clusterName, nw := newNetwork(t)
+	addr := netip.AddrPortFrom(nw.BridgeAddr(), localkms.Port).String()
+	taken, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	defer taken.Close()
+	require.NoError(t, WriteSpec(Spec{
+		Cluster: clusterName, BridgeCIDR: nw.Config().BridgeCIDR, KubernetesVersion: versions.DefaultKubernetes,
+		ServicesDir: servicesDir(t), InitSecretHash: metadata.HashInitSecret([]byte("secret")), LocalKMS: true,
+	}))
+	t.Cleanup(func() { assert.NoError(t, Remove(clusterName)) })
+	err = Start(ctx, clusterName, "")
+	require.Error(t, err)
+	t.Log(err)
+	assert.Contains(t, err.Error(), "local KMS")
+	assert.Contains(t, err.Error(), addr)
+	_, running := Running(clusterName)
 	assert.False(t, running)
 }

@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 
 	"github.com/hashicorp/terraform-plugin-framework/diag"
+	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/booldefault"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
 	"github.com/hashicorp/terraform-plugin-framework/tfsdk"
@@ -38,6 +40,8 @@ type networkModel struct {
 	MetadataURL       types.String `tfsdk:"metadata_url"`
 	ComponentURL      types.String `tfsdk:"component_url"`
 	PlatformCA        types.String `tfsdk:"platform_ca_certificate"`
+	LocalKMS          types.Bool   `tfsdk:"local_kms"`
+	KMSEndpoint       types.String `tfsdk:"kms_endpoint"`
 }
 
 func (r *networkResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
@@ -49,7 +53,7 @@ func (r *networkResource) Schema(_ context.Context, _ resource.SchemaRequest, re
 	keep := []planmodifier.String{stringplanmodifier.UseStateForUnknown()}
 	resp.Schema = schema.Schema{
 		Description: "A local cluster's bridge network, and the daemon serving the metadata API and the Kubernetes " +
-			"components on the bridge address.",
+			"components on the bridge address (and, with local_kms, a KMS).",
 		Attributes: map[string]schema.Attribute{
 			"id":   schema.StringAttribute{Computed: true, PlanModifiers: keep},
 			"name": schema.StringAttribute{Required: true, PlanModifiers: replace, Description: "Cluster name (a DNS label)."},
@@ -66,6 +70,13 @@ func (r *networkResource) Schema(_ context.Context, _ resource.SchemaRequest, re
 			"platform_ca_certificate": schema.StringAttribute{Computed: true, PlanModifiers: keep,
 				Description: "PEM certificate of the CA that certifies every node's vTPM (the platform is the vTPMs' " +
 					"manufacturer): the trust root of the nodes' attestation keys, for the configuration's attestation.platformCA."},
+			// In place: the daemon restarts with or without the KMS; its keys stay either way.
+			"local_kms": schema.BoolAttribute{Optional: true, Computed: true, Default: booldefault.StaticBool(false),
+				Description: "Run a KMS of the AWS KMS API (local-kms) on the bridge address, port 4599, with a key under " +
+					"alias/constellation: for user-managed keys on one machine. Its keys live in the provider's state " +
+					"directory of the cluster until the network is destroyed."},
+			"kms_endpoint": schema.StringAttribute{Computed: true, PlanModifiers: []planmodifier.String{kmsEndpointPlan{}},
+				Description: "The KMS's endpoint, http://<bridge address>:4599, with local_kms; else empty."},
 		},
 	}
 }
@@ -88,7 +99,7 @@ func (m *networkModel) spec() (daemon.Spec, error) {
 	}
 	return daemon.Spec{
 		Cluster: m.Name.ValueString(), BridgeCIDR: prefix, KubernetesVersion: m.KubernetesVersion.ValueString(),
-		ServicesDir: dir, InitSecretHash: metadata.HashInitSecret(secret),
+		ServicesDir: dir, InitSecretHash: metadata.HashInitSecret(secret), LocalKMS: m.LocalKMS.ValueBool(),
 	}, nil
 }
 
@@ -98,6 +109,55 @@ func (m *networkModel) setComputed(nw *network.Network) {
 	m.BridgeAddress = types.StringValue(bridge.String())
 	m.MetadataURL = types.StringValue(cluster.MetadataURL(bridge))
 	m.ComponentURL = types.StringValue(cluster.ComponentURL(bridge))
+	m.KMSEndpoint = types.StringValue(kmsEndpoint(bridge, m.LocalKMS.ValueBool()))
+}
+
+func kmsEndpoint(bridge netip.Addr, on bool) string {
+	if !on {
+		return ""
+	}
+	return cluster.KMSURL(bridge)
+}
+
+// kmsEndpointPlan plans kms_endpoint from local_kms and the bridge: what depends on it (the configuration's
+// KMS URI) is then known at plan time, and turning the KMS on or off shows the endpoint's change.
+type kmsEndpointPlan struct{}
+
+func (kmsEndpointPlan) Description(context.Context) string {
+	return "kms_endpoint follows local_kms and the bridge's address."
+}
+
+func (p kmsEndpointPlan) MarkdownDescription(ctx context.Context) string { return p.Description(ctx) }
+
+func (kmsEndpointPlan) PlanModifyString(ctx context.Context, req planmodifier.StringRequest, resp *planmodifier.StringResponse) {
+	if req.Plan.Raw.IsNull() {
+		return
+	}
+	var on types.Bool
+	var name, cidr types.String
+	for p, v := range map[string]any{"local_kms": &on, "name": &name, "bridge_cidr": &cidr} {
+		if d := req.Plan.GetAttribute(ctx, path.Root(p), v); d.HasError() {
+			return
+		}
+	}
+	if on.IsUnknown() {
+		return
+	}
+	if !on.ValueBool() {
+		resp.PlanValue = types.StringValue("")
+		return
+	}
+	if name.IsUnknown() || cidr.IsUnknown() {
+		return
+	}
+	prefix, err := netip.ParsePrefix(cidr.ValueString())
+	if err != nil {
+		return
+	}
+	// Invalid names and prefixes are for apply to report: the value stays unknown.
+	if nw, err := network.New(network.Config{Cluster: name.ValueString(), BridgeCIDR: prefix}); err == nil {
+		resp.PlanValue = types.StringValue(kmsEndpoint(nw.BridgeAddr(), true))
+	}
 }
 
 // ensure creates or completes the network and the daemon: Create and Read both use it, so an apply after a
@@ -153,7 +213,8 @@ func apply(ctx context.Context, plan tfsdk.Plan, st *tfsdk.State, restart bool) 
 		diags.AddError("Setting up the local platform CA", err.Error())
 		return diags
 	}
-	log.Info("network ready", "bridge", nw.BridgeName(), "address", nw.BridgeAddr(), "daemonRestarted", restart)
+	log.Info("network ready", "bridge", nw.BridgeName(), "address", nw.BridgeAddr(), "daemonRestarted", restart,
+		"localKMS", spec.LocalKMS)
 	m.setComputed(nw)
 	m.PlatformCA = types.StringValue(string(ca.CertificatePEM()))
 	return append(diags, st.Set(ctx, &m)...)
@@ -164,6 +225,13 @@ func (r *networkResource) Read(ctx context.Context, req resource.ReadRequest, re
 	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
 	if resp.Diagnostics.HasError() {
 		return
+	}
+	// State written before local_kms existed: the KMS was off.
+	if m.LocalKMS.IsNull() {
+		m.LocalKMS = types.BoolValue(false)
+	}
+	if m.KMSEndpoint.IsNull() {
+		m.KMSEndpoint = types.StringValue("")
 	}
 	if _, err := daemon.ReadSpec(m.Name.ValueString()); errors.Is(err, os.ErrNotExist) {
 		resp.State.RemoveResource(ctx)

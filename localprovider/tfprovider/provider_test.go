@@ -2,6 +2,7 @@ package tfprovider
 
 import (
 	"context"
+	"net/netip"
 	"testing"
 
 	"github.com/hashicorp/terraform-plugin-framework/path"
@@ -12,6 +13,8 @@ import (
 	"github.com/hashicorp/terraform-plugin-go/tftypes"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/localprovider/network"
 )
 
 func TestSchema(t *testing.T) {
@@ -37,9 +40,11 @@ func TestSchema(t *testing.T) {
 	for _, a := range []string{"name", "bridge_cidr", "kubernetes_version", "services_dir"} {
 		assert.True(t, network[a].Required, a)
 	}
-	for _, a := range []string{"bridge_address", "metadata_url", "component_url"} {
+	for _, a := range []string{"bridge_address", "metadata_url", "component_url", "kms_endpoint"} {
 		assert.True(t, network[a].Computed, a)
 	}
+	assert.True(t, network["local_kms"].Optional, "local_kms")
+	assert.False(t, network["local_kms"].Required, "local_kms")
 	node := attrs("constellation_local_node")
 	for _, a := range []string{"network", "name", "role", "index", "image_dir"} {
 		assert.True(t, node[a].Required, a)
@@ -140,6 +145,107 @@ func TestNodeImageChangesInPlace(t *testing.T) {
 				want = append(want, tftypes.NewAttributePath().WithAttributeName(a).String())
 			}
 			assert.Equal(t, want, got)
+		})
+	}
+}
+
+// TestNetworkLocalKMSChangesInPlace plans a network whose local_kms changed: the network stays (the daemon
+// restarts), and kms_endpoint is known in the plan.
+func TestNetworkLocalKMSChangesInPlace(t *testing.T) {
+	srv := providerserver.NewProtocol6(New())()
+	ctx := context.Background()
+	_, err := srv.GetProviderSchema(ctx, &tfprotov6.GetProviderSchemaRequest{})
+	require.NoError(t, err)
+
+	const cidr = "10.77.0.0/24"
+	nw, err := network.New(network.Config{Cluster: "c", BridgeCIDR: netip.MustParsePrefix(cidr)})
+	require.NoError(t, err)
+	endpoint := "http://" + nw.BridgeAddr().String() + ":4599"
+
+	str, boolean := tftypes.String, tftypes.Bool
+	typ := tftypes.Object{AttributeTypes: map[string]tftypes.Type{
+		"id": str, "name": str, "bridge_cidr": str, "kubernetes_version": str, "services_dir": str, "init_secret": str,
+		"bridge_address": str, "metadata_url": str, "component_url": str, "platform_ca_certificate": str,
+		"local_kms": boolean, "kms_endpoint": str,
+	}}
+	// value is the network's object; computed are the computed attributes' values, nil in a configuration.
+	value := func(localKMS *bool, computed map[string]string) tftypes.Value {
+		v := map[string]tftypes.Value{
+			"name": tftypes.NewValue(str, "c"), "bridge_cidr": tftypes.NewValue(str, cidr),
+			"kubernetes_version": tftypes.NewValue(str, "v1.33.13"), "services_dir": tftypes.NewValue(str, "/services"),
+			"init_secret": tftypes.NewValue(str, "0123456789abcdef0123"),
+		}
+		for _, a := range []string{"id", "bridge_address", "metadata_url", "component_url", "platform_ca_certificate", "kms_endpoint"} {
+			if c, ok := computed[a]; ok {
+				v[a] = tftypes.NewValue(str, c)
+			} else {
+				v[a] = tftypes.NewValue(str, nil)
+			}
+		}
+		if localKMS != nil {
+			v["local_kms"] = tftypes.NewValue(boolean, *localKMS)
+		} else {
+			v["local_kms"] = tftypes.NewValue(boolean, nil)
+		}
+		return tftypes.NewValue(typ, v)
+	}
+	dynamic := func(v tftypes.Value) *tfprotov6.DynamicValue {
+		d, err := tfprotov6.NewDynamicValue(typ, v)
+		require.NoError(t, err)
+		return &d
+	}
+	stateOf := func(on bool) map[string]string {
+		m := map[string]string{
+			"id": "c", "bridge_address": nw.BridgeAddr().String(), "metadata_url": "http://x:9080",
+			"component_url": "http://x:9081", "platform_ca_certificate": "PEM", "kms_endpoint": "",
+		}
+		if on {
+			m["kms_endpoint"] = endpoint
+		}
+		return m
+	}
+	on, off := true, false
+
+	testCases := map[string]struct {
+		prior        bool
+		config       *bool
+		wantEndpoint string
+	}{
+		"turned on":      {prior: false, config: &on, wantEndpoint: endpoint},
+		"turned off":     {prior: true, config: &off, wantEndpoint: ""},
+		"unset, was on":  {prior: true, config: nil, wantEndpoint: ""},
+		"unset, was off": {prior: false, config: nil, wantEndpoint: ""},
+		"stays on":       {prior: true, config: &on, wantEndpoint: endpoint},
+		"explicitly off": {prior: false, config: &off, wantEndpoint: ""},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			prior := value(&tc.prior, stateOf(tc.prior))
+			// As Terraform proposes it: the configuration, computed values from the prior state.
+			proposedComputed := stateOf(tc.prior)
+			proposedLocalKMS := tc.config
+			if proposedLocalKMS == nil {
+				proposedLocalKMS = &tc.prior
+			}
+			resp, err := srv.PlanResourceChange(ctx, &tfprotov6.PlanResourceChangeRequest{
+				TypeName: "constellation_local_network", PriorState: dynamic(prior),
+				ProposedNewState: dynamic(value(proposedLocalKMS, proposedComputed)), Config: dynamic(value(tc.config, nil)),
+			})
+			require.NoError(t, err)
+			for _, d := range resp.Diagnostics {
+				t.Errorf("diagnostic: %s: %s", d.Summary, d.Detail)
+			}
+			assert.Empty(t, resp.RequiresReplace)
+			planned, err := resp.PlannedState.Unmarshal(typ)
+			require.NoError(t, err)
+			var attrs map[string]tftypes.Value
+			require.NoError(t, planned.As(&attrs))
+			var got string
+			require.NoError(t, attrs["kms_endpoint"].As(&got), "kms_endpoint is unknown in the plan")
+			assert.Equal(t, tc.wantEndpoint, got)
+			var gotOn bool
+			require.NoError(t, attrs["local_kms"].As(&gotOn))
+			assert.Equal(t, tc.config != nil && *tc.config, gotOn)
 		})
 	}
 }

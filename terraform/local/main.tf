@@ -4,6 +4,7 @@ resource "constellation_local_network" "this" {
   kubernetes_version = var.kubernetes_version
   services_dir       = var.services_dir
   init_secret        = var.init_secret
+  local_kms          = var.local_kms
 }
 
 # A node runs its own image if it has one (a roll-out by `constellation apply` moves nodes one at a time),

@@ -28,3 +28,8 @@ output "platform_ca" {
   value       = constellation_local_network.this.platform_ca_certificate
   description = "PEM certificate of the CA that certifies the nodes' vTPMs: attestation.platformCA in the configuration."
 }
+
+output "kms_endpoint" {
+  value       = constellation_local_network.this.kms_endpoint
+  description = "Endpoint of the local KMS (local_kms), http://<bridge address>:4599; empty without it."
+}

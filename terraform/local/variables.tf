@@ -46,3 +46,9 @@ variable "nodes" {
   }))
   description = "Nodes by name; image, if set, is the node's own image directory (a roll-out moves nodes one by one)."
 }
+
+variable "local_kms" {
+  type        = bool
+  default     = false
+  description = "Run a KMS of the AWS KMS API (local-kms) on the bridge address, port 4599, with a key under alias/constellation, to try user-managed keys on one machine. Its keys are deleted with the network."
+}

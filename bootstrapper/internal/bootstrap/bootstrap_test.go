@@ -344,7 +344,10 @@ func (freshDisk) UUID() (string, error) { return "00000000-0000-0000-0000-000000
 func (freshDisk) Initialized() bool     { return false }
 func (freshDisk) Member() bool          { return false }
 func (freshDisk) MarkMember() error     { return nil }
-func (freshDisk) Unlock([]byte) error   { return errors.New("a fresh disk is not unlocked") }
+func (freshDisk) SaveWrappedKey([]byte) error {
+	return errors.New("a fresh disk keeps no wrapped key")
+}
+func (freshDisk) Unlock([]byte) error { return errors.New("a fresh disk is not unlocked") }
 func (freshDisk) LoadComponents() ([]byte, error) {
 	return nil, errors.New("a fresh disk records nothing")
 }

@@ -27,16 +27,19 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
+	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/kubetest"
+	"github.com/constellation-go/constellation/internal/localkms"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/versions/components"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction(localkms.Drainer))
 }
 
 const diskUUID = "00000000-0000-0000-0000-000000000001"
@@ -48,6 +51,14 @@ type fakeDisk struct {
 	// setUp: the disk was unlocked in an earlier boot; member: that boot completed its init.
 	setUp, member bool
 	markErr       error
+	// wrapped is the wrapped key kept beside the disk (user-managed keys).
+	wrapped []byte
+}
+
+func (d *fakeDisk) WrappedKey() ([]byte, error) { return d.wrapped, nil }
+func (d *fakeDisk) SaveWrappedKey(blob []byte) error {
+	d.wrapped = blob
+	return nil
 }
 
 func (d *fakeDisk) Initialized() bool { return d.setUp }
@@ -348,4 +359,69 @@ func TestValidate(t *testing.T) {
 		return p, nil
 	}}, slog.New(slog.DiscardHandler))
 	require.ErrorContains(t, other.Validate(testRequest(t)), "PCR 11: configured")
+}
+
+// TestInitUserManaged: with user-managed keys the first control plane's disk key comes from the KMS (a real
+// local-kms) with the credentials the admin sent: the node keeps only the wrapped key beside its disk, a
+// redone init unwraps the same key, the KeyService gets the wrapped key (for the node's rejoins), its
+// credentials and its access to the Secret of wrapped keys. The KMS down: nothing is unlocked, and the
+// error names the KMS.
+func TestInitUserManaged(t *testing.T) {
+	ctx := context.Background()
+	kmsSrv, err := localkms.Start("127.0.0.1:0", t.TempDir(), slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = kmsSrv.Close() })
+	keyID, err := localkms.EnsureKey(ctx, kmsSrv.Endpoint(), localkms.DefaultAlias)
+	require.NoError(t, err)
+	cluster := kubetest.Start(t)
+	cfg := testConfig(t)
+	req := testRequest(t)
+	req.KMSURI = kmsuri.AWSKMSURI(localkms.Region, localkms.DefaultAlias, kmsSrv.Endpoint())
+	req.KMSCredentials = &awskms.Credentials{AccessKeyID: "AKID", SecretAccessKey: "top-secret"}
+
+	initOn := func(disk *fakeDisk) error {
+		kubeadm := &fakeKubeadm{adminPath: cfg.AdminKubeconfig, kubeconfig: cluster.Kubeconfig, client: cluster.Client}
+		init := New(cfg, Dependencies{Disk: disk, Installer: &fakeInstaller{}, Kubeadm: kubeadm, PCRs: pcrs}, slog.New(slog.DiscardHandler))
+		require.NoError(t, init.Validate(req))
+		_, err := init.Init(ctx, req, func(string, string) {})
+		return err
+	}
+	disk := &fakeDisk{}
+	require.NoError(t, initOn(disk))
+	require.NotEmpty(t, disk.wrapped, "the wrapped key is kept beside the disk")
+	require.Len(t, disk.key, 64)
+	derived, err := crypto.DeriveKey(req.MasterSecret.Key, req.MasterSecret.Salt, diskUUID, 64)
+	require.NoError(t, err)
+	assert.NotEqual(t, derived, disk.key, "not derived from the master secret")
+	got, err := awskms.Unwrap(ctx, localkms.Client(kmsSrv.Endpoint()), keyID, diskUUID, 64, disk.wrapped)
+	require.NoError(t, err)
+	assert.Equal(t, disk.key, got, "the KMS key unwraps it")
+
+	// The KeyService hands out the same key for this disk, its credentials and access are in place.
+	wrappedKeys, err := cluster.Client.CoreV1().Secrets(deploy.Namespace).Get(ctx, awskms.DefaultSecret, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, disk.wrapped, wrappedKeys.Data[diskUUID+".64"])
+	creds, err := cluster.Client.CoreV1().Secrets(deploy.Namespace).Get(ctx, deploy.KMSCredentialsName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "top-secret", string(creds.Data["AWS_SECRET_ACCESS_KEY"]))
+	ds, err := cluster.Client.AppsV1().DaemonSets(deploy.Namespace).Get(ctx, deploy.KeyServiceName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, deploy.KeyServiceName, ds.Spec.Template.Spec.ServiceAccountName)
+	assert.Contains(t, ds.Spec.Template.Spec.Containers[0].Args, "--kms-uri="+req.KMSURI)
+	for _, env := range ds.Spec.Template.Spec.Containers[0].Env {
+		assert.NotContains(t, env.Value, "top-secret", "credentials only through the Secret")
+	}
+
+	// An init cut off and redone on the same disk unwraps the same key.
+	redo := &fakeDisk{setUp: true, wrapped: disk.wrapped}
+	require.NoError(t, initOn(redo))
+	assert.Equal(t, disk.key, redo.key)
+
+	// The KMS down: nothing unlocked, the KMS named.
+	require.NoError(t, kmsSrv.Close())
+	down := &fakeDisk{}
+	err = initOn(down)
+	require.ErrorContains(t, err, "getting the state disk key: aws-kms: the KMS (key alias/constellation) did not generate data key "+diskUUID)
+	assert.Nil(t, down.key, "the disk stays locked")
+	assert.Nil(t, down.wrapped)
 }

@@ -40,6 +40,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
+	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/kmsuri"
@@ -113,6 +114,9 @@ type Config struct {
 	MasterSecret crypto.MasterSecret
 	// KMSURI selects the KeyService's backend; empty means kms://cluster-kms.
 	KMSURI string
+	// KMSCredentials, with user-managed keys, go into a Secret the KeyService takes its AWS environment
+	// from; nil: the node's own (e.g. an instance role).
+	KMSCredentials *awskms.Credentials
 	// AttestationConfig is the JoinService's attestation config (see AttestationConfig).
 	AttestationConfig []byte
 	// Variant is the attestation variant the VerificationService issues.
@@ -246,6 +250,7 @@ func Deploy(ctx context.Context, client kubernetes.Interface, cfg Config) error 
 			})
 		}},
 		{"JoinService RBAC", func() error { return applyJoinServiceRBAC(ctx, client) }},
+		{"KeyService KMS access", func() error { return applyKeyServiceKMSAccess(ctx, client, cfg) }},
 		{"KeyService", func() error { return applyDaemonSet(ctx, client, keyService(cfg)) }},
 		{"JoinService", func() error { return applyDaemonSet(ctx, client, joinService(cfg)) }},
 		{"VerificationService", func() error { return applyDaemonSet(ctx, client, verificationService(cfg)) }},
@@ -274,33 +279,12 @@ func labels(name string) map[string]string {
 }
 
 func applyJoinServiceRBAC(ctx context.Context, client kubernetes.Interface) error {
-	sa := &corev1.ServiceAccount{ObjectMeta: meta(JoinServiceName)}
-	if _, err := client.CoreV1().ServiceAccounts(Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
 	// In kube-system the JoinService creates bootstrap tokens (Secrets) and holds the re-attestation lease.
-	role := &rbacv1.Role{
-		ObjectMeta: meta(JoinServiceName),
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
-			// The lease that makes one JoinService the re-attesting one.
-			{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
-		},
-	}
-	if _, err := client.RbacV1().Roles(Namespace).Create(ctx, role, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-		_, err = client.RbacV1().Roles(Namespace).Update(ctx, role, metav1.UpdateOptions{})
-		if err != nil {
-			return err
-		}
-	} else if err != nil {
-		return err
-	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: meta(JoinServiceName),
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: JoinServiceName},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: JoinServiceName, Namespace: Namespace}},
-	}
-	if _, err := client.RbacV1().RoleBindings(Namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := applyServiceAccount(ctx, client, JoinServiceName, []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
+		// The lease that makes one JoinService the re-attesting one.
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
+	}); err != nil {
 		return err
 	}
 	// Re-attestation (joinservice/internal/reattest): list the nodes, set their condition, cordon one that
@@ -415,9 +399,22 @@ func keyServiceSocketVolume() (corev1.Volume, corev1.VolumeMount) {
 
 func keyService(cfg Config) *appsv1.DaemonSet {
 	socketVolume, socketMount := keyServiceSocketVolume()
-	return daemonSet(KeyServiceName, priorityClusterCritical, corev1.PodSpec{
+	userManaged := userManagedKeys(cfg.KMSURI)
+	var env []corev1.EnvVar
+	var envFrom []corev1.EnvFromSource
+	if userManaged {
+		// The wrapped data keys live in a Secret: the API server on this very node, as for the JoinService.
+		env = []corev1.EnvVar{
+			{Name: "KUBERNETES_SERVICE_HOST", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
+			{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiServerPort)},
+		}
+		envFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: KMSCredentialsName}, Optional: ptr(true),
+		}}}
+	}
+	pod := corev1.PodSpec{
 		NodeSelector:                 controlPlanesOnly(),
-		AutomountServiceAccountToken: ptr(false),
+		AutomountServiceAccountToken: ptr(userManaged),
 		Containers: []corev1.Container{{
 			Name:  KeyServiceName,
 			Image: cfg.Images.KeyService,
@@ -436,7 +433,65 @@ func keyService(cfg Config) *appsv1.DaemonSet {
 			SecretName: MasterSecretName,
 			Items:      []corev1.KeyToPath{{Key: crypto.MasterSecretFileName, Path: crypto.MasterSecretFileName}},
 		}}}, socketVolume},
+	}
+	pod.Containers[0].Env, pod.Containers[0].EnvFrom = env, envFrom
+	if userManaged {
+		pod.ServiceAccountName = KeyServiceName
+	}
+	return daemonSet(KeyServiceName, priorityClusterCritical, pod)
+}
+
+// KMSCredentialsName is the Secret with the KeyService's AWS credentials (user-managed keys).
+const KMSCredentialsName = "keyservice-kms-credentials"
+
+func userManagedKeys(uri string) bool {
+	u, err := kmsuri.Parse(uri)
+	return err == nil && u.Host != kmsuri.ClusterKMS
+}
+
+// applyKeyServiceKMSAccess gives a user-managed KeyService what it needs: its AWS credentials, if the admin
+// gave some, and a service account that reads and writes only the Secret of wrapped data keys.
+func applyKeyServiceKMSAccess(ctx context.Context, client kubernetes.Interface, cfg Config) error {
+	if !userManagedKeys(cfg.KMSURI) {
+		return nil
+	}
+	if c := cfg.KMSCredentials; c != nil {
+		if err := applySecret(ctx, client, &corev1.Secret{
+			ObjectMeta: meta(KMSCredentialsName), Type: corev1.SecretTypeOpaque, Data: c.Env(),
+		}); err != nil {
+			return err
+		}
+	}
+	return applyServiceAccount(ctx, client, KeyServiceName, []rbacv1.PolicyRule{
+		// Creating cannot be limited to a name; reading and changing can.
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
+		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "update"}, ResourceNames: []string{awskms.DefaultSecret}},
 	})
+}
+
+// applyServiceAccount creates the service account name with a Role of rules in Namespace, bound to it.
+func applyServiceAccount(ctx context.Context, client kubernetes.Interface, name string, rules []rbacv1.PolicyRule) error {
+	sa := &corev1.ServiceAccount{ObjectMeta: meta(name)}
+	if _, err := client.CoreV1().ServiceAccounts(Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	role := &rbacv1.Role{ObjectMeta: meta(name), Rules: rules}
+	if _, err := client.RbacV1().Roles(Namespace).Create(ctx, role, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		if _, err := client.RbacV1().Roles(Namespace).Update(ctx, role, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return err
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: meta(name),
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: name, Namespace: Namespace}},
+	}
+	if _, err := client.RbacV1().RoleBindings(Namespace).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	return nil
 }
 
 func joinService(cfg Config) *appsv1.DaemonSet {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
@@ -330,6 +331,54 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	assert.Equal(t, corev1.HostPathCharDev, *volume(t, ds, "tpm").HostPath.Type)
 	require.NotNil(t, container(t, ds).SecurityContext)
 	assert.True(t, *container(t, ds).SecurityContext.Privileged, "a TPM device needs the device cgroup opened")
+}
+
+// TestDeployUserManagedKeys: a user-managed KeyService gets the admin's KMS credentials from a Secret (not
+// its arguments), the API server on its node, and an account that reads and writes only the Secret of
+// wrapped keys: not the master secret, not other Secrets.
+func TestDeployUserManagedKeys(t *testing.T) {
+	cluster := kubetest.Start(t)
+	ctx := context.Background()
+	cfg := testConfig(t)
+	cfg.KMSURI = "kms://aws-kms?key-id=alias%2Fc&region=eu-west-1"
+	cfg.KMSCredentials = &awskms.Credentials{AccessKeyID: "AKID", SecretAccessKey: "top-secret"}
+	require.NoError(t, Deploy(ctx, cluster.Client, cfg))
+	require.NoError(t, Deploy(ctx, cluster.Client, cfg), "deploying again is harmless")
+
+	creds, err := cluster.Client.CoreV1().Secrets(Namespace).Get(ctx, KMSCredentialsName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, map[string][]byte{"AWS_ACCESS_KEY_ID": []byte("AKID"), "AWS_SECRET_ACCESS_KEY": []byte("top-secret")}, creds.Data)
+	ds, err := cluster.Client.AppsV1().DaemonSets(Namespace).Get(ctx, KeyServiceName, metav1.GetOptions{})
+	require.NoError(t, err)
+	c := container(t, ds)
+	assert.True(t, hasArg(c, "--kms-uri="+cfg.KMSURI))
+	assert.NotContains(t, strings.Join(c.Args, " "), "top-secret")
+	require.Len(t, c.EnvFrom, 1)
+	assert.Equal(t, KMSCredentialsName, c.EnvFrom[0].SecretRef.Name)
+	assert.True(t, hasEnv(c, "KUBERNETES_SERVICE_HOST"))
+	assert.Equal(t, KeyServiceName, ds.Spec.Template.Spec.ServiceAccountName)
+	assert.True(t, *ds.Spec.Template.Spec.AutomountServiceAccountToken)
+
+	sa := impersonate(t, cluster.Config, "system:serviceaccount:kube-system:keyservice")
+	store := awskms.NewSecretStore(sa, Namespace, awskms.DefaultSecret)
+	require.NoError(t, store.Create(ctx, "disk.64", []byte("blob")))
+	require.NoError(t, store.Update(ctx, "disk.64", []byte("blob 2")))
+	got, err := store.Get(ctx, "disk.64")
+	require.NoError(t, err)
+	assert.Equal(t, "blob 2", string(got))
+	_, err = sa.CoreV1().Secrets(Namespace).Get(ctx, MasterSecretName, metav1.GetOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "the KeyService's account cannot read the master secret: %v", err)
+	_, err = sa.CoreV1().Secrets(Namespace).Get(ctx, KMSCredentialsName, metav1.GetOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "nor its credentials through the API: %v", err)
+	_, err = sa.CoreV1().Secrets(Namespace).List(ctx, metav1.ListOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "nor list Secrets: %v", err)
+
+	// Constellation-managed: no account, no credentials.
+	plain := testConfig(t)
+	ds = keyService(plain)
+	assert.Empty(t, ds.Spec.Template.Spec.ServiceAccountName)
+	assert.False(t, *ds.Spec.Template.Spec.AutomountServiceAccountToken)
+	assert.Empty(t, container(t, ds).EnvFrom)
 }
 
 func impersonate(t *testing.T, cfg *rest.Config, user string) kubernetes.Interface {

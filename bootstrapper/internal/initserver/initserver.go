@@ -37,6 +37,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
+	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/versions"
@@ -69,6 +70,9 @@ type Request struct {
 	APIServerCertSANs []string
 	// KMSURI is the KeyService's backend, kms://cluster-kms by default.
 	KMSURI string
+	// KMSCredentials, with user-managed keys, are the cluster's credentials for the KMS; nil: the nodes'
+	// AWS environment.
+	KMSCredentials *awskms.Credentials
 	// AttestationConfig is the attestation section of the admin's configuration (YAML), what the
 	// JoinService enforces.
 	AttestationConfig []byte
@@ -287,8 +291,16 @@ func (s *Server) validate(req *initproto.InitRequest) (Request, error) {
 		kmsURI = kmsuri.Default
 	}
 	// The KeyService parses the URI the same way, but only once it runs: refuse before the node is locked.
-	if _, err := kmsuri.Parse(kmsURI); err != nil {
+	var kmsCreds *awskms.Credentials
+	if u, err := kmsuri.Parse(kmsURI); err != nil {
 		errs = append(errs, err)
+	} else if c := req.GetKmsCredentials(); c != nil {
+		kmsCreds = &awskms.Credentials{AccessKeyID: c.GetAccessKeyId(), SecretAccessKey: c.GetSecretAccessKey(), SessionToken: c.GetSessionToken()}
+		if u.Host != kmsuri.AWSKMS {
+			errs = append(errs, fmt.Errorf("KMS credentials are for %s, not %s", kmsuri.AWSKMS, u.Host))
+		} else if err := kmsCreds.Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for i, c := range req.GetKubernetesComponents() {
 		if c.GetUrl() == "" || c.GetHash() == "" || c.GetInstallPath() == "" {
@@ -305,6 +317,7 @@ func (s *Server) validate(req *initproto.InitRequest) (Request, error) {
 		ClusterName:       req.GetClusterName(),
 		APIServerCertSANs: req.GetApiserverCertSans(),
 		KMSURI:            kmsURI,
+		KMSCredentials:    kmsCreds,
 		AttestationConfig: req.GetAttestationConfig(),
 	}
 	id, err := master.Identity()

@@ -74,6 +74,7 @@ type Disk interface {
 	// Member tells whether the unlocked disk records a completed join; MarkMember records it.
 	Member() bool
 	MarkMember() error
+	wrappedKeyKeeper
 }
 
 // Backoff is the retry delay: Initial, doubling up to Max.
@@ -272,6 +273,10 @@ func (c *Client) rejoin(ctx context.Context, self metadata.Instance, diskUUID st
 	// Before the lock: a key that does not unlock the disk leaves the node as it was.
 	if err := c.disk.Unlock(ticket.GetStateDiskKey()); err != nil {
 		return fmt.Errorf("the JoinService's disk key does not unlock this node's state disk: %w", err)
+	}
+	// Only a blob whose key unlocked the disk replaces the kept one (the KMS key may have moved since).
+	if err := keepWrappedKey(c.disk, ticket.GetWrappedStateDiskKey()); err != nil {
+		return err
 	}
 	if !c.disk.Member() {
 		log.Warn("the state disk was set up in an earlier boot whose join never completed (cut off by a power loss " +

@@ -83,8 +83,12 @@ func (f *fakeJoinService) IssueJoinTicket(ctx context.Context, req *joinproto.Is
 	}, nil
 }
 
-// rejoinKey is the disk key the fake JoinService hands restarted nodes.
-var rejoinKey = bytes.Repeat([]byte{0x44}, 64)
+// rejoinKey is the disk key the fake JoinService hands restarted nodes, rejoinWrappedKey its form wrapped
+// by a (user-managed) KMS key.
+var (
+	rejoinKey        = bytes.Repeat([]byte{0x44}, 64)
+	rejoinWrappedKey = []byte("wrapped by the KMS")
+)
 
 func (f *fakeJoinService) IssueRejoinTicket(_ context.Context, req *joinproto.IssueRejoinTicketRequest) (*joinproto.IssueRejoinTicketResponse, error) {
 	f.mu.Lock()
@@ -95,7 +99,8 @@ func (f *fakeJoinService) IssueRejoinTicket(_ context.Context, req *joinproto.Is
 	if fail {
 		return nil, status.Error(codes.Unavailable, "getting the disk key: KeyService not ready")
 	}
-	return &joinproto.IssueRejoinTicketResponse{StateDiskKey: rejoinKey, MeasurementSecret: measurementSecret, MeasurementSalt: measurementSalt}, nil
+	return &joinproto.IssueRejoinTicketResponse{StateDiskKey: rejoinKey, MeasurementSecret: measurementSecret, MeasurementSalt: measurementSalt,
+		WrappedStateDiskKey: rejoinWrappedKey}, nil
 }
 
 func (f *fakeJoinService) callTimes() []time.Time {
@@ -164,6 +169,14 @@ type fakeDisk struct {
 	unlocked    bool
 	components  []byte
 	member      bool
+	wrapped     []byte
+}
+
+func (d *fakeDisk) SaveWrappedKey(blob []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.wrapped = blob
+	return nil
 }
 
 func (d *fakeDisk) Member() bool {
@@ -499,9 +512,11 @@ func TestRejoin(t *testing.T) {
 				require.ErrorContains(t, err, tc.wantErr)
 				assert.Equal(t, make([]byte, 32), n.pcr15(t), "a node whose disk stays locked takes no lock")
 				assert.Nil(t, n.installer.installed)
+				assert.Nil(t, n.disk.wrapped, "a blob whose key does not unlock the disk is not kept")
 				return
 			}
 			require.NoError(t, err)
+			assert.Equal(t, rejoinWrappedKey, n.disk.wrapped, "the (possibly re-wrapped) blob is kept beside the disk")
 			clusterID, err := crypto.ClusterID(measurementSecret, measurementSalt)
 			require.NoError(t, err)
 			assert.Equal(t, []byte(measurements.PCR15ForCluster(clusterID)), n.pcr15(t), "locked to the same cluster")

@@ -24,6 +24,21 @@ const PKIDir = "/etc/kubernetes/pki"
 // StateDisk is the node's encrypted state disk.
 type StateDisk interface {
 	Unlock(key []byte) error
+	wrappedKeyKeeper
+}
+
+// wrappedKeyKeeper keeps the disk key wrapped by the user's KMS key beside the disk.
+type wrappedKeyKeeper interface {
+	SaveWrappedKey(blob []byte) error
+}
+
+// keepWrappedKey keeps a ticket's wrapped disk key (user-managed keys) beside the disk, before the disk is
+// unlocked with it: an encrypted disk always has the blob the admin needs to recover the node.
+func keepWrappedKey(disk wrappedKeyKeeper, blob []byte) error {
+	if len(blob) == 0 {
+		return nil // constellation-managed: the master secret recovers the disk
+	}
+	return disk.SaveWrappedKey(blob)
 }
 
 // Installer downloads, verifies (sha256) and installs components.
@@ -71,6 +86,9 @@ func (j *NodeJoiner) Join(ctx context.Context, ticket *joinproto.IssueJoinTicket
 	})
 	if err != nil {
 		return fmt.Errorf("the join ticket: %w", err)
+	}
+	if err := keepWrappedKey(j.Disk, ticket.GetWrappedStateDiskKey()); err != nil {
+		return err
 	}
 	if err := j.Disk.Unlock(ticket.GetStateDiskKey()); err != nil {
 		return err

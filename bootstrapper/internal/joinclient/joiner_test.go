@@ -29,8 +29,14 @@ import (
 )
 
 type recordingDisk struct {
-	key []byte
-	err error
+	key     []byte
+	err     error
+	wrapped []byte
+}
+
+func (d *recordingDisk) SaveWrappedKey(blob []byte) error {
+	d.wrapped = blob
+	return nil
 }
 
 func (d *recordingDisk) Unlock(key []byte) error {
@@ -110,6 +116,7 @@ func TestNodeJoinerWorker(t *testing.T) {
 	require.NoError(t, j.Join(context.Background(), ticket, self, key))
 
 	assert.Equal(t, ticket.GetStateDiskKey(), disk.key)
+	assert.Nil(t, disk.wrapped, "constellation-managed keys: nothing kept beside the disk")
 	assert.Equal(t, ticket.GetKubernetesComponents(), inst.got)
 	assert.True(t, kubeadm.seen, "the kubelet's kubeconfig is in place before kubeadm join")
 	for _, s := range []string{"kind: JoinConfiguration", "apiServerEndpoint: 10.42.0.2:6443", "token: abcdef.0123456789abcdef",
@@ -125,11 +132,14 @@ func TestNodeJoinerWorker(t *testing.T) {
 }
 
 func TestNodeJoinerControlPlane(t *testing.T) {
-	j, _, _, kubeadm := newJoiner(t)
+	j, disk, _, kubeadm := newJoiner(t)
 	key, _, err := kubelet.NewClientKey("control-plane-1")
 	require.NoError(t, err)
 	self := metadata.Instance{Name: "control-plane-1", Role: role.ControlPlane, IP: netip.MustParseAddr("10.42.0.4")}
-	require.NoError(t, j.Join(context.Background(), signedTicket(t, key), self, key))
+	ticket := signedTicket(t, key)
+	ticket.WrappedStateDiskKey = []byte("wrapped by the KMS")
+	require.NoError(t, j.Join(context.Background(), ticket, self, key))
+	assert.Equal(t, ticket.GetWrappedStateDiskKey(), disk.wrapped, "user-managed keys: the blob the admin recovers with is kept")
 	assert.Contains(t, string(kubeadm.config), "controlPlane:")
 	assert.Contains(t, string(kubeadm.config), "advertiseAddress: 10.42.0.4")
 	for _, name := range joinproto.ControlPlaneFiles {

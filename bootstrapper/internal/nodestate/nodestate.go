@@ -31,6 +31,11 @@ const EncryptedDir = "encrypted"
 // uuidFile holds the disk's UUID at the root of the state disk.
 const uuidFile = "disk-uuid"
 
+// wrappedKeyFile holds, at the root of the state disk, the disk key wrapped by the user's KMS key
+// (user-managed keys only). It must be readable while the disk is locked: when every control plane is down,
+// the admin unwraps it with the KMS to recover the node. It is useless without the KMS.
+const wrappedKeyFile = "wrapped-disk-key"
+
 // memberFile, inside EncryptedDir, records that the node completed its init or join with this disk. A disk
 // set up (unlocked, so Initialized) without it was cut off in the middle of one: the next boot redoes it on
 // the same disk instead of rejoining a cluster the node never belonged to.
@@ -190,6 +195,29 @@ func writeDurably(path string, data []byte) error {
 		return err
 	}
 	return errors.Join(dir.Sync(), dir.Close())
+}
+
+// SaveWrappedKey keeps the disk key wrapped by the user's KMS key beside the disk (user-managed keys).
+func (d *Disk) SaveWrappedKey(blob []byte) error {
+	if len(blob) == 0 {
+		return errors.New("state disk: no wrapped key to keep")
+	}
+	if err := writeDurably(filepath.Join(d.Dir, wrappedKeyFile), blob); err != nil {
+		return fmt.Errorf("state disk: keeping the wrapped disk key: %w", err)
+	}
+	return nil
+}
+
+// WrappedKey returns what SaveWrappedKey kept; nil and no error if nothing was (constellation-managed keys).
+func (d *Disk) WrappedKey() ([]byte, error) {
+	blob, err := os.ReadFile(filepath.Join(d.Dir, wrappedKeyFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state disk: reading the wrapped disk key: %w", err)
+	}
+	return blob, nil
 }
 
 // LoadComponents returns what SaveComponents recorded; the disk must be unlocked.

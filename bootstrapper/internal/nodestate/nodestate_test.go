@@ -117,6 +117,23 @@ func TestInitializedAndComponents(t *testing.T) {
 	assert.True(t, d.Member())
 }
 
+// TestWrappedKey: the wrapped key is kept outside the encrypted directory (readable on a locked disk),
+// replaced by a newer one, and absent with constellation-managed keys.
+func TestWrappedKey(t *testing.T) {
+	d := &Disk{Dir: t.TempDir()}
+	blob, err := d.WrappedKey()
+	require.NoError(t, err)
+	assert.Nil(t, blob, "constellation-managed: nothing kept")
+	require.Error(t, d.SaveWrappedKey(nil))
+	require.NoError(t, d.SaveWrappedKey([]byte("blob-1")))
+	require.NoError(t, d.SaveWrappedKey([]byte("blob-2")))
+	blob, err = d.WrappedKey()
+	require.NoError(t, err)
+	assert.Equal(t, "blob-2", string(blob))
+	_, err = os.Stat(filepath.Join(d.Dir, wrappedKeyFile))
+	require.NoError(t, err, "beside the encrypted directory, not in it")
+}
+
 // TestUnlockRealDisk uses a real ext4 state disk with fscrypt and real bind mounts: what Kubernetes writes
 // to /etc/kubernetes ends up encrypted on the disk, and the disk only opens with the same key again.
 func TestUnlockRealDisk(t *testing.T) {

@@ -5,7 +5,9 @@
 // over aTLS, so the CLI checks the node's attestation before sending the master secret. Recover then:
 //
 //  1. derives the disk key HKDF(master secret, salt, "key-<disk UUID>") and unlocks the state disk with it;
-//     a wrong master secret fails here (PermissionDenied) and nothing changed;
+//     a wrong master secret fails here (PermissionDenied) and nothing changed. With user-managed keys the
+//     request carries the disk key instead: the CLI got the node's wrapped key from Describe and had the
+//     admin's KMS unwrap it (the master secret still gives the cluster ID);
 //  2. takes the node lock for the cluster ID the master secret gives (PCR 15), or FailedPrecondition if the
 //     node was locked otherwise in the meantime (e.g. it rejoined);
 //  3. installs the components the node recorded on its state disk (its /var is gone after a restart), so
@@ -39,6 +41,8 @@ type Disk interface {
 	UUID() (string, error)
 	Unlock(key []byte) error
 	LoadComponents() ([]byte, error)
+	WrappedKey() ([]byte, error)
+	SaveWrappedKey(blob []byte) error
 }
 
 // Locker is the node lock.
@@ -69,6 +73,19 @@ func New(workCtx context.Context, disk Disk, lock Locker, installer nodestate.In
 
 // Register adds the API to g.
 func (s *Server) Register(g *grpc.Server) { recoverproto.RegisterAPIServer(g, s) }
+
+// Describe names the node's state disk and returns its wrapped key (user-managed keys), for the admin's KMS.
+func (s *Server) Describe(context.Context, *recoverproto.DescribeRequest) (*recoverproto.DescribeResponse, error) {
+	uuid, err := s.disk.UUID()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "state disk: %v", err)
+	}
+	wrapped, err := s.disk.WrappedKey()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	return &recoverproto.DescribeResponse{DiskUuid: uuid, WrappedStateDiskKey: wrapped}, nil
+}
 
 // Recover unlocks and restarts the node with the master secret.
 func (s *Server) Recover(_ context.Context, req *recoverproto.RecoverRequest) (*recoverproto.RecoverResponse, error) {
@@ -101,13 +118,24 @@ func (s *Server) Recover(_ context.Context, req *recoverproto.RecoverRequest) (*
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "state disk: %v", err)
 	}
-	key, err := crypto.DeriveKey(ms.Key, ms.Salt, uuid, joinproto.StateDiskKeyLength)
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+	key, keyFrom := req.GetStateDiskKey(), "the disk key unwrapped by the KMS"
+	if len(key) == 0 {
+		if key, err = crypto.DeriveKey(ms.Key, ms.Salt, uuid, joinproto.StateDiskKeyLength); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		keyFrom = "the master secret"
+	} else if len(key) != joinproto.StateDiskKeyLength {
+		return nil, status.Errorf(codes.InvalidArgument, "the disk key has %d bytes, not %d", len(key), joinproto.StateDiskKeyLength)
 	}
 	if err := s.disk.Unlock(key); err != nil {
-		s.log.Warn("recovery refused: the master secret does not unlock the state disk", "error", err)
-		return nil, status.Errorf(codes.PermissionDenied, "the master secret does not unlock this node's state disk (%v)", err)
+		s.log.Warn("recovery refused: the key does not unlock the state disk", "from", keyFrom, "error", err)
+		return nil, status.Errorf(codes.PermissionDenied, "%s does not unlock this node's state disk (%v)", keyFrom, err)
+	}
+	// A re-wrapped key (the KMS key moved) replaces the kept one only once its key proved right.
+	if blob := req.GetWrappedStateDiskKey(); len(blob) > 0 && len(req.GetStateDiskKey()) > 0 {
+		if err := s.disk.SaveWrappedKey(blob); err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
 	}
 	locked, err := s.lock.TryLock(clusterID)
 	if err != nil {

@@ -24,6 +24,13 @@ type fakeDisk struct {
 	key      []byte
 	unlocked bool
 	comps    []byte
+	wrapped  []byte
+}
+
+func (d *fakeDisk) WrappedKey() ([]byte, error) { return d.wrapped, nil }
+func (d *fakeDisk) SaveWrappedKey(blob []byte) error {
+	d.wrapped = blob
+	return nil
 }
 
 func (d *fakeDisk) Initialized() bool     { return d.initialized }
@@ -141,6 +148,50 @@ func TestRecover(t *testing.T) {
 			other := master(9)
 			_, err = s.Recover(context.Background(), &recoverproto.RecoverRequest{MasterSecret: other.Key, Salt: other.Salt})
 			assert.Equal(t, codes.FailedPrecondition, status.Code(err))
+		})
+	}
+}
+
+// TestRecoverUserManaged: with user-managed keys the CLI reads the node's wrapped key (Describe), has the
+// admin's KMS unwrap it, and sends the key with the master secret (which still gives the cluster ID). A
+// key that does not unlock the disk changes nothing; a re-wrapped key replaces the kept one only once its
+// key unlocked the disk.
+func TestRecoverUserManaged(t *testing.T) {
+	comps, err := components.MarshalList([]*components.Component{{Url: "http://10.42.0.1:9081/kubelet", Hash: "sha256:00", InstallPath: "/var/lib/constellation/bin/kubelet"}})
+	require.NoError(t, err)
+	kmsKey := bytes.Repeat([]byte{0x5a}, joinproto.StateDiskKeyLength)
+	ms := master(1)
+	tests := map[string]struct {
+		key, rewrapped []byte
+		wantCode       codes.Code
+		wantWrapped    string
+	}{
+		"recovers":                       {key: kmsKey, wantWrapped: "blob"},
+		"keeps a re-wrapped key":         {key: kmsKey, rewrapped: []byte("blob of the new KMS key"), wantWrapped: "blob of the new KMS key"},
+		"a wrong key changes nothing":    {key: bytes.Repeat([]byte{1}, 64), rewrapped: []byte("x"), wantCode: codes.PermissionDenied, wantWrapped: "blob"},
+		"a key of the wrong length":      {key: []byte{1, 2}, wantCode: codes.InvalidArgument, wantWrapped: "blob"},
+		"the master secret alone cannot": {wantCode: codes.PermissionDenied, wantWrapped: "blob"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			disk := &fakeDisk{initialized: true, key: kmsKey, comps: comps, wrapped: []byte("blob")}
+			lock := &fakeLock{}
+			s := New(context.Background(), disk, lock, &fakeInstaller{}, slog.New(slog.DiscardHandler))
+			desc, err := s.Describe(context.Background(), &recoverproto.DescribeRequest{})
+			require.NoError(t, err)
+			assert.Equal(t, "6f1c7b0e-1c2d-4e5f-8a9b-0c1d2e3f4a5b", desc.GetDiskUuid())
+			assert.Equal(t, "blob", string(desc.GetWrappedStateDiskKey()))
+
+			_, err = s.Recover(context.Background(), &recoverproto.RecoverRequest{
+				MasterSecret: ms.Key, Salt: ms.Salt, StateDiskKey: tc.key, WrappedStateDiskKey: tc.rewrapped,
+			})
+			assert.Equal(t, tc.wantCode, status.Code(err), "%v", err)
+			assert.Equal(t, tc.wantWrapped, string(disk.wrapped))
+			if tc.wantCode == codes.OK {
+				assert.Equal(t, clusterID(t, ms), lock.heldBy, "the cluster ID comes from the master secret")
+			} else {
+				assert.Nil(t, lock.heldBy)
+			}
 		})
 	}
 }

@@ -73,15 +73,27 @@ func (GRPC) Init(ctx context.Context, endpoint string, validator attestation.Val
 	return nil, errors.New("the node closed the init stream without a result")
 }
 
-// Recover sends the master secret to a control plane at endpoint that waits for recovery, after validator
-// accepted its attestation.
-func (GRPC) Recover(ctx context.Context, endpoint string, validator attestation.Validator, req *recoverproto.RecoverRequest) error {
+// Recover unlocks a control plane at endpoint that waits for recovery, after validator accepted its
+// attestation: it asks the node to describe its disk, prepares the request from that (the master secret,
+// and with user-managed keys the disk key the admin's KMS unwrapped), and sends it.
+func (GRPC) Recover(ctx context.Context, endpoint string, validator attestation.Validator,
+	prepare func(context.Context, *recoverproto.DescribeResponse) (*recoverproto.RecoverRequest, error),
+) error {
 	conn, err := dialAttested(endpoint, validator)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	_, err = recoverproto.NewAPIClient(conn).Recover(ctx, req)
+	api := recoverproto.NewAPIClient(conn)
+	desc, err := api.Describe(ctx, &recoverproto.DescribeRequest{})
+	if err != nil {
+		return err
+	}
+	req, err := prepare(ctx, desc)
+	if err != nil {
+		return err
+	}
+	_, err = api.Recover(ctx, req)
 	return err
 }
 

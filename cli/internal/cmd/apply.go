@@ -125,6 +125,9 @@ func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *stat
 	if err := e.checkInfrastructure(ctx, cfg, st, p); err != nil {
 		return err
 	}
+	if err := e.applyKeyBackend(ctx, cfg, p); err != nil {
+		return err
+	}
 	r, err := e.planRollout(ctx, cfg, st, p)
 	if err != nil {
 		return fmt.Errorf("%w\n(If every control plane restarted, unlock them first with 'constellation recover'.)", err)
@@ -189,14 +192,11 @@ func (e *env) masterSecret(p *progress) (ms crypto.MasterSecret, existed bool, e
 	return ms, false, nil
 }
 
-// errUserManagedKeys stops an init with user-managed keys before anything is sent: the KeyService has no
-// way to get the KMS's credentials into the cluster yet, so it could not start, and the nodes would wait.
-var errUserManagedKeys = errors.New("kms.awsKMS: initializing a cluster with user-managed keys is not supported yet " +
-	"(the KeyService cannot get AWS credentials); remove the kms section to use constellation-managed keys")
-
 func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
-	if cfg.KMS.AWSKMS != nil {
-		return errUserManagedKeys
+	// Read before anything is sent: a missing credentials file must not leave a half-initialized node.
+	kmsCreds, err := e.kmsCredentials(cfg)
+	if err != nil {
+		return err
 	}
 	infra, err := e.infra(p)
 	if err != nil {
@@ -248,6 +248,11 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 		InitSecret: initSecret, MasterSecret: ms.Key, Salt: ms.Salt, KubernetesVersion: version,
 		KubernetesComponents: comps, ClusterName: cfg.Name, ApiserverCertSans: sans,
 		AttestationConfig: attestationConfig, KmsUri: cfg.KMS.URI(),
+	}
+	if kmsCreds != nil {
+		req.KmsCredentials = &initproto.AWSCredentials{
+			AccessKeyId: kmsCreds.AccessKeyID, SecretAccessKey: kmsCreds.SecretAccessKey, SessionToken: kmsCreds.SessionToken,
+		}
 	}
 	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initproto.Port))
 	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)

@@ -447,21 +447,55 @@ func TestApplyRecordsThePlatformCA(t *testing.T) {
 	assert.Nil(t, in3.sent)
 }
 
-// User-managed keys cannot be initialized yet: apply says so before it sends anything.
-func TestApplyRefusesUserManagedKeysForNow(t *testing.T) {
-	fs := afero.NewMemMapFs()
-	cfg, err := config.Default(cloudprovider.Local)
-	require.NoError(t, err)
-	cfg.KMS.AWSKMS = &config.AWSKMSConfig{Region: "eu-west-1", KeyID: "alias/c"}
-	data, err := cfg.Marshal()
-	require.NoError(t, err)
-	data, err = config.SetMeasurements(data, vtpmtest.ReferenceValues(vtpmtest.Boot))
-	require.NoError(t, err)
-	require.NoError(t, afero.WriteFile(fs, config.FileName, data, 0o644))
-	in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
-	e, _, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
-	e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
-	assert.Equal(t, 1, execute(context.Background(), []string{"apply"}, e))
-	assert.Contains(t, errOut.String(), "user-managed keys is not supported yet")
-	assert.Zero(t, in.calls, "nothing was sent to the node")
+// TestApplyUserManagedKeys: the init request names the KMS key and carries the cluster's credentials from
+// the file the configuration names (never the configuration itself); without that file nothing is sent.
+func TestApplyUserManagedKeys(t *testing.T) {
+	tests := map[string]struct {
+		credentialsFile, credentials string
+		wantCode                     int
+		wantStderr                   string
+		wantCredentials              bool
+	}{
+		"credentials from the file":  {credentialsFile: "kms-creds.json", credentials: `{"Version":1,"AccessKeyId":"AKID","SecretAccessKey":"top-secret"}`, wantCredentials: true},
+		"the nodes' own environment": {},
+		"a missing file":             {credentialsFile: "kms-creds.json", wantCode: 1, wantStderr: "aws configure export-credentials"},
+		"a file of another format":   {credentialsFile: "kms-creds.json", credentials: "[default]\n", wantCode: 1, wantStderr: "not the JSON of"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			fs := afero.NewMemMapFs()
+			cfg, err := config.Default(cloudprovider.Local)
+			require.NoError(t, err)
+			cfg.KMS.AWSKMS = &config.AWSKMSConfig{Region: "eu-west-1", KeyID: "alias/c", CredentialsFile: tc.credentialsFile}
+			data, err := cfg.Marshal()
+			require.NoError(t, err)
+			data, err = config.SetMeasurements(data, vtpmtest.ReferenceValues(vtpmtest.Boot))
+			require.NoError(t, err)
+			require.NoError(t, afero.WriteFile(fs, config.FileName, data, 0o644))
+			if tc.credentials != "" {
+				require.NoError(t, afero.WriteFile(fs, tc.credentialsFile, []byte(tc.credentials), 0o600))
+			}
+			in := &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}
+			e, out, errOut := testEnv(t, fs, &fakeInfra{}, in, nil)
+			e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: servicesFixture(t)}, nil }
+			require.Equal(t, tc.wantCode, execute(context.Background(), []string{"apply"}, e), "stdout: %s\nstderr: %s", out, errOut)
+			assert.Contains(t, errOut.String(), tc.wantStderr)
+			assert.NotContains(t, out.String()+errOut.String(), "top-secret", "the secret is never printed")
+			if tc.wantCode != 0 {
+				assert.Zero(t, in.calls, "nothing was sent to the node")
+				return
+			}
+			require.NotNil(t, in.sent)
+			assert.Equal(t, "kms://aws-kms?key-id=alias%2Fc&region=eu-west-1", in.sent.GetKmsUri())
+			if tc.wantCredentials {
+				assert.Equal(t, "AKID", in.sent.GetKmsCredentials().GetAccessKeyId())
+				assert.Equal(t, "top-secret", in.sent.GetKmsCredentials().GetSecretAccessKey())
+			} else {
+				assert.Nil(t, in.sent.GetKmsCredentials())
+			}
+			cfgText, err := afero.ReadFile(fs, config.FileName)
+			require.NoError(t, err)
+			assert.NotContains(t, string(cfgText), "top-secret")
+		})
+	}
 }

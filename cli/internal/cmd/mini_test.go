@@ -68,12 +68,7 @@ func TestMiniUpWorkers(t *testing.T) {
 		require.NoError(t, err)
 		return cfg.NodeGroups[config.DefaultWorkerGroup].InitialCount
 	}
-	newEnv := func(ws afero.Fs) (*env, *bytes.Buffer, *fakeInfra) {
-		infra := &fakeInfra{}
-		e, _, errOut := testEnv(t, layered(ws), infra, &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}, nil)
-		e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: dir}, nil }
-		return e, errOut, infra
-	}
+	newEnv := miniEnv(t, dir)
 
 	ws := afero.NewMemMapFs()
 	e, _, infra := newEnv(ws)
@@ -94,6 +89,60 @@ func TestMiniUpWorkers(t *testing.T) {
 		assert.Contains(t, errOut.String(), "0 to 20 workers")
 		assert.Zero(t, infra.applied)
 	}
+}
+
+// miniEnv returns a CLI environment over a workspace, with the artifacts in dir and a fake node that does
+// not boot the test UKI (so apply stops at attestation, after the configuration is written).
+func miniEnv(t *testing.T, dir string) func(ws afero.Fs) (*env, *bytes.Buffer, *fakeInfra) {
+	return func(ws afero.Fs) (*env, *bytes.Buffer, *fakeInfra) {
+		infra := &fakeInfra{}
+		e, _, errOut := testEnv(t, layered(ws), infra, &fakeIniter{t: t, node: vtpmtest.NewNode(t, vtpmtest.Boot)}, nil)
+		e.deps.artifacts = func() (cloudcmd.Artifacts, error) { return cloudcmd.Artifacts{Dir: dir}, nil }
+		return e, errOut, infra
+	}
+}
+
+// TestMiniUpLocalKMS: --kms local-kms has the local provider run its KMS and points user-managed keys at it
+// on the bridge, with credentials in a 0600 file (never in the configuration); a workspace configured
+// without it keeps its backend; other backends are refused before anything happens.
+func TestMiniUpLocalKMS(t *testing.T) {
+	dir := servicesFixture(t)
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), testUKI(), 0o644))
+	newEnv := miniEnv(t, dir)
+
+	ws := afero.NewMemMapFs()
+	e, _, infra := newEnv(ws)
+	// The fake node does not boot the test UKI, so apply stops at attestation; the configuration is written.
+	execute(context.Background(), []string{"mini", "up", "--kms", "local-kms"}, e)
+	assert.Equal(t, 1, infra.applied)
+	cfg, err := config.Load(e.files, config.FileName)
+	require.NoError(t, err)
+	assert.True(t, cfg.Provider.Local.LocalKMS)
+	require.NotNil(t, cfg.KMS.AWSKMS)
+	assert.Equal(t, config.AWSKMSConfig{Region: "us-east-1", KeyID: "alias/constellation", Endpoint: "http://10.42.0.1:4599",
+		CredentialsFile: "constellation-kms-credentials.json"}, *cfg.KMS.AWSKMS)
+	creds, err := e.kmsCredentials(cfg)
+	require.NoError(t, err)
+	fi, err := ws.Stat("constellation-kms-credentials.json")
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	cfgText, err := afero.ReadFile(ws, config.FileName)
+	require.NoError(t, err)
+	assert.NotContains(t, string(cfgText), creds.SecretAccessKey)
+
+	plain := afero.NewMemMapFs()
+	e, _, _ = newEnv(plain)
+	execute(context.Background(), []string{"mini", "up"}, e)
+	e, errOut, infra := newEnv(plain)
+	assert.Equal(t, 1, execute(context.Background(), []string{"mini", "up", "--kms", "local-kms"}, e))
+	assert.Contains(t, errOut.String(), "has no local KMS")
+	assert.Zero(t, infra.applied)
+
+	e, errOut, infra = newEnv(afero.NewMemMapFs())
+	assert.Equal(t, 1, execute(context.Background(), []string{"mini", "up", "--kms", "aws-kms"}, e))
+	assert.Contains(t, errOut.String(), "mini up takes constellation-managed or local-kms")
+	assert.Zero(t, infra.applied)
 }
 
 func TestMiniUpRefusesAnotherProvider(t *testing.T) {

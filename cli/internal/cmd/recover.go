@@ -20,10 +20,14 @@ import (
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
-// recoverer sends the master secret to a restarted node over aTLS; the handshake checks the node first.
+// recoverer unlocks a restarted node over aTLS (the handshake checks the node first): it asks the node to
+// describe its disk, prepares the request from that, and sends it.
 type recoverer interface {
-	Recover(ctx context.Context, endpoint string, validator attestation.Validator, req *recoverproto.RecoverRequest) error
+	Recover(ctx context.Context, endpoint string, validator attestation.Validator, prepare prepareRecovery) error
 }
+
+// prepareRecovery makes the request that unlocks the node a DescribeResponse describes.
+type prepareRecovery = func(ctx context.Context, desc *recoverproto.DescribeResponse) (*recoverproto.RecoverRequest, error)
 
 func newRecoverCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
@@ -70,6 +74,10 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	if err != nil {
 		return err
 	}
+	prepare, err := e.recoverRequest(ctx, cfg, ms)
+	if err != nil {
+		return err
+	}
 	targets, err := selectNodes(st, only)
 	if err != nil {
 		return err
@@ -83,7 +91,7 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	for _, t := range targets {
 		endpoint := net.JoinHostPort(t.ip, strconv.Itoa(recoverproto.Port))
 		p.Step("Recovering %s (%s)", t.name, endpoint)
-		running, err := e.recoverNode(ctx, p, t, endpoint, validator, &recoverproto.RecoverRequest{MasterSecret: ms.Key, Salt: ms.Salt})
+		running, err := e.recoverNode(ctx, p, t, endpoint, validator, prepare)
 		switch {
 		case err != nil:
 			failed++
@@ -120,7 +128,7 @@ func waitingFor(p *progress) func(what string) {
 }
 
 func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint string, validator attestation.Validator,
-	req *recoverproto.RecoverRequest,
+	prepare prepareRecovery,
 ) (running bool, err error) {
 	runs := func() bool { return e.deps.reachable(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port))) }
 	if runs() {
@@ -129,7 +137,7 @@ func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint s
 	return e.deps.booting.Do(ctx, t.name+"'s Recovery API", waitingFor(p), func() error {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
-		return e.deps.recoverer.Recover(cctx, endpoint, validator, req)
+		return e.deps.recoverer.Recover(cctx, endpoint, validator, prepare)
 	}, runs)
 }
 

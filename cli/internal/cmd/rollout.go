@@ -148,6 +148,10 @@ func (e *env) rollout(ctx context.Context, r *imageRollout, p *progress) (err er
 	if err != nil {
 		return fmt.Errorf("reading the master secret (restarted control planes need it): %w", err)
 	}
+	prepare, err := e.recoverRequest(ctx, r.cfg, ms)
+	if err != nil {
+		return err
+	}
 	fresh, err := e.validator(r.cfg, r.cfg.Attestation.Measurements.WithFreshNode())
 	if err != nil {
 		return err
@@ -191,7 +195,7 @@ func (e *env) rollout(ctx context.Context, r *imageRollout, p *progress) (err er
 		r.images[t.name] = r.target
 		if t.role == config.RoleControlPlane {
 			endpoint := net.JoinHostPort(t.ip, strconv.Itoa(recoverproto.Port))
-			running, err := e.recoverNode(ctx, p, t, endpoint, fresh, &recoverproto.RecoverRequest{MasterSecret: ms.Key, Salt: ms.Salt})
+			running, err := e.recoverNode(ctx, p, t, endpoint, fresh, prepare)
 			if err != nil {
 				return fmt.Errorf("unlocking %s after it moved: %w\nIf it failed attestation, nothing was sent to it; re-run "+
 					"'constellation apply' to retry", t.name, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/version"
@@ -24,6 +25,7 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
+	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
 )
 
 // imageFixture is an artifacts directory with a node image (a test UKI) beside the CLI.
@@ -46,9 +48,19 @@ func clusterTrusting(t *testing.T, fs afero.Fs, rollout *attestconfig.Rollout) *
 	k8s := k8sfake.NewClientset(&corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: attestconfig.ConfigMapName, Namespace: metav1.NamespaceSystem},
 		Data:       map[string]string{attestconfig.FileName: string(data)},
-	})
+	}, keyServiceDaemonSet(cfg.KMS.URI()))
 	k8s.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{GitVersion: cfg.KubernetesVersion}
 	return k8s
+}
+
+// keyServiceDaemonSet is the cluster's KeyService with the key backend uri.
+func keyServiceDaemonSet(uri string) *appsv1.DaemonSet {
+	return &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Name: keyserviceproto.DaemonSetName, Namespace: metav1.NamespaceSystem},
+		Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: keyserviceproto.DaemonSetName, Args: []string{"--grpc-addr=unix:///run/x.sock", keyserviceproto.KMSURIFlag + uri},
+		}}}}},
+	}
 }
 
 func clusterFile(t *testing.T, k8s kubernetes.Interface) attestconfig.File {

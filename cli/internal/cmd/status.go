@@ -366,15 +366,7 @@ func clusterKeys(ctx context.Context, k8s kubernetes.Interface) string {
 	if err != nil {
 		return ""
 	}
-	uri := kmsuri.Default
-	for _, c := range ds.Spec.Template.Spec.Containers {
-		for _, arg := range c.Args {
-			if v, ok := strings.CutPrefix(arg, keyserviceproto.KMSURIFlag); ok {
-				uri = v
-			}
-		}
-	}
-	u, err := kmsuri.Parse(uri)
+	u, err := kmsuri.Parse(keyServiceURI(ds))
 	if err != nil {
 		return "unknown (" + err.Error() + ")"
 	}

@@ -157,6 +157,7 @@ func localVariables(cfg *config.Config, in Inputs) (map[string]any, error) {
 	}
 	return map[string]any{
 		"bridge_cidr":        cfg.Provider.Local.BridgeCIDR,
+		"local_kms":          cfg.Provider.Local.LocalKMS,
 		"kubernetes_version": version,
 		"services_dir":       in.ServicesDir,
 		"nodes":              nodes,

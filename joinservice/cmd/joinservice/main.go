@@ -184,7 +184,7 @@ func reattestNodes(ctx context.Context, log *slog.Logger, client kubernetes.Inte
 ) {
 	var clusterID []byte
 	for {
-		secret, err := keys.GetDataKey(ctx, cryptoutil.MeasurementSecretID, 32)
+		secret, _, err := keys.GetDataKey(ctx, cryptoutil.MeasurementSecretID, 32)
 		if err == nil {
 			if clusterID, err = cryptoutil.ClusterID(secret, salt); err == nil {
 				break

@@ -16,11 +16,11 @@ func NewKeyServiceClient(client keyserviceproto.APIClient) *KeyServiceClient {
 	return &KeyServiceClient{client: client}
 }
 
-// GetDataKey returns the key for id.
-func (k *KeyServiceClient) GetDataKey(ctx context.Context, id string, length int) ([]byte, error) {
+// GetDataKey returns the key for id and, with user-managed keys, its wrapped form.
+func (k *KeyServiceClient) GetDataKey(ctx context.Context, id string, length int) (key, wrapped []byte, err error) {
 	resp, err := k.client.GetDataKey(ctx, &keyserviceproto.GetDataKeyRequest{DataKeyId: id, Length: uint32(length)})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return resp.GetDataKey(), nil
+	return resp.GetDataKey(), resp.GetWrappedDataKey(), nil
 }

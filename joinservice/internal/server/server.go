@@ -31,9 +31,9 @@ import (
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
-// KeyGetter fetches data keys from the KeyService.
+// KeyGetter fetches data keys from the KeyService: the key and, with user-managed keys, its wrapped form.
 type KeyGetter interface {
-	GetDataKey(ctx context.Context, id string, length int) ([]byte, error)
+	GetDataKey(ctx context.Context, id string, length int) (key, wrapped []byte, err error)
 }
 
 type tokenCreator interface {
@@ -167,7 +167,7 @@ func (s *Server) issueJoinTicket(ctx context.Context, req *joinproto.IssueJoinTi
 	if err := checkCertifiedName(ctx, req.GetNodeName()); err != nil {
 		return nil, fail(reasonNodeName, codes.PermissionDenied, "%w", err)
 	}
-	diskKey, measurementSecret, err := s.secrets(ctx, req.GetDiskUuid())
+	diskKey, wrappedDiskKey, measurementSecret, err := s.secrets(ctx, req.GetDiskUuid())
 	if err != nil {
 		return nil, err
 	}
@@ -188,6 +188,7 @@ func (s *Server) issueJoinTicket(ctx context.Context, req *joinproto.IssueJoinTi
 	}
 	return &joinproto.IssueJoinTicketResponse{
 		StateDiskKey:             diskKey,
+		WrappedStateDiskKey:      wrappedDiskKey,
 		MeasurementSalt:          s.cfg.MeasurementSalt,
 		MeasurementSecret:        measurementSecret,
 		KubeletCert:              kubeletCert,
@@ -208,11 +209,12 @@ func (s *Server) IssueRejoinTicket(ctx context.Context, req *joinproto.IssueRejo
 		if !diskUUIDRe.MatchString(req.GetDiskUuid()) {
 			return nil, fail(reasonRequest, codes.InvalidArgument, "disk UUID %q is not a UUID", req.GetDiskUuid())
 		}
-		diskKey, measurementSecret, err := s.secrets(ctx, req.GetDiskUuid())
+		diskKey, wrappedDiskKey, measurementSecret, err := s.secrets(ctx, req.GetDiskUuid())
 		if err != nil {
 			return nil, err
 		}
-		return &joinproto.IssueRejoinTicketResponse{StateDiskKey: diskKey, MeasurementSecret: measurementSecret, MeasurementSalt: s.cfg.MeasurementSalt}, nil
+		return &joinproto.IssueRejoinTicketResponse{StateDiskKey: diskKey, WrappedStateDiskKey: wrappedDiskKey,
+			MeasurementSecret: measurementSecret, MeasurementSalt: s.cfg.MeasurementSalt}, nil
 	}()
 	return resp, s.finish("IssueRejoinTicket", start, log, audit.Entry{Kind: audit.KindRejoin, Detail: "disk " + req.GetDiskUuid()}, err)
 }
@@ -240,14 +242,14 @@ func checkCertifiedName(ctx context.Context, nodeName string) error {
 	return nil
 }
 
-func (s *Server) secrets(ctx context.Context, diskUUID string) (diskKey, measurementSecret []byte, err error) {
-	if diskKey, err = s.keys.GetDataKey(ctx, diskUUID, joinproto.StateDiskKeyLength); err != nil {
-		return nil, nil, fail(reasonKeyService, codes.Unavailable, "getting the disk key: %w", err)
+func (s *Server) secrets(ctx context.Context, diskUUID string) (diskKey, wrappedDiskKey, measurementSecret []byte, err error) {
+	if diskKey, wrappedDiskKey, err = s.keys.GetDataKey(ctx, diskUUID, joinproto.StateDiskKeyLength); err != nil {
+		return nil, nil, nil, fail(reasonKeyService, codes.Unavailable, "getting the disk key: %w", err)
 	}
-	if measurementSecret, err = s.keys.GetDataKey(ctx, crypto.MeasurementSecretID, 32); err != nil {
-		return nil, nil, fail(reasonKeyService, codes.Unavailable, "getting the measurement secret: %w", err)
+	if measurementSecret, _, err = s.keys.GetDataKey(ctx, crypto.MeasurementSecretID, 32); err != nil {
+		return nil, nil, nil, fail(reasonKeyService, codes.Unavailable, "getting the measurement secret: %w", err)
 	}
-	return diskKey, measurementSecret, nil
+	return diskKey, wrappedDiskKey, measurementSecret, nil
 }
 
 func (s *Server) controlPlaneFiles() ([]*joinproto.ControlPlaneCertOrKey, error) {

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/constellation-go/constellation/keyservice/keyservicetest"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,15 +42,17 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/audit"
+	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
+	"github.com/constellation-go/constellation/internal/localkms"
 	"github.com/constellation-go/constellation/joinservice/internal/kubeadm"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction(localkms.Drainer))
 }
 
 // serve runs a gRPC server on bufconn and returns a dialer to it.
@@ -66,6 +69,11 @@ func keyService(t *testing.T) KeyGetter {
 	t.Helper()
 	g := grpc.NewServer()
 	require.NoError(t, keyservicetest.Register(g, cryptotest.MasterSecret()))
+	return keyServiceClient(t, g)
+}
+
+func keyServiceClient(t *testing.T, g *grpc.Server) KeyGetter {
+	t.Helper()
 	conn, err := grpc.NewClient("passthrough:///keyservice", grpc.WithContextDialer(serve(t, g)), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
@@ -244,8 +252,68 @@ func TestTamperedNodeGetsNothing(t *testing.T) {
 
 type failingKeys struct{}
 
-func (failingKeys) GetDataKey(context.Context, string, int) ([]byte, error) {
-	return nil, status.Error(codes.Unavailable, "keyservice down")
+func (failingKeys) GetDataKey(context.Context, string, int) ([]byte, []byte, error) {
+	return nil, nil, status.Error(codes.Unavailable, "keyservice down")
+}
+
+// TestUserManagedKeysAndKMSOutage: with user-managed keys (a real KeyService on a real local-kms) a ticket
+// carries the disk key and its wrapped form; while the KMS is down, joins and rejoins fail with the KMS
+// and its reason named and leave nothing behind; once it is back, the same disk gets the same key.
+func TestUserManagedKeysAndKMSOutage(t *testing.T) {
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	kmsSrv, err := localkms.Start("127.0.0.1:0", dataDir, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	addr := strings.TrimPrefix(kmsSrv.Endpoint(), "http://")
+	t.Cleanup(func() { _ = kmsSrv.Close() })
+	keyID, err := localkms.EnsureKey(ctx, kmsSrv.Endpoint(), localkms.DefaultAlias)
+	require.NoError(t, err)
+	backend, err := awskms.New(localkms.Client(kmsSrv.Endpoint()), keyID, awskms.NewMemStore())
+	require.NoError(t, err)
+	g := grpc.NewServer()
+	require.NoError(t, keyservicetest.RegisterUserManaged(g, cryptotest.MasterSecret(), backend))
+	f := newFixture(t, keyServiceClient(t, g))
+	node := f.joiningNode(t, "worker-1", vtpmtest.Boot)
+	join := func() (*joinproto.IssueJoinTicketResponse, error) {
+		return node.IssueJoinTicket(ctx, &joinproto.IssueJoinTicketRequest{DiskUuid: diskUUID, NodeName: "worker-1", CertificateRequest: kubeletCSR(t, "worker-1")})
+	}
+
+	first, err := join()
+	require.NoError(t, err)
+	require.Len(t, first.GetStateDiskKey(), 64)
+	require.NotEmpty(t, first.GetWrappedStateDiskKey())
+	unwrapped, err := awskms.Unwrap(ctx, localkms.Client(kmsSrv.Endpoint()), keyID, diskUUID, 64, first.GetWrappedStateDiskKey())
+	require.NoError(t, err)
+	assert.Equal(t, first.GetStateDiskKey(), unwrapped, "the wrapped key a node keeps is its disk key")
+	// The measurement secret (the cluster's identity) still comes from the master secret.
+	assert.Equal(t, "ea7fedd14f5a29b1b8545592fc20bfdae06918e4ff447b1a0b8e4f3356005bda", hex.EncodeToString(first.GetMeasurementSecret()))
+
+	require.NoError(t, kmsSrv.Close())
+	_, err = join()
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	assert.Contains(t, status.Convert(err).Message(), "aws-kms: the KMS (key "+keyID+") did not unwrap data key "+diskUUID)
+	assert.Contains(t, status.Convert(err).Message(), "connection refused", "and why")
+	_, err = node.IssueRejoinTicket(ctx, &joinproto.IssueRejoinTicketRequest{DiskUuid: diskUUID})
+	assert.Contains(t, status.Convert(err).Message(), "aws-kms: the KMS")
+	secrets, err := f.client.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	assert.Len(t, secrets.Items, 1, "only the first join's token: a failed join leaves none")
+
+	kmsSrv, err = localkms.Start(addr, dataDir, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	again, err := join()
+	require.NoError(t, err)
+	assert.Equal(t, first.GetStateDiskKey(), again.GetStateDiskKey(), "the same key once the KMS is back")
+	rejoin, err := node.IssueRejoinTicket(ctx, &joinproto.IssueRejoinTicketRequest{DiskUuid: diskUUID})
+	require.NoError(t, err)
+	assert.Equal(t, first.GetStateDiskKey(), rejoin.GetStateDiskKey())
+	assert.Equal(t, first.GetWrappedStateDiskKey(), rejoin.GetWrappedStateDiskKey())
+
+	// Refusals: the key disabled. The error names the reason.
+	_, err = localkms.Client(kmsSrv.Endpoint()).DisableKey(ctx, &kms.DisableKeyInput{KeyId: &keyID})
+	require.NoError(t, err)
+	_, err = join()
+	assert.Contains(t, status.Convert(err).Message(), "disabled")
 }
 
 func TestRefusalsAndFailures(t *testing.T) {

@@ -5,23 +5,25 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/afero"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/keyservice/internal/kms"
-	"github.com/constellation-go/constellation/keyservice/internal/kms/awskms"
 	"github.com/constellation-go/constellation/keyservice/internal/server"
 	"google.golang.org/grpc"
 )
@@ -66,7 +68,12 @@ func run(args []string) error {
 		if err != nil {
 			return nil, err
 		}
-		return awskms.Open(ctx, u, awskms.NewSecretStore(client, metav1.NamespaceSystem, awskms.DefaultSecret))
+		b, err := awskms.Open(ctx, u, awskms.NewSecretStore(client, metav1.NamespaceSystem, awskms.DefaultSecret), nil)
+		if err != nil {
+			return nil, err
+		}
+		go adoptKeys(ctx, b, log)
+		return b, nil
 	}); err != nil {
 		return err
 	}
@@ -81,4 +88,25 @@ func run(args []string) error {
 	return service.ListenAndRun(ctx, *grpcAddr, *httpAddr, service.Servers{
 		GRPC: g, Registry: reg, Log: log,
 	})
+}
+
+// adoptKeys re-wraps the keys another KMS key wrapped (the configuration moved to a new key) until it
+// succeeds: a KMS that is down when the KeyService starts delays the move, it does not stop the service,
+// which still unwraps with whichever key a blob names.
+func adoptKeys(ctx context.Context, b *awskms.Backend, log *slog.Logger) {
+	for wait := time.Second; ; wait = min(2*wait, time.Minute) {
+		n, err := b.Adopt(ctx)
+		if err == nil {
+			if n > 0 {
+				log.Info("re-wrapped the data keys of another KMS key with the configured one", "keys", n)
+			}
+			return
+		}
+		log.Warn("re-wrapping data keys of another KMS key failed; retrying", "error", err, "retryIn", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }

@@ -16,9 +16,11 @@ import (
 	"github.com/constellation-go/constellation/internal/kmsuri"
 )
 
-// KMS returns data encryption keys. The same ID and length always give the same key.
+// KMS returns data encryption keys. The same ID and length always give the same key. A user-managed
+// backend also returns the key wrapped by the KMS key (nil otherwise): a node keeps it beside its disk, so
+// that the admin can unwrap it when no KeyService runs (recovery).
 type KMS interface {
-	GetDEK(ctx context.Context, dekID string, length int) ([]byte, error)
+	DataKey(ctx context.Context, dekID string, length int) (key, wrapped []byte, err error)
 }
 
 // ClusterKMS is the constellation-managed backend's name.
@@ -79,7 +81,13 @@ func New(ctx context.Context, uri string, master *crypto.MasterSecret) (KMS, err
 	if err != nil {
 		return nil, err
 	}
-	return &userManaged{identity: identity, data: data}, nil
+	return UserManaged(identity, data), nil
+}
+
+// UserManaged takes the measurement secret (the cluster's identity) from identity, the master secret's
+// backend, and every other key from the user's backend data.
+func UserManaged(identity, data KMS) KMS {
+	return &userManaged{identity: identity, data: data}
 }
 
 // userManaged takes the measurement secret from the master secret and every other key from the backend.
@@ -88,11 +96,11 @@ type userManaged struct {
 	data     KMS
 }
 
-func (k *userManaged) GetDEK(ctx context.Context, dekID string, length int) ([]byte, error) {
+func (k *userManaged) DataKey(ctx context.Context, dekID string, length int) (key, wrapped []byte, err error) {
 	if dekID == crypto.MeasurementSecretID {
-		return k.identity.GetDEK(ctx, dekID, length)
+		return k.identity.DataKey(ctx, dekID, length)
 	}
-	return k.data.GetDEK(ctx, dekID, length)
+	return k.data.DataKey(ctx, dekID, length)
 }
 
 func known() []string {
@@ -111,6 +119,7 @@ type clusterKMS struct {
 	secret crypto.MasterSecret
 }
 
-func (k *clusterKMS) GetDEK(_ context.Context, dekID string, length int) ([]byte, error) {
-	return crypto.DeriveKey(k.secret.Key, k.secret.Salt, dekID, length)
+func (k *clusterKMS) DataKey(_ context.Context, dekID string, length int) (key, wrapped []byte, err error) {
+	key, err = crypto.DeriveKey(k.secret.Key, k.secret.Salt, dekID, length)
+	return key, nil, err
 }

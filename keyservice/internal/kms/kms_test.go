@@ -18,16 +18,19 @@ func TestClusterKMS(t *testing.T) {
 	k, err := New(context.Background(), "kms://cluster-kms", cryptotest.MasterSecret())
 	require.NoError(t, err)
 	// The vector of internal/crypto (computed independently).
-	key, err := k.GetDEK(context.Background(), "00000000-0000-0000-0000-000000000001", 32)
+	key, wrapped, err := k.DataKey(context.Background(), "00000000-0000-0000-0000-000000000001", 32)
 	require.NoError(t, err)
+	assert.Nil(t, wrapped)
 	assert.Equal(t, "52b5a48496958261b02efae7c81515ce773b479c56d6e5cb625bf7f7710d2684", hex.EncodeToString(key))
-	_, err = k.GetDEK(context.Background(), "x", 65)
+	_, _, err = k.DataKey(context.Background(), "x", 65)
 	assert.ErrorIs(t, err, crypto.ErrKeyLength)
 }
 
 type fixedKMS struct{}
 
-func (fixedKMS) GetDEK(context.Context, string, int) ([]byte, error) { return []byte("external"), nil }
+func (fixedKMS) DataKey(context.Context, string, int) ([]byte, []byte, error) {
+	return []byte("external"), []byte("wrapped"), nil
+}
 
 func TestNew(t *testing.T) {
 	require.NoError(t, Register("test-external", func(_ context.Context, u *url.URL) (KMS, error) {
@@ -73,11 +76,13 @@ func TestNew(t *testing.T) {
 	// the master secret, as the first control plane derived it at init.
 	k, err := New(context.Background(), "kms://test-external?key=k", cryptotest.MasterSecret())
 	require.NoError(t, err)
-	disk, err := k.GetDEK(context.Background(), "00000000-0000-0000-0000-000000000001", 64)
+	disk, wrapped, err := k.DataKey(context.Background(), "00000000-0000-0000-0000-000000000001", 64)
 	require.NoError(t, err)
 	assert.Equal(t, "external", string(disk))
-	secret, err := k.GetDEK(context.Background(), crypto.MeasurementSecretID, 32)
+	assert.Equal(t, "wrapped", string(wrapped))
+	secret, wrapped, err := k.DataKey(context.Background(), crypto.MeasurementSecretID, 32)
 	require.NoError(t, err)
+	assert.Nil(t, wrapped, "the cluster's identity is derived, never wrapped")
 	id, err := cryptotest.MasterSecret().Identity()
 	require.NoError(t, err)
 	assert.Equal(t, id.MeasurementSecret, secret)

@@ -20,7 +20,7 @@ const maxKeyIDLength = 128
 
 // keyBackend is the part of a kms.KMS the server uses.
 type keyBackend interface {
-	GetDEK(ctx context.Context, dekID string, length int) ([]byte, error)
+	DataKey(ctx context.Context, dekID string, length int) (key, wrapped []byte, err error)
 }
 
 // Server implements keyserviceproto.APIServer.
@@ -60,15 +60,17 @@ func (s *Server) GetDataKey(ctx context.Context, req *keyserviceproto.GetDataKey
 		log.Warn("refused key request", "reason", "length out of range")
 		return nil, status.Errorf(codes.InvalidArgument, "key length %d out of range %d..%d", length, crypto.MinKeyLength, crypto.MaxKeyLength)
 	}
-	key, err := s.kms.GetDEK(ctx, req.GetDataKeyId(), int(length))
+	key, wrapped, err := s.kms.DataKey(ctx, req.GetDataKeyId(), int(length))
 	if err != nil {
 		s.requests.WithLabelValues("error").Inc()
-		log.Error("deriving key failed", "error", err)
-		return nil, status.Error(codes.Internal, "deriving the key failed")
+		log.Error("getting the key failed", "error", err)
+		// The reason (e.g. the user's KMS refused or is unreachable) names no key material and tells the
+		// JoinService's callers, and so the admin, what to fix.
+		return nil, status.Errorf(codes.Unavailable, "getting the key failed: %v", err)
 	}
 	s.requests.WithLabelValues("ok").Inc()
 	log.Debug("issued data key")
-	return &keyserviceproto.GetDataKeyResponse{DataKey: key}, nil
+	return &keyserviceproto.GetDataKeyResponse{DataKey: key, WrappedDataKey: wrapped}, nil
 }
 
 func checkKeyID(id string) string {

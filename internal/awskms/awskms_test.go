@@ -3,114 +3,58 @@ package awskms
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
+	"log/slog"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/constellation-go/constellation/internal/localkms"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/constellation-go/constellation/internal/testenv"
 )
 
-// localKMSModule is the AWS KMS API implementation the tests run (github.com/nsmithuk/local-kms).
-const localKMSModule = "github.com/nsmithuk/local-kms@v0.0.0-20260228092603-2a5e92d09ab6"
-
-var localKMSBuild struct {
-	once sync.Once
-	path string
-	err  error
-}
-
-// localKMSBinary returns local-kms: $CONSTELLATION_LOCAL_KMS, or built from the Go module proxy once per
-// test binary.
-func localKMSBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("CONSTELLATION_LOCAL_KMS"); p != "" {
-		return p
-	}
-	if testenv.UnderBazel() {
-		t.Skip("skipped under bazel test: local-kms is built from the Go module proxy (make go-test runs it)")
-	}
-	goBin := testenv.Need(t, "install Go", "go", "/usr/local/go/bin/go")
-	localKMSBuild.once.Do(func() {
-		dir, err := os.MkdirTemp("", "local-kms-")
-		if err != nil {
-			localKMSBuild.err = err
-			return
-		}
-		cmd := exec.Command(goBin, "install", localKMSModule)
-		cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			localKMSBuild.err = fmt.Errorf("building local-kms: %w\n%s", err, out)
-			return
-		}
-		localKMSBuild.path = filepath.Join(dir, "local-kms")
-	})
-	if localKMSBuild.err != nil {
-		testenv.SkipOrFail(t, localKMSBuild.err.Error())
-	}
-	return localKMSBuild.path
-}
-
-// localKMS is a running local-kms with its keys in dataDir.
+// localKMS is a running local-kms (the AWS KMS API implementation, embedded) with its keys in dataDir.
 type localKMS struct {
-	cmd      *exec.Cmd
+	srv      *localkms.Server
 	endpoint string
 	dataDir  string
-	bin      string
-	port     int
+	addr     string
 }
 
 func startLocalKMS(t *testing.T) *localKMS {
 	t.Helper()
-	l := &localKMS{bin: localKMSBinary(t), dataDir: t.TempDir()}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	l.port = lis.Addr().(*net.TCPAddr).Port
-	require.NoError(t, lis.Close())
+	l := &localKMS{dataDir: t.TempDir(), addr: "127.0.0.1:0"}
 	l.start(t)
+	// Restarts (outages) listen on the same address.
+	l.addr = strings.TrimPrefix(l.endpoint, "http://")
 	t.Cleanup(l.stop)
 	return l
 }
 
 func (l *localKMS) start(t *testing.T) {
 	t.Helper()
-	l.cmd = exec.Command(l.bin)
-	l.cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", l.port), "KMS_DATA_PATH="+l.dataDir,
-		"KMS_REGION=eu-west-1", "KMS_ACCOUNT_ID=111122223333")
-	require.NoError(t, l.cmd.Start())
-	l.endpoint = fmt.Sprintf("http://127.0.0.1:%d", l.port)
-	require.Eventually(t, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", l.port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, 10*time.Second, 20*time.Millisecond, "local-kms did not listen")
+	srv, err := localkms.Start(l.addr, l.dataDir, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	l.srv, l.endpoint = srv, srv.Endpoint()
 }
 
 func (l *localKMS) stop() {
-	if l.cmd != nil && l.cmd.Process != nil {
-		_ = l.cmd.Process.Kill()
-		_ = l.cmd.Wait()
-		l.cmd = nil
+	if l.srv != nil {
+		_ = l.srv.Close()
+		l.srv = nil
 	}
 }
 
 func (l *localKMS) client() *kms.Client {
 	return kms.New(kms.Options{
-		Region: "eu-west-1", BaseEndpoint: aws.String(l.endpoint),
+		Region: localkms.Region, BaseEndpoint: aws.String(l.endpoint),
 		Credentials:      aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDTEST", "secret", "")),
 		RetryMaxAttempts: 1,
 	})
@@ -123,59 +67,14 @@ func (l *localKMS) createKey(t *testing.T) string {
 	return aws.ToString(out.KeyMetadata.KeyId)
 }
 
-// memStore is a Store in memory.
-type memStore struct {
-	mu    sync.Mutex
-	blobs map[string][]byte
-}
-
-func newMemStore() *memStore { return &memStore{blobs: map[string][]byte{}} }
-
-func (s *memStore) Get(_ context.Context, name string) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b, ok := s.blobs[name]
-	if !ok {
-		return nil, ErrNotFound
-	}
-	return bytes.Clone(b), nil
-}
-
-func (s *memStore) Create(_ context.Context, name string, blob []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.blobs[name]; ok {
-		return ErrExists
-	}
-	s.blobs[name] = bytes.Clone(blob)
-	return nil
-}
-
-func (s *memStore) Update(_ context.Context, name string, blob []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.blobs[name] = bytes.Clone(blob)
-	return nil
-}
-
-func (s *memStore) List(context.Context) ([]string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var names []string
-	for n := range s.blobs {
-		names = append(names, n)
-	}
-	return names, nil
-}
-
 const diskID = "00000000-0000-0000-0000-000000000042"
 
 // newBackend starts local-kms with a new key and returns a backend on it with an empty store.
-func newBackend(t *testing.T) (*localKMS, string, *memStore, *Backend) {
+func newBackend(t *testing.T) (*localKMS, string, *MemStore, *Backend) {
 	t.Helper()
 	l := startLocalKMS(t)
 	keyID := l.createKey(t)
-	store := newMemStore()
+	store := NewMemStore()
 	b, err := New(l.client(), keyID, store)
 	require.NoError(t, err)
 	return l, keyID, store, b
@@ -221,7 +120,7 @@ func TestDataKeys(t *testing.T) {
 
 func TestConcurrentFirstRequests(t *testing.T) {
 	l := startLocalKMS(t)
-	b, err := New(l.client(), l.createKey(t), newMemStore())
+	b, err := New(l.client(), l.createKey(t), NewMemStore())
 	require.NoError(t, err)
 	keys := make([][]byte, 8)
 	var wg sync.WaitGroup
@@ -245,7 +144,7 @@ func TestConcurrentFirstRequests(t *testing.T) {
 func TestRotation(t *testing.T) {
 	l := startLocalKMS(t)
 	oldKey, newKey := l.createKey(t), l.createKey(t)
-	store := newMemStore()
+	store := NewMemStore()
 	b, err := New(l.client(), oldKey, store)
 	require.NoError(t, err)
 	ctx := context.Background()
@@ -255,7 +154,7 @@ func TestRotation(t *testing.T) {
 	require.NoError(t, err)
 	before, _ := store.Get(ctx, storeName(diskID, 64))
 
-	require.NoError(t, b.Rewrap(ctx, newKey))
+	require.NoError(t, b.RewrapAll(ctx, newKey))
 	after, _ := store.Get(ctx, storeName(diskID, 64))
 	assert.NotEqual(t, before, after, "re-wrapped")
 	_, err = l.client().DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(oldKey)})
@@ -269,7 +168,7 @@ func TestRotation(t *testing.T) {
 	got, err = fresh.GetDEK(ctx, "measurementSecret", 32)
 	require.NoError(t, err)
 	assert.Equal(t, secret, got)
-	require.NoError(t, fresh.Rewrap(ctx, newKey), "re-running a finished rotation is harmless")
+	require.NoError(t, fresh.RewrapAll(ctx, newKey), "re-running a finished rotation is harmless")
 }
 
 // TestOutagesAndRefusals: the KMS down or refusing gives an error naming the KMS and the reason, nothing
@@ -328,7 +227,7 @@ func (s shortKeys) Decrypt(ctx context.Context, in *kms.DecryptInput, opts ...fu
 func TestMalformedAnswers(t *testing.T) {
 	l := startLocalKMS(t)
 	keyID := l.createKey(t)
-	store := newMemStore()
+	store := NewMemStore()
 	bad, err := New(shortKeys{l.client()}, keyID, store)
 	require.NoError(t, err)
 	_, err = bad.GetDEK(context.Background(), diskID, 64)
@@ -371,7 +270,7 @@ func TestOpen(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			u, err := url.Parse(tc.uri)
 			require.NoError(t, err)
-			b, err := Open(context.Background(), u, newMemStore())
+			b, err := Open(context.Background(), u, NewMemStore(), nil)
 			if tc.wantErr != "" {
 				require.ErrorContains(t, err, tc.wantErr)
 				return
@@ -389,11 +288,151 @@ func TestOpenTalksToTheEndpoint(t *testing.T) {
 	keyID := l.createKey(t)
 	t.Setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "secret")
-	u, err := url.Parse("kms://aws-kms?region=eu-west-1&key-id=" + keyID + "&endpoint=" + url.QueryEscape(l.endpoint))
+	u, err := url.Parse("kms://aws-kms?region=" + localkms.Region + "&key-id=" + keyID + "&endpoint=" + url.QueryEscape(l.endpoint))
 	require.NoError(t, err)
-	b, err := Open(context.Background(), u, newMemStore())
+	b, err := Open(context.Background(), u, NewMemStore(), nil)
 	require.NoError(t, err)
 	k, err := b.GetDEK(context.Background(), diskID, 64)
 	require.NoError(t, err)
 	assert.Len(t, k, 64)
+}
+
+// TestAdoptAfterAKeyMove: the configuration moved to another KMS key; the KeyService, started with it,
+// re-wraps the keys of the old one (the keys do not change), after which the old key can be disabled. A
+// blob kept elsewhere (beside a disk) still unwraps through Unwrap while the old key is enabled, and
+// Rewrap moves it to the new key.
+func TestAdoptAfterAKeyMove(t *testing.T) {
+	l := startLocalKMS(t)
+	oldKey, newKey := l.createKey(t), l.createKey(t)
+	store := NewMemStore()
+	ctx := context.Background()
+	before, err := New(l.client(), oldKey, store)
+	require.NoError(t, err)
+	disk, besideDisk, err := before.DataKey(ctx, diskID, 64)
+	require.NoError(t, err)
+
+	after, err := New(l.client(), newKey, store)
+	require.NoError(t, err)
+	n, err := after.Foreign(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "one key of the old KMS key")
+	n, err = after.Adopt(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	n, err = after.Adopt(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, n, "adopting again re-wraps nothing")
+	n, err = after.Foreign(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, n)
+
+	// The kept blob, still of the old key: unwrapped with the key it names, and moved to the new one.
+	got, err := Unwrap(ctx, l.client(), "", diskID, 64, besideDisk)
+	require.NoError(t, err)
+	assert.Equal(t, disk, got)
+	_, err = Unwrap(ctx, l.client(), newKey, diskID, 64, besideDisk)
+	require.Error(t, err, "a blob of the old key is not the new key's")
+	moved, err := Rewrap(ctx, l.client(), diskID, besideDisk, newKey)
+	require.NoError(t, err)
+
+	_, err = l.client().DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(oldKey)})
+	require.NoError(t, err)
+	got, _, err = after.DataKey(ctx, diskID, 64)
+	require.NoError(t, err)
+	assert.Equal(t, disk, got, "the same key from the new KMS key alone")
+	got, err = Unwrap(ctx, l.client(), newKey, diskID, 64, moved)
+	require.NoError(t, err)
+	assert.Equal(t, disk, got)
+	_, err = Unwrap(ctx, l.client(), "", diskID, 64, besideDisk)
+	require.ErrorContains(t, err, "did not unwrap", "the old key is disabled")
+}
+
+// TestSeed: a key generated before any KeyService ran (the first control plane's) is handed out for its ID
+// afterwards; a different blob for the same ID is refused.
+func TestSeed(t *testing.T) {
+	l := startLocalKMS(t)
+	keyID := l.createKey(t)
+	ctx := context.Background()
+	beside := NewMemStore()
+	first, err := New(l.client(), keyID, beside)
+	require.NoError(t, err)
+	key, blob, err := first.DataKey(ctx, diskID, 64)
+	require.NoError(t, err)
+
+	cluster := NewMemStore()
+	require.NoError(t, Seed(ctx, cluster, diskID, 64, blob))
+	require.NoError(t, Seed(ctx, cluster, diskID, 64, blob), "seeding again (a redone init) is harmless")
+	require.ErrorContains(t, Seed(ctx, cluster, diskID, 64, []byte("other")), "another wrapped data key")
+	ks, err := New(l.client(), keyID, cluster)
+	require.NoError(t, err)
+	got, gotBlob, err := ks.DataKey(ctx, diskID, 64)
+	require.NoError(t, err)
+	assert.Equal(t, key, got)
+	assert.Equal(t, blob, gotBlob)
+}
+
+func TestParseCredentials(t *testing.T) {
+	tests := map[string]struct {
+		in      string
+		want    Credentials
+		wantErr string
+	}{
+		"export-credentials": {in: `{"Version": 1, "AccessKeyId": "AKID", "SecretAccessKey": "top-secret", "SessionToken": "session-secret", "Expiration": "2026-12-06T00:00:00Z"}`,
+			want: Credentials{AccessKeyID: "AKID", SecretAccessKey: "top-secret", SessionToken: "session-secret"}},
+		"no session token": {in: `{"Version": 1, "AccessKeyId": "AKID", "SecretAccessKey": "s"}`, want: Credentials{AccessKeyID: "AKID", SecretAccessKey: "s"}},
+		"no secret":        {in: `{"Version": 1, "AccessKeyId": "AKID"}`, wantErr: "need an access key ID and a secret access key"},
+		"another version":  {in: `{"Version": 2, "AccessKeyId": "AKID", "SecretAccessKey": "s"}`, wantErr: "version 2"},
+		"an INI file":      {in: "[default]\naws_access_key_id = AKID\n", wantErr: "export-credentials"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, err := ParseCredentials([]byte(tc.in))
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+			printed := fmt.Sprintf("%v %+v %#v %s", got, got, got, &got)
+			assert.NotContains(t, printed, "top-secret", "the secret is never printed")
+			assert.NotContains(t, printed, "session-secret")
+		})
+	}
+}
+
+// TestKeyVersionRotation: a new version of the same KMS key (AWS's automatic rotation) needs nothing: keys
+// stored before it still unwrap to the same data keys, new ones are wrapped by the new version, and no
+// stored key counts as another key's (Adopt re-wraps nothing).
+func TestKeyVersionRotation(t *testing.T) {
+	l, keyID, store, b := newBackend(t)
+	ctx := context.Background()
+	before, blobBefore, err := b.DataKey(ctx, diskID, 64)
+	require.NoError(t, err)
+	arn := describeARN(t, l, keyID)
+
+	l.stop()
+	require.NoError(t, localkms.RotateKey(l.dataDir, arn))
+	l.start(t)
+	after, err := New(l.client(), keyID, store)
+	require.NoError(t, err)
+	got, blob, err := after.DataKey(ctx, diskID, 64)
+	require.NoError(t, err)
+	assert.Equal(t, before, got, "a key stored before the rotation is the same key after it")
+	assert.Equal(t, blobBefore, blob)
+	_, newBlob, err := after.DataKey(ctx, "11111111-0000-0000-0000-000000000000", 64)
+	require.NoError(t, err)
+	// local-kms's blob: the key ARN's length and the ARN, then the key version (little endian).
+	version := func(blob []byte) uint32 { n := int(blob[0]); return binary.LittleEndian.Uint32(blob[1+n : 5+n]) }
+	assert.Equal(t, uint32(0), version(blobBefore))
+	assert.Equal(t, uint32(1), version(newBlob), "new keys are wrapped by the new version")
+	n, err := after.Foreign(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, n, "a new version is the same KMS key: nothing to re-wrap")
+}
+
+func describeARN(t *testing.T, l *localKMS, keyID string) string {
+	t.Helper()
+	out, err := l.client().DescribeKey(context.Background(), &kms.DescribeKeyInput{KeyId: aws.String(keyID)})
+	require.NoError(t, err)
+	return aws.ToString(out.KeyMetadata.Arn)
 }
