@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -52,11 +53,17 @@ type API interface {
 	DescribeKey(ctx context.Context, in *kms.DescribeKeyInput, opts ...func(*kms.Options)) (*kms.DescribeKeyOutput, error)
 }
 
+// CallTimeout bounds one data key request to the KMS: shorter than a joining node's attempt (30 s), so that
+// a KMS that hangs is named in the node's error rather than hidden behind the node's own deadline.
+const CallTimeout = 10 * time.Second
+
 // Backend hands out data keys wrapped by the KMS key KeyID.
 type Backend struct {
 	api   API
 	keyID string
 	store Store
+	// timeout bounds each DataKey (CallTimeout).
+	timeout time.Duration
 }
 
 // New returns the backend for the KMS key keyID (an ID, ARN or alias).
@@ -64,7 +71,7 @@ func New(api API, keyID string, store Store) (*Backend, error) {
 	if keyID == "" {
 		return nil, errors.New("aws-kms: the KMS key ID is required")
 	}
-	return &Backend{api: api, keyID: keyID, store: store}, nil
+	return &Backend{api: api, keyID: keyID, store: store, timeout: CallTimeout}, nil
 }
 
 // storeName is where the data key of id and length is kept: a longer key of the same ID is another key.
@@ -81,6 +88,8 @@ func (b *Backend) DataKey(ctx context.Context, dekID string, length int) (key, w
 	if length < 1 || length > 1024 {
 		return nil, nil, fmt.Errorf("aws-kms: data keys have 1 to 1024 bytes, not %d", length)
 	}
+	ctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
 	name := storeName(dekID, length)
 	blob, err := b.store.Get(ctx, name)
 	if errors.Is(err, ErrNotFound) {

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -241,6 +243,46 @@ func TestMalformedAnswers(t *testing.T) {
 	require.NoError(t, err)
 	_, err = bad.GetDEK(context.Background(), diskID, 64)
 	require.ErrorContains(t, err, "refusing it", "an unwrapped key of the wrong length is refused too")
+}
+
+// TestSlowKMS: a KMS that accepts connections and never answers fails a request within the backend's
+// timeout, naming the KMS, and stores nothing.
+func TestSlowKMS(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never answered
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = lis.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	store := NewMemStore()
+	b, err := New(kms.New(kms.Options{Region: localkms.Region, BaseEndpoint: aws.String("http://" + lis.Addr().String()),
+		Credentials: aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider("AKIDTEST", "secret", ""))}), "alias/k", store)
+	require.NoError(t, err)
+	b.timeout = 300 * time.Millisecond
+	start := time.Now()
+	_, err = b.GetDEK(context.Background(), diskID, 64)
+	require.ErrorContains(t, err, "aws-kms: the KMS (key alias/k) did not generate data key "+diskID)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 5*time.Second, "bounded by the backend's timeout")
+	_, err = store.Get(context.Background(), storeName(diskID, 64))
+	assert.ErrorIs(t, err, ErrNotFound)
 }
 
 func TestParseStoreName(t *testing.T) {
