@@ -7,6 +7,10 @@
 //	constellation_platform_ca    a CA that certifies a cluster's vTPMs (qemu)
 //	constellation_qemu_vtpm      a VM's certified vTPM for libvirt's external TPM backend (package qemuvtpm)
 //
+// and data sources:
+//
+//	constellation_attestation    a published measurements file, verified with the publisher's key
+//
 // The provider binary is also the nodes' init and the daemon (it calls node.InitMain and daemon.Main
 // first), so the processes it leaves behind need nothing from Terraform's plugin directory.
 package tfprovider
@@ -47,7 +51,7 @@ func (p *constellationProvider) Resources(context.Context) []func() resource.Res
 }
 
 func (p *constellationProvider) DataSources(context.Context) []func() datasource.DataSource {
-	return nil
+	return []func() datasource.DataSource{newAttestationDataSource}
 }
 
 // logger writes to the cluster's provider.log: Terraform keeps a provider's stderr only with TF_LOG set.

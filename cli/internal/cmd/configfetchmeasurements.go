@@ -2,15 +2,10 @@ package cmd
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,8 +28,6 @@ const (
 
 	// builtInKey selects releasePublicKey for --public-key.
 	builtInKey = "built-in"
-	// maxSignatureSize bounds a downloaded signature; a real one is 96 bytes of base64.
-	maxSignatureSize = 4 << 10
 )
 
 // releasePublicKey is the cosign.pub of the project's release signing key, which --public-key built-in
@@ -146,7 +139,7 @@ func (e *env) configFetchMeasurements(cmd *cobra.Command) error {
 		return err
 	}
 
-	data, sig, err := e.fetchSigned(cmd.Context(), src, sigSrc, timeout)
+	data, sig, err := signed.Fetch(cmd.Context(), e.osFs, src, sigSrc, timeout)
 	if err != nil {
 		return err
 	}
@@ -283,67 +276,6 @@ func (e *env) publicKey(src string) (*cosign.Verifier, error) {
 		return nil, fmt.Errorf("--%s %s: %w", flagPublicKey, src, err)
 	}
 	return v, nil
-}
-
-// fetch returns the content at src, an http(s) URL or a file path, refusing more than limit bytes.
-// fetchSigned downloads (or reads) a measurements file and its signature within timeout.
-func (e *env) fetchSigned(ctx context.Context, src, sigSrc string, timeout time.Duration) (data, sig []byte, err error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	defer transport.CloseIdleConnections()
-	client := &http.Client{Transport: transport}
-	if data, err = e.fetch(ctx, client, src, signed.MaxFileSize); err != nil {
-		return nil, nil, err
-	}
-	if sig, err = e.fetch(ctx, client, sigSrc, maxSignatureSize); err != nil {
-		return nil, nil, err
-	}
-	return data, sig, nil
-}
-
-func (e *env) fetch(ctx context.Context, client *http.Client, src string, limit int64) ([]byte, error) {
-	isURL := strings.Contains(src, "://")
-	if isURL {
-		u, err := url.Parse(src)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", src, err)
-		}
-		if u.Scheme != "http" && u.Scheme != "https" {
-			return nil, fmt.Errorf("%s: unsupported URL scheme %q: use an http(s) URL or a file path", src, u.Scheme)
-		}
-	}
-	var body io.Reader
-	if isURL {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
-		if err != nil {
-			return nil, fmt.Errorf("downloading %s: %w", src, err)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("downloading %s: %w\nCheck the URL and the network (or --%s), or download the files and pass their paths", src, err, flagTimeout)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("downloading %s: server answered %s: check the URL", src, resp.Status)
-		}
-		body = resp.Body
-	} else {
-		f, err := e.osFs.Open(src)
-		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", src, err)
-		}
-		defer f.Close()
-		body = f
-	}
-	data, err := io.ReadAll(io.LimitReader(body, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", src, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes, more than a measurements file or signature can be: check the URL", src, limit)
-	}
-	return data, nil
 }
 
 // measurementChanges lists the new measurements, and the old ones they drop, with what changed.

@@ -227,7 +227,7 @@ func (e *env) verifyWithoutWorkspace(cmd *cobra.Command, format string) error {
 	if err != nil {
 		return err
 	}
-	data, sig, err := e.fetchSigned(cmd.Context(), src, sigSrc, timeout)
+	data, sig, err := signed.Fetch(cmd.Context(), e.osFs, src, sigSrc, timeout)
 	if err != nil {
 		return err
 	}
