@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/hashicorp/terraform-plugin-framework/attr"
@@ -70,15 +69,9 @@ func (d *attestationDataSource) Schema(_ context.Context, _ datasource.SchemaReq
 			"image": schema.StringAttribute{Optional: true, Computed: true,
 				Description: "The node image the measurements are for (e.g. sha256:<hex of the UKI>). Set, it is checked: " +
 					"measurements of another image are refused."},
-			"issued":   schema.StringAttribute{Computed: true, Description: "When the publisher issued the file (RFC 3339); empty for v1 files."},
-			"verified": schema.BoolAttribute{Computed: true, Description: "Whether the signature was checked (false only with insecure_skip_signature)."},
-			"measurements": schema.MapNestedAttribute{Computed: true,
-				Description: "Reference values by PCR index.",
-				NestedObject: schema.NestedAttributeObject{Attributes: map[string]schema.Attribute{
-					"expected":  schema.StringAttribute{Computed: true, Description: "Expected SHA-256 PCR value, 64 hex digits."},
-					"warn_only": schema.BoolAttribute{Computed: true, Description: "A mismatch is reported, not refused."},
-				}},
-			},
+			"issued":       schema.StringAttribute{Computed: true, Description: "When the publisher issued the file (RFC 3339); empty for v1 files."},
+			"verified":     schema.BoolAttribute{Computed: true, Description: "Whether the signature was checked (false only with insecure_skip_signature)."},
+			"measurements": measurementsAttribute("Reference values by PCR index."),
 		},
 	}
 }
@@ -103,16 +96,7 @@ func (d *attestationDataSource) Read(ctx context.Context, req datasource.ReadReq
 		resp.Diagnostics.AddAttributeWarning(path.Root("insecure_skip_signature"), "Measurements not verified",
 			fmt.Sprintf("%s was read without checking a signature: whoever can change it decides what the cluster trusts.", m.MeasurementsURL.ValueString()))
 	}
-	values := map[string]attr.Value{}
-	for _, idx := range file.Measurements.Indices() {
-		v := file.Measurements[idx]
-		obj, diags := types.ObjectValue(measurementType.AttrTypes, map[string]attr.Value{
-			"expected": types.StringValue(v.Expected.String()), "warn_only": types.BoolValue(v.WarnOnly),
-		})
-		resp.Diagnostics.Append(diags...)
-		values[strconv.FormatUint(uint64(idx), 10)] = obj
-	}
-	measured, diags := types.MapValue(measurementType, values)
+	measured, diags := measurementsValue(file.Measurements)
 	resp.Diagnostics.Append(diags...)
 	if resp.Diagnostics.HasError() {
 		return

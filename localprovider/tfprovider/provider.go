@@ -10,6 +10,7 @@
 // and data sources:
 //
 //	constellation_attestation    a published measurements file, verified with the publisher's key
+//	constellation_image          a built node image: its reference and precomputed measurements
 //
 // The provider binary is also the nodes' init and the daemon (it calls node.InitMain and daemon.Main
 // first), so the processes it leaves behind need nothing from Terraform's plugin directory.
@@ -51,7 +52,7 @@ func (p *constellationProvider) Resources(context.Context) []func() resource.Res
 }
 
 func (p *constellationProvider) DataSources(context.Context) []func() datasource.DataSource {
-	return []func() datasource.DataSource{newAttestationDataSource}
+	return []func() datasource.DataSource{newAttestationDataSource, newImageDataSource}
 }
 
 // logger writes to the cluster's provider.log: Terraform keeps a provider's stderr only with TF_LOG set.

@@ -15,6 +15,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
@@ -254,7 +255,7 @@ func (e *env) configuredImageRef(cfg *config.Config) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("reading the configured image's UKI: %w (build the image with 'make image', or set 'image' in %s)", err, config.FileName)
 	}
-	return ukiImageRef(uki), nil
+	return precompute.ImageRef(uki), nil
 }
 
 // publicKey reads the verification key from a file, or the built-in release key.

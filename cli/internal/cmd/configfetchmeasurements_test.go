@@ -19,6 +19,8 @@ import (
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/localkms"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
+	"github.com/constellation-go/constellation/internal/measurements/precompute/precomputetest"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
@@ -42,7 +44,7 @@ const imageDir = "img"
 
 var (
 	imageUKI = []byte("the UKI of the configured image")
-	imageRef = ukiImageRef(imageUKI)
+	imageRef = precompute.ImageRef(imageUKI)
 	// fileIssued is when the test files were issued.
 	fileIssued = time.Date(2026, time.December, 1, 12, 0, 0, 0, time.UTC)
 )
@@ -360,7 +362,7 @@ func TestConfigFetchMeasurementsWithoutConfig(t *testing.T) {
 func TestKeygenMeasureFetch(t *testing.T) {
 	t.Setenv(cosign.PasswordEnv, "pw")
 	fs := afero.NewMemMapFs()
-	require.NoError(t, afero.WriteFile(fs, "uki.efi", testUKI(), 0o644))
+	require.NoError(t, afero.WriteFile(fs, "uki.efi", precomputetest.UKI(), 0o644))
 	for _, args := range [][]string{
 		{"image", "keygen"},
 		{"image", "measure", "uki.efi", "--sign-key", "cosign.key"},
@@ -370,7 +372,7 @@ func TestKeygenMeasureFetch(t *testing.T) {
 		require.Equal(t, 0, res.code, "%v: %s", args, res.stderr)
 	}
 	// The configuration names the image whose UKI was measured.
-	require.NoError(t, afero.WriteFile(fs, "img/constellation.efi", testUKI(), 0o644))
+	require.NoError(t, afero.WriteFile(fs, "img/constellation.efi", precomputetest.UKI(), 0o644))
 	generated, err := afero.ReadFile(fs, "ws/"+config.FileName)
 	require.NoError(t, err)
 	withImage := bytes.Replace(generated, []byte(`image: ""`), []byte(`image: img`), 1)

@@ -3,7 +3,6 @@ package cmd
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -20,58 +19,9 @@ import (
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
+	"github.com/constellation-go/constellation/internal/measurements/precompute/precomputetest"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
-
-// testPE builds a minimal PE32+ file with the given sections, enough for precompute.ParseUKI and its
-// Authenticode hash; package measurements tests the parsing and the values in depth.
-func testPE(sections [][2]string) []byte {
-	const optOff, optSize, secHdr, align = 0x58, 240, 40, 0x200
-	hdrEnd := optOff + optSize + len(sections)*secHdr
-	buf := make([]byte, (hdrEnd+align-1)/align*align)
-	copy(buf, "MZ")
-	binary.LittleEndian.PutUint32(buf[0x3c:], 0x40)
-	copy(buf[0x40:], "PE\x00\x00")
-	binary.LittleEndian.PutUint16(buf[0x44:], 0x8664)
-	binary.LittleEndian.PutUint16(buf[0x46:], uint16(len(sections)))
-	binary.LittleEndian.PutUint16(buf[0x54:], optSize)
-	binary.LittleEndian.PutUint16(buf[0x56:], 0x22)
-	opt := buf[optOff:]
-	binary.LittleEndian.PutUint16(opt[0:], 0x20b)
-	binary.LittleEndian.PutUint32(opt[32:], 0x1000)
-	binary.LittleEndian.PutUint32(opt[36:], align)
-	binary.LittleEndian.PutUint32(opt[60:], uint32(len(buf)))
-	binary.LittleEndian.PutUint32(opt[108:], 16)
-	va := uint32(0x1000)
-	for i, s := range sections {
-		raw := (len(s[1]) + align - 1) / align * align
-		h := buf[optOff+optSize+i*secHdr:]
-		copy(h[:8], s[0])
-		binary.LittleEndian.PutUint32(h[8:], uint32(len(s[1])))
-		binary.LittleEndian.PutUint32(h[12:], va)
-		binary.LittleEndian.PutUint32(h[16:], uint32(raw))
-		binary.LittleEndian.PutUint32(h[20:], uint32(len(buf)))
-		va += uint32((max(raw, 1) + 0xfff) / 0x1000 * 0x1000)
-		buf = append(buf, s[1]...)
-		buf = append(buf, make([]byte, raw-len(s[1]))...)
-	}
-	return buf
-}
-
-func testUKI() []byte {
-	kernel := testPE([][2]string{{".text", "kernel code"}})
-	return testPE([][2]string{
-		{".text", "stub code"},
-		{".osrel", "ID=test\n"},
-		{".cmdline", "console=ttyS0"},
-		{".linux", string(kernel)},
-		{".initrd", strings.Repeat("initrd", 100)},
-	})
-}
-
-func testBootLoader() []byte {
-	return testPE([][2]string{{".text", "systemd-boot"}})
-}
 
 // The test key pair is made once: scrypt makes each generation and decryption cost a noticeable fraction
 // of a second, more under the race detector.
@@ -201,13 +151,13 @@ func TestImageKeygen(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 func TestImageMeasure(t *testing.T) {
-	uki := testUKI()
+	uki := precomputetest.UKI()
 	ukiSum := sha256.Sum256(uki)
 	parsed, err := precompute.ParseUKI(uki)
 	require.NoError(t, err)
 	direct, err := precompute.Precompute(parsed, precompute.Options{})
 	require.NoError(t, err)
-	viaBoot, err := precompute.Precompute(parsed, precompute.Options{Path: precompute.BootSystemdBoot, BootLoader: testBootLoader()})
+	viaBoot, err := precompute.Precompute(parsed, precompute.Options{Path: precompute.BootSystemdBoot, BootLoader: precomputetest.BootLoader()})
 	require.NoError(t, err)
 
 	testCases := map[string]struct {
@@ -302,7 +252,7 @@ func TestImageMeasure(t *testing.T) {
 			}
 			fs := newKeyFs(t)
 			require.NoError(t, afero.WriteFile(fs, "uki.efi", uki, 0o644))
-			require.NoError(t, afero.WriteFile(fs, "sd-boot.efi", testBootLoader(), 0o644))
+			require.NoError(t, afero.WriteFile(fs, "sd-boot.efi", precomputetest.BootLoader(), 0o644))
 			out := signed.FileName
 			if tc.wantOut != "" {
 				out = tc.wantOut
@@ -358,7 +308,7 @@ func TestImageMeasure(t *testing.T) {
 func TestImageMeasureJSON(t *testing.T) {
 	t.Setenv(cosign.PasswordEnv, testPassword)
 	fs := newKeyFs(t)
-	require.NoError(t, afero.WriteFile(fs, "uki.efi", testUKI(), 0o644))
+	require.NoError(t, afero.WriteFile(fs, "uki.efi", precomputetest.UKI(), 0o644))
 	res := run(t, fs, "image", "measure", "uki.efi", "--sign-key", "cosign.key", "-o", "json")
 	require.Equal(t, 0, res.code, res.stderr)
 
@@ -387,7 +337,7 @@ func TestImageMeasureJSON(t *testing.T) {
 
 func TestImageMeasureRejectsNonUKI(t *testing.T) {
 	fs := afero.NewMemMapFs()
-	require.NoError(t, afero.WriteFile(fs, "kernel.efi", testBootLoader(), 0o644))
+	require.NoError(t, afero.WriteFile(fs, "kernel.efi", precomputetest.BootLoader(), 0o644))
 	require.NoError(t, afero.WriteFile(fs, "junk", bytes.Repeat([]byte{0x4d}, 100), 0o644))
 
 	res := run(t, fs, "image", "measure", "kernel.efi")

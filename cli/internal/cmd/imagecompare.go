@@ -13,6 +13,7 @@ import (
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
@@ -114,7 +115,7 @@ func (e *env) imageCompare(cmd *cobra.Command, ukiPath string) error {
 
 	res := compareResult{
 		UKI: ukiPath, Measurements: mPath, Image: published.Image, Variant: published.Variant,
-		SignatureVerified: keyPath != "", PublicKey: keyPath, UKIImageRef: ukiImageRef(ukiData),
+		SignatureVerified: keyPath != "", PublicKey: keyPath, UKIImageRef: precompute.ImageRef(ukiData),
 		Platform: o.platform.Name, BootPath: o.pathName, Differing: []uint32{},
 	}
 	union := measurements.M{}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute/precomputetest"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
@@ -20,8 +21,8 @@ func publishedFS(t *testing.T) afero.Fs {
 	t.Helper()
 	t.Setenv(cosign.PasswordEnv, testPassword)
 	fs := newKeyFs(t)
-	require.NoError(t, afero.WriteFile(fs, "uki.efi", testUKI(), 0o644))
-	other := strings.Replace(string(testUKI()), "console=ttyS0", "console=ttyS1", 1)
+	require.NoError(t, afero.WriteFile(fs, "uki.efi", precomputetest.UKI(), 0o644))
+	other := strings.Replace(string(precomputetest.UKI()), "console=ttyS0", "console=ttyS1", 1)
 	require.NoError(t, afero.WriteFile(fs, "other.efi", []byte(other), 0o644))
 	res := run(t, fs, "image", "measure", "uki.efi", "--sign-key", "cosign.key", "--image-ref", "constellation-node-v1.2.0")
 	require.Equal(t, 0, res.code, res.stderr)
@@ -68,7 +69,7 @@ func TestImageCompare(t *testing.T) {
 		"another boot path": {
 			args: []string{"uki.efi", "--measurements", "measurements.json", "--boot-path", "systemd-boot", "--boot-loader", "sd-boot.efi"},
 			edit: func(t *testing.T, fs afero.Fs) {
-				require.NoError(t, afero.WriteFile(fs, "sd-boot.efi", testBootLoader(), 0o644))
+				require.NoError(t, afero.WriteFile(fs, "sd-boot.efi", precomputetest.BootLoader(), 0o644))
 			},
 			wantCode:   1,
 			wantStdout: []string{"PCR 4, 12"},

@@ -1,7 +1,6 @@
 package cmd
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -213,24 +212,19 @@ func precomputeUKI(fh file.Handler, ukiPath string, o bootOptions) ([]byte, *pre
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	uki, err := precompute.ParseUKI(ukiData)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("%s is not a usable UKI: %w", ukiPath, err)
-	}
 	opts := precompute.Options{Platform: o.platform, Path: o.path}
 	if o.bootLoader != "" {
 		if opts.BootLoader, err = fh.Read(o.bootLoader); err != nil {
 			return nil, nil, nil, err
 		}
 	}
-	res, err := precompute.Precompute(uki, opts)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("precomputing the measurements of %s: %w", ukiPath, err)
+	res, m, err := precompute.FreshNode(ukiData, opts)
+	if errors.Is(err, precompute.ErrNotUKI) {
+		return nil, nil, nil, fmt.Errorf("%s is %w", ukiPath, err)
 	}
-	m := res.Measurements(true)
-	// A node proves it has not joined or initialized a cluster yet by a zero PCR 15; verifiers of a
-	// running cluster expect the cluster's value there instead (precompute.PCR15ForCluster).
-	m[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", ukiPath, err)
+	}
 	return ukiData, res, m, nil
 }
 
@@ -280,7 +274,7 @@ func (e *env) imageMeasure(cmd *cobra.Command, ukiPath string) error {
 		return err
 	}
 	if o.imageRef == "" {
-		o.imageRef = ukiImageRef(ukiData)
+		o.imageRef = precompute.ImageRef(ukiData)
 	}
 	mf := &signed.File{Version: signed.Version2, Image: o.imageRef, Variant: o.variant.String(), Issued: o.issued, Measurements: m}
 	data, err := mf.Marshal()
@@ -408,10 +402,4 @@ func (e *env) printMeasureResult(r measureResult) error {
 			"into a configuration with 'constellation config fetch-measurements --url %s'.\n", flagSignKey, r.File)
 	}
 	return nil
-}
-
-// ukiImageRef is the default image reference of a UKI: "sha256:<hex of its bytes>".
-func ukiImageRef(uki []byte) string {
-	sum := sha256.Sum256(uki)
-	return "sha256:" + hex.EncodeToString(sum[:])
 }

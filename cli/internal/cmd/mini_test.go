@@ -21,6 +21,7 @@ import (
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
+	"github.com/constellation-go/constellation/internal/measurements/precompute/precomputetest"
 	"github.com/constellation-go/constellation/internal/state"
 )
 
@@ -29,7 +30,7 @@ func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
 	// workspace is in memory.
 	dir := servicesFixture(t)
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
-	uki := testUKI()
+	uki := precomputetest.UKI()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), uki, 0o644))
 	parsed, err := precompute.ParseUKI(uki)
 	require.NoError(t, err)
@@ -62,7 +63,7 @@ func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
 func TestMiniUpWorkers(t *testing.T) {
 	dir := servicesFixture(t)
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), testUKI(), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), precomputetest.UKI(), 0o644))
 	workers := func(e *env) int {
 		cfg, err := config.Load(e.files, config.FileName)
 		require.NoError(t, err)
@@ -108,7 +109,7 @@ func miniEnv(t *testing.T, dir string) func(ws afero.Fs) (*env, *bytes.Buffer, *
 func TestMiniUpLocalKMS(t *testing.T) {
 	dir := servicesFixture(t)
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), testUKI(), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), precomputetest.UKI(), 0o644))
 	newEnv := miniEnv(t, dir)
 
 	ws := afero.NewMemMapFs()

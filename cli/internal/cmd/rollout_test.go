@@ -23,6 +23,7 @@ import (
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute/precomputetest"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
@@ -33,7 +34,7 @@ func imageFixture(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), testUKI(), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), precomputetest.UKI(), 0o644))
 	return dir
 }
 
@@ -92,7 +93,7 @@ func rolloutEnv(t *testing.T, fs afero.Fs, artifactsDir string, infra *fakeInfra
 	e.deps.kube = func([]byte) (kubernetes.Interface, error) { return k8s, nil }
 	require.NoError(t, afero.WriteFile(fs, AdminConfFile, []byte("apiVersion: v1\nkind: Config\n"), 0o600))
 	e.files = file.NewHandler(fs)
-	require.NoError(t, afero.WriteFile(fs, filepath.Join(artifactsDir, "image", "constellation.efi"), testUKI(), 0o644))
+	require.NoError(t, afero.WriteFile(fs, filepath.Join(artifactsDir, "image", "constellation.efi"), precomputetest.UKI(), 0o644))
 	cfg, err := e.loadConfig()
 	require.NoError(t, err)
 	writeInitializedState(t, fs, make([]byte, 32))

@@ -24,6 +24,7 @@ import (
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/upgrade"
 	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/measurements/precompute/precomputetest"
 )
 
 // upgradeFixture is a workspace with a local configuration (with a comment of the user's) and, beside the
@@ -32,7 +33,7 @@ func upgradeFixture(t *testing.T) (ws afero.Fs, artifactsDir string) {
 	t.Helper()
 	artifactsDir = t.TempDir()
 	require.NoError(t, os.MkdirAll(filepath.Join(artifactsDir, "image"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(artifactsDir, "image", "constellation.efi"), testUKI(), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(artifactsDir, "image", "constellation.efi"), precomputetest.UKI(), 0o644))
 	ws = afero.NewMemMapFs()
 	cfg, err := config.Default(cloudprovider.Local)
 	require.NoError(t, err)

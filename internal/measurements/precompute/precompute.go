@@ -3,6 +3,7 @@ package precompute
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -403,4 +404,30 @@ func utf16z(s string) []byte {
 		b = binary.LittleEndian.AppendUint16(b, c)
 	}
 	return append(b, 0, 0)
+}
+
+// ErrNotUKI is FreshNode's error for data that is not a UKI it can measure.
+var ErrNotUKI = errors.New("not a usable UKI")
+
+// FreshNode precomputes the measurements a node booted from the UKI uki shows before it initializes or joins
+// a cluster: the predicted PCRs of the boot, and PCR 15 zero (verifiers of a running cluster expect the
+// cluster's value there instead, measurements.PCR15ForCluster).
+func FreshNode(uki []byte, opts Options) (*Result, measurements.M, error) {
+	parsed, err := ParseUKI(uki)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrNotUKI, err)
+	}
+	res, err := Precompute(parsed, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("precomputing the measurements: %w", err)
+	}
+	m := res.Measurements(true)
+	m[measurements.PCRClusterID] = measurements.Measurement{Expected: make(measurements.Digest, measurements.DigestSize)}
+	return res, m, nil
+}
+
+// ImageRef names a local or qemu node image in measurements files: sha256:<hex> of its UKI.
+func ImageRef(uki []byte) string {
+	sum := sha256.Sum256(uki)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }

@@ -3,6 +3,8 @@ package tfprovider
 import (
 	"bytes"
 	"context"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,15 +18,23 @@ import (
 
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/measurements/precompute"
+	"github.com/constellation-go/constellation/internal/measurements/precompute/precomputetest"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 )
 
-// readAttestation runs the data source's Read with the given configuration (attribute → value; the rest
-// null) and returns its state and diagnostics.
+// readAttestation runs the attestation data source's Read with cfg and returns its state and diagnostics.
 func readAttestation(t *testing.T, fs afero.Fs, cfg map[string]tftypes.Value) (attestationModel, diag.Diagnostics) {
 	t.Helper()
+	var m attestationModel
+	return m, readDataSource(t, &attestationDataSource{fs: fs}, cfg, &m)
+}
+
+// readDataSource runs d's Read with the given configuration (attribute → value; the rest null) and reads its
+// state into model.
+func readDataSource(t *testing.T, d datasource.DataSource, cfg map[string]tftypes.Value, model any) diag.Diagnostics {
+	t.Helper()
 	ctx := context.Background()
-	d := &attestationDataSource{fs: fs}
 	var sresp datasource.SchemaResponse
 	d.Schema(ctx, datasource.SchemaRequest{}, &sresp)
 	typ := sresp.Schema.Type().TerraformType(ctx).(tftypes.Object)
@@ -38,11 +48,10 @@ func readAttestation(t *testing.T, fs afero.Fs, cfg map[string]tftypes.Value) (a
 	raw := tftypes.NewValue(typ, values)
 	resp := &datasource.ReadResponse{State: tfsdk.State{Schema: sresp.Schema, Raw: tftypes.NewValue(typ, nil)}}
 	d.Read(ctx, datasource.ReadRequest{Config: tfsdk.Config{Schema: sresp.Schema, Raw: raw}}, resp)
-	var m attestationModel
 	if !resp.Diagnostics.HasError() {
-		resp.Diagnostics.Append(resp.State.Get(ctx, &m)...)
+		resp.Diagnostics.Append(resp.State.Get(ctx, model)...)
 	}
-	return m, resp.Diagnostics
+	return resp.Diagnostics
 }
 
 // TestAttestationDataSource: the measurements come only from a file the publisher's key signed; another key,
@@ -119,4 +128,43 @@ func TestAttestationDataSource(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestImageDataSource: the image's reference and its precomputed measurements, as `image measure` computes
+// them for the platform; PCR 15 zero (a fresh node). A directory without a UKI names the attribute.
+func TestImageDataSource(t *testing.T) {
+	fs := afero.NewMemMapFs()
+	uki := precomputetest.UKI()
+	require.NoError(t, afero.WriteFile(fs, "/out/image/constellation.efi", uki, 0o644))
+	str := func(s string) tftypes.Value { return tftypes.NewValue(tftypes.String, s) }
+
+	for _, platform := range []string{"", "local", "qemu"} {
+		t.Run("platform "+platform, func(t *testing.T) {
+			cfg := map[string]tftypes.Value{"path": str("/out/image")}
+			p := &precompute.GenericUEFI
+			if platform != "" {
+				cfg["platform"] = str(platform)
+			}
+			if platform == "qemu" {
+				p = &precompute.OVMF
+			}
+			var m imageModel
+			diags := readDataSource(t, &imageDataSource{fs: fs}, cfg, &m)
+			require.False(t, diags.HasError(), "%v", diags)
+			assert.Equal(t, precompute.ImageRef(uki), m.Reference.ValueString())
+			assert.Equal(t, "qemu-vtpm", m.Variant.ValueString())
+			_, want, err := precompute.FreshNode(uki, precompute.Options{Platform: p, Path: precompute.BootDirect})
+			require.NoError(t, err)
+			elems := m.Measurements.Elements()
+			require.Len(t, elems, len(want))
+			for idx, v := range want {
+				assert.Contains(t, elems[strconv.FormatUint(uint64(idx), 10)].String(), `"expected":"`+v.Expected.String()+`"`, "PCR %d", idx)
+			}
+			assert.Contains(t, elems["15"].String(), `"expected":"`+strings.Repeat("0", 64)+`"`)
+		})
+	}
+	var m imageModel
+	diags := readDataSource(t, &imageDataSource{fs: fs}, map[string]tftypes.Value{"path": str("/nowhere")}, &m)
+	require.True(t, diags.HasError())
+	assert.Contains(t, diags.Errors()[0].Detail(), "make image")
 }
