@@ -450,7 +450,9 @@ func userManagedKeys(uri string) bool {
 }
 
 // applyKeyServiceKMSAccess gives a user-managed KeyService what it needs: its AWS credentials, if the admin
-// gave some, and a service account that reads and writes only the Secret of wrapped data keys.
+// gave some, the Secret of wrapped data keys (created empty here, so that the KeyService needs no right to
+// create Secrets: in kube-system that would include bootstrap tokens), and a service account that reads and
+// writes only that Secret.
 func applyKeyServiceKMSAccess(ctx context.Context, client kubernetes.Interface, cfg Config) error {
 	if !userManagedKeys(cfg.KMSURI) {
 		return nil
@@ -462,9 +464,12 @@ func applyKeyServiceKMSAccess(ctx context.Context, client kubernetes.Interface, 
 			return err
 		}
 	}
+	// Never replaced: a deploy again must keep the wrapped keys it holds.
+	wrapped := &corev1.Secret{ObjectMeta: meta(awskms.DefaultSecret), Type: corev1.SecretTypeOpaque}
+	if _, err := client.CoreV1().Secrets(Namespace).Create(ctx, wrapped, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
 	return applyServiceAccount(ctx, client, KeyServiceName, []rbacv1.PolicyRule{
-		// Creating cannot be limited to a name; reading and changing can.
-		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}},
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "update"}, ResourceNames: []string{awskms.DefaultSecret}},
 	})
 }

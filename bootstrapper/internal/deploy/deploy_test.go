@@ -366,6 +366,15 @@ func TestDeployUserManagedKeys(t *testing.T) {
 	got, err := store.Get(ctx, "disk.64")
 	require.NoError(t, err)
 	assert.Equal(t, "blob 2", string(got))
+	require.NoError(t, Deploy(ctx, cluster.Client, cfg))
+	got, err = store.Get(ctx, "disk.64")
+	require.NoError(t, err)
+	assert.Equal(t, "blob 2", string(got), "a deploy again keeps the wrapped keys")
+	_, err = sa.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-abcdef"}, Type: "bootstrap.kubernetes.io/token",
+		StringData: map[string]string{"token-id": "abcdef", "token-secret": "0123456789abcdef"},
+	}, metav1.CreateOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "the KeyService's account cannot create Secrets (a bootstrap token): %v", err)
 	_, err = sa.CoreV1().Secrets(Namespace).Get(ctx, MasterSecretName, metav1.GetOptions{})
 	assert.True(t, apierrors.IsForbidden(err), "the KeyService's account cannot read the master secret: %v", err)
 	_, err = sa.CoreV1().Secrets(Namespace).Get(ctx, KMSCredentialsName, metav1.GetOptions{})
