@@ -40,6 +40,12 @@ sends it the master secret from constellation-mastersecret.json over attested TL
 state disk, locks itself to the cluster again (PCR 15), reinstalls its components and restarts its
 Kubernetes services from the encrypted disk. recover then waits for the Kubernetes API.
 
+With user-managed keys (kms.awsKMS), a disk's key exists only wrapped by your KMS key: recover reads the
+wrapped key each control plane keeps beside its disk, has the KMS unwrap it (with the credentials of
+kms.awsKMS.credentialsFile, else your AWS environment), and sends the key with the master secret, which
+still gives the cluster's identity. A KMS that refuses (a disabled key, no permission) leaves the disks
+locked.
+
 Nodes that do not wait for recovery (running normally, or recovered already) are reported and left
 alone; re-running recover is safe.`,
 		Example: `  constellation recover
