@@ -8,7 +8,7 @@
 // the KMS encryption context, so a blob moved to another ID's entry does not unwrap.
 //
 // Rotation: a new version of the same KMS key needs nothing (the KMS unwraps blobs of older versions);
-// moving to another KMS key re-wraps every stored blob (Rewrap, with ReEncrypt), which leaves the data keys
+// moving to another KMS key re-wraps every stored blob (Adopt, with ReEncrypt), which leaves the data keys
 // unchanged.
 package awskms
 
@@ -224,19 +224,6 @@ func (b *Backend) eachStored(ctx context.Context, f func(name, id string, blob [
 			return err
 		}
 	}
-	return nil
-}
-
-// RewrapAll wraps every stored data key with the KMS key newKeyID instead (ReEncrypt: the keys themselves do
-// not change) and makes the backend use it. A failure leaves each blob wrapped by one of the two keys,
-// which the KMS can still unwrap, so a re-run finishes the job.
-func (b *Backend) RewrapAll(ctx context.Context, newKeyID string) error {
-	if err := b.eachStored(ctx, func(name, id string, blob []byte) error {
-		return b.rewrapOne(ctx, name, id, blob, newKeyID)
-	}); err != nil {
-		return err
-	}
-	b.keyID = newKeyID
 	return nil
 }
 

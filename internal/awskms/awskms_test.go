@@ -141,8 +141,8 @@ func TestConcurrentFirstRequests(t *testing.T) {
 	}
 }
 
-// TestRotation: moving to another KMS key re-wraps the stored keys without changing them; the old key can
-// then be disabled.
+// TestRotation: moving to another KMS key (a backend on the new key adopts the stored keys, as a KeyService
+// started with it does) re-wraps the stored keys without changing them; the old key can then be disabled.
 func TestRotation(t *testing.T) {
 	l := startLocalKMS(t)
 	oldKey, newKey := l.createKey(t), l.createKey(t)
@@ -156,7 +156,11 @@ func TestRotation(t *testing.T) {
 	require.NoError(t, err)
 	before, _ := store.Get(ctx, storeName(diskID, 64))
 
-	require.NoError(t, b.RewrapAll(ctx, newKey))
+	moved, err := New(l.client(), newKey, store)
+	require.NoError(t, err)
+	n, err := moved.Adopt(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
 	after, _ := store.Get(ctx, storeName(diskID, 64))
 	assert.NotEqual(t, before, after, "re-wrapped")
 	_, err = l.client().DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(oldKey)})
@@ -170,7 +174,9 @@ func TestRotation(t *testing.T) {
 	got, err = fresh.GetDEK(ctx, "measurementSecret", 32)
 	require.NoError(t, err)
 	assert.Equal(t, secret, got)
-	require.NoError(t, fresh.RewrapAll(ctx, newKey), "re-running a finished rotation is harmless")
+	n, err = fresh.Adopt(ctx)
+	require.NoError(t, err, "re-running a finished rotation is harmless")
+	assert.Zero(t, n)
 }
 
 // TestOutagesAndRefusals: the KMS down or refusing gives an error naming the KMS and the reason, nothing

@@ -45,13 +45,11 @@ const ensureKeyTimeout = 30 * time.Second
 // component server (ComponentPort) and, with WithLocalKMS, the local KMS (localkms.Port).
 type Servers struct {
 	Metadata *metadata.Server
-	// KMS is the local KMS, nil without WithLocalKMS.
-	KMS *localkms.Server
-	// KMSKeyID is the ID of the local KMS's key under localkms.DefaultAlias.
-	KMSKeyID string
-	cancels  []context.CancelFunc
-	wg       sync.WaitGroup
-	log      *slog.Logger
+	// kms is the local KMS, nil without WithLocalKMS.
+	kms     *localkms.Server
+	cancels []context.CancelFunc
+	wg      sync.WaitGroup
+	log     *slog.Logger
 }
 
 // Option adds to what Serve serves.
@@ -125,16 +123,17 @@ func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetes
 func (s *Servers) serveKMS(ctx context.Context, bridge netip.Addr, dataDir string) error {
 	addr := netip.AddrPortFrom(bridge, localkms.Port).String()
 	var err error
-	if s.KMS, err = localkms.Start(addr, dataDir, s.log.With("server", "local-kms")); err != nil {
+	if s.kms, err = localkms.Start(addr, dataDir, s.log.With("server", "local-kms")); err != nil {
 		return fmt.Errorf("starting the local KMS on %s: %w", addr, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, ensureKeyTimeout)
 	defer cancel()
 	// Its errors name the KMS and its endpoint.
-	if s.KMSKeyID, err = localkms.EnsureKey(ctx, s.KMS.Endpoint(), localkms.DefaultAlias); err != nil {
+	keyID, err := localkms.EnsureKey(ctx, s.kms.Endpoint(), localkms.DefaultAlias)
+	if err != nil {
 		return err
 	}
-	s.log.Info("local KMS ready", "endpoint", s.KMS.Endpoint(), "alias", localkms.DefaultAlias, "keyID", s.KMSKeyID)
+	s.log.Info("local KMS ready", "endpoint", s.kms.Endpoint(), "alias", localkms.DefaultAlias, "keyID", keyID)
 	return nil
 }
 
@@ -156,8 +155,8 @@ func (s *Servers) Close() {
 		cancel()
 	}
 	s.wg.Wait()
-	if s.KMS != nil {
-		if err := s.KMS.Close(); err != nil {
+	if s.kms != nil {
+		if err := s.kms.Close(); err != nil {
 			s.log.Error("stopping the local KMS", "error", err)
 		}
 	}

@@ -50,6 +50,8 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
+
+	"github.com/constellation-go/constellation/localprovider/providerinfo"
 )
 
 // Defaults of Config.
@@ -155,7 +157,7 @@ func New(cfg Config) (*Network, error) {
 			}
 		}
 	}
-	return &Network{cfg: cfg, bridge: BridgeName(cfg.Cluster), gw: cfg.BridgeCIDR.Addr().Next()}, nil
+	return &Network{cfg: cfg, bridge: BridgeName(cfg.Cluster), gw: providerinfo.BridgeAddr(cfg.BridgeCIDR)}, nil
 }
 
 // Config returns the network's configuration, defaults filled in.

@@ -32,8 +32,9 @@ type wrappedKeyKeeper interface {
 	SaveWrappedKey(blob []byte) error
 }
 
-// keepWrappedKey keeps a ticket's wrapped disk key (user-managed keys) beside the disk, before the disk is
-// unlocked with it: an encrypted disk always has the blob the admin needs to recover the node.
+// keepWrappedKey keeps a ticket's wrapped disk key (user-managed keys) beside the disk: the blob the admin
+// needs to recover the node. A join keeps it before it encrypts the disk, so that no encrypted disk lacks
+// one; a rejoin only after the key opened the disk.
 func keepWrappedKey(disk wrappedKeyKeeper, blob []byte) error {
 	if len(blob) == 0 {
 		return nil // constellation-managed: the master secret recovers the disk

@@ -138,7 +138,7 @@ func (e *env) applyKeyBackend(ctx context.Context, cfg *config.Config, p *progre
 	if cur.Host != kmsuri.AWSKMS || next.Host != kmsuri.AWSKMS || q.Get(kmsuri.AWSRegion) != nq.Get(kmsuri.AWSRegion) ||
 		q.Get(kmsuri.AWSEndpoint) != nq.Get(kmsuri.AWSEndpoint) {
 		return fmt.Errorf("kms: the cluster's keys are %s; %s says %s. Only the KMS key of user-managed keys can change "+
-			"(the disks' keys must stay the same): set the kms section back", clusterKeys(ctx, k8s), e.path(config.FileName), cfg.KMS)
+			"(the disks' keys must stay the same): set the kms section back", describeKeys(current), e.path(config.FileName), cfg.KMS)
 	}
 	newKey := nq.Get(kmsuri.AWSKeyID)
 	p.Step("Moving the cluster's keys to KMS key %s (re-wrapped; the keys themselves stay)", newKey)

@@ -22,6 +22,7 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/precompute"
 	"github.com/constellation-go/constellation/internal/state"
+	"github.com/constellation-go/constellation/localprovider/providerinfo"
 )
 
 func newMiniCmd(e *env) *cobra.Command {
@@ -202,8 +203,6 @@ const (
 	maxMiniWorkers = 20
 )
 
-// miniConfig writes a local configuration with workers worker nodes, measured from the image beside the
-// CLI, or checks that the existing one is local (and, if workersSet, has that many workers).
 // kmsLocal is mini up's user-managed key backend: local-kms, run by the local provider.
 const kmsLocal = "local-kms"
 
@@ -211,6 +210,9 @@ const kmsLocal = "local-kms"
 // any will do, but the cluster's AWS SDK signs its requests with some.
 const localKMSCredentialsFile = "constellation-kms-credentials.json"
 
+// miniConfig writes a local configuration with workers worker nodes, measured from the image beside the
+// CLI, or checks that the existing one is local (and, if workersSet, has that many workers; if localKMS,
+// runs the local KMS).
 func (e *env) miniConfig(p *progress, workers int, workersSet, localKMS bool) error {
 	cfg, err := config.Load(e.files, config.FileName)
 	switch {
@@ -301,7 +303,7 @@ func (e *env) useLocalKMS(cfg *config.Config, p *progress) error {
 	cfg.Provider.Local.LocalKMS = true
 	cfg.KMS.AWSKMS = &config.AWSKMSConfig{
 		Region: kmsuri.LocalKMSRegion, KeyID: kmsuri.LocalKMSAlias, CredentialsFile: localKMSCredentialsFile,
-		Endpoint: "http://" + netip.AddrPortFrom(bridge.Masked().Addr().Next(), kmsuri.LocalKMSPort).String(),
+		Endpoint: "http://" + netip.AddrPortFrom(providerinfo.BridgeAddr(bridge), kmsuri.LocalKMSPort).String(),
 	}
 	p.Detail("user-managed keys: %s, run by the local provider (credentials in %s)", cfg.KMS, e.path(localKMSCredentialsFile))
 	return nil

@@ -359,14 +359,18 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 	return nil
 }
 
-// clusterKeys describes the KeyService's backend from its DaemonSet's --kms-uri (nothing secret: credentials
-// never go into the URI); "" if it cannot be read.
+// clusterKeys describes the KeyService's backend from its DaemonSet's --kms-uri; "" if it cannot be read.
 func clusterKeys(ctx context.Context, k8s kubernetes.Interface) string {
 	ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, keyserviceproto.DaemonSetName, metav1.GetOptions{})
 	if err != nil {
 		return ""
 	}
-	u, err := kmsuri.Parse(keyServiceURI(ds))
+	return describeKeys(keyServiceURI(ds))
+}
+
+// describeKeys describes the key backend uri names (nothing secret: credentials never go into the URI).
+func describeKeys(uri string) string {
+	u, err := kmsuri.Parse(uri)
 	if err != nil {
 		return "unknown (" + err.Error() + ")"
 	}
