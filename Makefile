@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup build services libvirt-provider run test lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test fault-test kms-test qemu-test check-generated generate protos bench clean
+.PHONY: setup kubernetes-next build services libvirt-provider run test lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test fault-test kms-test qemu-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (the host tools of bazel/hosttools.sh, Terraform, Bazel in a
 ## chroot, Go modules, the Kubernetes binaries integration tests run); idempotent and cached
@@ -16,6 +16,13 @@ setup:
 	bazel/setup.sh
 	go mod download
 	bazel/kubernetes/build.sh all
+
+## kubernetes-next: the components of the newest pinned Kubernetes version as well, which the upgrade
+## end-to-end test and benchmark move a cluster to (the local provider serves every version built here);
+## cached like setup's
+KUBERNETES_NEXT := v1.34.10
+kubernetes-next: setup
+	bazel/kubernetes/build.sh --version $(KUBERNETES_NEXT) all
 
 ## build: build the CLI, its Terraform provider, the services' images and the node image into out/ (what
 ## `constellation mini up` needs beside the CLI)
@@ -85,8 +92,8 @@ cluster-test: setup image services
 		-run 'TestRealImage' ./localprovider/node/
 
 ## e2e-test: the built CLI end to end: mini up, kubectl, verify (and a tampered node), recover, rejoin, an
-## image roll-out to image B, mini down
-e2e-test: build image-b
+## upgrade to the next Kubernetes version and image B, mini down
+e2e-test: build image-b kubernetes-next
 	@bazel/hosttools.sh check e2e-test
 	$(BAZEL) build //cli/e2e/workload:image
 	install -m 0644 bazel-bin/cli/e2e/workload/image.tar out/e2e-workload.tar
@@ -146,8 +153,10 @@ protos:
 	bazel/protos.sh
 
 ## bench: print the performance figures (attestation, aTLS, JoinService, PCR precomputation, cluster, CLI,
-## image roll-out)
-bench: setup build image-b
+## image roll-out, Kubernetes upgrade)
+bench: setup build image-b kubernetes-next
+	$(BAZEL) build //cli/e2e/workload:image
+	install -m 0644 bazel-bin/cli/e2e/workload/image.tar out/e2e-workload.tar
 	bench/attestation.sh
 	bench/joinservice.sh
 	bench/measurements.sh
@@ -155,6 +164,7 @@ bench: setup build image-b
 	bench/cluster.sh
 	bench/cli.sh
 	bench/upgrade.sh
+	bench/k8supgrade.sh
 
 clean:
 	rm -rf out

@@ -360,10 +360,11 @@ func TestMiniUp(t *testing.T) {
 	assert.Contains(t, stdout, "does not follow entry 1")
 }
 
-// testImageRollout moves the running cluster to image B (make image-b) with `upgrade check --update-config`
-// and `upgrade apply`, while a workload (loaded with `mini image load`, its data on the nodes' encrypted state
-// disks) is asked every 200 ms: the first `upgrade apply` is interrupted and the second completes; both nodes
-// end on image B, Ready and verified, the workload answers with its data intact, and the cluster trusts only
+// testImageRollout moves the running cluster to the newest pinned Kubernetes version and to image B (make
+// image-b) with `upgrade check --update-config` and `upgrade apply`, while a workload (loaded with `mini image
+// load`, its data on the nodes' encrypted state disks) is asked every 200 ms: `upgrade apply` is interrupted
+// while the worker runs `kubeadm upgrade node`, the re-run while the worker moves to image B, and the third
+// run completes; both nodes end on the new version and image B, Ready and verified, the workload answers with its data intact, and the cluster trusts only
 // image B afterwards: a node that boots image A again does not verify and does not get back in.
 func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeconfig, workerDir string) {
 	imageB, workload := os.Getenv(imageBEnv), os.Getenv(workloadEnv)
@@ -402,13 +403,31 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	}
 	probe := startProbe(ctx, []string{"10.42.0.2", "10.42.0.3"})
 
-	code, stdout, stderr = c.run(ctx, "upgrade", "check", "--image", imageB, "--update-config", "--kubernetes", versions.DefaultKubernetes)
+	// The Kubernetes target: the newest version this release pins, when its components are built here.
+	supported := versions.SupportedKubernetes()
+	nextKubernetes := supported[len(supported)-1]
+	if !versions.Built(nextKubernetes) {
+		if testenv.Strict() {
+			t.Fatalf("the components of Kubernetes %s are not built: 'make e2e-test' builds them", nextKubernetes)
+		}
+		t.Logf("SKIPPED the Kubernetes upgrade: the components of %s are not built (make kubernetes-next)", nextKubernetes)
+		nextKubernetes = versions.DefaultKubernetes
+	}
+	code, stdout, stderr = c.run(ctx, "upgrade", "check", "--image", imageB, "--update-config", "--kubernetes", nextKubernetes)
 	require.Zero(t, code, "upgrade check failed:\n%s\n%s", stdout, stderr)
 	assert.Contains(t, stdout, "attestation.measurements")
 	assert.Contains(t, stdout, "image")
 
-	// Ctrl-C while the worker moves: the CLI stops and says how to continue; a re-run completes.
 	start := time.Now()
+	if nextKubernetes != versions.DefaultKubernetes {
+		// Ctrl-C while the worker runs `kubeadm upgrade node`: the node finishes its step on its own, and the
+		// re-run below continues from there.
+		code, _, stderr = c.runInterrupted(ctx, "Node worker-0 (2 of 2): kubeadm upgrade node", "upgrade", "apply")
+		require.Equal(t, 1, code, "an interrupted upgrade apply fails:\n%s", stderr)
+		assert.Contains(t, stderr, "re-run 'constellation apply' to continue")
+		assert.Contains(t, stderr, "kubeadm upgrade apply to "+nextKubernetes)
+	}
+	// Ctrl-C while the worker moves to image B: the CLI stops and says how to continue; a re-run completes.
 	code, _, stderr = c.runInterrupted(ctx, "rebooting worker-0", "upgrade", "apply")
 	require.Equal(t, 1, code, "an interrupted upgrade apply fails:\n%s", stderr)
 	assert.Contains(t, stderr, "re-run 'constellation apply' to continue")
@@ -445,8 +464,10 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	code, stdout, _ = c.run(ctx, "status")
 	assert.Zero(t, code)
 	assert.Contains(t, stdout, "Node image target "+imageB+" (constellation-conf.yaml): 2 of 2 nodes run it")
-	t.Logf("FIGURES image roll-out of 2 nodes (interrupted once, then re-run): %s; the workload's longest unanswered "+
-		"stretch %s (%d answers)", took.Round(100*time.Millisecond), gap.Round(100*time.Millisecond), answers)
+	assert.Contains(t, stdout, "Kubernetes target "+nextKubernetes+" (constellation-conf.yaml): 2 of 2 nodes at target")
+	assert.Contains(t, stdout, ", Kubernetes "+nextKubernetes, "the API server runs it")
+	t.Logf("FIGURES upgrade of 2 nodes to Kubernetes %s and image B (interrupted twice, then re-run): %s; the workload's "+
+		"longest unanswered stretch %s (%d answers)", nextKubernetes, took.Round(100*time.Millisecond), gap.Round(100*time.Millisecond), answers)
 
 	// Image A is no longer trusted: the worker rebooted into it neither verifies nor gets back in.
 	retries := func() int {

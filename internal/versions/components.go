@@ -172,6 +172,17 @@ func pinnedVersions() []string {
 	return vs
 }
 
+// Built tells whether this machine has built every component of a supported version: the build writes its
+// record (components.json) last.
+func Built(kubernetesVersion string) bool {
+	v, err := ResolveKubernetes(kubernetesVersion)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(CacheDir(v), "components.json"))
+	return err == nil
+}
+
 // LocalComponents returns the pinned components of a version as Components does, except for an image
 // made of Debian packages (kube-proxy's) that this machine had to build from other package versions than
 // the pins, because Debian's archive no longer serves the pinned ones (bazel/kubernetes/build.sh without

@@ -16,6 +16,18 @@ var ControlPlaneFiles = []string{
 	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
 }
 
+// The JoinService in the cluster: a DaemonSet on the control planes, which hands joining nodes the
+// Kubernetes version of its flag and the components of its ConfigMap. A Kubernetes upgrade moves both once
+// the control plane runs the new version.
+const (
+	DaemonSetName = "joinservice"
+	// KubernetesVersionFlag is the DaemonSet's argument "--kubernetes-version=<version>".
+	KubernetesVersionFlag = "--kubernetes-version"
+	// ConfigMapName holds the components (ComponentsKey: components.MarshalList).
+	ConfigMapName = "join-config"
+	ComponentsKey = "components.json"
+)
+
 const (
 	// AttestedCondition is the node condition the JoinService's re-attestation sets on every node (True:
 	// verified in the last round; False: refused, with the reason and the differing PCRs; Unknown:

@@ -67,7 +67,7 @@ func WithLocalKMS(dataDir string) Option {
 }
 
 // Serve starts the metadata API with st and the component server for the Kubernetes version's pinned set
-// and the extra sets, both on the bridge address, and what the options add. They run until Close.
+// (and those of the other versions built on this machine) and the extra sets, both on the bridge address, and what the options add. They run until Close.
 func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetesVersion string, extra []versions.ExtraSet, log *slog.Logger, opts ...Option) (_ *Servers, retErr error) {
 	var o options
 	for _, opt := range opts {
@@ -98,6 +98,23 @@ func Serve(ctx context.Context, bridge netip.Addr, st metadata.State, kubernetes
 	}
 	sets := []versions.ComponentSet{set}
 	dirs := map[string]string{set.Kubernetes: versions.CacheDir(set.Kubernetes)}
+	// Every other version built on this machine too: during a Kubernetes upgrade, nodes of both versions
+	// install their components (a node that restarts reinstalls the version it recorded).
+	for _, v := range versions.SupportedKubernetes() {
+		if v == set.Kubernetes || !versions.Built(v) {
+			continue
+		}
+		other, notices, err := versions.LocalComponents(v)
+		if err != nil {
+			log.Warn("not serving the components of another Kubernetes version", "version", v, "error", err)
+			continue
+		}
+		for _, n := range notices {
+			log.Warn("serving a locally built component", "notice", n)
+		}
+		sets = append(sets, other)
+		dirs[v] = versions.CacheDir(v)
+	}
 	for _, e := range extra {
 		sets = append(sets, e.Set)
 		dirs[e.Set.Kubernetes] = e.Dir

@@ -56,10 +56,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/bootstrapper/internal/bootstrap"
@@ -72,6 +75,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubelet"
 	"github.com/constellation-go/constellation/bootstrapper/internal/metadata"
+	"github.com/constellation-go/constellation/bootstrapper/internal/nodeagent"
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodelock"
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodelog"
 	"github.com/constellation-go/constellation/bootstrapper/internal/nodestate"
@@ -98,6 +102,8 @@ const (
 	nodeLogSize = 1 << 20
 	// kubeletLogTail is how much of the kubelet's log a failed init sends back.
 	kubeletLogTail = 256 << 10
+	// upgradeLogTail is how much of kubeadm's upgrade output the agent keeps for a failure's report.
+	upgradeLogTail = 64 << 10
 )
 
 func main() {
@@ -277,6 +283,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Disk: disk, Installer: installer, Kubeadm: runner, Node: node,
 	}, installer, joinCreds, log.With("component", "join"))
 
+	// The agent's kubeadm runs with its own copy of the output, so that a failed upgrade reports its end.
+	upgradeOut := nodelog.NewBuffer(upgradeLogTail)
+	upgradeRunner := *runner
+	upgradeRunner.Out = io.MultiWriter(kubeadmOut, upgradeOut)
+	agent := &nodeagent.Agent{
+		NodeName: self.Name, Client: kubeletClient, Installer: installer, Recorder: disk, Kubeadm: &upgradeRunner,
+		Kubelet: supervisor, KubeadmTail: func() string { return lastLines(upgradeOut.Bytes(), 15) },
+		Log: log.With("component", "nodeagent"),
+	}
+
 	b := &bootstrap.Bootstrapper{
 		Lock: lock, InitServer: initGRPC, InitListener: initLis, Join: join, Kubelet: supervisor,
 		PrepareNode: func() error { return cni.Write(f.cniConfDir, self.PodCIDR) },
@@ -285,6 +301,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			Server: recoverGRPC, Restarted: disk.Initialized,
 			Listen: func() (net.Listener, error) { return net.Listen("tcp", f.recoverAddr) },
 		},
+		Agent: agent,
 	}
 	err = b.Run(ctx)
 	log.Info("bootstrapper stopped", "error", err)
@@ -298,7 +315,6 @@ func pathEnv() string {
 	return "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 }
 
-// protoInstaller installs the components of the Init and join APIs with internal/components/install.
 // protoInstaller installs components and records them on the (unlocked) state disk, from which a
 // recovered node installs them again.
 type protoInstaller struct {
@@ -307,11 +323,7 @@ type protoInstaller struct {
 }
 
 func (p protoInstaller) Install(ctx context.Context, comps []*components.Component) error {
-	cs, err := install.FromProto(comps)
-	if err != nil {
-		return err
-	}
-	if err := p.in.Install(ctx, cs); err != nil {
+	if err := p.Stage(ctx, comps); err != nil {
 		return err
 	}
 	data, err := components.MarshalList(comps)
@@ -319,4 +331,32 @@ func (p protoInstaller) Install(ctx context.Context, comps []*components.Compone
 		return err
 	}
 	return p.disk.SaveComponents(data)
+}
+
+// Stage installs components without recording them (an upgrade records them once the kubelet moved).
+func (p protoInstaller) Stage(ctx context.Context, comps []*components.Component) error {
+	cs, err := install.FromProto(comps)
+	if err != nil {
+		return err
+	}
+	return p.in.Install(ctx, cs)
+}
+
+// kubeletClient returns a client with the kubelet's credentials (the node's own identity); the file exists
+// once the node joined.
+func kubeletClient() (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubelet.KubeconfigFile)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// lastLines returns the last n lines of out.
+func lastLines(out []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -63,6 +63,9 @@ type Bootstrapper struct {
 	KeepServing func() bool
 	// Recovery, if set, is served on a restarted node.
 	Recovery *Recovery
+	// Agent, if set, runs beside the kubelet supervisor until shutdown: it carries out Kubernetes upgrades
+	// (bootstrapper/internal/nodeagent).
+	Agent interface{ Run(ctx context.Context) }
 }
 
 // Recovery is the Recovery API of a restarted node.
@@ -86,6 +89,8 @@ func (b *Bootstrapper) Run(ctx context.Context) error {
 		_ = b.InitListener.Close()
 		b.Log.Info("PCR 15 is set: this node already belongs to a cluster; supervising the kubelet")
 		b.prepareNode()
+		stopAgent := b.startAgent(ctx)
+		defer stopAgent()
 		return b.Kubelet.Run(ctx)
 	}
 	stopRecovery, err := b.serveRecovery()
@@ -96,6 +101,9 @@ func (b *Bootstrapper) Run(ctx context.Context) error {
 	defer stopRecovery()
 	b.Log.Info("no node lock yet: serving Init and trying to join", "initAddr", b.InitListener.Addr().String())
 
+	// Deferred first, so it runs last: the agent ends when kubeletCtx does.
+	stopAgent := func() {}
+	defer func() { stopAgent() }()
 	// The kubelet outlives the flows: it is stopped only when ctx ends.
 	kubeletCtx, cancelKubelet := context.WithCancel(ctx)
 	defer cancelKubelet()
@@ -104,6 +112,7 @@ func (b *Bootstrapper) Run(ctx context.Context) error {
 		b.prepareNode()
 		kubeletDone = make(chan error, 1)
 		go func() { kubeletDone <- b.Kubelet.Run(kubeletCtx) }()
+		stopAgent = b.startAgent(kubeletCtx)
 	})
 	if kubeletDone == nil {
 		return fatal
@@ -214,6 +223,19 @@ func (b *Bootstrapper) serveRecovery() (stop func(), err error) {
 		b.Recovery.Server.GracefulStop()
 		<-done
 	}, nil
+}
+
+// startAgent runs the agent until ctx ends; the returned func waits for that.
+func (b *Bootstrapper) startAgent(ctx context.Context) (wait func()) {
+	if b.Agent == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.Agent.Run(ctx)
+	}()
+	return func() { <-done }
 }
 
 func (b *Bootstrapper) prepareNode() {

@@ -107,6 +107,13 @@ func (f *funcRunner) Run(ctx context.Context) error {
 	return f.run(ctx)
 }
 
+// agentRunner is a node agent that runs until its context ends.
+type agentRunner struct{ runner funcRunner }
+
+func (a *agentRunner) Run(ctx context.Context) { _ = a.runner.Run(ctx) }
+
+func newAgent() *agentRunner { return &agentRunner{runner: funcRunner{run: untilDone}} }
+
 func untilDone(ctx context.Context) error {
 	<-ctx.Done()
 	return nil
@@ -148,10 +155,14 @@ func TestLockedNodeOnlySupervisesTheKubelet(t *testing.T) {
 	b := newBootstrapper(t, &fakeLock{locked: true, taken: make(chan struct{})}, server, join, kubelet)
 	var prepared atomic.Bool
 	b.PrepareNode = func() error { prepared.Store(true); return errors.New("logged, not fatal") }
+	agent := newAgent()
+	b.Agent = agent
 	cancel, done := runAsync(b)
 	require.Eventually(t, kubelet.started.Load, 5*time.Second, time.Millisecond)
+	require.Eventually(t, agent.runner.started.Load, 5*time.Second, time.Millisecond, "the node agent runs beside the kubelet")
 	cancel()
 	require.NoError(t, wait(t, done))
+	assert.True(t, agent.runner.ended.Load(), "Run returns after the agent ended")
 	assert.False(t, server.served.Load(), "no Init API on a locked node")
 	assert.False(t, join.started.Load(), "no join on a locked node")
 	assert.True(t, kubelet.ended.Load())
@@ -171,8 +182,11 @@ func TestJoinWins(t *testing.T) {
 	b := newBootstrapper(t, lock, server, join, kubelet)
 	var prepared atomic.Bool
 	b.PrepareNode = func() error { prepared.Store(true); return nil }
+	agent := newAgent()
+	b.Agent = agent
 	cancel, done := runAsync(b)
 	<-joined
+	require.Eventually(t, agent.runner.started.Load, 5*time.Second, time.Millisecond, "the node agent starts with the kubelet")
 	assert.True(t, prepared.Load(), "the node is prepared before the kubelet starts")
 	require.Eventually(t, server.gracefulHit.Load, 5*time.Second, time.Millisecond, "the Init API stops")
 	// The node keeps running its kubelet after the join.
@@ -181,6 +195,7 @@ func TestJoinWins(t *testing.T) {
 	cancel()
 	require.NoError(t, wait(t, done))
 	assert.True(t, kubelet.ended.Load())
+	assert.True(t, agent.runner.ended.Load(), "Run returns after the agent ended")
 }
 
 func TestInitWinsAndFinishes(t *testing.T) {

@@ -58,12 +58,12 @@ const (
 	Namespace                     = metav1.NamespaceSystem
 	MasterSecretName              = "constellation-mastersecret"
 	AttestationConfigName         = attestconfig.ConfigMapName
-	JoinConfigName                = "join-config"
-	JoinServiceName               = "joinservice"
+	JoinConfigName                = joinproto.ConfigMapName
+	JoinServiceName               = joinproto.DaemonSetName
 	KeyServiceName                = keyserviceproto.DaemonSetName
 	VerificationServiceName       = "verificationservice"
 	MeasurementSaltKey            = "measurementSalt"
-	ComponentsKey                 = "components.json"
+	ComponentsKey                 = joinproto.ComponentsKey
 	controlPlaneLabel             = "node-role.kubernetes.io/control-plane"
 	componentLabel                = "app.kubernetes.io/name"
 	partOfLabel                   = "app.kubernetes.io/part-of"
@@ -512,7 +512,7 @@ func joinService(cfg Config) *appsv1.DaemonSet {
 			"--pki-dir=" + pkiDir,
 			"--api-endpoint=" + cfg.APIServerEndpoint,
 			"--measurement-salt=" + path.Join(mastersecretMount, MeasurementSaltKey),
-			"--kubernetes-version=" + cfg.KubernetesVersion,
+			joinproto.KubernetesVersionFlag + "=" + cfg.KubernetesVersion,
 			"--components=" + path.Join(joinConfigMount, ComponentsKey),
 			"--audit-log=" + path.Join(auditDir, "joinservice.log"),
 		},

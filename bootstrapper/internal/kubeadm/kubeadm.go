@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
 )
 
 // Executor runs a command with environment env, writing its combined output to out.
@@ -68,6 +70,20 @@ func (r *Runner) Reset(ctx context.Context) error {
 	return r.Kubelet.WhileStopped(ctx, reset)
 }
 
+// UpgradeApply runs `kubeadm upgrade apply <version>` on a control plane: it moves the cluster's control plane
+// (this node's static pods, etcd, the cluster's kubeadm and kubelet configuration, kube-proxy and CoreDNS) to
+// version. It is the first step of a Kubernetes upgrade and runs on one control plane only; run again after
+// an interruption, it finishes the move. The images must be in containerd already: nodes reach no registry.
+func (r *Runner) UpgradeApply(ctx context.Context, version string) error {
+	return r.kubeadm(ctx, "upgrade", "apply", version, "--yes", ignoreUpgradePreflight(), "--v=1")
+}
+
+// UpgradeNode runs `kubeadm upgrade node`: on another control plane it moves the static pods to the
+// cluster's version; on every node it writes the kubelet's new configuration.
+func (r *Runner) UpgradeNode(ctx context.Context) error {
+	return r.kubeadm(ctx, "upgrade", "node", ignoreUpgradePreflight(), "--v=1")
+}
+
 // kubeadm runs kubeadm with args, its output to Out.
 func (r *Runner) kubeadm(ctx context.Context, args ...string) error {
 	exe := r.Exec
@@ -79,7 +95,7 @@ func (r *Runner) kubeadm(ctx context.Context, args ...string) error {
 		out = io.Discard
 	}
 	if err := exe.Run(ctx, r.Kubeadm, args, r.Env, out); err != nil {
-		return fmt.Errorf("kubeadm %s: %w", args[0], err)
+		return fmt.Errorf("kubeadm %s: %w", strings.Join(subcommand(args), " "), err)
 	}
 	return nil
 }
@@ -140,4 +156,18 @@ func (OSExecutor) Run(ctx context.Context, name string, args, env []string, out 
 		return errors.Join(err, ctx.Err())
 	}
 	return err
+}
+
+// subcommand returns the leading words of args that are not flags ("upgrade apply v1.34.10").
+func subcommand(args []string) []string {
+	for i, a := range args {
+		if strings.HasPrefix(a, "-") {
+			return args[:i]
+		}
+	}
+	return args
+}
+
+func ignoreUpgradePreflight() string {
+	return "--ignore-preflight-errors=" + strings.Join(kubeadmconfig.IgnoredUpgradePreflightErrors, ",")
 }

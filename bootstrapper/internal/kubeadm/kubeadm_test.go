@@ -161,3 +161,16 @@ func TestResetStopsTheKubelet(t *testing.T) {
 	assert.Equal(t, 1, k.calls)
 	assert.Equal(t, []string{"reset", "--force", "--v=1"}, exe.args)
 }
+
+// TestUpgrade: kubeadm's upgrade commands, with init's kernel check ignored; a failure names the command.
+func TestUpgrade(t *testing.T) {
+	exe := &fakeExec{}
+	r := newRunner(t, exe, nil)
+	require.NoError(t, r.UpgradeApply(context.Background(), "v1.34.10"))
+	assert.Equal(t, []string{"upgrade", "apply", "v1.34.10", "--yes", "--ignore-preflight-errors=SystemVerification", "--v=1"}, exe.args)
+	require.NoError(t, r.UpgradeNode(context.Background()))
+	assert.Equal(t, []string{"upgrade", "node", "--ignore-preflight-errors=SystemVerification", "--v=1"}, exe.args)
+
+	exe.err = errors.New("exit status 1")
+	assert.EqualError(t, r.UpgradeApply(context.Background(), "v1.34.10"), "kubeadm upgrade apply v1.34.10: exit status 1")
+}

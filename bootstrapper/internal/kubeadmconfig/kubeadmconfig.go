@@ -84,6 +84,10 @@ var IgnoredPreflightErrors = []string{PreflightSystemVerification}
 // IgnoredJoinPreflightErrors are the preflight checks `kubeadm join` ignores.
 var IgnoredJoinPreflightErrors = []string{PreflightSystemVerification, PreflightKubeletConf}
 
+// IgnoredUpgradePreflightErrors are the preflight checks `kubeadm upgrade apply` and `kubeadm upgrade node`
+// ignore: the same kernel check as init's.
+var IgnoredUpgradePreflightErrors = []string{PreflightSystemVerification}
+
 // Node is what both init and join need to know about the node itself.
 type Node struct {
 	// Name is the Kubernetes node name (from metadata).

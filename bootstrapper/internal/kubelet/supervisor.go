@@ -97,7 +97,7 @@ type pause struct {
 }
 
 // errPaused ends a kubelet run that WhileStopped stopped.
-var errPaused = errors.New("stopped for kubeadm reset")
+var errPaused = errors.New("stopped on request")
 
 // NewSupervisor returns a supervisor that starts the kubelet through starter with kubeadm's files under
 // paths, plus extraArgs; the kubelet's output goes to out.
@@ -109,9 +109,9 @@ func NewSupervisor(starter Starter, paths Paths, extraArgs []string, out io.Writ
 	}
 }
 
-// WhileStopped stops the kubelet, runs f (`kubeadm reset`), and lets the supervisor go back to waiting for
-// kubeadm's configuration, as `kubeadm reset` does on a host with systemd (it stops the kubelet service, and
-// the next init or join starts it). Without this the kubelet of a failed or cut-off join keeps running with
+// WhileStopped stops the kubelet, runs f (`kubeadm reset`, or replacing the kubelet binary in an upgrade),
+// and lets the supervisor go back to waiting for kubeadm's configuration, as `kubeadm reset` does on a host
+// with systemd (it stops the kubelet service, and the next init or join starts it). Without this the kubelet of a failed or cut-off join keeps running with
 // the configuration reset removed, and holds the port that the next join's preflight finds in use. If Run
 // is not running, f just runs.
 func (s *Supervisor) WhileStopped(ctx context.Context, f func(context.Context) error) error {
@@ -166,7 +166,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			return nil
 		}
 		if errors.Is(err, errPaused) {
-			s.log.Info("kubelet stopped for kubeadm reset; waiting for kubeadm's configuration again")
+			s.log.Info("kubelet stopped on request (kubeadm reset or a kubelet upgrade); waiting for kubeadm's configuration to start it again")
 			if !s.waitForConfig(ctx) {
 				return nil
 			}

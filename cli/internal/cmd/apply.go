@@ -120,8 +120,17 @@ func (e *env) apply(ctx context.Context, p *progress, merge, replaceCA bool) err
 	return nil
 }
 
-// applyInitialized brings an initialized cluster to the configuration: today, its node image (a roll-out).
+// applyInitialized brings an initialized cluster to the configuration: its key backend, its Kubernetes
+// version, then its node image (a roll-out). Both upgrades are planned, and refused if they must be, before
+// anything changes.
 func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
+	const recoverFirst = "\n(If every control plane restarted, unlock them first with 'constellation recover'.)"
+	k8sUpgrade, err := e.planKubernetes(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("%w%s", err, recoverFirst)
+	}
+	// Applied with the configuration's Kubernetes version: the local provider's component server then serves
+	// it (beside every other version built here, which nodes not yet moved still install).
 	if err := e.checkInfrastructure(ctx, cfg, st, p); err != nil {
 		return err
 	}
@@ -130,11 +139,19 @@ func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *stat
 	}
 	r, err := e.planRollout(ctx, cfg, st, p)
 	if err != nil {
-		return fmt.Errorf("%w\n(If every control plane restarted, unlock them first with 'constellation recover'.)", err)
+		return fmt.Errorf("%w%s", err, recoverFirst)
 	}
-	if r == nil {
+	if k8sUpgrade == nil && r == nil {
 		fmt.Fprintf(e.out, "The cluster %s is initialized (cluster ID %s) and runs what %s describes; nothing to do.\n"+
 			"Check its nodes with 'constellation verify'.\n", st.Infrastructure.Name, st.ClusterValues.ClusterID, e.path(config.FileName))
+		return nil
+	}
+	if k8sUpgrade != nil {
+		if err := e.upgradeKubernetes(ctx, cfg, st, k8sUpgrade, p); err != nil {
+			return err
+		}
+	}
+	if r == nil {
 		return nil
 	}
 	return e.rollout(ctx, r, p)

@@ -25,7 +25,6 @@ import (
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/state"
-	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 )
 
@@ -113,16 +112,6 @@ func (e *env) planRollout(ctx context.Context, cfg *config.Config, st *state.Sta
 		}
 		return nil, fmt.Errorf("the image %s does not boot to attestation.measurements (PCRs %s differ): write its "+
 			"measurements with 'constellation upgrade check --image %s --update-config'", r.target, pcrList(changed), r.target)
-	}
-	if current, _, ok := e.clusterVersions(ctx); ok {
-		want, err := versions.ResolveKubernetes(cfg.KubernetesVersion)
-		if err != nil {
-			return nil, err
-		}
-		if current != want {
-			return nil, fmt.Errorf("kubernetesVersion %s differs from the cluster's %s: upgrading Kubernetes is not implemented "+
-				"yet; set kubernetesVersion: %s in %s to move the nodes to the new image alone", want, current, current, e.path(config.FileName))
-		}
 	}
 	return r, nil
 }

@@ -117,11 +117,9 @@ func TestPlanRollout(t *testing.T) {
 		configured, cluster measurements.M
 		rollout             *attestconfig.Rollout
 		images              map[string]string
-		// clusterVersion is the Kubernetes version the cluster runs (default: the configuration's).
-		clusterVersion string
-		wantPlan       bool
-		wantNotice     []string
-		wantErr        []string
+		wantPlan            bool
+		wantNotice          []string
+		wantErr             []string
 	}{
 		"up to date": {
 			configured: uki, cluster: uki, images: map[string]string{"cp-0": image, "worker-0": image},
@@ -144,10 +142,6 @@ func TestPlanRollout(t *testing.T) {
 			configured: other, cluster: old, images: map[string]string{"cp-0": "/old"},
 			wantErr: []string{"does not boot to attestation.measurements", "upgrade check --image"},
 		},
-		"a Kubernetes version change is refused with the way out": {
-			configured: uki, cluster: old, images: map[string]string{"cp-0": "/old"}, clusterVersion: "v1.32.9",
-			wantErr: []string{"upgrading Kubernetes is not implemented yet", "set kubernetesVersion: v1.32.9"},
-		},
 		"a roll-out to a third image is refused": {
 			configured: uki, cluster: other, rollout: &attestconfig.Rollout{PreviousMeasurements: old},
 			images:  map[string]string{"cp-0": "/old"},
@@ -159,9 +153,6 @@ func TestPlanRollout(t *testing.T) {
 			fs := afero.NewMemMapFs()
 			writeCreatedConfig(t, fs, tc.cluster)
 			k8s := clusterTrusting(t, fs, tc.rollout)
-			if tc.clusterVersion != "" {
-				k8s.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{GitVersion: tc.clusterVersion}
-			}
 			writeCreatedConfig(t, fs, tc.configured)
 			e, errOut, cfg, st := rolloutEnv(t, fs, artifactsDir, &fakeInfra{images: tc.images}, k8s)
 			r, err := e.planRollout(context.Background(), cfg, st, e.progress())

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/constellation-go/constellation/bootstrapper/agentapi"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/kmsuri"
@@ -69,6 +70,8 @@ type statusNode struct {
 	AttestedMessage string `json:"attestedMessage,omitempty"`
 	// Cordoned is set for an unschedulable node.
 	Cordoned bool `json:"cordoned,omitempty"`
+	// Upgrade is the node's report on a Kubernetes upgrade step it carries out or failed.
+	Upgrade *agentapi.Status `json:"kubernetesUpgrade,omitempty"`
 }
 
 type statusResult struct {
@@ -190,6 +193,11 @@ func (e *env) status(ctx context.Context, format string) error {
 	}
 	if tg := res.Target; tg != nil {
 		fmt.Fprintf(e.out, "Kubernetes target %s (%s): %d of %d nodes at target\n", tg.Kubernetes, config.FileName, tg.AtTarget, tg.Nodes)
+	}
+	for _, n := range res.Nodes {
+		if u := n.Upgrade; u != nil {
+			fmt.Fprintf(e.out, "  %s, Kubernetes %s (%s): %s: %s\n", n.Name, u.Version, describeStep(u.Step, u.Version), u.Phase, u.Message)
+		}
 	}
 	if it := res.ImageTarget; it != nil {
 		fmt.Fprintf(e.out, "Node image target %s (%s): %d of %d nodes run it\n", it.Image, config.FileName, it.AtTarget, it.Nodes)
@@ -319,6 +327,9 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 		sn.Kubelet = n.Status.NodeInfo.KubeletVersion
 		sn.KernelOS = n.Status.NodeInfo.OSImage
 		sn.Cordoned = n.Spec.Unschedulable
+		if u, ok := agentapi.ReadStatus(&n); ok && u.Phase != agentapi.PhaseDone {
+			sn.Upgrade = &u
+		}
 		for _, c := range n.Status.Conditions {
 			switch c.Type {
 			case corev1.NodeReady:

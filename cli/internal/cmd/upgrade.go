@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -29,8 +30,8 @@ func newUpgradeCmd(e *env) *cobra.Command {
 		Short: "See what the cluster can be upgraded to",
 		Long: `See what this CLI can move a running cluster to (upgrade check: newer Kubernetes versions it pins, a node
 image and its measurements, the services' version) and move it there (upgrade apply, the same as
-'constellation apply' on an initialized cluster). Rolling out node images works on local clusters;
-Kubernetes and service upgrades are not built yet.`,
+'constellation apply' on an initialized cluster). Kubernetes upgrades and node image roll-outs work on
+local clusters; service upgrades are not built yet.`,
 		Args: cobra.NoArgs,
 	}
 	cmd.AddCommand(newUpgradeCheckCmd(e), newUpgradeApplyCmd(e))
@@ -83,13 +84,22 @@ were.`,
 func newUpgradeApplyCmd(e *env) *cobra.Command {
 	return &cobra.Command{
 		Use:   "apply",
-		Short: "Move an initialized cluster to the node image constellation-conf.yaml names",
-		Long: `The same as 'constellation apply' on an initialized cluster, under the name upgrades are looked for:
-the nodes move to the configuration's image one at a time (control planes first; each cordoned,
-drained, rebooted into the image with its state disk kept, rejoined or unlocked, Ready, uncordoned and
-verified). Both images are trusted while nodes move, only the new one afterwards. Re-running continues
-an interrupted roll-out. Choose the image first with 'constellation upgrade check --update-config'.`,
-		Example: `  constellation upgrade check --image /srv/images/next --update-config --kubernetes v1.33.13
+		Short: "Move an initialized cluster to the Kubernetes version and node image constellation-conf.yaml names",
+		Long: `The same as 'constellation apply' on an initialized cluster, under the name upgrades are looked for.
+
+Kubernetes (kubernetesVersion): every node first verifies and installs the new version's components; then
+the first control plane runs 'kubeadm upgrade apply', the JoinService hands joining nodes the new version,
+and every other node (control planes first; each cordoned and drained) runs 'kubeadm upgrade node' and
+restarts its kubelet. Downgrades and skipped minor versions are refused before anything changes.
+
+Node image: the nodes move to the configuration's image one at a time (control planes first; each
+cordoned, drained, rebooted into the image with its state disk kept, rejoined or unlocked, Ready,
+uncordoned and verified). Both images are trusted while nodes move, only the new one afterwards.
+
+Kubernetes moves first, then the image. The nodes carry out their steps on their own: re-running continues
+an interrupted upgrade. Choose the targets first with 'constellation upgrade check --update-config'.`,
+		Example: `  constellation upgrade check --update-config --kubernetes v1.34.10
+  constellation upgrade check --image /srv/images/next --update-config
   constellation upgrade apply`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -120,6 +130,8 @@ type upgradeKubernetes struct {
 	// Source says where Current comes from: "cluster" or "configuration".
 	Source  string                     `json:"source"`
 	Targets []upgrade.KubernetesTarget `json:"targets"`
+	// NotBuilt lists the targets whose components this machine has not built (local clusters need them).
+	NotBuilt []string `json:"notBuiltHere,omitempty"`
 }
 
 type upgradeImage struct {
@@ -153,6 +165,13 @@ func (e *env) upgradeCheck(ctx context.Context, o upgradeCheckOptions) error {
 	}
 	if res.Kubernetes.Targets, err = upgrade.KubernetesTargets(res.Kubernetes.Current, versions.SupportedKubernetes()); err != nil {
 		return err
+	}
+	if cfg.GetProvider() == cloudprovider.Local {
+		for _, t := range res.Kubernetes.Targets {
+			if !versions.Built(t.Version) {
+				res.Kubernetes.NotBuilt = append(res.Kubernetes.NotBuilt, t.Version)
+			}
+		}
 	}
 	if res.Image, err = e.imageCandidate(cfg, o.image); err != nil {
 		return err
@@ -288,7 +307,11 @@ func (e *env) printUpgradeCheck(res *upgradeCheckResult) {
 		fmt.Fprintln(e.out, "  up to date: this CLI pins no newer version it can move to")
 	}
 	for _, t := range k.Targets {
-		fmt.Fprintf(e.out, "  can move to %s (%s)\n", t.Version, t.Kind)
+		fmt.Fprintf(e.out, "  can move to %s (%s)", t.Version, t.Kind)
+		if slices.Contains(k.NotBuilt, t.Version) {
+			fmt.Fprintf(e.out, "; its components are not built on this machine yet: bazel/kubernetes/build.sh --version %s all", t.Version)
+		}
+		fmt.Fprintln(e.out)
 	}
 	if img := res.Image; img != nil {
 		fmt.Fprintf(e.out, "Node image: %s\n", img.Configured)

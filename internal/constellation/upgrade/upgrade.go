@@ -1,7 +1,7 @@
 // Package upgrade decides what a running cluster may move to: Kubernetes versions this release pins (a
 // newer patch, or the next minor; never backwards and never past the next minor, as kubeadm supports) and
-// node images (by the PCRs a new image changes). The CLI's `upgrade check` prints it; `apply` will enforce
-// CheckKubernetes before it rolls anything out.
+// node images (by the PCRs a new image changes). The CLI's `upgrade check` prints it; `apply` enforces
+// CheckKubernetes before it rolls anything out, and so does every node's agent before it runs kubeadm.
 package upgrade
 
 import (

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Prints the figures of a Kubernetes upgrade: the wall time of `constellation upgrade apply` moving a fresh
+# 2-node mini cluster from the default Kubernetes version to the next one this release pins (each run needs
+# a new cluster: Kubernetes never goes back), beside the wall time of its `mini up` (the ratio says what the
+# upgrade costs against building the cluster anew); and the longest time in which a workload (2 replicas, one
+# per node, behind a NodePort; asked on both nodes every 0.2 s) did not answer, and in which the Kubernetes
+# API (/readyz, every 0.5 s) did not. Goals: the upgrade <= 5 min, the workload unanswered <= 10 s.
+# Needs root, `make build`, `make kubernetes-next` and the workload image (out/e2e-workload.tar, `make bench`
+# builds it).
+# Usage: bench/k8supgrade.sh [runs]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+runs=${1:-2}
+cli=$(readlink -f out/constellation)
+workload=$(readlink -f out/e2e-workload.tar)
+next=$(sed -n 's/^KUBERNETES_NEXT := //p' Makefile)
+kubectl=${CONSTELLATION_CACHE:-/var/cache/constellation}/kubernetes/$next/bin/kubectl
+[ -x "$cli" ] || { echo "no CLI: run make build first" >&2; exit 1; }
+[ -f "$workload" ] || { echo "no workload image: bazel build //cli/e2e/workload:image (make bench does)" >&2; exit 1; }
+[ -x "$kubectl" ] || { echo "Kubernetes $next is not built: run make kubernetes-next" >&2; exit 1; }
+ws=""
+cleanup() {
+  [ -n "$ws" ] || return 0
+  "$cli" -C "$ws" mini down >/dev/null 2>&1 || true
+  rm -rf "$ws" "$ws.err" "$ws.gaps" "$ws.apigaps"
+}
+now() { date +%s.%N; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", a - b }'; }
+
+# gaps CMD...: runs CMD every 0.2 s until TERM and writes the longest stretch in which it failed to $out.
+gaps() {
+  local out=$1 interval=$2 longest=0 down_since=""
+  shift 2
+  trap 'echo "$longest" >"$out"; exit 0' TERM
+  while :; do
+    if "$@" >/dev/null 2>&1; then
+      if [ -n "$down_since" ]; then
+        longest=$(awk -v l="$longest" -v d="$(sub "$(now)" "$down_since")" 'BEGIN { print (d > l ? d : l) }')
+        down_since=""
+      fi
+    elif [ -z "$down_since" ]; then
+      down_since=$(now)
+    fi
+    sleep "$interval"
+  done
+}
+# answered: some node's NodePort answers.
+answered() {
+  curl -sf -m 1 http://10.42.0.2:31080/ >/dev/null || curl -sf -m 1 http://10.42.0.3:31080/ >/dev/null
+}
+
+manifest=$(mktemp)
+trap 'cleanup; rm -f "$manifest"' EXIT
+# The e2e test's workload (cli/e2e): one replica per node, the control plane's taint tolerated.
+cat >"$manifest" <<'EOF'
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bench-workload, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: bench-workload}}
+  template:
+    metadata: {labels: {app: bench-workload}}
+    spec:
+      tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - {labelSelector: {matchLabels: {app: bench-workload}}, topologyKey: kubernetes.io/hostname}
+      containers:
+      - name: workload
+        image: docker.io/constellation/e2e-workload:v1
+        imagePullPolicy: Never
+        securityContext: {runAsUser: 0}
+        command: [/usr/bin/workload, --data, /data/workload.txt]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+        volumeMounts: [{name: data, mountPath: /data}]
+      volumes: [{name: data, hostPath: {path: /var/lib/kubelet/bench-workload, type: DirectoryOrCreate}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: bench-workload, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: bench-workload}
+  ports: [{port: 80, targetPort: 8080, nodePort: 31080}]
+EOF
+
+echo "== Kubernetes upgrade of the 2-node mini cluster to $next ($runs run(s), each on a fresh cluster)"
+times=() ups=()
+for run in $(seq "$runs"); do
+  ws=$(mktemp -d)
+  k() { "$kubectl" --kubeconfig "$ws/constellation-admin.conf" "$@"; }
+  t0=$(now)
+  "$cli" -C "$ws" mini up >/dev/null 2>"$ws.err" || { cat "$ws.err" >&2; exit 1; }
+  until [ "$(k get nodes --no-headers 2>/dev/null | grep -c ' Ready ')" = 2 ]; do sleep 0.5; done
+  up=$(sub "$(now)" "$t0")
+  ups+=("$up")
+  "$cli" -C "$ws" mini image load "$workload" >/dev/null 2>"$ws.err" || { cat "$ws.err" >&2; exit 1; }
+  k apply -f "$manifest" >/dev/null
+  until [ "$(k get deployment bench-workload -o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 2 ]; do sleep 0.5; done
+  until answered; do sleep 0.2; done
+  "$cli" -C "$ws" upgrade check --update-config --kubernetes "$next" >/dev/null 2>"$ws.err" || { cat "$ws.err" >&2; exit 1; }
+  gaps "$ws.gaps" 0.2 answered &
+  workload_probe=$!
+  gaps "$ws.apigaps" 0.5 k --request-timeout 2s get --raw /readyz &
+  api_probe=$!
+  t0=$(now)
+  "$cli" -C "$ws" upgrade apply >/dev/null 2>"$ws.err" || { kill "$workload_probe" "$api_probe"; cat "$ws.err" >&2; exit 1; }
+  took=$(sub "$(now)" "$t0")
+  kill -TERM "$workload_probe" "$api_probe"
+  wait "$workload_probe" "$api_probe" || true
+  times+=("$took")
+  printf '  run %d: mini up %s s; upgrade %s s (%.1f x mini up); workload unanswered for at most %s s, Kubernetes API for at most %s s\n' \
+    "$run" "$up" "$took" "$(awk -v a="$took" -v b="$up" 'BEGIN { print a / b }')" "$(cat "$ws.gaps")" "$(cat "$ws.apigaps")"
+  cleanup
+  ws=""
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '  median upgrade: %s s (median mini up %s s)\n' "$(median "${times[@]}")" "$(median "${ups[@]}")"
