@@ -64,13 +64,16 @@ const (
 	FlagStateDir = "state-dir"
 	// FlagContainerdSocket is containerd's socket: ContainerdSocket.
 	FlagContainerdSocket = "containerd-socket"
+	// FlagSandboxImage is containerd's sandbox image: Config.SandboxImage.
+	FlagSandboxImage = "sandbox-image"
 )
 
 // Defaults of Config.
 const (
 	// DefaultStateRoot holds the state directories of nodes: <root>/<cluster>/<node>.
 	DefaultStateRoot = "/var/lib/constellation/local"
-	// DefaultSandboxImage is containerd's pod sandbox image, the one kubeadm v1.33 expects.
+	// DefaultSandboxImage is containerd's pod sandbox image, the one kubeadm v1.33 expects. The bootstrapper
+	// tags the pause image of whatever version it installs with it (--sandbox-image).
 	DefaultSandboxImage = "registry.k8s.io/pause:3.10"
 	// DefaultStateDiskSize is the size of a new state disk (a sparse file: it takes what is written).
 	DefaultStateDiskSize = 8 << 30
@@ -195,8 +198,8 @@ func (c *Config) complete() error {
 
 // BootstrapperEnv returns the environment variables a node's bootstrapper gets (see the Flag constants):
 // BOOTSTRAPPER_<FLAG>=value for the node called name with address ip and pod prefix podCIDR, reaching
-// the metadata API at metadataURL.
-func BootstrapperEnv(name string, ip netip.Addr, podCIDR netip.Prefix, metadataURL string) []string {
+// the metadata API at metadataURL, its containerd configured with sandboxImage.
+func BootstrapperEnv(name string, ip netip.Addr, podCIDR netip.Prefix, metadataURL, sandboxImage string) []string {
 	flags := [][2]string{
 		{FlagTPM, "swtpm:" + VTPMSocket},
 		{FlagEventLog, EventLogPath},
@@ -206,6 +209,7 @@ func BootstrapperEnv(name string, ip netip.Addr, podCIDR netip.Prefix, metadataU
 		{FlagPodCIDR, podCIDR.String()},
 		{FlagStateDir, StateDiskPath},
 		{FlagContainerdSocket, ContainerdSocket},
+		{FlagSandboxImage, sandboxImage},
 	}
 	env := make([]string, 0, len(flags))
 	for _, f := range flags {

@@ -255,7 +255,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		ContainerdConfig:  containerdConfig(cfg.SandboxImage),
 		ContainerdTimeout: containerdTimeout,
 		BootstrapperArgs:  cfg.BootstrapperArgs,
-		BootstrapperEnv:   mergeEnv(BootstrapperEnv(cfg.Name, netNode.IP, netNode.PodCIDR, cfg.MetadataURL), cfg.BootstrapperEnv),
+		BootstrapperEnv:   mergeEnv(BootstrapperEnv(cfg.Name, netNode.IP, netNode.PodCIDR, cfg.MetadataURL, cfg.SandboxImage), cfg.BootstrapperEnv),
 	}
 	conn, initProc, err := spawnInit(cfg.InitBinary, l, netNode.Netns, hs, st.Cgroups)
 	if err != nil {

@@ -54,7 +54,7 @@ func TestConfig(t *testing.T) {
 }
 
 func TestBootstrapperEnv(t *testing.T) {
-	env := BootstrapperEnv("w0", netip.MustParseAddr("10.42.0.3"), netip.MustParsePrefix("10.244.1.0/24"), "http://10.42.0.1:9080")
+	env := BootstrapperEnv("w0", netip.MustParseAddr("10.42.0.3"), netip.MustParsePrefix("10.244.1.0/24"), "http://10.42.0.1:9080", DefaultSandboxImage)
 	assert.Equal(t, []string{
 		"BOOTSTRAPPER_TPM=swtpm:/run/constellation/vtpm/sock",
 		"BOOTSTRAPPER_EVENT_LOG=/run/constellation/eventlog/binary_bios_measurements",
@@ -64,6 +64,7 @@ func TestBootstrapperEnv(t *testing.T) {
 		"BOOTSTRAPPER_POD_CIDR=10.244.1.0/24",
 		"BOOTSTRAPPER_STATE_DIR=/var/lib/constellation/state",
 		"BOOTSTRAPPER_CONTAINERD_SOCKET=/run/containerd/containerd.sock",
+		"BOOTSTRAPPER_SANDBOX_IMAGE=registry.k8s.io/pause:3.10",
 	}, env)
 	assert.Equal(t, []string{"A=1", "B=3", "C=4"}, mergeEnv([]string{"A=1", "B=2"}, []string{"B=3", "C=4"}))
 }

@@ -21,6 +21,8 @@
 //	--pod-cidr            this node's pod prefix (written into the CNI configuration); default: from metadata
 //	--state-dir           mount point of the encrypted state disk (default /var/lib/constellation/state)
 //	--containerd-socket   containerd's socket (default /run/containerd/containerd.sock)
+//	--sandbox-image       containerd's pod sandbox image; every pause image installed is tagged with it
+//	                      (default registry.k8s.io/pause:3.10)
 //	--bin-dir             where components are installed: kubeadm, kubelet (default /var/lib/constellation/bin)
 //	--init-addr           address of the Init API (default :9000)
 //	--recover-addr        address of the Recovery API, served on a restarted node only (default :9999)
@@ -122,6 +124,7 @@ type flags struct {
 	cloudProvider                       cloudprovider.Provider
 	nodeName, nodeIP, podCIDR           string
 	stateDir, containerdSocket, binDir  string
+	sandboxImage                        string
 	initAddr, recoverAddr, kubeletLog   string
 	cniConfDir                          string
 	podSubnet, serviceSubnet            string
@@ -145,6 +148,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.podCIDR, "pod-cidr", "", "this node's pod prefix (default: from metadata)")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/constellation/state", "mount point of the encrypted state disk")
 	fs.StringVar(&f.containerdSocket, "containerd-socket", "/run/containerd/containerd.sock", "containerd's socket")
+	fs.StringVar(&f.sandboxImage, "sandbox-image", "registry.k8s.io/pause:3.10", "containerd's pod sandbox image (sandbox_image of its configuration)")
 	fs.StringVar(&f.binDir, "bin-dir", versions.NodeBinDir, "where kubeadm and the kubelet are installed")
 	fs.StringVar(&f.initAddr, "init-addr", ":"+strconv.Itoa(initproto.Port), "address of the Init API")
 	fs.StringVar(&f.recoverAddr, "recover-addr", ":"+strconv.Itoa(recoverproto.Port), "address of the Recovery API (served on a restarted node only)")
@@ -228,7 +232,9 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		_, err := statedisk.EncryptDir(dir, key)
 		return err
 	}}
-	installer := protoInstaller{in: &install.Installer{ContainerdAddress: f.containerdSocket, Log: log.With("component", "installer")}, disk: disk}
+	installer := protoInstaller{in: &install.Installer{
+		ContainerdAddress: f.containerdSocket, SandboxImage: f.sandboxImage, Log: log.With("component", "installer"),
+	}, disk: disk}
 	kubeadmOut := &nodelog.LineLogger{Log: log.With("component", "kubeadm"), Msg: "kubeadm"}
 	supervisor := kubelet.NewSupervisor(kubelet.ExecStarter{Path: filepath.Join(f.binDir, "kubelet"), Env: env},
 		kubelet.Paths{}, nil, kubeletLog, log.With("component", "kubelet"))

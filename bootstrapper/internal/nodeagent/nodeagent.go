@@ -43,6 +43,7 @@ type Installer interface {
 
 // Recorder keeps the node's components on its state disk, for the next restart.
 type Recorder interface {
+	LoadComponents() ([]byte, error)
 	SaveComponents(data []byte) error
 }
 
@@ -189,7 +190,7 @@ func (a *Agent) carryOut(ctx context.Context, client kubernetes.Interface, node 
 	}); err != nil {
 		return fmt.Errorf("replacing the kubelet: %w", err)
 	}
-	data, err := components.MarshalList(t.Components)
+	data, err := a.record(t.Components)
 	if err != nil {
 		return err
 	}
@@ -197,6 +198,24 @@ func (a *Agent) carryOut(ctx context.Context, client kubernetes.Interface, node 
 		return fmt.Errorf("recording the components of %s on the state disk: %w", t.Version, err)
 	}
 	return nil
+}
+
+// record returns what the node records after an upgrade: the new components, and those recorded before
+// that the upgrade does not replace (the services' images, which a restarted control plane needs too).
+func (a *Agent) record(comps []*components.Component) ([]byte, error) {
+	out := slices.Clone(comps)
+	if old, err := a.Recorder.LoadComponents(); err == nil {
+		previous, err := components.UnmarshalList(old)
+		if err != nil {
+			return nil, fmt.Errorf("reading the components recorded before: %w", err)
+		}
+		for _, c := range previous {
+			if !slices.ContainsFunc(comps, func(n *components.Component) bool { return n.GetName() == c.GetName() }) {
+				out = append(out, c)
+			}
+		}
+	}
+	return components.MarshalList(out)
 }
 
 // check refuses an instruction this node must not follow: a version its own (measured) bootstrapper does not

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -41,11 +42,18 @@ func (f *fakeInstaller) Stage(_ context.Context, comps []*components.Component) 
 	return f.err
 }
 
-type fakeRecorder struct{ data []byte }
+type fakeRecorder struct{ data, before []byte }
 
 func (f *fakeRecorder) SaveComponents(data []byte) error {
 	f.data = data
 	return nil
+}
+
+func (f *fakeRecorder) LoadComponents() ([]byte, error) {
+	if f.before == nil {
+		return nil, os.ErrNotExist
+	}
+	return f.before, nil
 }
 
 type fakeKubeadm struct {
@@ -324,4 +332,27 @@ func TestRunStopsWithContext(t *testing.T) {
 	}()
 	cancel()
 	<-done
+}
+
+// TestRecordKeepsWhatTheUpgradeDoesNotReplace: after an upgrade the node records the new version's components
+// and keeps the services' images it recorded at its join, so a restart installs both.
+func TestRecordKeepsWhatTheUpgradeDoesNotReplace(t *testing.T) {
+	apply := &agentapi.Target{Version: "v1.34.10", Step: agentapi.StepApply, Components: testComponents}
+	h := newHarness(node("cp-0", "v1.33.13", true, apply, nil))
+	before := append(pinned("v1.33.13", "kubeadm", "kubelet"), &components.Component{
+		Name: "joinservice.tar", Hash: "sha256:" + strings.Repeat("cd", 32), InstallPath: "/var/lib/constellation/images/joinservice.tar",
+	})
+	var err error
+	h.rec.before, err = components.MarshalList(before)
+	require.NoError(t, err)
+	require.NoError(t, h.agent.Reconcile(context.Background()))
+	recorded, err := components.UnmarshalList(h.rec.data)
+	require.NoError(t, err)
+	byName := map[string]string{}
+	for _, c := range recorded {
+		byName[c.GetName()] = c.GetUrl()
+	}
+	assert.Len(t, recorded, len(testComponents)+1)
+	assert.Contains(t, byName["kubelet"], "/v1.34.10/", "the new kubelet replaces the old one")
+	assert.Contains(t, byName, "joinservice.tar", "the service image stays recorded")
 }

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/bootstrapper/agentapi"
@@ -269,58 +270,69 @@ func describeStep(step agentapi.Step, version string) string {
 
 // waitForStep waits until the node reports step for version done; it prints what the node reports meanwhile.
 func waitForStep(ctx context.Context, k8s kubernetes.Interface, name, version string, step agentapi.Step, p *progress) error {
-	deadline := time.Now().Add(kubernetesStepWait)
 	var said string
-	for {
+	var failed error
+	err := poll(ctx, kubernetesStepWait, func(ctx context.Context) bool {
 		node, err := k8s.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		// The API server restarts during `kubeadm upgrade apply`: an error here is waited out.
-		if err == nil {
-			s, ok := agentapi.ReadStatus(node)
-			switch {
-			case s.Reached(version, step):
-				return nil
-			case ok && s.Phase == agentapi.PhaseFailed && (s.Version == "" || s.Version == version):
-				return fmt.Errorf("%s failed %s: %s\nThe node keeps what it ran; fix the cause and "+
-					"re-run 'constellation apply' to retry", name, describeStep(step, version), s.Message)
-			case ok && s.Phase == agentapi.PhaseWorking && s.Version == version && s.Message != said:
-				said = s.Message
-				p.Detail("%s: %s", name, s.Message)
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not finish %s within %s (last report: %q)\nIts bootstrapper's log "+
-				"says more; re-run 'constellation apply' to keep waiting", name, describeStep(step, version), kubernetesStepWait, said)
+		s, ok := agentapi.ReadStatus(node)
+		switch {
+		case s.Reached(version, step):
+			return true
+		case ok && s.Phase == agentapi.PhaseFailed && (s.Version == "" || s.Version == version):
+			failed = fmt.Errorf("%s failed %s: %s\nThe node keeps what it ran; fix the cause and "+
+				"re-run 'constellation apply' to retry", name, describeStep(step, version), s.Message)
+			return true
+		case ok && s.Phase == agentapi.PhaseWorking && s.Version == version && s.Message != said:
+			said = s.Message
+			p.Detail("%s: %s", name, s.Message)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(kubernetesPoll):
-		}
+		return false
+	})
+	if errors.Is(err, errPollTimeout) {
+		return fmt.Errorf("%s did not finish %s within %s (last report: %q)\nIts bootstrapper's log "+
+			"says more; re-run 'constellation apply' to keep waiting", name, describeStep(step, version), kubernetesStepWait, said)
 	}
+	if err != nil {
+		return err
+	}
+	return failed
 }
 
 // waitForKubelet waits until the node's kubelet reports version and the node is Ready.
 func waitForKubelet(ctx context.Context, k8s kubernetes.Interface, name, version string) error {
-	deadline := time.Now().Add(rolloutWait)
 	last := "not seen"
-	for {
+	err := poll(ctx, rolloutWait, func(ctx context.Context) bool {
 		node, err := k8s.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-		if err == nil {
-			last = "kubelet " + node.Status.NodeInfo.KubeletVersion + ", not Ready"
-			if node.Status.NodeInfo.KubeletVersion == version && nodeReady(node) {
-				return nil
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not report a Ready kubelet of %s within %s (%s)\nRe-run 'constellation apply' to keep waiting",
-				name, version, rolloutWait, last)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(kubernetesPoll):
-		}
+		last = "kubelet " + node.Status.NodeInfo.KubeletVersion + ", not Ready"
+		return node.Status.NodeInfo.KubeletVersion == version && nodeReady(node)
+	})
+	if errors.Is(err, errPollTimeout) {
+		return fmt.Errorf("%s did not report a Ready kubelet of %s within %s (%s)\nRe-run 'constellation apply' to keep waiting",
+			name, version, rolloutWait, last)
 	}
+	return err
+}
+
+// errPollTimeout is poll's error when the time ran out.
+var errPollTimeout = errors.New("timed out")
+
+// poll calls done every kubernetesPoll until it returns true, ctx ends (its error) or timeout passed
+// (errPollTimeout).
+func poll(ctx context.Context, timeout time.Duration, done func(context.Context) bool) error {
+	err := wait.PollUntilContextTimeout(ctx, kubernetesPoll, timeout, true, func(ctx context.Context) (bool, error) {
+		return done(ctx), nil
+	})
+	if err != nil && ctx.Err() == nil {
+		return errPollTimeout
+	}
+	return err
 }
 
 // drainNodeRetrying drains a node, and again after a failure for a while: right after a control plane moved,
@@ -352,9 +364,9 @@ var controlPlaneComponents = []string{"etcd", "kube-apiserver", "kube-controller
 // waitForControlPlane waits until the static pods of the control plane on node are Ready, those of Kubernetes
 // itself at version.
 func waitForControlPlane(ctx context.Context, k8s kubernetes.Interface, node, version string) error {
-	deadline := time.Now().Add(rolloutWait)
-	for {
-		last := ""
+	var last string
+	err := poll(ctx, rolloutWait, func(ctx context.Context) bool {
+		last = ""
 		for _, c := range controlPlaneComponents {
 			pod, err := k8s.CoreV1().Pods(metav1.NamespaceSystem).Get(ctx, c+"-"+node, metav1.GetOptions{})
 			switch {
@@ -368,22 +380,16 @@ func waitForControlPlane(ctx context.Context, k8s kubernetes.Interface, node, ve
 				last = c + " is not Ready"
 			}
 			if last != "" {
-				break
+				return false
 			}
 		}
-		if last == "" {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the control plane on %s is not Ready at %s within %s (%s)\nRe-run 'constellation apply' to keep waiting",
-				node, version, rolloutWait, last)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(kubernetesPoll):
-		}
+		return true
+	})
+	if errors.Is(err, errPollTimeout) {
+		return fmt.Errorf("the control plane on %s is not Ready at %s within %s (%s)\nRe-run 'constellation apply' to keep waiting",
+			node, version, rolloutWait, last)
 	}
+	return err
 }
 
 func podReady(pod *corev1.Pod) bool {

@@ -26,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -104,6 +105,11 @@ type Installer struct {
 	// Ctr is the ctr binary; default "ctr". ContainerdAddress defaults to /run/containerd/containerd.sock.
 	Ctr               string
 	ContainerdAddress string
+	// SandboxImage, if set, is containerd's pod sandbox image (sandbox_image in its configuration, fixed by
+	// the node image): every pause image installed is also tagged with it, so that pods start whatever pause
+	// image the Kubernetes version pins (v1.34's is not v1.33's; a pause container only holds the pod's
+	// namespaces, any of them does).
+	SandboxImage string
 	// Log defaults to a discarding logger.
 	Log *slog.Logger
 
@@ -345,10 +351,19 @@ func (in *Installer) ctrImport(ctx context.Context, file string, c Component) er
 	if err != nil {
 		return fmt.Errorf("%s images ls: %w: %s", ctr, err, strings.TrimSpace(string(out)))
 	}
-	for _, ref := range strings.Fields(string(out)) {
-		if ref == c.Image {
-			return nil
-		}
+	found := slices.Contains(strings.Fields(string(out)), c.Image)
+	if !found {
+		return fmt.Errorf("containerd has no image %s after importing %s (the archive holds another image)", c.Image, file)
 	}
-	return fmt.Errorf("containerd has no image %s after importing %s (the archive holds another image)", c.Image, file)
+	if c.Name != pauseComponent || in.SandboxImage == "" || c.Image == in.SandboxImage {
+		return nil
+	}
+	out, err = exec.CommandContext(ctx, ctr, "--address", address, "-n", namespace, "images", "tag", "--force", c.Image, in.SandboxImage).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s images tag %s %s (containerd's sandbox image): %w: %s", ctr, c.Image, in.SandboxImage, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
+
+// pauseComponent is the pause image's component name in every pinned Kubernetes version.
+const pauseComponent = "pause.tar"
