@@ -140,6 +140,12 @@ func ReadStatus(node *corev1.Node) (s Status, ok bool) {
 	return s, true
 }
 
+// AnnotationsPatch returns a JSON merge patch of a Node that sets the given annotations; a nil value removes
+// one. The caller writes its target with it, the node its status.
+func AnnotationsPatch(annotations map[string]*string) ([]byte, error) {
+	return json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+}
+
 // Reached tells whether the report says the node finished step for version: a later step includes the
 // earlier ones (StepApply and StepNode include StepStage).
 func (s Status) Reached(version string, step Step) bool {

@@ -13,7 +13,6 @@ package nodeagent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -299,7 +298,7 @@ func (a *Agent) report(ctx context.Context, client kubernetes.Interface, s agent
 	if err != nil {
 		return err
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{agentapi.StatusAnnotation: value}}})
+	patch, err := agentapi.AnnotationsPatch(map[string]*string{agentapi.StatusAnnotation: &value})
 	if err != nil {
 		return err
 	}

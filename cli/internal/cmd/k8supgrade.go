@@ -2,7 +2,6 @@ package cmd
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -29,7 +28,7 @@ import (
 // one after the other, waiting for each) and a node's staging.
 var kubernetesStepWait = 15 * time.Minute
 
-// kubernetesPoll is how often a Kubernetes upgrade looks at a node's report.
+// kubernetesPoll is how often an upgrade or a roll-out looks at a node again.
 var kubernetesPoll = 2 * time.Second
 
 // kubernetesDrainRetry bounds how long a drain that fails is tried again.
@@ -246,11 +245,11 @@ func instruct(ctx context.Context, k8s kubernetes.Interface, name string, t agen
 	if err != nil {
 		return false, err
 	}
-	annotations := map[string]any{agentapi.TargetAnnotation: value}
+	annotations := map[string]*string{agentapi.TargetAnnotation: &value}
 	if status.Phase == agentapi.PhaseFailed {
 		annotations[agentapi.StatusAnnotation] = nil
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
+	patch, err := agentapi.AnnotationsPatch(annotations)
 	if err != nil {
 		return false, err
 	}

@@ -2,6 +2,7 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -340,35 +341,30 @@ func cordon(ctx context.Context, k8s kubernetes.Interface, name string, unschedu
 
 // waitNodeReady waits until the node reports Ready with a heartbeat after since (a heartbeat from before the
 // reboot does not count).
-func waitNodeReady(parent context.Context, k8s kubernetes.Interface, name string, since time.Time) error {
-	ctx, cancel := context.WithTimeout(parent, rolloutWait)
-	defer cancel()
+func waitNodeReady(ctx context.Context, k8s kubernetes.Interface, name string, since time.Time) error {
 	// Heartbeats are whole seconds.
 	since = since.Truncate(time.Second)
 	var last string
-	for {
+	err := poll(ctx, rolloutWait, func(ctx context.Context) bool {
 		node, err := k8s.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			last = err.Error()
-		} else {
-			last = "not Ready"
-			for _, c := range node.Status.Conditions {
-				if c.Type != corev1.NodeReady {
-					continue
-				}
-				if c.Status == corev1.ConditionTrue && !c.LastHeartbeatTime.Time.Before(since) {
-					return nil
-				}
-				last = fmt.Sprintf("Ready=%s (%s), last heartbeat %s", c.Status, c.Reason, c.LastHeartbeatTime.Format(time.RFC3339))
-			}
+			return false
 		}
-		select {
-		case <-ctx.Done():
-			if parent.Err() != nil {
-				return parent.Err()
+		last = "not Ready"
+		for _, c := range node.Status.Conditions {
+			if c.Type != corev1.NodeReady {
+				continue
 			}
-			return fmt.Errorf("%s was not Ready again within %s: %s", name, rolloutWait, last)
-		case <-time.After(2 * time.Second):
+			if c.Status == corev1.ConditionTrue && !c.LastHeartbeatTime.Time.Before(since) {
+				return true
+			}
+			last = fmt.Sprintf("Ready=%s (%s), last heartbeat %s", c.Status, c.Reason, c.LastHeartbeatTime.Format(time.RFC3339))
 		}
+		return false
+	})
+	if errors.Is(err, errPollTimeout) {
+		return fmt.Errorf("%s was not Ready again within %s: %s", name, rolloutWait, last)
 	}
+	return err
 }
