@@ -104,6 +104,10 @@ func newCLI(t *testing.T, makeTarget string) (*cli, context.Context) {
 		if t.Failed() || testing.Verbose() {
 			t.Logf("CLI transcript:\n%s", c.logs.String())
 		}
+		// Last, so that the end of the output (all a CI summary may show) says what went wrong.
+		if t.Failed() {
+			t.Logf("What failed, in short:\n%s%s", c.nodeLogs, c.failures.String())
+		}
 	})
 	return c, ctx
 }
@@ -113,6 +117,43 @@ type cli struct {
 	bin  string
 	ws   string
 	logs *bytes.Buffer
+	// failures is the end of each failed command's stderr; nodeLogs the end of each node's bootstrapper
+	// log, taken before the cluster goes. Both are logged last when the test failed.
+	failures bytes.Buffer
+	nodeLogs string
+}
+
+// downAtEnd removes the cluster when the test ends, whatever happened, and checks that nothing of it
+// remains; before that, if the test failed, it keeps the end of each node's bootstrapper log.
+func (c *cli) downAtEnd(cluster string) {
+	c.t.Cleanup(func() {
+		if c.t.Failed() {
+			c.nodeLogs = nodeLogTails(cluster, 25)
+		}
+		code, _, _ := c.run(context.Background(), "mini", "down")
+		assert.Zero(c.t, code, "mini down")
+		assertNothingLeft(c.t, cluster)
+	})
+}
+
+// nodeLogTails is the last n lines of every node's bootstrapper log in the cluster.
+func nodeLogTails(cluster string, n int) string {
+	dirs, _ := os.ReadDir(filepath.Dir(node.StateDirFor(cluster, "x")))
+	var b strings.Builder
+	for _, d := range dirs {
+		data, err := os.ReadFile(filepath.Join(node.StateDirFor(cluster, d.Name()), "logs", "bootstrapper.log"))
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(&b, "%s's bootstrapper log, its end:\n%s\n", d.Name(), lastLines(string(data), n))
+	}
+	return b.String()
+}
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // run runs the CLI in the workspace and returns its exit code, stdout and stderr.
@@ -152,6 +193,9 @@ func (c *cli) runInterrupted(ctx context.Context, interruptAt string, args ...st
 	}
 	fmt.Fprintf(c.logs, "$ constellation %s  (exit %d, %s)\n%s%s\n", strings.Join(args, " "), code,
 		time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String())
+	if code != 0 {
+		fmt.Fprintf(&c.failures, "$ constellation %s  (exit %d)\n%s\n", strings.Join(args, " "), code, lastLines(stderr.String(), 12))
+	}
 	return code, stdout.String(), stderr.String()
 }
 
@@ -189,12 +233,7 @@ func TestMiniUp(t *testing.T) {
 	// carries on. Running mini up again resumes.
 	code, _, stderr := c.runInterrupted(ctx, "Initializing the first control plane", "mini", "up")
 	cluster := clusterName(t, c.ws)
-	t.Cleanup(func() {
-		// Whatever happened, the cluster goes, and nothing of it may remain.
-		code, _, _ := c.run(context.Background(), "mini", "down")
-		assert.Zero(t, code, "mini down")
-		assertNothingLeft(t, cluster)
-	})
+	c.downAtEnd(cluster)
 	require.Equal(t, 1, code, "an interrupted mini up fails:\n%s", stderr)
 	assert.Contains(t, stderr, "re-run")
 

@@ -30,14 +30,6 @@ import (
 func TestFaults(t *testing.T) {
 	c, ctx := newCLI(t, "fault-test")
 	defer func() {
-		// The end of each node's bootstrapper log (the cluster goes in the cleanup, after this).
-		if name, err := readClusterName(c.ws); err == nil && t.Failed() {
-			for _, n := range []string{"cp-0", "worker-0"} {
-				data, _ := os.ReadFile(filepath.Join(node.StateDirFor(name, n), "logs", "bootstrapper.log"))
-				lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-				t.Logf("%s's bootstrapper log, its end:\n%s", n, strings.Join(lines[max(0, len(lines)-25):], "\n"))
-			}
-		}
 		// The node's logs of a failed init, as the CLI saved them.
 		if data, err := os.ReadFile(filepath.Join(c.ws, "constellation-cluster.log")); err == nil && t.Failed() {
 			var kubeadm []string
@@ -62,11 +54,7 @@ func TestFaults(t *testing.T) {
 	stopWatching()
 	cluster := clusterName(t, c.ws)
 	cpDir, workerDir := node.StateDirFor(cluster, "cp-0"), node.StateDirFor(cluster, "worker-0")
-	t.Cleanup(func() {
-		code, _, _ := c.run(context.Background(), "mini", "down")
-		assert.Zero(t, code, "mini down")
-		assertNothingLeft(t, cluster)
-	})
+	c.downAtEnd(cluster)
 	require.NoError(t, <-cut, "the control plane was not power-cut during kubeadm init")
 	require.NotZero(t, code, "mini up must fail when the control plane loses power during init:\n%s\n%s", stdout, stderr)
 	t.Logf("mini up after the power cut of cp-0 during init:\n%s", stderr)

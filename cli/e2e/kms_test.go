@@ -36,11 +36,7 @@ func TestUserManagedKeys(t *testing.T) {
 	start := time.Now()
 	code, stdout, stderr := c.run(ctx, "mini", "up", "--kms", "local-kms")
 	cluster := clusterName(t, c.ws)
-	t.Cleanup(func() {
-		code, _, _ := c.run(context.Background(), "mini", "down")
-		assert.Zero(t, code, "mini down")
-		assertNothingLeft(t, cluster)
-	})
+	c.downAtEnd(cluster)
 	require.Zero(t, code, "mini up --kms local-kms failed:\n%s\n%s", stdout, stderr)
 	kubeconfig := filepath.Join(c.ws, "constellation-admin.conf")
 	waitHealthy(ctx, t, c, kubeconfig, "after mini up with user-managed keys")
