@@ -147,7 +147,7 @@ func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *stat
 		return nil
 	}
 	if k8sUpgrade != nil {
-		if err := e.upgradeKubernetes(ctx, cfg, st, k8sUpgrade, p); err != nil {
+		if err := e.upgradeKubernetes(ctx, cfg, k8sUpgrade, p); err != nil {
 			return err
 		}
 	}

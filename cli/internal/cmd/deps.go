@@ -11,11 +11,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
-	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"golang.org/x/term"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
+	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 )
 
 // deps are the commands' connections to the world; tests replace them with fakes.

@@ -4,23 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/kubectl/pkg/drain"
 
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
 	"github.com/constellation-go/constellation/internal/constellation/upgrade"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
@@ -211,7 +209,7 @@ func (e *env) rollout(ctx context.Context, r *imageRollout, p *progress) (err er
 		if movedNow || r.cordoned(ctx, t.name) {
 			e.reloadImages(ctx, r.cfg, r.st, r.infra, t.name, p)
 		}
-		if err := cordon(ctx, r.k8s, t.name, false); err != nil {
+		if err := kubeupgrade.Cordon(ctx, r.k8s, t.name, false); err != nil {
 			return fmt.Errorf("uncordoning %s: %w", t.name, err)
 		}
 		p.Detail("%s is Ready and verified", t.name)
@@ -308,35 +306,14 @@ func (r *imageRollout) writeCluster(ctx context.Context, f attestconfig.File) er
 
 // drainNode cordons a node and evicts its pods (DaemonSet pods stay: they run on every node anyway).
 func (e *env) drainNode(ctx context.Context, k8s kubernetes.Interface, name string, p *progress) error {
-	if err := cordon(ctx, k8s, name, true); err != nil {
-		return err
-	}
-	p.Detail("cordoned %s; evicting its pods", name)
-	var out strings.Builder
-	h := &drain.Helper{
-		Ctx: ctx, Client: k8s, IgnoreAllDaemonSets: true, DeleteEmptyDirData: true, GracePeriodSeconds: -1,
-		Timeout: 5 * time.Minute, Out: io.Discard, ErrOut: &out,
-	}
-	if err := drain.RunNodeDrain(h, name); err != nil {
-		return fmt.Errorf("%w %s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
+	p.Detail("cordoning %s and evicting its pods", name)
+	return kubeupgrade.Drain(ctx, k8s, name, 5*time.Minute)
 }
 
 // cordoned tells whether the node is marked unschedulable.
 func (r *imageRollout) cordoned(ctx context.Context, name string) bool {
 	node, err := r.k8s.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	return err == nil && node.Spec.Unschedulable
-}
-
-// cordon marks a node (un)schedulable.
-func cordon(ctx context.Context, k8s kubernetes.Interface, name string, unschedulable bool) error {
-	node, err := k8s.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	h := &drain.Helper{Ctx: ctx, Client: k8s}
-	return drain.RunCordonOrUncordon(h, node, unschedulable)
 }
 
 // waitNodeReady waits until the node reports Ready with a heartbeat after since (a heartbeat from before the

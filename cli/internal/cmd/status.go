@@ -18,6 +18,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/agentapi"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
 	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
@@ -196,7 +197,7 @@ func (e *env) status(ctx context.Context, format string) error {
 	}
 	for _, n := range res.Nodes {
 		if u := n.Upgrade; u != nil {
-			fmt.Fprintf(e.out, "  %s, Kubernetes %s (%s): %s: %s\n", n.Name, u.Version, describeStep(u.Step, u.Version), u.Phase, u.Message)
+			fmt.Fprintf(e.out, "  %s, Kubernetes %s (%s): %s: %s\n", n.Name, u.Version, kubeupgrade.DescribeStep(u.Step, u.Version), u.Phase, u.Message)
 		}
 	}
 	if it := res.ImageTarget; it != nil {

@@ -1,0 +1,219 @@
+package kubeupgrade
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+
+	"github.com/constellation-go/constellation/bootstrapper/agentapi"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/kubeupgradetest"
+	"github.com/constellation-go/constellation/internal/versions/components"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const (
+	oldVersion = "v1.33.13"
+	newVersion = "v1.34.10"
+)
+
+var spec = Spec{
+	Version: newVersion,
+	Components: []*components.Component{
+		{Name: "kubeadm", Url: "http://10.42.0.1:9081/v1.34.10/kubeadm", Hash: "sha256:aa", InstallPath: "/var/lib/constellation/bin/kubeadm"},
+		{Name: "kubelet", Url: "http://10.42.0.1:9081/v1.34.10/kubelet", Hash: "sha256:bb", InstallPath: "/var/lib/constellation/bin/kubelet"},
+	},
+	JoinComponents: []*components.Component{
+		{Name: "kubeadm", Url: "http://10.42.0.1:9081/v1.34.10/kubeadm", Hash: "sha256:aa", InstallPath: "/var/lib/constellation/bin/kubeadm"},
+		{Name: "kubelet", Url: "http://10.42.0.1:9081/v1.34.10/kubelet", Hash: "sha256:bb", InstallPath: "/var/lib/constellation/bin/kubelet"},
+		{Name: "joinservice.tar", Url: "http://10.42.0.1:9081/sha256/cc", Hash: "sha256:cc", InstallPath: "/var/lib/constellation/images/joinservice.tar"},
+	},
+}
+
+// cluster is two control planes and a worker at oldVersion, with the JoinService; the control planes'
+// static pods run podsVersion (as they do once kubeadm moved them). objs are added.
+func cluster(podsVersion string, objs ...runtime.Object) *k8sfake.Clientset {
+	objs = append(objs, kubeupgradetest.JoinService(oldVersion)...)
+	for _, n := range []string{"cp-1", "cp-0"} {
+		objs = append(objs, kubeupgradetest.Node(n, oldVersion, true))
+		objs = append(objs, kubeupgradetest.ControlPlanePods(n, podsVersion)...)
+	}
+	return k8sfake.NewClientset(objs...)
+}
+
+// untilDone runs passes until the upgrade is done or failed, and returns the last progress and every
+// progress seen.
+func untilDone(ctx context.Context, t *testing.T, r *Reconciler) (Progress, []Progress) {
+	t.Helper()
+	var seen []Progress
+	for range 2000 {
+		prog, err := r.Reconcile(ctx, spec)
+		require.NoError(t, err)
+		seen = append(seen, prog)
+		if prog.Phase == PhaseDone || prog.Phase == PhaseFailed {
+			return prog, seen
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("the upgrade never finished; last pass: %+v", seen[len(seen)-1])
+	return Progress{}, nil
+}
+
+func runAgents(t *testing.T, agents *kubeupgradetest.Agents) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		agents.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+// TestReconcile: every node stages first; then the first control plane runs kubeadm upgrade apply, the
+// JoinService moves to the new version, and every other node (control planes first) runs kubeadm upgrade
+// node, drained first and uncordoned after. A pass after the end changes nothing.
+func TestReconcile(t *testing.T) {
+	ctx := context.Background()
+	k8s := cluster(newVersion, kubeupgradetest.Node("worker-0", oldVersion, false))
+	agents := &kubeupgradetest.Agents{K8s: k8s}
+	runAgents(t, agents)
+	r := &Reconciler{Client: k8s}
+
+	last, seen := untilDone(ctx, t, r)
+	require.Equal(t, PhaseDone, last.Phase, "%+v", last)
+	steps := agents.CarriedOut()
+	require.Len(t, steps, 6)
+	assert.ElementsMatch(t, []string{"cp-0 stage", "cp-1 stage", "worker-0 stage"}, steps[:3])
+	assert.Equal(t, []string{"cp-0 apply", "cp-1 node", "worker-0 node"}, steps[3:])
+	assert.Equal(t, []string{"cp-0", "cp-1", "worker-0"}, last.Finished)
+	for _, n := range []string{"cp-0", "cp-1", "worker-0"} {
+		node, err := k8s.CoreV1().Nodes().Get(ctx, n, metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.False(t, node.Spec.Unschedulable, n)
+		assert.NotContains(t, node.Annotations, CordonAnnotation, n)
+		assert.Equal(t, newVersion, node.Status.NodeInfo.KubeletVersion)
+	}
+	var did []string
+	for _, p := range seen {
+		did = append(did, p.Did...)
+	}
+	assert.Contains(t, did, "drained cp-1")
+	assert.Contains(t, did, "uncordoned worker-0")
+	assert.Contains(t, did, "the JoinService hands joining nodes Kubernetes v1.34.10")
+
+	ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Contains(t, ds.Spec.Template.Spec.Containers[0].Args, joinproto.KubernetesVersionFlag+"="+newVersion)
+	cm, err := k8s.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, joinproto.ConfigMapName, metav1.GetOptions{})
+	require.NoError(t, err)
+	got, err := components.UnmarshalList([]byte(cm.Data[joinproto.ComponentsKey]))
+	require.NoError(t, err)
+	assert.Len(t, got, 3)
+
+	// Another pass finds everything done and changes nothing.
+	prog, err := r.Reconcile(ctx, spec)
+	require.NoError(t, err)
+	assert.Equal(t, PhaseDone, prog.Phase)
+	assert.Empty(t, prog.Did)
+	assert.Len(t, agents.CarriedOut(), 6)
+}
+
+// TestReconcileStops covers what holds an upgrade, and what it leaves alone.
+func TestReconcileStops(t *testing.T) {
+	ctx := context.Background()
+
+	t.Run("a failed step stops it with the node's reason; ClearFailures makes the node retry", func(t *testing.T) {
+		k8s := cluster(newVersion, kubeupgradetest.Node("worker-0", oldVersion, false))
+		agents := &kubeupgradetest.Agents{K8s: k8s}
+		agents.FailOn("cp-1", agentapi.StepNode)
+		runAgents(t, agents)
+		r := &Reconciler{Client: k8s}
+
+		last, _ := untilDone(ctx, t, r)
+		require.Equal(t, PhaseFailed, last.Phase)
+		assert.Equal(t, "cp-1", last.Node)
+		assert.Equal(t, agentapi.StepNode, last.Step)
+		assert.Contains(t, last.Waiting, "etcd did not come up")
+		assert.NotContains(t, agents.CarriedOut(), "worker-0 node", "nothing moves past a failed node")
+		// Passes do not retry on their own.
+		prog, err := r.Reconcile(ctx, spec)
+		require.NoError(t, err)
+		assert.Equal(t, PhaseFailed, prog.Phase)
+
+		agents.FailOn("cp-1", "")
+		cleared, err := ClearFailures(ctx, k8s, newVersion)
+		require.NoError(t, err)
+		assert.Equal(t, []string{"cp-1"}, cleared)
+		last, _ = untilDone(ctx, t, r)
+		require.Equal(t, PhaseDone, last.Phase)
+		steps := agents.CarriedOut()
+		assert.Equal(t, []string{"cp-1 node", "worker-0 node"}, steps[len(steps)-2:])
+		assert.Equal(t, 1, count(steps, "cp-0 apply"), "the control plane's apply is not repeated")
+	})
+
+	t.Run("it waits for the control plane's static pods to run the version", func(t *testing.T) {
+		k8s := cluster(oldVersion)
+		agents := &kubeupgradetest.Agents{K8s: k8s}
+		runAgents(t, agents)
+		r := &Reconciler{Client: k8s}
+		var prog Progress
+		require.Eventually(t, func() bool {
+			var err error
+			prog, err = r.Reconcile(ctx, spec)
+			require.NoError(t, err)
+			return prog.Waiting == "kube-apiserver on cp-0 to run v1.34.10"
+		}, 10*time.Second, 5*time.Millisecond, "last pass: %+v", prog)
+		assert.Equal(t, "cp-0", prog.Node)
+		assert.NotContains(t, agents.CarriedOut(), "cp-1 node")
+		ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.Contains(t, ds.Spec.Template.Spec.Containers[0].Args, joinproto.KubernetesVersionFlag+"="+oldVersion,
+			"joining nodes get the new version only once the control plane runs it")
+	})
+
+	t.Run("a node an administrator cordoned stays cordoned; a node that joined at the version is left alone", func(t *testing.T) {
+		cordoned := kubeupgradetest.Node("worker-0", oldVersion, false)
+		cordoned.Spec.Unschedulable = true
+		k8s := cluster(newVersion, cordoned, kubeupgradetest.Node("worker-1", newVersion, false))
+		agents := &kubeupgradetest.Agents{K8s: k8s}
+		runAgents(t, agents)
+		last, _ := untilDone(ctx, t, &Reconciler{Client: k8s})
+		require.Equal(t, PhaseDone, last.Phase)
+		node, err := k8s.CoreV1().Nodes().Get(ctx, "worker-0", metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.True(t, node.Spec.Unschedulable)
+		assert.Equal(t, newVersion, node.Status.NodeInfo.KubeletVersion)
+		for _, s := range agents.CarriedOut() {
+			assert.NotContains(t, s, "worker-1")
+		}
+	})
+
+	t.Run("a cluster without a control plane is an error", func(t *testing.T) {
+		k8s := k8sfake.NewClientset(kubeupgradetest.Node("worker-0", oldVersion, false))
+		_, err := (&Reconciler{Client: k8s}).Reconcile(ctx, spec)
+		assert.ErrorContains(t, err, "no control plane")
+	})
+}
+
+func count(list []string, s string) int {
+	n := 0
+	for _, x := range list {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
