@@ -461,7 +461,7 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	if nextKubernetes != versions.DefaultKubernetes {
 		// Ctrl-C while the worker runs `kubeadm upgrade node`: the node finishes its step on its own, and the
 		// re-run below continues from there.
-		code, _, stderr = c.runInterrupted(ctx, "Node worker-0 (2 of 2): kubeadm upgrade node", "upgrade", "apply")
+		code, _, stderr = c.runInterrupted(ctx, "asked worker-0 for 'kubeadm upgrade node'", "upgrade", "apply")
 		require.Equal(t, 1, code, "an interrupted upgrade apply fails:\n%s", stderr)
 		assert.Contains(t, stderr, "re-run 'constellation apply' to continue")
 		assert.Contains(t, stderr, "kubeadm upgrade apply to "+nextKubernetes)

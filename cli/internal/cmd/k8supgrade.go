@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -202,8 +203,10 @@ func reportKubernetes(p *progress, last, prog kubeupgrade.Progress, version stri
 	for _, d := range prog.Did {
 		p.Detail("%s", d)
 	}
-	if prog.Phase != kubeupgrade.PhaseDone && prog.Waiting != last.Waiting && prog.Waiting != "" && len(prog.Did) == 0 {
-		p.Detail("waiting for %s", prog.Waiting)
+	for _, r := range prog.Reports {
+		if !slices.Contains(last.Reports, r) {
+			p.Detail("%s", r)
+		}
 	}
 }
 

@@ -157,6 +157,9 @@ func TestRollKubernetes(t *testing.T) {
 			"Node cp-0 (1 of 2): kubeadm upgrade apply to v1.34.10",
 			"the JoinService hands joining nodes Kubernetes v1.34.10",
 			"Node worker-0 (2 of 2): kubeadm upgrade node to v1.34.10",
+			"cordoned worker-0",
+			// The end-to-end test interrupts the CLI here, while the node runs its step.
+			"asked worker-0 for 'kubeadm upgrade node' to v1.34.10",
 			"worker-0 runs the kubelet of v1.34.10 and is Ready",
 		} {
 			assert.Contains(t, errOut.String(), want)

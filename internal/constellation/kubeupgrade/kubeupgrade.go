@@ -8,7 +8,7 @@
 // The order (see agentapi for what a node does at each step):
 //
 //  1. Every node that has not moved yet stages the version's components.
-//  2. The first control plane (control planes sort first, by name) is cordoned and drained, then runs
+//  2. The first control plane (control planes sort first, by name) is cordoned, drained, then runs
 //     `kubeadm upgrade apply`; once its kubelet and control plane run the version and are Ready, the
 //     JoinService hands joining nodes the new version, and the node is uncordoned.
 //  3. Each other node in turn is cordoned, drained, runs `kubeadm upgrade node`, and is uncordoned once its
@@ -83,6 +83,8 @@ type Progress struct {
 	Step         agentapi.Step
 	// Waiting says what the pass waits for; for PhaseFailed, the node's reason.
 	Waiting string
+	// Reports are what the nodes that work on a step report, as "<node>: <message>".
+	Reports []string
 	// Did lists what the pass changed, as sentences.
 	Did []string
 	// Finished are the nodes this pass found moved, Ready and uncordoned, in order.
@@ -125,7 +127,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, spec Spec) (Progress, error)
 			return failed(prog, n.Name, i, agentapi.StepStage, s), nil
 		}
 		if t, err := agentapi.ReadTarget(n); err == nil && t.Version == spec.Version {
-			continue // given; the node works on it
+			// Given; the node works on it.
+			prog.Reports = appendReport(prog.Reports, n, spec.Version)
+			continue
 		}
 		if err := r.instruct(ctx, n.Name, agentapi.Target{Version: spec.Version, Step: agentapi.StepStage, Components: spec.Components}); err != nil {
 			return prog, err
@@ -189,21 +193,41 @@ func (r *Reconciler) advance(ctx context.Context, prog Progress, n *corev1.Node,
 			return failed(prog, n.Name, prog.Index-1, prog.Step, status), nil
 		}
 		prog.Waiting = n.Name + ": " + DescribeStep(prog.Step, spec.Version)
-		if hasStatus && status.Phase == agentapi.PhaseWorking && status.Version == spec.Version && status.Message != "" {
-			prog.Waiting = n.Name + ": " + status.Message
-		}
+		prog.Reports = appendReport(prog.Reports, n, spec.Version)
 		return prog, nil
 	}
-	if err := r.drain(ctx, n, spec.Version); err != nil {
+	// Cordoning and evicting are two passes, so that a caller can say which node the upgrade is at before
+	// the eviction, which may take minutes.
+	if !n.Spec.Unschedulable {
+		if err := r.cordon(ctx, n, spec.Version); err != nil {
+			return prog, fmt.Errorf("cordoning %s before its upgrade: %w", n.Name, err)
+		}
+		prog.Did = append(prog.Did, "cordoned "+n.Name)
+		prog.Waiting = "the eviction of the pods on " + n.Name
+		return prog, nil
+	}
+	timeout := r.DrainTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Minute
+	}
+	if err := Drain(ctx, r.Client, n.Name, timeout); err != nil {
 		return prog, fmt.Errorf("draining %s before its upgrade: %w", n.Name, err)
 	}
-	prog.Did = append(prog.Did, "drained "+n.Name)
+	prog.Did = append(prog.Did, "evicted the pods on "+n.Name)
 	if err := r.instruct(ctx, n.Name, agentapi.Target{Version: spec.Version, Step: prog.Step, Components: spec.Components}); err != nil {
 		return prog, err
 	}
 	prog.Did = append(prog.Did, fmt.Sprintf("asked %s for %s", n.Name, DescribeStep(prog.Step, spec.Version)))
 	prog.Waiting = n.Name + ": " + DescribeStep(prog.Step, spec.Version)
 	return prog, nil
+}
+
+// appendReport appends what the node reports working on for version, if anything.
+func appendReport(reports []string, n *corev1.Node, version string) []string {
+	if s, ok := agentapi.ReadStatus(n); ok && s.Phase == agentapi.PhaseWorking && s.Version == version && s.Message != "" {
+		return append(reports, n.Name+": "+s.Message)
+	}
+	return reports
 }
 
 func failed(prog Progress, node string, index int, step agentapi.Step, s agentapi.Status) Progress {
@@ -309,22 +333,16 @@ func ClearFailures(ctx context.Context, k8s kubernetes.Interface, version string
 	return cleared, nil
 }
 
-// drain marks the node as cordoned by the upgrade, cordons it and evicts its pods.
-func (r *Reconciler) drain(ctx context.Context, n *corev1.Node, version string) error {
-	if _, ok := n.Annotations[CordonAnnotation]; !ok && !n.Spec.Unschedulable {
-		patch, err := agentapi.AnnotationsPatch(map[string]*string{CordonAnnotation: &version})
-		if err != nil {
-			return err
-		}
-		if _, err := r.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			return err
-		}
+// cordon marks the node as cordoned by the upgrade, then cordons it.
+func (r *Reconciler) cordon(ctx context.Context, n *corev1.Node, version string) error {
+	patch, err := agentapi.AnnotationsPatch(map[string]*string{CordonAnnotation: &version})
+	if err != nil {
+		return err
 	}
-	timeout := r.DrainTimeout
-	if timeout == 0 {
-		timeout = 5 * time.Minute
+	if _, err := r.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return err
 	}
-	return Drain(ctx, r.Client, n.Name, timeout)
+	return Cordon(ctx, r.Client, n.Name, true)
 }
 
 func (r *Reconciler) uncordon(ctx context.Context, n *corev1.Node) error {

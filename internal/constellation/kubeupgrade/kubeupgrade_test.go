@@ -110,7 +110,8 @@ func TestReconcile(t *testing.T) {
 	for _, p := range seen {
 		did = append(did, p.Did...)
 	}
-	assert.Contains(t, did, "drained cp-1")
+	assert.Contains(t, did, "cordoned cp-1")
+	assert.Contains(t, did, "evicted the pods on cp-1")
 	assert.Contains(t, did, "uncordoned worker-0")
 	assert.Contains(t, did, "the JoinService hands joining nodes Kubernetes v1.34.10")
 
