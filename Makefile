@@ -32,13 +32,15 @@ build: setup image services
 	install -m 0755 bazel-bin/cli/cmd/constellation/constellation_/constellation $(CLI)
 	install -m 0755 bazel-bin/localprovider/cmd/terraform-provider-constellation/terraform-provider-constellation_/terraform-provider-constellation out/
 
-## services: the JoinService, KeyService and VerificationService images into out/services/
+## services: the JoinService, KeyService, VerificationService and upgrade controller images into out/services/
 services: setup
-	$(BAZEL) build //joinservice/cmd/joinservice:image //keyservice/cmd/keyservice:image //verify/cmd/verificationservice:image
+	$(BAZEL) build //joinservice/cmd/joinservice:image //keyservice/cmd/keyservice:image //verify/cmd/verificationservice:image \
+		//operator/cmd/operator:image
 	mkdir -p out/services
 	install -m 0644 bazel-bin/joinservice/cmd/joinservice/image.tar out/services/joinservice.tar
 	install -m 0644 bazel-bin/keyservice/cmd/keyservice/image.tar out/services/keyservice.tar
 	install -m 0644 bazel-bin/verify/cmd/verificationservice/image.tar out/services/verificationservice.tar
+	install -m 0644 bazel-bin/operator/cmd/operator/image.tar out/services/operator.tar
 
 ## libvirt-provider: the libvirt Terraform provider the qemu provider needs, built from source into out/
 ## (needs libvirt-daemon-system, qemu-utils and dnsmasq-base to be used)

@@ -465,6 +465,19 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 		require.Equal(t, 1, code, "an interrupted upgrade apply fails:\n%s", stderr)
 		assert.Contains(t, stderr, "re-run 'constellation apply' to continue")
 		assert.Contains(t, stderr, "kubeadm upgrade apply to "+nextKubernetes)
+		// Without the CLI, the cluster's upgrade controller carries the upgrade to its end.
+		var phase string
+		require.Eventually(t, func() bool {
+			phase = kubectl(ctx, t, kubeconfig, "get", "kubernetesupgrades", "cluster", "-o", "jsonpath={.status.phase}")
+			return phase == "Done"
+		}, 10*time.Minute, 3*time.Second, "the upgrade controller did not finish the upgrade without the CLI: %s", phase)
+		t.Logf("FIGURES Kubernetes upgrade finished by the in-cluster controller %s after the upgrade started (the CLI stopped during the worker's step)",
+			time.Since(start).Round(100*time.Millisecond))
+		for _, line := range strings.Split(kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.nodeInfo.kubeletVersion}{\"\\n\"}{end}"), "\n") {
+			if line != "" {
+				assert.True(t, strings.HasSuffix(line, " "+nextKubernetes), "after the controller finished: %s", line)
+			}
+		}
 	}
 	// Ctrl-C while the worker moves to image B: the CLI stops and says how to continue; a re-run completes.
 	code, _, stderr = c.runInterrupted(ctx, "rebooting worker-0", "upgrade", "apply")

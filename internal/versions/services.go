@@ -13,7 +13,7 @@ import (
 const ServicesVersion = "v0.1.0-dev"
 
 // Services are the services the init node deploys, by the name of their image archive (<name>.tar).
-var Services = []string{"joinservice", "keyservice", "verificationservice"}
+var Services = []string{"joinservice", "keyservice", "verificationservice", "operator"}
 
 // ExtraSet is a component set served from Dir, beside a Kubernetes version's set.
 type ExtraSet struct {

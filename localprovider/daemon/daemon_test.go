@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 
 func servicesDir(t *testing.T) string {
 	dir := t.TempDir()
-	for _, s := range []string{"joinservice", "keyservice", "verificationservice"} {
+	for _, s := range versions.Services {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, s+".tar"), []byte(s), 0o644))
 	}
 	return dir

@@ -61,7 +61,7 @@ func (r *networkResource) Schema(_ context.Context, _ resource.SchemaRequest, re
 				Description: "Private IPv4 prefix of the bridge; the bridge gets its first address, nodes the following ones."},
 			"kubernetes_version": schema.StringAttribute{Required: true, Description: "Pinned Kubernetes version whose components are served."},
 			"services_dir": schema.StringAttribute{Required: true,
-				Description: "Directory with the services' image archives (joinservice.tar, keyservice.tar, verificationservice.tar)."},
+				Description: "Directory with the services' image archives (joinservice.tar, keyservice.tar, verificationservice.tar, operator.tar)."},
 			"init_secret": schema.StringAttribute{Required: true, Sensitive: true,
 				Description: "Init secret; the metadata API serves only the SHA-256 of its text."},
 			"bridge_address": schema.StringAttribute{Computed: true, PlanModifiers: keep},

@@ -34,7 +34,7 @@
 //	--image-repository    repository of the control-plane images (default kubeadm's, registry.k8s.io)
 //	--disable-kube-proxy, --disable-coredns   skip those add-ons
 //	--cgroup-root         the kubelet's --cgroup-root (default none: the node's cgroup namespace root)
-//	--joinservice-image, --keyservice-image, --verificationservice-image   service images (as imported)
+//	--joinservice-image, --keyservice-image, --verificationservice-image, --operator-image   service images (as imported)
 //	--log-level, --log-format   debug|info|warn|error, json|text
 //
 // The node runtime must provide: containerd at --containerd-socket with its CRI, the state disk mounted at
@@ -164,6 +164,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.images.JoinService, "joinservice-image", deploy.DefaultImages.JoinService, "JoinService image")
 	fs.StringVar(&f.images.KeyService, "keyservice-image", deploy.DefaultImages.KeyService, "KeyService image")
 	fs.StringVar(&f.images.VerificationService, "verificationservice-image", deploy.DefaultImages.VerificationService, "VerificationService image")
+	fs.StringVar(&f.images.Operator, "operator-image", deploy.DefaultImages.Operator, "upgrade controller image")
 	f.logLevel, f.logFormat = service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "BOOTSTRAPPER", args); err != nil {
 		return nil, err

@@ -227,7 +227,7 @@ func (i *Initializer) Init(ctx context.Context, req initserver.Request, progress
 		return nil, err
 	}
 
-	progress("deploy", "deploying the JoinService, KeyService and VerificationService")
+	progress("deploy", "deploying the JoinService, KeyService, VerificationService and upgrade controller")
 	if err := i.deps.Deploy(ctx, client, deploy.Config{
 		APIServerEndpoint: endpoint,
 		KubernetesVersion: req.KubernetesVersion,

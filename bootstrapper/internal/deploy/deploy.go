@@ -36,12 +36,14 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/measurements"
@@ -62,6 +64,8 @@ const (
 	JoinServiceName               = joinproto.DaemonSetName
 	KeyServiceName                = keyserviceproto.DaemonSetName
 	VerificationServiceName       = "verificationservice"
+	OperatorName                  = "operator"
+	operatorHealthPort            = 30093
 	MeasurementSaltKey            = "measurementSalt"
 	ComponentsKey                 = joinproto.ComponentsKey
 	controlPlaneLabel             = "node-role.kubernetes.io/control-plane"
@@ -92,7 +96,7 @@ var KeyServiceAddr = service.UnixPrefix + path.Join(keyServiceSocketDir, "keyser
 
 // Images are the services' image references, as the images were imported into containerd.
 type Images struct {
-	JoinService, KeyService, VerificationService string
+	JoinService, KeyService, VerificationService, Operator string
 }
 
 // DefaultImages are the references of the images Bazel builds (//joinservice/cmd/joinservice:image etc.),
@@ -101,6 +105,7 @@ var DefaultImages = Images{
 	JoinService:         "docker.io/constellation/joinservice:v0.1.0-dev",
 	KeyService:          "docker.io/constellation/keyservice:v0.1.0-dev",
 	VerificationService: "docker.io/constellation/verificationservice:v0.1.0-dev",
+	Operator:            "docker.io/constellation/operator:v0.1.0-dev",
 }
 
 // Config is what the services need.
@@ -164,6 +169,9 @@ func (c *Config) complete() error {
 	}
 	if c.Images.VerificationService == "" {
 		c.Images.VerificationService = DefaultImages.VerificationService
+	}
+	if c.Images.Operator == "" {
+		c.Images.Operator = DefaultImages.Operator
 	}
 	return errors.Join(errs...)
 }
@@ -254,6 +262,9 @@ func Deploy(ctx context.Context, client kubernetes.Interface, cfg Config) error 
 		{"KeyService", func() error { return applyDaemonSet(ctx, client, keyService(cfg)) }},
 		{"JoinService", func() error { return applyDaemonSet(ctx, client, joinService(cfg)) }},
 		{"VerificationService", func() error { return applyDaemonSet(ctx, client, verificationService(cfg)) }},
+		{"upgrade controller's resource type", func() error { return applyCRD(ctx, client, v1alpha1.CRD) }},
+		{"upgrade controller RBAC", func() error { return applyOperatorRBAC(ctx, client) }},
+		{"upgrade controller", func() error { return applyDaemonSet(ctx, client, operator(cfg)) }},
 		{"CoreDNS configuration", func() error { return dropUpstreamDNS(ctx, client) }},
 	}
 	for _, s := range steps {
@@ -290,14 +301,16 @@ func applyJoinServiceRBAC(ctx context.Context, client kubernetes.Interface) erro
 	// Re-attestation (joinservice/internal/reattest): list the nodes, set their condition, cordon one that
 	// fails, record Events on them. (The JoinService holds the cluster CA's key already; these rights add
 	// nothing an attacker of the JoinService could not mint.)
-	clusterRole := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: reattestRoleName, Labels: labels(JoinServiceName)},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "patch"}},
-			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
-			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
-		},
-	}
+	return applyClusterRole(ctx, client, reattestRoleName, JoinServiceName, []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create"}},
+	})
+}
+
+// applyClusterRole creates or updates a ClusterRole and binds it to the service account in Namespace.
+func applyClusterRole(ctx context.Context, client kubernetes.Interface, name, serviceAccount string, rules []rbacv1.PolicyRule) error {
+	clusterRole := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels(serviceAccount)}, Rules: rules}
 	if _, err := client.RbacV1().ClusterRoles().Create(ctx, clusterRole, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
 		if _, err := client.RbacV1().ClusterRoles().Update(ctx, clusterRole, metav1.UpdateOptions{}); err != nil {
 			return err
@@ -306,14 +319,83 @@ func applyJoinServiceRBAC(ctx context.Context, client kubernetes.Interface) erro
 		return err
 	}
 	clusterBinding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: reattestRoleName, Labels: labels(JoinServiceName)},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: reattestRoleName},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: JoinServiceName, Namespace: Namespace}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels(serviceAccount)},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: serviceAccount, Namespace: Namespace}},
 	}
 	if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, clusterBinding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	return nil
+}
+
+// operatorRoleName is the upgrade controller's ClusterRole (and binding).
+const operatorRoleName = "constellation-operator"
+
+// applyOperatorRBAC gives the upgrade controller what kubeupgrade's passes need: the nodes (instructions,
+// cordons), the pods and evictions of a drain, the JoinService's DaemonSet and components ConfigMap (the
+// version joining nodes get), its own resource and status, and its leader Lease.
+func applyOperatorRBAC(ctx context.Context, client kubernetes.Interface) error {
+	if err := applyServiceAccount(ctx, client, OperatorName, []rbacv1.PolicyRule{
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{JoinConfigName}, Verbs: []string{"get", "update"}},
+		{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, ResourceNames: []string{JoinServiceName}, Verbs: []string{"update"}},
+	}); err != nil {
+		return err
+	}
+	return applyClusterRole(ctx, client, operatorRoleName, OperatorName, []rbacv1.PolicyRule{
+		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch", "patch", "update"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list"}},
+		{APIGroups: []string{""}, Resources: []string{"pods/eviction"}, Verbs: []string{"create"}},
+		// A drain looks up the DaemonSet of each DaemonSet pod.
+		{APIGroups: []string{"apps"}, Resources: []string{"daemonsets"}, Verbs: []string{"get"}},
+		{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"kubernetesupgrades"}, Verbs: []string{"get", "list", "watch"}},
+		{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"kubernetesupgrades/status"}, Verbs: []string{"get", "patch", "update"}},
+	})
+}
+
+// applyCRD creates or updates a CustomResourceDefinition (YAML) by server-side apply, through the
+// clientset's REST client (the typed apiextensions client would be a second client for one object).
+func applyCRD(ctx context.Context, client kubernetes.Interface, crdYAML []byte) error {
+	var crd struct {
+		Metadata struct {
+			Name string `yaml:"name"`
+		} `yaml:"metadata"`
+	}
+	if err := yaml.Unmarshal(crdYAML, &crd); err != nil || crd.Metadata.Name == "" {
+		return fmt.Errorf("the CustomResourceDefinition has no name (%v)", err)
+	}
+	rc := client.Discovery().RESTClient()
+	if rc == nil {
+		return errors.New("the Kubernetes client has no REST client")
+	}
+	return rc.Patch(types.ApplyYAMLPatchType).
+		AbsPath("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd.Metadata.Name).
+		Param("fieldManager", "constellation-bootstrapper").Param("force", "true").
+		Body(crdYAML).Do(ctx).Error()
+}
+
+// operator is the upgrade controller on every control plane; one leads (a Lease). Like the JoinService it
+// reaches the API server on its own node, so it keeps working while kube-proxy is upgraded, and as a
+// DaemonSet pod a drain leaves it in place.
+func operator(cfg Config) *appsv1.DaemonSet {
+	container := corev1.Container{
+		Name:  OperatorName,
+		Image: cfg.Images.Operator,
+		Args:  []string{"--health-addr=:" + strconv.Itoa(operatorHealthPort)},
+		Env: []corev1.EnvVar{
+			{Name: "KUBERNETES_SERVICE_HOST", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.hostIP"}}},
+			{Name: "KUBERNETES_SERVICE_PORT", Value: strconv.Itoa(apiServerPort)},
+		},
+		Ports:         []corev1.ContainerPort{hostPort(operatorHealthPort)},
+		LivenessProbe: healthProbe("", operatorHealthPort),
+	}
+	return daemonSet(OperatorName, priorityClusterCritical, corev1.PodSpec{
+		NodeSelector:       controlPlanesOnly(),
+		ServiceAccountName: OperatorName,
+		Containers:         []corev1.Container{container},
+	})
 }
 
 // auditDir holds the JoinService's audit log on the control plane.

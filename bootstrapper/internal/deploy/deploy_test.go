@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -15,9 +16,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
@@ -26,6 +30,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/kubetest"
@@ -237,9 +242,10 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	for i := range dss.Items {
 		byName[dss.Items[i].Name] = &dss.Items[i]
 	}
-	require.Len(t, byName, 3)
+	require.Len(t, byName, 4)
 	for name, image := range map[string]string{
 		JoinServiceName: DefaultImages.JoinService, KeyServiceName: DefaultImages.KeyService, VerificationServiceName: DefaultImages.VerificationService,
+		OperatorName: DefaultImages.Operator,
 	} {
 		ds := byName[name]
 		require.NotNil(t, ds, name)
@@ -315,6 +321,32 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	_, err = saClient.CoreV1().Secrets(Namespace).List(ctx, metav1.ListOptions{})
 	assert.True(t, apierrors.IsForbidden(err), "the JoinService cannot list secrets: %v", err)
 	assert.True(t, hasEnv(jc, "JOINSERVICE_NODE_NAME"), "the lease identity is the node's name")
+
+	// The upgrade controller: on the control planes, with its resource type served.
+	op := byName[OperatorName]
+	assert.Equal(t, map[string]string{"node-role.kubernetes.io/control-plane": ""}, op.Spec.Template.Spec.NodeSelector)
+	assert.Equal(t, OperatorName, op.Spec.Template.Spec.ServiceAccountName)
+	assert.True(t, hasEnv(container(t, op), "KUBERNETES_SERVICE_HOST"), "the controller reaches the API server on its node")
+	upgrades := schema.GroupVersionResource{Group: v1alpha1.GroupVersion.Group, Version: v1alpha1.GroupVersion.Version, Resource: "kubernetesupgrades"}
+	dyn, err := dynamic.NewForConfig(cluster.Config)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, err := dyn.Resource(upgrades).List(ctx, metav1.ListOptions{})
+		return err == nil
+	}, 30*time.Second, 100*time.Millisecond, "the KubernetesUpgrade resource is not served")
+	// Its account: the nodes, evictions, its own status and the JoinService's version; not Secrets, and not
+	// other DaemonSets or ConfigMaps in kube-system.
+	opClient := impersonate(t, cluster.Config, "system:serviceaccount:kube-system:operator")
+	_, err = opClient.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	for what, allowed := range map[string]bool{
+		"patch nodes": true, "create pods/eviction": true, "update daemonsets/" + JoinServiceName: true,
+		"update configmaps/" + JoinConfigName: true, "patch kubernetesupgrades/status": true,
+		"get secrets": false, "list secrets": false, "update daemonsets/" + KeyServiceName: false,
+		"update configmaps/" + AttestationConfigName: false, "update kubernetesupgrades": false, "delete nodes": false,
+	} {
+		assert.Equal(t, allowed, can(ctx, t, opClient, what), "the upgrade controller may %s: %v", what, allowed)
+	}
 
 	// Deploying again updates in place.
 	cfg.KubernetesVersion = "v1.34.1"
@@ -435,4 +467,33 @@ func TestWithoutForward(t *testing.T) {
 			assert.Equal(t, tc.wantChanged, changed)
 		})
 	}
+}
+
+// can asks the API server whether the client may do what ("<verb> <resource>[/<subresource>][/<name>]" in
+// kube-system, or cluster-wide for nodes and kubernetesupgrades).
+func can(ctx context.Context, t *testing.T, client kubernetes.Interface, what string) bool {
+	t.Helper()
+	verb, rest, _ := strings.Cut(what, " ")
+	parts := strings.Split(rest, "/")
+	attrs := &authorizationv1.ResourceAttributes{Verb: verb, Resource: parts[0], Namespace: Namespace}
+	switch parts[0] {
+	case "daemonsets":
+		attrs.Group = "apps"
+	case "kubernetesupgrades":
+		attrs.Group, attrs.Namespace = v1alpha1.GroupVersion.Group, ""
+	case "nodes":
+		attrs.Namespace = ""
+	}
+	for _, p := range parts[1:] {
+		if p == "eviction" || p == "status" {
+			attrs.Subresource = p
+		} else {
+			attrs.Name = p
+		}
+	}
+	review, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authorizationv1.SelfSubjectAccessReview{
+		Spec: authorizationv1.SelfSubjectAccessReviewSpec{ResourceAttributes: attrs},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	return review.Status.Allowed
 }

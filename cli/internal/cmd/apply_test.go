@@ -33,6 +33,7 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/state"
 	"github.com/constellation-go/constellation/internal/tpm"
+	"github.com/constellation-go/constellation/internal/versions"
 )
 
 type fakeInfra struct {
@@ -393,7 +394,7 @@ func servicesFixture(t *testing.T) string {
 	dir := t.TempDir()
 	osFs := afero.NewOsFs()
 	require.NoError(t, osFs.MkdirAll(dir+"/services", 0o755))
-	for _, s := range []string{"joinservice", "keyservice", "verificationservice"} {
+	for _, s := range versions.Services {
 		require.NoError(t, afero.WriteFile(osFs, dir+"/services/"+s+".tar", []byte(s), 0o644))
 	}
 	return dir

@@ -12,11 +12,14 @@ import (
 	"time"
 
 	"golang.org/x/term"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/cli/internal/clusterclient"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 )
 
 // deps are the commands' connections to the world; tests replace them with fakes.
@@ -36,6 +39,8 @@ type deps struct {
 	reachable func(ctx context.Context, addr string) bool
 	// kube returns a client of the cluster of an admin kubeconfig.
 	kube func(kubeconfig []byte) (kubernetes.Interface, error)
+	// upgrades returns a client of the cluster's KubernetesUpgrade (the upgrade controller's resource).
+	upgrades func(kubeconfig []byte) (client.Client, error)
 	// isTerminal tells whether the user can answer a question on stdin.
 	isTerminal func() bool
 	// kubeconfigPath is the user's kubeconfig, which `apply --merge-kubeconfig` extends.
@@ -72,6 +77,18 @@ func defaultDeps() deps {
 			}
 			cfg.Timeout = 30 * time.Second
 			return kubernetes.NewForConfig(cfg)
+		},
+		upgrades: func(kubeconfig []byte) (client.Client, error) {
+			cfg, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Timeout = 30 * time.Second
+			scheme := runtime.NewScheme()
+			if err := v1alpha1.AddToScheme(scheme); err != nil {
+				return nil, err
+			}
+			return client.New(cfg, client.Options{Scheme: scheme})
 		},
 		isTerminal: func() bool { return term.IsTerminal(int(os.Stdin.Fd())) },
 		kubeconfigPath: func() string {

@@ -8,13 +8,18 @@ import (
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/constellation/upgrade"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/internal/versions/components"
@@ -94,8 +99,8 @@ func (e *env) upgradeKubernetes(ctx context.Context, cfg *config.Config, u *kube
 	start := time.Now()
 	defer func() {
 		if err != nil && ctx.Err() != nil {
-			err = fmt.Errorf("the Kubernetes upgrade was interrupted (%w); the nodes finish the step they were given: "+
-				"re-run 'constellation apply' to continue", err)
+			err = fmt.Errorf("the Kubernetes upgrade was interrupted (%w); the upgrade controller in the cluster goes on with it "+
+				"(kubectl get kubernetesupgrades shows where it stands): re-run 'constellation apply' to continue", err)
 		}
 	}()
 	k8s, err := e.adminClient()
@@ -129,10 +134,112 @@ func (e *env) upgradeKubernetes(ctx context.Context, cfg *config.Config, u *kube
 	return nil
 }
 
-// rollKubernetes runs kubeupgrade's passes every kubernetesPoll until the upgrade is done, and prints where
-// it stands. It gives up when nothing moved for kubernetesStepWait, or a pass kept failing that long (the
-// API server restarts during the control plane's step; a drain right after it may be refused for a while).
+// rollKubernetes hands the upgrade to the cluster's upgrade controller (the KubernetesUpgrade resource) and
+// follows it; the controller carries it on if this CLI stops. A cluster without the controller (created by
+// an earlier release) is moved by this CLI's own passes.
 func (e *env) rollKubernetes(ctx context.Context, k8s kubernetes.Interface, spec kubeupgrade.Spec, p *progress) error {
+	kubeconfig, err := e.files.Read(AdminConfFile)
+	if err != nil {
+		return err
+	}
+	cr, err := e.deps.upgrades(kubeconfig)
+	if err != nil {
+		return err
+	}
+	err = submitUpgrade(ctx, cr, spec)
+	if meta.IsNoMatchError(err) {
+		fmt.Fprintln(e.errOut, "Notice: the cluster has no upgrade controller (an earlier release created it): this CLI moves the nodes "+
+			"itself and must run until the upgrade is done.")
+		return e.runPasses(ctx, k8s, spec, p)
+	}
+	if err != nil {
+		return fmt.Errorf("handing the upgrade to the cluster's upgrade controller: %w", err)
+	}
+	return e.followUpgrade(ctx, cr, spec.Version, p)
+}
+
+// submitUpgrade writes spec into the cluster's KubernetesUpgrade; if the controller reported a failed step
+// of this version, it also asks the nodes to retry. A write that crossed the controller's is done again.
+func submitUpgrade(ctx context.Context, cr client.Client, spec kubeupgrade.Spec) error {
+	want, err := v1alpha1.EncodeSpec(spec)
+	if err != nil {
+		return err
+	}
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var u v1alpha1.KubernetesUpgrade
+		err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u)
+		if apierrors.IsNotFound(err) {
+			u = v1alpha1.KubernetesUpgrade{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.Name}, Spec: want}
+			return cr.Create(ctx, &u)
+		}
+		if err != nil {
+			return err
+		}
+		next := want
+		next.Retry = u.Spec.Retry
+		if u.Spec.Version == want.Version && u.Status.ObservedGeneration == u.Generation && u.Status.Phase == string(kubeupgrade.PhaseFailed) {
+			next.Retry = max(u.Spec.Retry, u.Status.Retried) + 1
+		}
+		if next == u.Spec {
+			return nil
+		}
+		u.Spec = next
+		return cr.Update(ctx, &u)
+	})
+}
+
+// followUpgrade prints what the upgrade controller reports until the upgrade is done or failed, or did not
+// move for kubernetesStepWait.
+func (e *env) followUpgrade(ctx context.Context, cr client.Client, version string, p *progress) error {
+	var last kubeupgrade.Progress
+	moved := time.Now()
+	for {
+		var u v1alpha1.KubernetesUpgrade
+		err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// The API server restarts during the control plane's step: an error here is waited out.
+		// A report counts once it is about this spec, and the retry it asks for.
+		if err == nil && u.Status.ObservedGeneration == u.Generation && u.Status.Retried >= u.Spec.Retry && u.Spec.Version == version {
+			prog := u.Status.Progress()
+			reportKubernetes(p, last, prog, version)
+			switch prog.Phase {
+			case kubeupgrade.PhaseDone:
+				p.Done()
+				return nil
+			case kubeupgrade.PhaseFailed:
+				if prog.Node == "" {
+					return fmt.Errorf("the upgrade controller refused the upgrade to %s: %s", version, u.Status.Error)
+				}
+				return fmt.Errorf("%s failed %s: %s\nThe node keeps what it ran; fix the cause and re-run 'constellation apply' to retry",
+					prog.Node, kubeupgrade.DescribeStep(prog.Step, version), prog.Waiting)
+			}
+			if prog.Phase != last.Phase || prog.Node != last.Node || prog.Waiting != last.Waiting || !slices.Equal(prog.Did, last.Did) {
+				moved = time.Now()
+			}
+			last = prog
+		}
+		if time.Since(moved) > kubernetesStepWait {
+			waiting := last.Waiting
+			if waiting == "" {
+				waiting = "the upgrade controller to take the target up (is its pod running? kubectl -n kube-system get pods -l app.kubernetes.io/name=operator)"
+			}
+			return fmt.Errorf("the Kubernetes upgrade to %s did not move for %s, waiting for %s\nThe upgrade controller goes on in "+
+				"the cluster; re-run 'constellation apply' to follow it", version, kubernetesStepWait, waiting)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(kubernetesPoll):
+		}
+	}
+}
+
+// runPasses runs kubeupgrade's passes every kubernetesPoll until the upgrade is done, and prints where it
+// stands. It gives up when nothing moved for kubernetesStepWait, or a pass kept failing that long (the API
+// server restarts during the control plane's step; a drain right after it may be refused for a while).
+func (e *env) runPasses(ctx context.Context, k8s kubernetes.Interface, spec kubeupgrade.Spec, p *progress) error {
 	cleared, err := kubeupgrade.ClearFailures(ctx, k8s, spec.Version)
 	if err != nil {
 		return err
@@ -200,8 +307,10 @@ func reportKubernetes(p *progress, last, prog kubeupgrade.Progress, version stri
 	if prog.Phase == kubeupgrade.PhaseUpgrading && (prog.Node != last.Node || last.Phase != kubeupgrade.PhaseUpgrading) {
 		p.Step("Node %s (%d of %d): kubeadm upgrade %s to %s", prog.Node, prog.Index, prog.Total, prog.Step, version)
 	}
-	for _, d := range prog.Did {
-		p.Detail("%s", d)
+	if !slices.Equal(prog.Did, last.Did) {
+		for _, d := range prog.Did {
+			p.Detail("%s", d)
+		}
 	}
 	for _, r := range prog.Reports {
 		if !slices.Contains(last.Reports, r) {

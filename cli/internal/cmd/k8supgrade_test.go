@@ -1,6 +1,7 @@
 package cmd
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -11,15 +12,21 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/version"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/constellation-go/constellation/bootstrapper/agentapi"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/kubeupgradetest"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/versions/components"
@@ -117,8 +124,9 @@ func TestPlanKubernetes(t *testing.T) {
 	}
 }
 
-// TestRollKubernetes: apply runs the upgrade's passes to the end and says where it stands; a failed step
-// stops it with the node's reason, and a re-run retries that node.
+// TestRollKubernetes: on a cluster without the upgrade controller, apply runs the upgrade's passes itself to
+// the end and says where it stands; a failed step stops it with the node's reason, and a re-run retries that
+// node.
 func TestRollKubernetes(t *testing.T) {
 	oldPoll := kubernetesPoll
 	kubernetesPoll = 5 * time.Millisecond
@@ -150,8 +158,9 @@ func TestRollKubernetes(t *testing.T) {
 	t.Run("to the end, saying where it stands", func(t *testing.T) {
 		k8s := newCluster()
 		run(t, &kubeupgradetest.Agents{K8s: k8s})
-		e, _, errOut := testEnv(t, afero.NewMemMapFs(), &fakeInfra{}, nil, nil)
+		e, _, errOut := upgradeEnv(t, nil)
 		require.NoError(t, e.rollKubernetes(context.Background(), k8s, spec, e.progress()))
+		assert.Contains(t, errOut.String(), "the cluster has no upgrade controller")
 		for _, want := range []string{
 			"Kubernetes v1.34.10: verifying and installing its components on 2 node(s)",
 			"Node cp-0 (1 of 2): kubeadm upgrade apply to v1.34.10",
@@ -171,7 +180,7 @@ func TestRollKubernetes(t *testing.T) {
 		agents := &kubeupgradetest.Agents{K8s: k8s}
 		agents.FailOn("worker-0", agentapi.StepNode)
 		run(t, agents)
-		e, _, errOut := testEnv(t, afero.NewMemMapFs(), &fakeInfra{}, nil, nil)
+		e, _, errOut := upgradeEnv(t, nil)
 		err := e.rollKubernetes(context.Background(), k8s, spec, e.progress())
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "worker-0 failed 'kubeadm upgrade node' to v1.34.10")
@@ -185,6 +194,112 @@ func TestRollKubernetes(t *testing.T) {
 		require.Len(t, steps, 5)
 		assert.ElementsMatch(t, []string{"cp-0 stage", "worker-0 stage"}, steps[:2])
 		assert.Equal(t, []string{"cp-0 apply", "worker-0 node", "worker-0 node"}, steps[2:])
+	})
+}
+
+// upgradeEnv is a test environment with an admin kubeconfig whose upgrade client is cr; nil is a cluster
+// without the upgrade controller (its resource type is unknown).
+func upgradeEnv(t *testing.T, cr client.Client) (*env, *bytes.Buffer, *bytes.Buffer) {
+	t.Helper()
+	fs := afero.NewMemMapFs()
+	require.NoError(t, afero.WriteFile(fs, AdminConfFile, []byte("apiVersion: v1\nkind: Config\n"), 0o600))
+	e, out, errOut := testEnv(t, fs, &fakeInfra{}, nil, nil)
+	e.files = file.NewHandler(fs)
+	if cr == nil {
+		scheme := runtime.NewScheme()
+		require.NoError(t, v1alpha1.AddToScheme(scheme))
+		noKind := func(context.Context, client.WithWatch, client.ObjectKey, client.Object, ...client.GetOption) error {
+			return &meta.NoKindMatchError{GroupKind: v1alpha1.GroupVersion.WithKind("KubernetesUpgrade").GroupKind()}
+		}
+		cr = crfake.NewClientBuilder().WithScheme(scheme).WithInterceptorFuncs(interceptor.Funcs{Get: noKind}).Build()
+	}
+	e.deps.upgrades = func([]byte) (client.Client, error) { return cr, nil }
+	return e, out, errOut
+}
+
+// TestRollKubernetesWithController: apply writes the target into the cluster's KubernetesUpgrade and follows
+// what the upgrade controller reports; after a failed step, a re-run raises spec.retry.
+func TestRollKubernetesWithController(t *testing.T) {
+	oldPoll := kubernetesPoll
+	kubernetesPoll = 5 * time.Millisecond
+	t.Cleanup(func() { kubernetesPoll = oldPoll })
+	comps := []*components.Component{{Name: "kubeadm", Url: "http://10.42.0.1:9081/v1.34.10/kubeadm", Hash: "sha256:aa", InstallPath: "/var/lib/constellation/bin/kubeadm"}}
+	spec := kubeupgrade.Spec{Version: "v1.34.10", Components: comps, JoinComponents: comps}
+	scheme := runtime.NewScheme()
+	require.NoError(t, v1alpha1.AddToScheme(scheme))
+	newClient := func() client.Client {
+		// As the API server does, a changed spec is a new generation.
+		bump := func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.UpdateOption) error {
+			obj.SetGeneration(obj.GetGeneration() + 1)
+			return c.Update(ctx, obj, opts...)
+		}
+		return crfake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.KubernetesUpgrade{}).
+			WithInterceptorFuncs(interceptor.Funcs{Update: bump}).Build()
+	}
+	// controller plays the upgrade controller: once it sees a target that retries at least retry times, it
+	// reports the given progresses.
+	controller := func(ctx context.Context, cr client.Client, retry int64, reports ...kubeupgrade.Progress) {
+		for _, prog := range reports {
+			for ctx.Err() == nil {
+				var u v1alpha1.KubernetesUpgrade
+				if err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u); err == nil && u.Spec.Retry >= retry {
+					u.Status.ObservedGeneration = u.Generation
+					u.Status.Retried = u.Spec.Retry
+					u.Status.SetProgress(prog)
+					if cr.Status().Update(ctx, &u) == nil {
+						break
+					}
+				}
+				time.Sleep(time.Millisecond)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	t.Run("it follows the controller to the end", func(t *testing.T) {
+		cr := newClient()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go controller(ctx, cr, 0,
+			kubeupgrade.Progress{Phase: kubeupgrade.PhaseStaging, Staging: 2, Reports: []string{"cp-0: installing the components of v1.34.10"}},
+			kubeupgrade.Progress{Phase: kubeupgrade.PhaseUpgrading, Node: "worker-0", Index: 2, Total: 2, Step: agentapi.StepNode,
+				Did: []string{"asked worker-0 for 'kubeadm upgrade node' to v1.34.10"}},
+			kubeupgrade.Progress{Phase: kubeupgrade.PhaseDone, Finished: []string{"cp-0", "worker-0"}},
+		)
+		e, _, errOut := upgradeEnv(t, cr)
+		require.NoError(t, e.rollKubernetes(ctx, nil, spec, e.progress()))
+		for _, want := range []string{
+			"cp-0: installing the components of v1.34.10",
+			"Node worker-0 (2 of 2): kubeadm upgrade node to v1.34.10",
+			"asked worker-0 for 'kubeadm upgrade node' to v1.34.10",
+		} {
+			assert.Contains(t, errOut.String(), want)
+		}
+		var u v1alpha1.KubernetesUpgrade
+		require.NoError(t, cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u))
+		decoded, err := u.Spec.Decode()
+		require.NoError(t, err)
+		assert.Equal(t, "v1.34.10", decoded.Version)
+		assert.Len(t, decoded.Components, 1)
+	})
+
+	t.Run("a failed step: the node's reason, and a re-run asks for a retry", func(t *testing.T) {
+		cr := newClient()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go controller(ctx, cr, 0, kubeupgrade.Progress{Phase: kubeupgrade.PhaseFailed, Node: "worker-0", Index: 2, Total: 2,
+			Step: agentapi.StepNode, Waiting: "kubeadm upgrade: exit status 1"})
+		e, _, _ := upgradeEnv(t, cr)
+		err := e.rollKubernetes(ctx, nil, spec, e.progress())
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "worker-0 failed 'kubeadm upgrade node' to v1.34.10: kubeadm upgrade: exit status 1")
+		assert.Contains(t, err.Error(), "re-run 'constellation apply' to retry")
+
+		go controller(ctx, cr, 1, kubeupgrade.Progress{Phase: kubeupgrade.PhaseDone})
+		require.NoError(t, e.rollKubernetes(ctx, nil, spec, e.progress()))
+		var u v1alpha1.KubernetesUpgrade
+		require.NoError(t, cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u))
+		assert.Equal(t, int64(1), u.Spec.Retry)
 	})
 }
 

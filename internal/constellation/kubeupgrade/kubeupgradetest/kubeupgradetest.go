@@ -22,7 +22,9 @@ import (
 // kubeadm step, its kubelet runs the version; or, for FailOn, reports it failed.
 type Agents struct {
 	K8s kubernetes.Interface
-	mu  sync.Mutex
+	// Delay is how long a step takes.
+	Delay time.Duration
+	mu    sync.Mutex
 	// failOn is the step each node fails.
 	failOn map[string]agentapi.Step
 	steps  []string
@@ -62,16 +64,33 @@ func (a *Agents) reconcile(ctx context.Context, node *corev1.Node) {
 	status := agentapi.Status{Version: target.Version, Step: target.Step, Phase: agentapi.PhaseDone}
 	a.mu.Lock()
 	fail := a.failOn[node.Name] == target.Step
-	a.steps = append(a.steps, node.Name+" "+string(target.Step))
 	a.mu.Unlock()
+	if a.Delay > 0 {
+		time.Sleep(a.Delay)
+	}
 	if fail {
 		status.Phase, status.Message = agentapi.PhaseFailed, "kubeadm upgrade: exit status 1\nkubeadm's last output:\n[ERROR] etcd did not come up"
 	} else if target.Step != agentapi.StepStage {
+		// The new kubelet first (a real API server takes the status only through its subresource).
 		node.Status.NodeInfo.KubeletVersion = target.Version
+		updated, err := a.K8s.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		if err != nil {
+			return
+		}
+		node = updated
 	}
 	value, _ := status.Encode()
+	if node.Annotations == nil {
+		node.Annotations = map[string]string{}
+	}
 	node.Annotations[agentapi.StatusAnnotation] = value
-	_, _ = a.K8s.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
+	// A step counts once its report is written (a write that conflicted is done again).
+	if _, err := a.K8s.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		return
+	}
+	a.mu.Lock()
+	a.steps = append(a.steps, node.Name+" "+string(target.Step))
+	a.mu.Unlock()
 }
 
 // CarriedOut lists the steps carried out, as "<node> <step>", failed ones included.
