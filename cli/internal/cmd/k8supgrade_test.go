@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -31,20 +30,6 @@ import (
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/versions/components"
 )
-
-func upgradeNode(name, kubelet string, controlPlane bool) *corev1.Node {
-	n := &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{}},
-		Status: corev1.NodeStatus{
-			NodeInfo:   corev1.NodeSystemInfo{KubeletVersion: kubelet},
-			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
-		},
-	}
-	if controlPlane {
-		n.Labels["node-role.kubernetes.io/control-plane"] = ""
-	}
-	return n
-}
 
 // TestPlanKubernetes: what apply decides from the configuration's Kubernetes version, the API server's and
 // the kubelets', before anything changes.
@@ -92,7 +77,7 @@ func TestPlanKubernetes(t *testing.T) {
 			}
 			k8s := k8sfake.NewClientset()
 			for i, v := range tc.kubelets {
-				_, err := k8s.CoreV1().Nodes().Create(context.Background(), upgradeNode("node-"+string(rune('0'+i)), v, i == 0), metav1.CreateOptions{})
+				_, err := k8s.CoreV1().Nodes().Create(context.Background(), kubeupgradetest.Node("node-"+string(rune('0'+i)), v, i == 0), metav1.CreateOptions{})
 				require.NoError(t, err)
 			}
 			k8s.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{GitVersion: tc.apiServer}
@@ -142,22 +127,9 @@ func TestRollKubernetes(t *testing.T) {
 		objs = append(objs, kubeupgradetest.ControlPlanePods("cp-0", "v1.34.10")...)
 		return k8sfake.NewClientset(objs...)
 	}
-	run := func(t *testing.T, agents *kubeupgradetest.Agents) {
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			agents.Run(ctx)
-		}()
-		t.Cleanup(func() {
-			cancel()
-			<-done
-		})
-	}
-
 	t.Run("to the end, saying where it stands", func(t *testing.T) {
 		k8s := newCluster()
-		run(t, &kubeupgradetest.Agents{K8s: k8s})
+		(&kubeupgradetest.Agents{K8s: k8s}).Start(t)
 		e, _, errOut := upgradeEnv(t, nil)
 		require.NoError(t, e.rollKubernetes(context.Background(), k8s, spec, e.progress()))
 		assert.Contains(t, errOut.String(), "the cluster has no upgrade controller")
@@ -179,7 +151,7 @@ func TestRollKubernetes(t *testing.T) {
 		k8s := newCluster()
 		agents := &kubeupgradetest.Agents{K8s: k8s}
 		agents.FailOn("worker-0", agentapi.StepNode)
-		run(t, agents)
+		agents.Start(t)
 		e, _, errOut := upgradeEnv(t, nil)
 		err := e.rollKubernetes(context.Background(), k8s, spec, e.progress())
 		require.Error(t, err)
@@ -324,7 +296,7 @@ func TestWaitNodeReady(t *testing.T) {
 	kubernetesPoll, rolloutWait = 10*time.Millisecond, 200*time.Millisecond
 	t.Cleanup(func() { kubernetesPoll, rolloutWait = oldPoll, oldWait })
 	rebooted := time.Now()
-	n := upgradeNode("worker-0", "v1.34.10", false)
+	n := kubeupgradetest.Node("worker-0", "v1.34.10", false)
 	n.Status.Conditions[0].LastHeartbeatTime = metav1.NewTime(rebooted.Add(-time.Minute))
 	k8s := k8sfake.NewClientset(n)
 	ctx := context.Background()

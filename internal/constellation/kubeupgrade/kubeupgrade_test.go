@@ -69,19 +69,6 @@ func untilDone(ctx context.Context, t *testing.T, r *Reconciler) (Progress, []Pr
 	return Progress{}, nil
 }
 
-func runAgents(t *testing.T, agents *kubeupgradetest.Agents) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		agents.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-}
-
 // TestReconcile: every node stages first; then the first control plane runs kubeadm upgrade apply, the
 // JoinService moves to the new version, and every other node (control planes first) runs kubeadm upgrade
 // node, drained first and uncordoned after. A pass after the end changes nothing.
@@ -89,7 +76,7 @@ func TestReconcile(t *testing.T) {
 	ctx := context.Background()
 	k8s := cluster(newVersion, kubeupgradetest.Node("worker-0", oldVersion, false))
 	agents := &kubeupgradetest.Agents{K8s: k8s}
-	runAgents(t, agents)
+	agents.Start(t)
 	r := &Reconciler{Client: k8s}
 
 	last, seen := untilDone(ctx, t, r)
@@ -140,7 +127,7 @@ func TestReconcileStops(t *testing.T) {
 		k8s := cluster(newVersion, kubeupgradetest.Node("worker-0", oldVersion, false))
 		agents := &kubeupgradetest.Agents{K8s: k8s}
 		agents.FailOn("cp-1", agentapi.StepNode)
-		runAgents(t, agents)
+		agents.Start(t)
 		r := &Reconciler{Client: k8s}
 
 		last, _ := untilDone(ctx, t, r)
@@ -168,7 +155,7 @@ func TestReconcileStops(t *testing.T) {
 	t.Run("it waits for the control plane's static pods to run the version", func(t *testing.T) {
 		k8s := cluster(oldVersion)
 		agents := &kubeupgradetest.Agents{K8s: k8s}
-		runAgents(t, agents)
+		agents.Start(t)
 		r := &Reconciler{Client: k8s}
 		var prog Progress
 		require.Eventually(t, func() bool {
@@ -190,7 +177,7 @@ func TestReconcileStops(t *testing.T) {
 		cordoned.Spec.Unschedulable = true
 		k8s := cluster(newVersion, cordoned, kubeupgradetest.Node("worker-1", newVersion, false))
 		agents := &kubeupgradetest.Agents{K8s: k8s}
-		runAgents(t, agents)
+		agents.Start(t)
 		last, _ := untilDone(ctx, t, &Reconciler{Client: k8s})
 		require.Equal(t, PhaseDone, last.Phase)
 		node, err := k8s.CoreV1().Nodes().Get(ctx, "worker-0", metav1.GetOptions{})

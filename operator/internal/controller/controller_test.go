@@ -85,16 +85,7 @@ func TestController(t *testing.T) {
 
 	agents := &kubeupgradetest.Agents{K8s: k8s, Delay: 50 * time.Millisecond}
 	agents.FailOn("worker-0", agentapi.StepNode)
-	agentCtx, stopAgents := context.WithCancel(ctx)
-	agentsDone := make(chan struct{})
-	go func() {
-		defer close(agentsDone)
-		agents.Run(agentCtx)
-	}()
-	t.Cleanup(func() {
-		stopAgents()
-		<-agentsDone
-	})
+	agents.Start(t)
 	c := startManager(t, cluster)
 
 	comps, err := components.MarshalList([]*components.Component{

@@ -6,6 +6,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -38,6 +39,20 @@ func (a *Agents) FailOn(node string, step agentapi.Step) {
 		a.failOn = map[string]agentapi.Step{}
 	}
 	a.failOn[node] = step
+}
+
+// Start plays the agents until the test ends.
+func (a *Agents) Start(t testing.TB) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
 }
 
 // Run plays the agents until ctx ends.
