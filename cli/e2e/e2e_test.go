@@ -517,6 +517,9 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	assert.Zero(t, code)
 	assert.Contains(t, stdout, "Node image target "+imageB+" (constellation-conf.yaml): 2 of 2 nodes run it")
 	assert.Contains(t, stdout, "Kubernetes target "+nextKubernetes+" (constellation-conf.yaml): 2 of 2 nodes at target")
+	if nextKubernetes != versions.DefaultKubernetes {
+		assert.Contains(t, stdout, "Upgrade controller: Kubernetes "+nextKubernetes+", Done")
+	}
 	assert.Contains(t, stdout, ", Kubernetes "+nextKubernetes, "the API server runs it")
 	t.Logf("FIGURES upgrade of 2 nodes to Kubernetes %s and image B (interrupted twice, then re-run): %s; the workload's "+
 		"longest unanswered stretch %s (%d answers)", nextKubernetes, took.Round(100*time.Millisecond), gap.Round(100*time.Millisecond), answers)

@@ -14,11 +14,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/constellation-go/constellation/bootstrapper/agentapi"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
@@ -91,7 +93,9 @@ type statusResult struct {
 	Target *statusTarget `json:"target,omitempty"`
 	// ImageTarget is how far the nodes are at the configuration's node image (local).
 	ImageTarget *statusImageTarget `json:"imageTarget,omitempty"`
-	Error       string             `json:"error,omitempty"`
+	// UpgradeController is what the upgrade controller reports on the cluster's KubernetesUpgrade.
+	UpgradeController *statusUpgradeController `json:"upgradeController,omitempty"`
+	Error             string                   `json:"error,omitempty"`
 }
 
 // statusImageTarget counts the nodes that run the configuration's node image.
@@ -108,6 +112,15 @@ type statusAttestation struct {
 	WarnOn  []uint32 `json:"warnOnlyPCRs,omitempty"`
 	// Rollout tells that a roll-out runs: the previous image's measurements are trusted too.
 	Rollout bool `json:"rolloutRunning"`
+}
+
+// statusUpgradeController is the status of the cluster's KubernetesUpgrade.
+type statusUpgradeController struct {
+	Version string `json:"kubernetesVersion"`
+	Phase   string `json:"phase"`
+	Node    string `json:"node,omitempty"`
+	Waiting string `json:"waiting,omitempty"`
+	Error   string `json:"error,omitempty"`
 }
 
 // statusTarget counts the nodes whose kubelet runs the configuration's Kubernetes version.
@@ -199,6 +212,19 @@ func (e *env) status(ctx context.Context, format string) error {
 		if u := n.Upgrade; u != nil {
 			fmt.Fprintf(e.out, "  %s, Kubernetes %s (%s): %s: %s\n", n.Name, u.Version, kubeupgrade.DescribeStep(u.Step, u.Version), u.Phase, u.Message)
 		}
+	}
+	if uc := res.UpgradeController; uc != nil {
+		fmt.Fprintf(e.out, "Upgrade controller: Kubernetes %s, %s", uc.Version, dash(uc.Phase))
+		if uc.Node != "" {
+			fmt.Fprintf(e.out, " at %s", uc.Node)
+		}
+		if uc.Waiting != "" {
+			fmt.Fprintf(e.out, ": %s", uc.Waiting)
+		}
+		if uc.Error != "" {
+			fmt.Fprintf(e.out, " (last error: %s)", uc.Error)
+		}
+		fmt.Fprintln(e.out)
 	}
 	if it := res.ImageTarget; it != nil {
 		fmt.Fprintf(e.out, "Node image target %s (%s): %d of %d nodes run it\n", it.Image, config.FileName, it.AtTarget, it.Nodes)
@@ -316,6 +342,7 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 	if err != nil {
 		return err
 	}
+	res.UpgradeController = e.upgradeControllerStatus(ctx)
 	for _, n := range nodes.Items {
 		i, ok := byName[n.Name]
 		if !ok {
@@ -394,4 +421,22 @@ func describeKeys(uri string) string {
 		settings = append(settings, k+"="+u.Query().Get(k))
 	}
 	return fmt.Sprintf("user-managed: %s (%s)", u.Host, strings.Join(settings, ", "))
+}
+
+// upgradeControllerStatus is the KubernetesUpgrade's status; nil if there is none (no upgrade yet, or a
+// cluster without the controller).
+func (e *env) upgradeControllerStatus(ctx context.Context) *statusUpgradeController {
+	kubeconfig, err := e.files.Read(AdminConfFile)
+	if err != nil || e.deps.upgrades == nil {
+		return nil
+	}
+	cr, err := e.deps.upgrades(kubeconfig)
+	if err != nil {
+		return nil
+	}
+	var u v1alpha1.KubernetesUpgrade
+	if err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u); err != nil {
+		return nil
+	}
+	return &statusUpgradeController{Version: u.Spec.Version, Phase: u.Status.Phase, Node: u.Status.Node, Waiting: u.Status.Waiting, Error: u.Status.Error}
 }

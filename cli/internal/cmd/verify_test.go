@@ -17,13 +17,17 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/cosign"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/kmsuri"
@@ -239,8 +243,18 @@ func TestStatus(t *testing.T) {
 		gotKubeconfig = kubeconfig
 		return k8s, nil
 	}
+	// The upgrade controller is moving the cluster.
+	scheme := runtime.NewScheme()
+	require.NoError(t, v1alpha1.AddToScheme(scheme))
+	upgrade := &v1alpha1.KubernetesUpgrade{
+		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.Name}, Spec: v1alpha1.KubernetesUpgradeSpec{Version: "v1.34.10"},
+		Status: v1alpha1.KubernetesUpgradeStatus{Phase: "Upgrading", Node: "worker-0", Waiting: "worker-0: kubeadm upgrade node"},
+	}
+	cr := crfake.NewClientBuilder().WithScheme(scheme).WithObjects(upgrade).Build()
+	e.deps.upgrades = func([]byte) (client.Client, error) { return cr, nil }
 	require.Zero(t, execute(context.Background(), []string{"status"}, e), errOut.String())
 	assert.Equal(t, "kubeconfig", string(gotKubeconfig))
+	assert.Contains(t, out.String(), "Upgrade controller: Kubernetes v1.34.10, Upgrading at worker-0: worker-0: kubeadm upgrade node")
 	assert.Regexp(t, `cp-0\s+control-plane\s+10.42.0.2\s+yes\s+yes\s+v1.33.13\s+Debian`, out.String())
 	assert.Regexp(t, `worker-0\s+worker\s+10.42.0.3\s+no \(KubeletNotReady\)\s+no \(cordoned\)`, out.String())
 	assert.Contains(t, out.String(), "worker-0 failed re-attestation: MeasurementsDiffer: measurements differ: PCR 12")
