@@ -99,8 +99,9 @@ func (e *env) upgradeKubernetes(ctx context.Context, cfg *config.Config, u *kube
 	start := time.Now()
 	defer func() {
 		if err != nil && ctx.Err() != nil {
-			err = fmt.Errorf("the Kubernetes upgrade was interrupted (%w); the upgrade controller in the cluster goes on with it "+
-				"(kubectl get kubernetesupgrades shows where it stands): re-run 'constellation apply' to continue", err)
+			err = fmt.Errorf("the Kubernetes upgrade was interrupted (%w); the nodes finish the step they were given, and the "+
+				"cluster's upgrade controller goes on with the rest (kubectl get kubernetesupgrades shows where it stands): "+
+				"re-run 'constellation apply' to continue", err)
 		}
 	}()
 	k8s, err := e.adminClient()
