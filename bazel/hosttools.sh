@@ -42,6 +42,8 @@ virtlogd                                      | libvirt-daemon-system | qemu-tes
 qemu-img                                      | qemu-utils            | qemu-test | norec
 dnsmasq                                       | dnsmasq-base          | qemu-test | norec
 xsltproc                                      | xsltproc              | qemu-test | norec
+swtpm_setup                                   | swtpm-tools           | qemu-test | norec
+swtpm_ioctl                                   | swtpm-tools           | qemu-test | norec
 '
 
 have() {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 )
@@ -17,15 +18,22 @@ var (
 
 // qemuHostTools are what the qemu module runs on this machine besides libvirt, with their Debian packages:
 // the libvirt provider applies the domains' XML stylesheet (the external vTPM) with xsltproc, and the
-// project's provider runs the nodes' certified vTPMs with swtpm.
-var qemuHostTools = []struct{ name, pkg string }{{"xsltproc", "xsltproc"}, {"swtpm", "swtpm"}}
+// project's provider runs the nodes' certified vTPMs with swtpm. libvirt offers its external TPM backend
+// only where swtpm_setup and swtpm_ioctl are in its PATH too (otherwise: "does not support TPM backend
+// type external"), although it starts neither for an external vTPM.
+var qemuHostTools = []struct{ name, pkg string }{
+	{"xsltproc", "xsltproc"}, {"swtpm", "swtpm"}, {"swtpm_setup", "swtpm-tools"}, {"swtpm_ioctl", "swtpm-tools"},
+}
 
 // checkQEMUHostTools fails before Terraform runs if a tool of qemuHostTools is missing, naming all of them.
 func checkQEMUHostTools() error {
 	var missing, pkgs []string
 	for _, tool := range qemuHostTools {
 		if _, err := exec.LookPath(tool.name); err != nil {
-			missing, pkgs = append(missing, tool.name), append(pkgs, tool.pkg)
+			missing = append(missing, tool.name)
+			if !slices.Contains(pkgs, tool.pkg) {
+				pkgs = append(pkgs, tool.pkg)
+			}
 		}
 	}
 	if len(missing) > 0 {

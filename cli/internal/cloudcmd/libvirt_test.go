@@ -35,13 +35,16 @@ func TestCheckQEMUHostTools(t *testing.T) {
 	t.Setenv("PATH", bin)
 	err := checkQEMUHostTools()
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "needs xsltproc and swtpm on this machine: apt-get install xsltproc swtpm")
+	assert.Contains(t, err.Error(), "needs xsltproc and swtpm and swtpm_setup and swtpm_ioctl on this machine: "+
+		"apt-get install xsltproc swtpm swtpm-tools")
 
-	require.NoError(t, os.WriteFile(filepath.Join(bin, "xsltproc"), []byte("#!/bin/sh\n"), 0o755))
+	for _, tool := range []string{"xsltproc", "swtpm", "swtpm_setup"} {
+		require.NoError(t, os.WriteFile(filepath.Join(bin, tool), []byte("#!/bin/sh\n"), 0o755))
+	}
 	err = checkQEMUHostTools()
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "needs swtpm on this machine: apt-get install swtpm")
+	assert.Contains(t, err.Error(), "needs swtpm_ioctl on this machine: apt-get install swtpm-tools", "libvirt needs both swtpm tools")
 
-	require.NoError(t, os.WriteFile(filepath.Join(bin, "swtpm"), []byte("#!/bin/sh\n"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "swtpm_ioctl"), []byte("#!/bin/sh\n"), 0o755))
 	assert.NoError(t, checkQEMUHostTools())
 }
