@@ -4,6 +4,7 @@ package kubeupgradetest
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/bootstrapper/agentapi"
@@ -86,26 +88,24 @@ func (a *Agents) reconcile(ctx context.Context, node *corev1.Node) {
 	if fail {
 		status.Phase, status.Message = agentapi.PhaseFailed, "kubeadm upgrade: exit status 1\nkubeadm's last output:\n[ERROR] etcd did not come up"
 	} else if target.Step != agentapi.StepStage {
-		// The new kubelet first (a real API server takes the status only through its subresource).
-		node.Status.NodeInfo.KubeletVersion = target.Version
-		updated, err := a.K8s.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
-		if err != nil {
+		// The new kubelet first. Patches, as the real agent and kubelet write: a write from a stale copy of
+		// the Node must not undo what the upgrade changed meanwhile (its cordon).
+		patch := fmt.Sprintf(`{"status":{"nodeInfo":{"kubeletVersion":%q}}}`, target.Version)
+		if _, err := a.K8s.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
 			return
 		}
-		node = updated
 	}
 	value, _ := status.Encode()
-	if node.Annotations == nil {
-		node.Annotations = map[string]string{}
-	}
-	node.Annotations[agentapi.StatusAnnotation] = value
-	// A step counts once its report is written (a write that conflicted is done again).
-	if _, err := a.K8s.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
-		return
-	}
+	patch, _ := agentapi.AnnotationsPatch(map[string]*string{agentapi.StatusAnnotation: &value})
+	// The step is recorded before the report is written, so that whoever reads the report finds it recorded.
 	a.mu.Lock()
 	a.steps = append(a.steps, node.Name+" "+string(target.Step))
 	a.mu.Unlock()
+	if _, err := a.K8s.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		a.mu.Lock()
+		a.steps = a.steps[:len(a.steps)-1]
+		a.mu.Unlock()
+	}
 }
 
 // CarriedOut lists the steps carried out, as "<node> <step>", failed ones included.
