@@ -2,7 +2,6 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -11,7 +10,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -139,11 +137,7 @@ func (e *env) upgradeKubernetes(ctx context.Context, cfg *config.Config, u *kube
 // follows it; the controller carries it on if this CLI stops. A cluster without the controller (created by
 // an earlier release) is moved by this CLI's own passes.
 func (e *env) rollKubernetes(ctx context.Context, k8s kubernetes.Interface, spec kubeupgrade.Spec, p *progress) error {
-	kubeconfig, err := e.files.Read(AdminConfFile)
-	if err != nil {
-		return err
-	}
-	cr, err := e.deps.upgrades(kubeconfig)
+	cr, err := e.upgradeClient()
 	if err != nil {
 		return err
 	}
@@ -216,7 +210,7 @@ func (e *env) followUpgrade(ctx context.Context, cr client.Client, version strin
 				return fmt.Errorf("%s failed %s: %s\nThe node keeps what it ran; fix the cause and re-run 'constellation apply' to retry",
 					prog.Node, kubeupgrade.DescribeStep(prog.Step, version), prog.Waiting)
 			}
-			if prog.Phase != last.Phase || prog.Node != last.Node || prog.Waiting != last.Waiting || !slices.Equal(prog.Did, last.Did) {
+			if progressed(last, prog) {
 				moved = time.Now()
 			}
 			last = prog
@@ -279,7 +273,7 @@ func (e *env) runPasses(ctx context.Context, k8s kubernetes.Interface, spec kube
 				return fmt.Errorf("%s failed %s: %s\nThe node keeps what it ran; fix the cause and re-run 'constellation apply' to retry",
 					prog.Node, kubeupgrade.DescribeStep(prog.Step, spec.Version), prog.Waiting)
 			}
-			if prog.Phase != last.Phase || prog.Node != last.Node || prog.Waiting != last.Waiting || len(prog.Did) > 0 {
+			if progressed(last, prog) {
 				moved = time.Now()
 			} else if time.Since(moved) > kubernetesStepWait {
 				return fmt.Errorf("the Kubernetes upgrade to %s did not move for %s, waiting for %s\nThe nodes' bootstrapper "+
@@ -293,6 +287,12 @@ func (e *env) runPasses(ctx context.Context, k8s kubernetes.Interface, spec kube
 		case <-time.After(kubernetesPoll):
 		}
 	}
+}
+
+// progressed tells whether the upgrade moved from one report to the next: another phase, node, awaited
+// thing, or action.
+func progressed(last, prog kubeupgrade.Progress) bool {
+	return prog.Phase != last.Phase || prog.Node != last.Node || prog.Waiting != last.Waiting || !slices.Equal(prog.Did, last.Did)
 }
 
 // reportKubernetes prints what changed from one pass to the next.
@@ -323,21 +323,6 @@ func reportKubernetes(p *progress, last, prog kubeupgrade.Progress, version stri
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
-}
-
-// errPollTimeout is poll's error when the time ran out.
-var errPollTimeout = errors.New("timed out")
-
-// poll calls done every kubernetesPoll until it returns true, ctx ends (its error) or timeout passed
-// (errPollTimeout).
-func poll(ctx context.Context, timeout time.Duration, done func(context.Context) bool) error {
-	err := wait.PollUntilContextTimeout(ctx, kubernetesPoll, timeout, true, func(ctx context.Context) (bool, error) {
-		return done(ctx), nil
-	})
-	if err != nil && ctx.Err() == nil {
-		return errPollTimeout
-	}
-	return err
 }
 
 // kubernetesOnly returns the components of the Kubernetes version among comps.

@@ -2,7 +2,6 @@ package cmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"gopkg.in/yaml.v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
@@ -307,7 +307,7 @@ func (r *imageRollout) writeCluster(ctx context.Context, f attestconfig.File) er
 // drainNode cordons a node and evicts its pods (DaemonSet pods stay: they run on every node anyway).
 func (e *env) drainNode(ctx context.Context, k8s kubernetes.Interface, name string, p *progress) error {
 	p.Detail("cordoning %s and evicting its pods", name)
-	return kubeupgrade.Drain(ctx, k8s, name, 5*time.Minute)
+	return kubeupgrade.Drain(ctx, k8s, name, kubeupgrade.DefaultDrainTimeout)
 }
 
 // cordoned tells whether the node is marked unschedulable.
@@ -322,11 +322,11 @@ func waitNodeReady(ctx context.Context, k8s kubernetes.Interface, name string, s
 	// Heartbeats are whole seconds.
 	since = since.Truncate(time.Second)
 	var last string
-	err := poll(ctx, rolloutWait, func(ctx context.Context) bool {
+	err := wait.PollUntilContextTimeout(ctx, kubernetesPoll, rolloutWait, true, func(ctx context.Context) (bool, error) {
 		node, err := k8s.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			last = err.Error()
-			return false
+			return false, nil
 		}
 		last = "not Ready"
 		for _, c := range node.Status.Conditions {
@@ -334,13 +334,13 @@ func waitNodeReady(ctx context.Context, k8s kubernetes.Interface, name string, s
 				continue
 			}
 			if c.Status == corev1.ConditionTrue && !c.LastHeartbeatTime.Time.Before(since) {
-				return true
+				return true, nil
 			}
 			last = fmt.Sprintf("Ready=%s (%s), last heartbeat %s", c.Status, c.Reason, c.LastHeartbeatTime.Format(time.RFC3339))
 		}
-		return false
+		return false, nil
 	})
-	if errors.Is(err, errPollTimeout) {
+	if err != nil && ctx.Err() == nil {
 		return fmt.Errorf("%s was not Ready again within %s: %s", name, rolloutWait, last)
 	}
 	return err

@@ -303,6 +303,15 @@ func (e *env) adminClient() (kubernetes.Interface, error) {
 	return e.deps.kube(kubeconfig)
 }
 
+// upgradeClient is a client of the cluster's KubernetesUpgrade, with the admin kubeconfig.
+func (e *env) upgradeClient() (client.Client, error) {
+	kubeconfig, err := e.files.Read(AdminConfFile)
+	if err != nil {
+		return nil, err
+	}
+	return e.deps.upgrades(kubeconfig)
+}
+
 // nodesAtTarget counts the nodes in the cluster whose kubelet runs version (resolved like the
 // configuration's kubernetesVersion).
 func nodesAtTarget(version string, nodes []statusNode) *statusTarget {
@@ -426,11 +435,10 @@ func describeKeys(uri string) string {
 // upgradeControllerStatus is the KubernetesUpgrade's status; nil if there is none (no upgrade yet, or a
 // cluster without the controller).
 func (e *env) upgradeControllerStatus(ctx context.Context) *statusUpgradeController {
-	kubeconfig, err := e.files.Read(AdminConfFile)
-	if err != nil || e.deps.upgrades == nil {
+	if e.deps.upgrades == nil {
 		return nil
 	}
-	cr, err := e.deps.upgrades(kubeconfig)
+	cr, err := e.upgradeClient()
 	if err != nil {
 		return nil
 	}

@@ -2,8 +2,8 @@
 // (bootstrapper/agentapi), one reconcile pass at a time: each call of Reconciler.Reconcile reads the cluster,
 // takes the next action the upgrade needs and says what it now waits for. Nothing is kept between passes:
 // where the upgrade stands is read off the Nodes (their kubelet version, the agents' reports, a cordon the
-// upgrade set), so whoever runs the passes (the CLI's apply today; an in-cluster controller can run the same
-// passes) may stop at any moment, and the next pass, by the same caller or another, continues.
+// upgrade set), so whoever runs the passes (the upgrade controller in operator/, or the CLI on a cluster
+// without it) may stop at any moment, and the next pass, by the same caller or another, continues.
 //
 // The order (see agentapi for what a node does at each step):
 //
@@ -91,10 +91,13 @@ type Progress struct {
 	Finished []string
 }
 
+// DefaultDrainTimeout bounds the eviction of one node's pods.
+const DefaultDrainTimeout = 5 * time.Minute
+
 // Reconciler runs the passes.
 type Reconciler struct {
 	Client kubernetes.Interface
-	// DrainTimeout bounds the eviction of one node's pods; default 5 minutes.
+	// DrainTimeout bounds the eviction of one node's pods; default DefaultDrainTimeout.
 	DrainTimeout time.Duration
 }
 
@@ -110,16 +113,17 @@ func (r *Reconciler) Reconcile(ctx context.Context, spec Spec) (Progress, error)
 		return Progress{}, errors.New("the cluster has no control plane node")
 	}
 	prog := Progress{Total: len(nodes)}
+	moved := make([]bool, len(nodes))
+	for i := range nodes {
+		if moved[i], err = r.moved(ctx, &nodes[i], spec.Version, stepOf(i)); err != nil {
+			return prog, err
+		}
+	}
 
 	// 1. Staging, on every node that has not moved.
 	for i := range nodes {
 		n := &nodes[i]
-		step := stepOf(i)
-		moved, err := r.moved(ctx, n, spec.Version, step)
-		if err != nil {
-			return prog, err
-		}
-		if moved || staged(n, spec.Version) {
+		if moved[i] || staged(n, spec.Version) {
 			continue
 		}
 		prog.Staging++
@@ -146,11 +150,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, spec Spec) (Progress, error)
 		n := &nodes[i]
 		step := stepOf(i)
 		prog.Node, prog.Index, prog.Step = n.Name, i+1, step
-		moved, err := r.moved(ctx, n, spec.Version, step)
-		if err != nil {
-			return prog, err
-		}
-		if !moved {
+		if !moved[i] {
 			return r.advance(ctx, prog, n, spec)
 		}
 		if n.Status.NodeInfo.KubeletVersion != spec.Version || !NodeReady(n) {
@@ -208,7 +208,7 @@ func (r *Reconciler) advance(ctx context.Context, prog Progress, n *corev1.Node,
 	}
 	timeout := r.DrainTimeout
 	if timeout == 0 {
-		timeout = 5 * time.Minute
+		timeout = DefaultDrainTimeout
 	}
 	if err := Drain(ctx, r.Client, n.Name, timeout); err != nil {
 		return prog, fmt.Errorf("draining %s before its upgrade: %w", n.Name, err)

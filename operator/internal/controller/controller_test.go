@@ -203,8 +203,10 @@ func startManager(t *testing.T, cluster *kubetest.Cluster) client.Client {
 func waitPhase(ctx context.Context, t *testing.T, c client.Client, phase string) v1alpha1.KubernetesUpgradeStatus {
 	t.Helper()
 	var u v1alpha1.KubernetesUpgrade
-	require.Eventually(t, func() bool {
-		return c.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u) == nil && u.Status.Phase == phase
-	}, 60*time.Second, 50*time.Millisecond, "the KubernetesUpgrade never reached %s; its status: %+v", phase, u.Status)
+	// WithT: a failure shows the last status seen, not the one before the wait.
+	require.EventuallyWithT(t, func(ct *assert.CollectT) {
+		require.NoError(ct, c.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u))
+		assert.Equal(ct, phase, u.Status.Phase, "the KubernetesUpgrade's status: %+v", u.Status)
+	}, 60*time.Second, 50*time.Millisecond, "the KubernetesUpgrade never reached %s", phase)
 	return u.Status
 }
