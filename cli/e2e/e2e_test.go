@@ -295,6 +295,8 @@ func TestMiniUp(t *testing.T) {
 	assert.Zero(t, code)
 	assert.Contains(t, stdout, "cp-0")
 	assert.Contains(t, stdout, "worker-0")
+	assert.Contains(t, stdout, "Services: Helm release constellation-services "+versions.ServicesVersion+" (revision 1, deployed)",
+		"init installs the services as a Helm release")
 
 	// Tamper: extend PCR 12 of the worker's vTPM behind the node's back (as a changed boot component
 	// would). verify must fail for that node, name the PCR, and still accept the other one.
@@ -520,6 +522,8 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	if nextKubernetes != versions.DefaultKubernetes {
 		assert.Contains(t, stdout, "Upgrade controller: Kubernetes "+nextKubernetes+", Done")
 	}
+	// The services were upgraded first, to the same chart: no new revision.
+	assert.Contains(t, stdout, "Services: Helm release constellation-services "+versions.ServicesVersion+" (revision 1, deployed)")
 	assert.Contains(t, stdout, ", Kubernetes "+nextKubernetes, "the API server runs it")
 	t.Logf("FIGURES upgrade of 2 nodes to Kubernetes %s and image B (interrupted twice, then re-run): %s; the workload's "+
 		"longest unanswered stretch %s (%d answers)", nextKubernetes, took.Round(100*time.Millisecond), gap.Round(100*time.Millisecond), answers)

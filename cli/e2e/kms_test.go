@@ -113,6 +113,7 @@ func TestUserManagedKeys(t *testing.T) {
 	code, stdout, _ = c.run(ctx, "status")
 	require.Zero(t, code)
 	assert.Contains(t, stdout, "key-id=alias/constellation-rotated")
+	assert.Contains(t, stdout, "(revision 2, deployed)", "the new key is a value of the services' release")
 
 	// Each node moves its own copy at its next recover or restart (the old key still enabled)...
 	restartNode(ctx, t, c.ws, cluster, "cp-0", 0, "")

@@ -16,16 +16,20 @@ var ControlPlaneFiles = []string{
 	"ca.crt", "ca.key", "sa.key", "sa.pub", "front-proxy-ca.crt", "front-proxy-ca.key", "etcd/ca.crt", "etcd/ca.key",
 }
 
-// The JoinService in the cluster: a DaemonSet on the control planes, which hands joining nodes the
-// Kubernetes version of its flag and the components of its ConfigMap. A Kubernetes upgrade moves both once
-// the control plane runs the new version.
+// The JoinService in the cluster: a DaemonSet on the control planes (in the services' chart), which hands
+// joining nodes the Kubernetes version and the components of its join config, a ConfigMap that is cluster
+// state rather than part of the chart. A Kubernetes upgrade moves both once the control plane runs the new
+// version, then restarts the JoinService's pods (RestartAnnotation), which read the config when they start.
 const (
 	DaemonSetName = "joinservice"
-	// KubernetesVersionFlag is the DaemonSet's argument "--kubernetes-version=<version>".
-	KubernetesVersionFlag = "--kubernetes-version"
-	// ConfigMapName holds the components (ComponentsKey: components.MarshalList).
-	ConfigMapName = "join-config"
-	ComponentsKey = "components.json"
+	// ConfigMapName is the join config: the version (KubernetesVersionKey) and the components
+	// (ComponentsKey: components.MarshalList).
+	ConfigMapName        = "join-config"
+	ComponentsKey        = "components.json"
+	KubernetesVersionKey = "kubernetesVersion"
+	// RestartAnnotation, on the DaemonSet's pod template, holds a digest of the join config the pods were
+	// started for: changing it restarts them.
+	RestartAnnotation = "constellation.io/join-config-sha256"
 )
 
 const (

@@ -70,7 +70,6 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/bootstrap"
 	"github.com/constellation-go/constellation/bootstrapper/internal/clusterinit"
 	"github.com/constellation-go/constellation/bootstrapper/internal/cni"
-	"github.com/constellation-go/constellation/bootstrapper/internal/deploy"
 	"github.com/constellation-go/constellation/bootstrapper/internal/initserver"
 	"github.com/constellation-go/constellation/bootstrapper/internal/joinclient"
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadm"
@@ -91,6 +90,7 @@ import (
 	"github.com/constellation-go/constellation/internal/buildinfo"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/components/install"
+	"github.com/constellation-go/constellation/internal/constellation/services"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/statedisk"
@@ -131,7 +131,7 @@ type flags struct {
 	controlPlaneEndpoint                string
 	imageRepository, cgroupRoot         string
 	disableKubeProxy, disableCoreDNS    bool
-	images                              deploy.Images
+	images                              services.Images
 	logLevel, logFormat                 *string
 }
 
@@ -161,10 +161,10 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.cgroupRoot, "cgroup-root", "", "the kubelet's --cgroup-root")
 	fs.BoolVar(&f.disableKubeProxy, "disable-kube-proxy", false, "do not deploy kube-proxy")
 	fs.BoolVar(&f.disableCoreDNS, "disable-coredns", false, "do not deploy CoreDNS")
-	fs.StringVar(&f.images.JoinService, "joinservice-image", deploy.DefaultImages.JoinService, "JoinService image")
-	fs.StringVar(&f.images.KeyService, "keyservice-image", deploy.DefaultImages.KeyService, "KeyService image")
-	fs.StringVar(&f.images.VerificationService, "verificationservice-image", deploy.DefaultImages.VerificationService, "VerificationService image")
-	fs.StringVar(&f.images.Operator, "operator-image", deploy.DefaultImages.Operator, "upgrade controller image")
+	fs.StringVar(&f.images.JoinService, "joinservice-image", "", "JoinService image (default: the services chart's, docker.io/constellation/<name>:<services version>)")
+	fs.StringVar(&f.images.KeyService, "keyservice-image", "", "KeyService image (default: the services chart's, docker.io/constellation/<name>:<services version>)")
+	fs.StringVar(&f.images.VerificationService, "verificationservice-image", "", "VerificationService image (default: the services chart's, docker.io/constellation/<name>:<services version>)")
+	fs.StringVar(&f.images.Operator, "operator-image", "", "upgrade controller image (default: the services chart's, docker.io/constellation/<name>:<services version>)")
 	f.logLevel, f.logFormat = service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "BOOTSTRAPPER", args); err != nil {
 		return nil, err

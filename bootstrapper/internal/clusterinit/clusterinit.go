@@ -29,6 +29,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/internal/deploy"
 	"github.com/constellation-go/constellation/bootstrapper/internal/initserver"
 	"github.com/constellation-go/constellation/bootstrapper/internal/kubeadmconfig"
+	"github.com/constellation-go/constellation/internal/constellation/services"
 	"github.com/constellation-go/constellation/internal/versions/components"
 )
 
@@ -78,7 +79,7 @@ type Config struct {
 	Variant      string
 	TPMAddress   string
 	EventLogPath string
-	Images       deploy.Images
+	Images       services.Images
 	// AdminKubeconfig is where kubeadm writes the admin kubeconfig; empty means AdminKubeconfig.
 	AdminKubeconfig string
 	// APITimeout bounds the wait for the API server after kubeadm; zero means 2 minutes.
@@ -229,17 +230,20 @@ func (i *Initializer) Init(ctx context.Context, req initserver.Request, progress
 
 	progress("deploy", "deploying the JoinService, KeyService, VerificationService and upgrade controller")
 	if err := i.deps.Deploy(ctx, client, deploy.Config{
-		APIServerEndpoint: endpoint,
+		Kubeconfig:        kubeconfig,
 		KubernetesVersion: req.KubernetesVersion,
 		Components:        req.Components,
 		MasterSecret:      req.MasterSecret,
-		KMSURI:            req.KMSURI,
 		KMSCredentials:    req.KMSCredentials,
 		AttestationConfig: attestationConfig,
-		Variant:           i.cfg.Variant,
-		TPMAddress:        i.cfg.TPMAddress,
-		EventLogPath:      i.cfg.EventLogPath,
-		Images:            i.cfg.Images,
+		Services: services.Values{
+			APIServerEndpoint: endpoint,
+			KMSURI:            req.KMSURI,
+			Variant:           i.cfg.Variant,
+			TPMAddress:        i.cfg.TPMAddress,
+			EventLogPath:      i.cfg.EventLogPath,
+			Images:            i.cfg.Images,
+		},
 	}); err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -31,12 +32,15 @@ import (
 	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
+	"github.com/constellation-go/constellation/internal/constellation/services"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
 	"github.com/constellation-go/constellation/internal/kubetest"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/versions"
 	"github.com/constellation-go/constellation/internal/versions/components"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
+	"github.com/constellation-go/constellation/joinservice/joinproto"
 )
 
 func TestMain(m *testing.M) {
@@ -58,7 +62,7 @@ func testConfig(t *testing.T) Config {
 	att, err := AttestationConfig(adminAttestationYAML(t, nil), variant.QEMUVTPM.String(), nodePCRs())
 	require.NoError(t, err)
 	return Config{
-		APIServerEndpoint: "10.42.0.2:6443",
+		Kubeconfig:        []byte("set by the test that deploys"),
 		KubernetesVersion: "v1.33.13",
 		Components: []*components.Component{
 			{Url: "http://10.42.0.1:8080/v1.33.13/kubelet", Hash: "sha256:" + strings.Repeat("ab", 32), InstallPath: "/var/lib/constellation/bin/kubelet", Name: "kubelet", Mode: 0o755},
@@ -66,9 +70,12 @@ func testConfig(t *testing.T) Config {
 		},
 		MasterSecret:      *cryptotest.MasterSecret(),
 		AttestationConfig: att,
-		Variant:           variant.QEMUVTPM.String(),
-		TPMAddress:        "swtpm:/run/constellation/vtpm/sock",
-		EventLogPath:      "/run/constellation/eventlog/binary_bios_measurements",
+		Services: services.Values{
+			APIServerEndpoint: "10.42.0.2:6443",
+			Variant:           variant.QEMUVTPM.String(),
+			TPMAddress:        "swtpm:/run/constellation/vtpm/sock",
+			EventLogPath:      "/run/constellation/eventlog/binary_bios_measurements",
+		},
 	}
 }
 
@@ -148,13 +155,15 @@ func TestAttestationConfig(t *testing.T) {
 
 func TestConfigRefusals(t *testing.T) {
 	testCases := map[string]func(*Config){
-		"endpoint":      func(c *Config) { c.APIServerEndpoint = "10.42.0.2" },
+		"kubeconfig":    func(c *Config) { c.Kubeconfig = nil },
+		"endpoint":      func(c *Config) { c.Services.APIServerEndpoint = "10.42.0.2" },
 		"version":       func(c *Config) { c.KubernetesVersion = "" },
 		"master secret": func(c *Config) { c.MasterSecret.Key = []byte("short") },
 		"attestation":   func(c *Config) { c.AttestationConfig = nil },
-		"variant":       func(c *Config) { c.Variant = "x" },
-		"tpm":           func(c *Config) { c.TPMAddress = "/dev/tpmrm0" },
-		"event log":     func(c *Config) { c.EventLogPath = "eventlog" },
+		"variant":       func(c *Config) { c.Services.Variant = "x" },
+		"tpm":           func(c *Config) { c.Services.TPMAddress = "/dev/tpmrm0" },
+		"event log":     func(c *Config) { c.Services.EventLogPath = "eventlog" },
+		"kms":           func(c *Config) { c.Services.KMSURI = "vault://x" },
 	}
 	for name, edit := range testCases {
 		t.Run(name, func(t *testing.T) {
@@ -205,7 +214,17 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	cluster := kubetest.Start(t)
 	ctx := context.Background()
 	cfg := testConfig(t)
+	cfg.Kubeconfig = cluster.Kubeconfig
 	require.NoError(t, Deploy(ctx, cluster.Client, cfg))
+
+	// The services are a Helm release.
+	helm, err := services.NewClient(cluster.Kubeconfig, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	rel, err := helm.Current(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, services.ReleaseName, rel.Name)
+	assert.Equal(t, "deployed", rel.Status)
+	assert.Equal(t, versions.ServicesVersion, rel.AppVersion)
 
 	// The master secret in the format the KeyService reads, and the salt alone for the JoinService.
 	secret, err := cluster.Client.CoreV1().Secrets(Namespace).Get(ctx, MasterSecretName, metav1.GetOptions{})
@@ -243,9 +262,10 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 		byName[dss.Items[i].Name] = &dss.Items[i]
 	}
 	require.Len(t, byName, 4)
+	images := services.DefaultImages()
 	for name, image := range map[string]string{
-		JoinServiceName: DefaultImages.JoinService, KeyServiceName: DefaultImages.KeyService, VerificationServiceName: DefaultImages.VerificationService,
-		OperatorName: DefaultImages.Operator,
+		JoinServiceName: images.JoinService, KeyServiceName: images.KeyService, VerificationServiceName: images.VerificationService,
+		OperatorName: images.Operator,
 	} {
 		ds := byName[name]
 		require.NotNil(t, ds, name)
@@ -281,7 +301,8 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	jc := container(t, join)
 	assert.Equal(t, map[string]string{"node-role.kubernetes.io/control-plane": ""}, join.Spec.Template.Spec.NodeSelector)
 	for _, arg := range []string{
-		"--grpc-addr=:30090", "--keyservice-addr=unix:///run/constellation/keyservice/keyservice.sock", "--api-endpoint=10.42.0.2:6443", "--kubernetes-version=v1.33.13",
+		"--grpc-addr=:30090", "--keyservice-addr=unix:///run/constellation/keyservice/keyservice.sock", "--api-endpoint=10.42.0.2:6443",
+		"--kubernetes-version=$(JOIN_KUBERNETES_VERSION)",
 		"--attestation-config=/var/run/constellation/attestation/attestation-config.yaml",
 		"--measurement-salt=/var/run/constellation/mastersecret/measurementSalt", "--components=/var/run/constellation/join/components.json",
 		"--pki-dir=/etc/kubernetes/pki",
@@ -321,6 +342,9 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	_, err = saClient.CoreV1().Secrets(Namespace).List(ctx, metav1.ListOptions{})
 	assert.True(t, apierrors.IsForbidden(err), "the JoinService cannot list secrets: %v", err)
 	assert.True(t, hasEnv(jc, "JOINSERVICE_NODE_NAME"), "the lease identity is the node's name")
+	assert.Contains(t, jc.Env, corev1.EnvVar{Name: "JOIN_KUBERNETES_VERSION", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: JoinConfigName}, Key: joinproto.KubernetesVersionKey,
+	}}}, "the version joining nodes get is the join config's")
 
 	// The upgrade controller: on the control planes, with its resource type served.
 	op := byName[OperatorName]
@@ -340,23 +364,28 @@ func TestDeployAgainstAPIServer(t *testing.T) {
 	_, err = opClient.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	require.NoError(t, err)
 	for what, allowed := range map[string]bool{
-		"patch nodes": true, "create pods/eviction": true, "update daemonsets/" + JoinServiceName: true,
+		"patch nodes": true, "create pods/eviction": true, "patch daemonsets/" + JoinServiceName: true,
 		"update configmaps/" + JoinConfigName: true, "patch kubernetesupgrades/status": true,
-		"get secrets": false, "list secrets": false, "update daemonsets/" + KeyServiceName: false,
+		"get secrets": false, "list secrets": false, "patch daemonsets/" + KeyServiceName: false, "update daemonsets/" + JoinServiceName: false,
 		"update configmaps/" + AttestationConfigName: false, "update kubernetesupgrades": false, "delete nodes": false,
 	} {
 		assert.Equal(t, allowed, can(ctx, t, opClient, what), "the upgrade controller may %s: %v", what, allowed)
 	}
 
-	// Deploying again updates in place.
+	// Deploying again (an init that was interrupted) updates in place.
 	cfg.KubernetesVersion = "v1.34.1"
-	cfg.Images.JoinService = "docker.io/constellation/joinservice:v0.2.0"
-	cfg.TPMAddress = "device:/dev/tpmrm0"
+	cfg.Services.Images.JoinService = "docker.io/constellation/joinservice:v0.2.0"
+	cfg.Services.TPMAddress = "device:/dev/tpmrm0"
 	require.NoError(t, Deploy(ctx, cluster.Client, cfg))
+	cm, err = cluster.Client.CoreV1().ConfigMaps(Namespace).Get(ctx, JoinConfigName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "v1.34.1", cm.Data[joinproto.KubernetesVersionKey])
 	ds, err := cluster.Client.AppsV1().DaemonSets(Namespace).Get(ctx, JoinServiceName, metav1.GetOptions{})
 	require.NoError(t, err)
-	assert.True(t, hasArg(container(t, ds), "--kubernetes-version=v1.34.1"))
 	assert.Equal(t, "docker.io/constellation/joinservice:v0.2.0", container(t, ds).Image)
+	rel, err = helm.Current(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 2, rel.Revision, "the release is upgraded, not installed twice")
 	ds, err = cluster.Client.AppsV1().DaemonSets(Namespace).Get(ctx, VerificationServiceName, metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, "/dev/tpmrm0", volume(t, ds, "tpm").HostPath.Path)
@@ -372,7 +401,8 @@ func TestDeployUserManagedKeys(t *testing.T) {
 	cluster := kubetest.Start(t)
 	ctx := context.Background()
 	cfg := testConfig(t)
-	cfg.KMSURI = "kms://aws-kms?key-id=alias%2Fc&region=eu-west-1"
+	cfg.Kubeconfig = cluster.Kubeconfig
+	cfg.Services.KMSURI = "kms://aws-kms?key-id=alias%2Fc&region=eu-west-1"
 	cfg.KMSCredentials = &awskms.Credentials{AccessKeyID: "AKID", SecretAccessKey: "top-secret"}
 	require.NoError(t, Deploy(ctx, cluster.Client, cfg))
 	require.NoError(t, Deploy(ctx, cluster.Client, cfg), "deploying again is harmless")
@@ -383,7 +413,7 @@ func TestDeployUserManagedKeys(t *testing.T) {
 	ds, err := cluster.Client.AppsV1().DaemonSets(Namespace).Get(ctx, KeyServiceName, metav1.GetOptions{})
 	require.NoError(t, err)
 	c := container(t, ds)
-	assert.True(t, hasArg(c, "--kms-uri="+cfg.KMSURI))
+	assert.True(t, hasArg(c, "--kms-uri="+cfg.Services.KMSURI))
 	assert.NotContains(t, strings.Join(c.Args, " "), "top-secret")
 	require.Len(t, c.EnvFrom, 1)
 	assert.Equal(t, KMSCredentialsName, c.EnvFrom[0].SecretRef.Name)
@@ -414,12 +444,16 @@ func TestDeployUserManagedKeys(t *testing.T) {
 	_, err = sa.CoreV1().Secrets(Namespace).List(ctx, metav1.ListOptions{})
 	assert.True(t, apierrors.IsForbidden(err), "nor list Secrets: %v", err)
 
-	// Constellation-managed: no account, no credentials.
+	// Back to constellation-managed keys: no rights, no token, no credentials in the KeyService.
 	plain := testConfig(t)
-	ds = keyService(plain)
-	assert.Empty(t, ds.Spec.Template.Spec.ServiceAccountName)
+	plain.Kubeconfig = cluster.Kubeconfig
+	require.NoError(t, Deploy(ctx, cluster.Client, plain))
+	ds, err = cluster.Client.AppsV1().DaemonSets(Namespace).Get(ctx, KeyServiceName, metav1.GetOptions{})
+	require.NoError(t, err)
 	assert.False(t, *ds.Spec.Template.Spec.AutomountServiceAccountToken)
 	assert.Empty(t, container(t, ds).EnvFrom)
+	_, err = sa.CoreV1().Secrets(Namespace).Get(ctx, awskms.DefaultSecret, metav1.GetOptions{})
+	assert.True(t, apierrors.IsForbidden(err), "the account has no rights left: %v", err)
 }
 
 func impersonate(t *testing.T, cfg *rest.Config, user string) kubernetes.Interface {

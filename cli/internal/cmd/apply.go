@@ -120,9 +120,9 @@ func (e *env) apply(ctx context.Context, p *progress, merge, replaceCA bool) err
 	return nil
 }
 
-// applyInitialized brings an initialized cluster to the configuration: its key backend, its Kubernetes
-// version, then its node image (a roll-out). Both upgrades are planned, and refused if they must be, before
-// anything changes.
+// applyInitialized brings an initialized cluster to the configuration: its services (the chart of this
+// CLI), its key backend, its Kubernetes version, then its node image (a roll-out). Both upgrades are
+// planned, and refused if they must be, before anything changes.
 func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
 	const recoverFirst = "\n(If every control plane restarted, unlock them first with 'constellation recover'.)"
 	k8sUpgrade, err := e.planKubernetes(ctx, cfg)
@@ -134,12 +134,21 @@ func (e *env) applyInitialized(ctx context.Context, cfg *config.Config, st *stat
 	if err := e.checkInfrastructure(ctx, cfg, st, p); err != nil {
 		return err
 	}
-	if err := e.applyKeyBackend(ctx, cfg, p); err != nil {
-		return err
-	}
 	r, err := e.planRollout(ctx, cfg, st, p)
 	if err != nil {
 		return fmt.Errorf("%w%s", err, recoverFirst)
+	}
+	servicesChanged, err := e.upgradeServices(ctx, p)
+	if err != nil {
+		return err
+	}
+	if err := e.applyKeyBackend(ctx, cfg, p); err != nil {
+		return err
+	}
+	if k8sUpgrade == nil && r == nil && servicesChanged {
+		fmt.Fprintf(e.out, "The services of cluster %s are upgraded; its Kubernetes version and node image are what %s describes.\n",
+			st.Infrastructure.Name, e.path(config.FileName))
+		return nil
 	}
 	if k8sUpgrade == nil && r == nil {
 		fmt.Fprintf(e.out, "The cluster %s is initialized (cluster ID %s) and runs what %s describes; nothing to do.\n"+

@@ -175,6 +175,7 @@ func testEnv(t *testing.T, fs afero.Fs, infra *fakeInfra, in clusterclient.Inite
 		attester:   att,
 		isTerminal: func() bool { return false },
 		booting:    clusterclient.Booting{Wait: 200 * time.Millisecond, Poll: time.Millisecond},
+		services:   func([]byte) (servicesRelease, error) { return newFakeServices(), nil },
 	}}
 	return e, &out, &errOut
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
+	"github.com/constellation-go/constellation/internal/constellation/services"
 )
 
 // deps are the commands' connections to the world; tests replace them with fakes.
@@ -41,6 +43,8 @@ type deps struct {
 	kube func(kubeconfig []byte) (kubernetes.Interface, error)
 	// upgrades returns a client of the cluster's KubernetesUpgrade (the upgrade controller's resource).
 	upgrades func(kubeconfig []byte) (client.Client, error)
+	// services returns the services' Helm release in the cluster of an admin kubeconfig.
+	services func(kubeconfig []byte) (servicesRelease, error)
 	// isTerminal tells whether the user can answer a question on stdin.
 	isTerminal func() bool
 	// kubeconfigPath is the user's kubeconfig, which `apply --merge-kubeconfig` extends.
@@ -90,6 +94,9 @@ func defaultDeps() deps {
 			}
 			return client.New(cfg, client.Options{Scheme: scheme})
 		},
+		services: func(kubeconfig []byte) (servicesRelease, error) {
+			return services.NewClient(kubeconfig, slog.New(slog.DiscardHandler))
+		},
 		isTerminal: func() bool { return term.IsTerminal(int(os.Stdin.Fd())) },
 		kubeconfigPath: func() string {
 			if p := os.Getenv("KUBECONFIG"); p != "" {
@@ -99,6 +106,12 @@ func defaultDeps() deps {
 			return filepath.Join(home, ".kube", "config")
 		},
 	}
+}
+
+// servicesRelease is the services' Helm release (internal/constellation/services).
+type servicesRelease interface {
+	Current(ctx context.Context) (services.Release, error)
+	Upgrade(ctx context.Context, change services.Change) (services.Release, bool, error)
 }
 
 // progress prints what a long command is doing to stderr, one line per step with its duration, so

@@ -11,14 +11,16 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/awskms"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/services"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/kmsuri"
 	"github.com/constellation-go/constellation/joinservice/joinproto"
 	"github.com/constellation-go/constellation/keyservice/keyserviceproto"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // kmsCredentials reads the credentials kms.awsKMS.credentialsFile names; nil without user-managed keys or
@@ -105,6 +107,30 @@ func keyServiceURI(ds *appsv1.DaemonSet) string {
 	return uri
 }
 
+// restartKeyService restarts the KeyService with the KMS URI: through the services' release, whose value it
+// is, or, for services an earlier release deployed without Helm, on its DaemonSet.
+func (e *env) restartKeyService(ctx context.Context, ds *appsv1.DaemonSet, uri string) error {
+	helm, err := e.servicesClient()
+	if err != nil {
+		return err
+	}
+	_, _, err = helm.Upgrade(ctx, services.Change{Images: services.DefaultImages(), KMSURI: uri})
+	if !errors.Is(err, services.ErrNotInstalled) {
+		return err
+	}
+	k8s, err := e.adminClient()
+	if err != nil {
+		return err
+	}
+	for i := range ds.Spec.Template.Spec.Containers[0].Args {
+		if strings.HasPrefix(ds.Spec.Template.Spec.Containers[0].Args[i], keyserviceproto.KMSURIFlag) {
+			ds.Spec.Template.Spec.Containers[0].Args[i] = keyserviceproto.KMSURIFlag + uri
+		}
+	}
+	_, err = k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Update(ctx, ds, metav1.UpdateOptions{})
+	return err
+}
+
 // keyMoveTimeout bounds the KeyService's restart with a new KMS key and its re-wrapping of the keys.
 const keyMoveTimeout = 5 * time.Minute
 
@@ -142,12 +168,7 @@ func (e *env) applyKeyBackend(ctx context.Context, cfg *config.Config, p *progre
 	}
 	newKey := nq.Get(kmsuri.AWSKeyID)
 	p.Step("Moving the cluster's keys to KMS key %s (re-wrapped; the keys themselves stay)", newKey)
-	for i := range ds.Spec.Template.Spec.Containers[0].Args {
-		if strings.HasPrefix(ds.Spec.Template.Spec.Containers[0].Args[i], keyserviceproto.KMSURIFlag) {
-			ds.Spec.Template.Spec.Containers[0].Args[i] = keyserviceproto.KMSURIFlag + want
-		}
-	}
-	if _, err := dsAPI.Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
+	if err := e.restartKeyService(ctx, ds, want); err != nil {
 		return fmt.Errorf("restarting the KeyService with key %s: %w\nRe-run 'constellation apply'", newKey, err)
 	}
 	client, err := e.kmsClient(ctx, cfg)

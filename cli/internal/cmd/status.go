@@ -95,7 +95,17 @@ type statusResult struct {
 	ImageTarget *statusImageTarget `json:"imageTarget,omitempty"`
 	// UpgradeController is what the upgrade controller reports on the cluster's KubernetesUpgrade.
 	UpgradeController *statusUpgradeController `json:"upgradeController,omitempty"`
-	Error             string                   `json:"error,omitempty"`
+	// Services is the services' Helm release.
+	Services *statusServices `json:"services,omitempty"`
+	Error    string          `json:"error,omitempty"`
+}
+
+// statusServices is the services' Helm release, as `helm list -n kube-system` shows it.
+type statusServices struct {
+	Release  string `json:"release"`
+	Version  string `json:"version"`
+	Revision int    `json:"revision"`
+	Status   string `json:"status"`
 }
 
 // statusImageTarget counts the nodes that run the configuration's node image.
@@ -226,6 +236,9 @@ func (e *env) status(ctx context.Context, format string) error {
 		}
 		fmt.Fprintln(e.out)
 	}
+	if sv := res.Services; sv != nil {
+		fmt.Fprintf(e.out, "Services: Helm release %s %s (revision %d, %s)\n", sv.Release, sv.Version, sv.Revision, sv.Status)
+	}
 	if it := res.ImageTarget; it != nil {
 		fmt.Fprintf(e.out, "Node image target %s (%s): %d of %d nodes run it\n", it.Image, config.FileName, it.AtTarget, it.Nodes)
 		for _, n := range res.Nodes {
@@ -352,6 +365,7 @@ func (e *env) clusterStatus(ctx context.Context, res *statusResult, byName map[s
 		return err
 	}
 	res.UpgradeController = e.upgradeControllerStatus(ctx)
+	res.Services = e.servicesStatus(ctx)
 	for _, n := range nodes.Items {
 		i, ok := byName[n.Name]
 		if !ok {
@@ -430,6 +444,23 @@ func describeKeys(uri string) string {
 		settings = append(settings, k+"="+u.Query().Get(k))
 	}
 	return fmt.Sprintf("user-managed: %s (%s)", u.Host, strings.Join(settings, ", "))
+}
+
+// servicesStatus is the services' Helm release; nil if the cluster has none (services deployed by an
+// earlier release) or it cannot be read.
+func (e *env) servicesStatus(ctx context.Context) *statusServices {
+	if e.deps.services == nil {
+		return nil
+	}
+	helm, err := e.servicesClient()
+	if err != nil {
+		return nil
+	}
+	rel, err := helm.Current(ctx)
+	if err != nil {
+		return nil
+	}
+	return &statusServices{Release: rel.Name, Version: rel.AppVersion, Revision: rel.Revision, Status: rel.Status}
 }
 
 // upgradeControllerStatus is the KubernetesUpgrade's status; nil if there is none (no upgrade yet, or a

@@ -20,6 +20,9 @@ package kubeupgrade
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -432,8 +435,9 @@ func NodeReady(node *corev1.Node) bool {
 	return false
 }
 
-// UpdateJoinService makes the JoinService hand joining nodes version and comps: its ConfigMap's components,
-// and its DaemonSet's flag (a changed flag restarts it). changed tells whether anything had to change.
+// UpdateJoinService makes the JoinService hand joining nodes version and comps: it writes both into the join
+// config and restarts the JoinService's pods, which read it when they start. changed tells whether anything
+// had to change.
 func UpdateJoinService(ctx context.Context, k8s kubernetes.Interface, version string, comps []*components.Component) (changed bool, err error) {
 	data, err := components.MarshalList(comps)
 	if err != nil {
@@ -444,41 +448,35 @@ func UpdateJoinService(ctx context.Context, k8s kubernetes.Interface, version st
 	if err != nil {
 		return false, err
 	}
-	if cm.Data[joinproto.ComponentsKey] != string(data) {
+	if cm.Data[joinproto.ComponentsKey] != string(data) || cm.Data[joinproto.KubernetesVersionKey] != version {
 		if cm.Data == nil {
 			cm.Data = map[string]string{}
 		}
-		cm.Data[joinproto.ComponentsKey] = string(data)
+		cm.Data[joinproto.ComponentsKey], cm.Data[joinproto.KubernetesVersionKey] = string(data), version
 		if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 			return false, err
 		}
 		changed = true
 	}
-	dss := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem)
-	ds, err := dss.Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
+	// The pods read the config when they start: a digest of it on the pod template restarts them once per
+	// change (and a pass that runs again after an interruption finds it set).
+	digest := sha256.Sum256([]byte(version + "\n" + string(data)))
+	want := hex.EncodeToString(digest[:])
+	ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
 	if err != nil {
 		return changed, err
 	}
-	flag := joinproto.KubernetesVersionFlag + "="
-	flagChanged, found := false, false
-	for i := range ds.Spec.Template.Spec.Containers {
-		args := ds.Spec.Template.Spec.Containers[i].Args
-		for j, a := range args {
-			if strings.HasPrefix(a, flag) {
-				found = true
-				if a != flag+version {
-					args[j], flagChanged = flag+version, true
-				}
-			}
-		}
+	if ds.Spec.Template.Annotations[joinproto.RestartAnnotation] == want {
+		return changed, nil
 	}
-	if !found {
-		return changed, fmt.Errorf("the DaemonSet %s has no %s argument", joinproto.DaemonSetName, joinproto.KubernetesVersionFlag)
+	patch, err := json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{
+		"metadata": map[string]any{"annotations": map[string]string{joinproto.RestartAnnotation: want}},
+	}}})
+	if err != nil {
+		return changed, err
 	}
-	if flagChanged {
-		if _, err := dss.Update(ctx, ds, metav1.UpdateOptions{}); err != nil {
-			return changed, err
-		}
+	if _, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Patch(ctx, joinproto.DaemonSetName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return changed, err
 	}
-	return changed || flagChanged, nil
+	return true, nil
 }

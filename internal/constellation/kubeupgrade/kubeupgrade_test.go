@@ -104,9 +104,10 @@ func TestReconcile(t *testing.T) {
 
 	ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
 	require.NoError(t, err)
-	assert.Contains(t, ds.Spec.Template.Spec.Containers[0].Args, joinproto.KubernetesVersionFlag+"="+newVersion)
+	assert.NotEmpty(t, ds.Spec.Template.Annotations[joinproto.RestartAnnotation], "the JoinService is restarted to read its new config")
 	cm, err := k8s.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, joinproto.ConfigMapName, metav1.GetOptions{})
 	require.NoError(t, err)
+	assert.Equal(t, newVersion, cm.Data[joinproto.KubernetesVersionKey])
 	got, err := components.UnmarshalList([]byte(cm.Data[joinproto.ComponentsKey]))
 	require.NoError(t, err)
 	assert.Len(t, got, 3)
@@ -168,8 +169,10 @@ func TestReconcileStops(t *testing.T) {
 		assert.NotContains(t, agents.CarriedOut(), "cp-1 node")
 		ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
 		require.NoError(t, err)
-		assert.Contains(t, ds.Spec.Template.Spec.Containers[0].Args, joinproto.KubernetesVersionFlag+"="+oldVersion,
-			"joining nodes get the new version only once the control plane runs it")
+		assert.Empty(t, ds.Spec.Template.Annotations[joinproto.RestartAnnotation], "the JoinService is not restarted before the control plane moved")
+		cm, err := k8s.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, joinproto.ConfigMapName, metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, oldVersion, cm.Data[joinproto.KubernetesVersionKey], "joining nodes get the new version only once the control plane runs it")
 	})
 
 	t.Run("a node an administrator cordoned stays cordoned; a node that joined at the version is left alone", func(t *testing.T) {

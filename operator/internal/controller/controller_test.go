@@ -106,7 +106,10 @@ func TestController(t *testing.T) {
 	assert.Equal(t, []string{"cp-0"}, status.Finished)
 	ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
 	require.NoError(t, err)
-	assert.Contains(t, ds.Spec.Template.Spec.Containers[0].Args, joinproto.KubernetesVersionFlag+"="+newVersion)
+	assert.NotEmpty(t, ds.Spec.Template.Annotations[joinproto.RestartAnnotation], "the JoinService is restarted for its new config")
+	cm, err := k8s.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, joinproto.ConfigMapName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, newVersion, cm.Data[joinproto.KubernetesVersionKey])
 
 	// Raising spec.retry makes the node try again; the upgrade ends.
 	agents.FailOn("worker-0", "")

@@ -150,12 +150,12 @@ func JoinService(version string) []runtime.Object {
 	return []runtime.Object{
 		&corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: joinproto.ConfigMapName, Namespace: metav1.NamespaceSystem},
-			Data:       map[string]string{joinproto.ComponentsKey: `{"components":[]}`},
+			Data:       map[string]string{joinproto.ComponentsKey: `{"components":[]}`, joinproto.KubernetesVersionKey: version},
 		},
 		&appsv1.DaemonSet{
 			ObjectMeta: metav1.ObjectMeta{Name: joinproto.DaemonSetName, Namespace: metav1.NamespaceSystem},
 			Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
-				Name: joinproto.DaemonSetName, Args: []string{"--grpc-addr=:30090", joinproto.KubernetesVersionFlag + "=" + version},
+				Name: joinproto.DaemonSetName, Args: []string{"--grpc-addr=:30090"},
 			}}}}},
 		},
 	}

@@ -10,7 +10,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 
 	"github.com/constellation-go/constellation/bootstrapper/agentapi"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
@@ -23,19 +22,17 @@ const Name = "cluster"
 // GroupVersion is the API group and version.
 var GroupVersion = schema.GroupVersion{Group: "constellation.io", Version: "v1alpha1"}
 
-var schemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
-
 // AddToScheme adds the types to a scheme.
-var AddToScheme = schemeBuilder.AddToScheme
+func AddToScheme(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion, &KubernetesUpgrade{}, &KubernetesUpgradeList{})
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}
 
 // CRD is the CustomResourceDefinition (apiextensions.k8s.io/v1, YAML).
 //
 //go:embed crd.yaml
 var CRD []byte
-
-func init() {
-	schemeBuilder.Register(&KubernetesUpgrade{}, &KubernetesUpgradeList{})
-}
 
 // KubernetesUpgrade is the cluster's Kubernetes target and where the move to it stands.
 type KubernetesUpgrade struct {
