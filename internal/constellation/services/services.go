@@ -22,6 +22,7 @@ import (
 	"net"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"helm.sh/helm/v4/pkg/action"
@@ -55,8 +56,10 @@ const (
 	OperatorName            = "operator"
 	// maxHistory bounds the revisions Helm keeps (each a Secret in kube-system).
 	maxHistory = 10
-	// fieldManager owns the CRD's fields.
-	fieldManager = "constellation"
+	// fieldManager owns the fields of the CRD and of the chart's objects, whichever program applies them
+	// (the bootstrapper at init, the CLI later): under server-side apply, two managers of one field
+	// conflict.
+	fieldManager = "constellation-services"
 )
 
 //go:embed all:chart
@@ -180,6 +183,8 @@ func (r Release) String() string {
 // deployed them without Helm.
 var ErrNotInstalled = errors.New("the services are not a Helm release")
 
+var setFieldManager sync.Once
+
 // Client installs and upgrades the services' release.
 type Client struct {
 	helm   *action.Configuration
@@ -196,6 +201,8 @@ func NewClient(kubeconfig []byte, log *slog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Helm names its field manager after the running program unless told otherwise.
+	setFieldManager.Do(func() { kube.ManagedFieldsManager = fieldManager })
 	helm := action.NewConfiguration(action.ConfigurationSetLogger(log.Handler()))
 	if err := helm.Init(getter, Namespace, "secret"); err != nil {
 		return nil, fmt.Errorf("setting up Helm: %w", err)

@@ -93,7 +93,15 @@ func TestInstallAndUpgrade(t *testing.T) {
 		JoinServiceName: DefaultImages().JoinService, KeyServiceName: DefaultImages().KeyService,
 		VerificationServiceName: DefaultImages().VerificationService, OperatorName: DefaultImages().Operator,
 	} {
-		assert.Equal(t, image, daemonSet(ctx, t, cluster, name).Spec.Template.Spec.Containers[0].Image, name)
+		ds := daemonSet(ctx, t, cluster, name)
+		assert.Equal(t, image, ds.Spec.Template.Spec.Containers[0].Image, name)
+		// One field manager, whichever program applies the chart: the bootstrapper installs it, the CLI
+		// upgrades it, and two managers of one field conflict under server-side apply.
+		var managers []string
+		for _, f := range ds.ManagedFields {
+			managers = append(managers, f.Manager)
+		}
+		assert.Equal(t, []string{fieldManager}, managers, name)
 	}
 
 	// The upgrade controller restarts the JoinService for a new join config.
