@@ -39,8 +39,10 @@ each node in its own namespaces on this machine, booted from the node image besi
 workspace has one), create the nodes and initialize the cluster, in one command. The admin
 kubeconfig is written to constellation-admin.conf.
 
---workers sizes the cluster (default: one control plane and one worker); it applies when the
-configuration is written, so a workspace with a configuration keeps its own size. Re-running continues
+--control-planes and --workers size the cluster (default: one control plane and one worker); they apply
+when the configuration is written, so a workspace with a configuration keeps its own size. More than one
+control plane gives a stacked-etcd control plane (kubeadm's), reached at the first one's address: there is
+no load balancer on a local cluster. Re-running continues
 an interrupted mini up; on a running cluster it changes nothing.
 
 --kms local-kms tries user-managed keys on this machine: the local provider runs a server of the AWS
@@ -51,18 +53,16 @@ below /var/lib/constellation/local until mini down: for trying the mode, never f
 		Example: `  mkdir mycluster && cd mycluster
   constellation mini up
   constellation mini up --workers 4     # a control plane and four workers
+  constellation mini up --control-planes 3 --workers 1
   constellation mini up --kms local-kms # user-managed keys from a KMS on this machine
   kubectl --kubeconfig constellation-admin.conf get nodes
   constellation verify
   constellation mini down`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			workers, err := cmd.Flags().GetInt(flagWorkers)
+			size, err := miniSizeFromFlags(cmd)
 			if err != nil {
 				return err
-			}
-			if workers < 0 || workers > maxMiniWorkers {
-				return fmt.Errorf("--%s %d: a local cluster has 0 to %d workers (each takes about 250 MiB of memory)", flagWorkers, workers, maxMiniWorkers)
 			}
 			kms, err := cmd.Flags().GetString(flagKMS)
 			if err != nil {
@@ -72,13 +72,14 @@ below /var/lib/constellation/local until mini down: for trying the mode, never f
 				return fmt.Errorf("--%s %q: mini up takes %s or %s", flagKMS, kms, kmsConstellationManaged, kmsLocal)
 			}
 			p := e.progress()
-			if err := e.miniConfig(p, workers, cmd.Flags().Changed(flagWorkers), kms == kmsLocal); err != nil {
+			if err := e.miniConfig(p, size, kms == kmsLocal); err != nil {
 				return err
 			}
 			return e.apply(cmd.Context(), p, false, true)
 		},
 	}
-	up.Flags().Int(flagWorkers, 1, "number of worker nodes (the control plane is one node)")
+	up.Flags().Int(flagWorkers, 1, "number of worker nodes")
+	up.Flags().Int(flagControlPlanes, 1, "number of control-plane nodes (an odd number keeps etcd's quorum through one failure)")
 	up.Flags().String(flagKMS, kmsConstellationManaged, "key backend: "+kmsConstellationManaged+", or "+kmsLocal+" (user-managed keys from a KMS the local provider runs)")
 	_ = up.RegisterFlagCompletionFunc(flagKMS, cobra.FixedCompletions([]string{kmsConstellationManaged, kmsLocal}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.AddCommand(up)
@@ -198,10 +199,41 @@ func (e *env) reloadImages(ctx context.Context, cfg *config.Config, st *state.St
 }
 
 const (
-	flagWorkers = "workers"
-	// maxMiniWorkers keeps a local cluster within what one machine runs.
-	maxMiniWorkers = 20
+	flagWorkers       = "workers"
+	flagControlPlanes = "control-planes"
+	// maxMiniWorkers and maxMiniControlPlanes keep a local cluster within what one machine runs.
+	maxMiniWorkers       = 20
+	maxMiniControlPlanes = 5
 )
+
+// miniSize is the size mini up asks for; a flag the user did not set leaves an existing configuration's
+// size unchecked.
+type miniSize struct {
+	controlPlanes, workers       int
+	controlPlanesSet, workersSet bool
+}
+
+func miniSizeFromFlags(cmd *cobra.Command) (miniSize, error) {
+	workers, err := cmd.Flags().GetInt(flagWorkers)
+	if err != nil {
+		return miniSize{}, err
+	}
+	controlPlanes, err := cmd.Flags().GetInt(flagControlPlanes)
+	if err != nil {
+		return miniSize{}, err
+	}
+	if workers < 0 || workers > maxMiniWorkers {
+		return miniSize{}, fmt.Errorf("--%s %d: a local cluster has 0 to %d workers (each takes about 250 MiB of memory)", flagWorkers, workers, maxMiniWorkers)
+	}
+	if controlPlanes < 1 || controlPlanes > maxMiniControlPlanes {
+		return miniSize{}, fmt.Errorf("--%s %d: a local cluster has 1 to %d control planes (each takes about 600 MiB of memory)",
+			flagControlPlanes, controlPlanes, maxMiniControlPlanes)
+	}
+	return miniSize{
+		controlPlanes: controlPlanes, workers: workers,
+		controlPlanesSet: cmd.Flags().Changed(flagControlPlanes), workersSet: cmd.Flags().Changed(flagWorkers),
+	}, nil
+}
 
 // kmsLocal is mini up's user-managed key backend: local-kms, run by the local provider.
 const kmsLocal = "local-kms"
@@ -210,10 +242,10 @@ const kmsLocal = "local-kms"
 // any will do, but the cluster's AWS SDK signs its requests with some.
 const localKMSCredentialsFile = "constellation-kms-credentials.json"
 
-// miniConfig writes a local configuration with workers worker nodes, measured from the image beside the
-// CLI, or checks that the existing one is local (and, if workersSet, has that many workers; if localKMS,
-// runs the local KMS).
-func (e *env) miniConfig(p *progress, workers int, workersSet, localKMS bool) error {
+// miniConfig writes a local configuration of the size, measured from the image beside the CLI, or checks
+// that the existing one is local (and has the size of each flag that was set; if localKMS, runs the local
+// KMS).
+func (e *env) miniConfig(p *progress, size miniSize, localKMS bool) error {
 	cfg, err := config.Load(e.files, config.FileName)
 	switch {
 	case err == nil:
@@ -221,10 +253,19 @@ func (e *env) miniConfig(p *progress, workers int, workersSet, localKMS bool) er
 			return fmt.Errorf("%s is for provider %s; mini up needs a local configuration (use another workspace with -C)",
 				e.path(config.FileName), cfg.GetProvider())
 		}
-		if g, ok := cfg.NodeGroups[config.DefaultWorkerGroup]; workersSet && ok && g.InitialCount != workers {
-			return fmt.Errorf("%s has %d workers (nodeGroups.%s.initialCount), not the %d of --%s: the workspace's "+
-				"configuration decides; change it there before the cluster is created, or use another workspace with -C",
-				e.path(config.FileName), g.InitialCount, config.DefaultWorkerGroup, workers, flagWorkers)
+		for _, c := range []struct {
+			group, what, flag string
+			want              int
+			set               bool
+		}{
+			{config.DefaultWorkerGroup, "workers", flagWorkers, size.workers, size.workersSet},
+			{config.DefaultControlPlaneGroup, "control planes", flagControlPlanes, size.controlPlanes, size.controlPlanesSet},
+		} {
+			if g, ok := cfg.NodeGroups[c.group]; c.set && ok && g.InitialCount != c.want {
+				return fmt.Errorf("%s has %d %s (nodeGroups.%s.initialCount), not the %d of --%s: the workspace's "+
+					"configuration decides; change it there before the cluster is created, or use another workspace with -C",
+					e.path(config.FileName), g.InitialCount, c.what, c.group, c.want, c.flag)
+			}
 		}
 		if localKMS && !cfg.Provider.Local.LocalKMS {
 			return fmt.Errorf("%s has no local KMS (provider.local.localKMS): the workspace's configuration decides the key backend "+
@@ -239,9 +280,11 @@ func (e *env) miniConfig(p *progress, workers int, workersSet, localKMS bool) er
 	if err != nil {
 		return err
 	}
-	g := cfg.NodeGroups[config.DefaultWorkerGroup]
-	g.InitialCount = workers
-	cfg.NodeGroups[config.DefaultWorkerGroup] = g
+	for group, count := range map[string]int{config.DefaultWorkerGroup: size.workers, config.DefaultControlPlaneGroup: size.controlPlanes} {
+		g := cfg.NodeGroups[group]
+		g.InitialCount = count
+		cfg.NodeGroups[group] = g
+	}
 	if localKMS {
 		if err := e.useLocalKMS(cfg, p); err != nil {
 			return err

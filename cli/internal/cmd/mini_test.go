@@ -58,17 +58,19 @@ func TestMiniUpWritesAMeasuredConfig(t *testing.T) {
 		"a fresh node must show PCR 15 zero")
 }
 
-// TestMiniUpWorkers: --workers sizes the worker group of the configuration mini up writes; an existing
-// configuration with another size is not overridden, and an impossible size is refused before anything.
-func TestMiniUpWorkers(t *testing.T) {
+// TestMiniUpSize: --workers and --control-planes size the groups of the configuration mini up writes; an
+// existing configuration with another size is not overridden, and an impossible size is refused before
+// anything.
+func TestMiniUpSize(t *testing.T) {
 	dir := servicesFixture(t)
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "image"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "image", "constellation.efi"), precomputetest.UKI(), 0o644))
-	workers := func(e *env) int {
+	count := func(e *env, group string) int {
 		cfg, err := config.Load(e.files, config.FileName)
 		require.NoError(t, err)
-		return cfg.NodeGroups[config.DefaultWorkerGroup].InitialCount
+		return cfg.NodeGroups[group].InitialCount
 	}
+	workers := func(e *env) int { return count(e, config.DefaultWorkerGroup) }
 	newEnv := miniEnv(t, dir)
 
 	ws := afero.NewMemMapFs()
@@ -88,6 +90,25 @@ func TestMiniUpWorkers(t *testing.T) {
 		e, errOut, infra := newEnv(afero.NewMemMapFs())
 		assert.Equal(t, 1, execute(context.Background(), []string{"mini", "up", "--workers", n}, e))
 		assert.Contains(t, errOut.String(), "0 to 20 workers")
+		assert.Zero(t, infra.applied)
+	}
+
+	ws = afero.NewMemMapFs()
+	e, _, _ = newEnv(ws)
+	execute(context.Background(), []string{"mini", "up", "--control-planes", "3", "--workers", "0"}, e)
+	assert.Equal(t, 3, count(e, config.DefaultControlPlaneGroup))
+	assert.Equal(t, 0, workers(e))
+	e, errOut, infra = newEnv(ws)
+	assert.Equal(t, 1, execute(context.Background(), []string{"mini", "up", "--control-planes", "1"}, e))
+	assert.Contains(t, errOut.String(), "has 3 control planes")
+	assert.Zero(t, infra.applied)
+	e, _, infra = newEnv(ws)
+	execute(context.Background(), []string{"mini", "up"}, e)
+	assert.Equal(t, 1, infra.applied, "without size flags the workspace's size is used")
+	for _, n := range []string{"0", "6"} {
+		e, errOut, infra := newEnv(afero.NewMemMapFs())
+		assert.Equal(t, 1, execute(context.Background(), []string{"mini", "up", "--control-planes", n}, e))
+		assert.Contains(t, errOut.String(), "1 to 5 control planes")
 		assert.Zero(t, infra.applied)
 	}
 }
