@@ -53,7 +53,7 @@ run: build
 	$(CLI) -C $(WORKSPACE_DIR) mini up
 
 ## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
-test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test kms-test qemu-test
+test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test kms-test ha-test qemu-test
 
 ## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs.
 ## Packages come from Debian's archive as it is today; a difference from image/mkosi/packages.lock is a notice
@@ -114,6 +114,12 @@ fault-test: build
 kms-test: build
 	@bazel/hosttools.sh check kms-test
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestUserManagedKeys ./cli/e2e/
+
+## ha-test: two control planes and a worker on a real local cluster (mini up --control-planes 2): the second
+## control plane joins as an etcd member, and an upgrade moves it with kubeadm upgrade node
+ha-test: build kubernetes-next
+	@bazel/hosttools.sh check ha-test
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestHAControlPlane ./cli/e2e/
 
 ## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
 qemu-test: build libvirt-provider

@@ -305,13 +305,26 @@ func reportKubernetes(p *progress, last, prog kubeupgrade.Progress, version stri
 	if prog.Phase != last.Phase && prog.Phase == kubeupgrade.PhaseStaging {
 		p.Step("Kubernetes %s: verifying and installing its components on %d node(s)", version, prog.Staging)
 	}
+	did := prog.Did
+	if slices.Equal(prog.Did, last.Did) {
+		did = nil
+	}
 	if prog.Phase == kubeupgrade.PhaseUpgrading && (prog.Node != last.Node || last.Phase != kubeupgrade.PhaseUpgrading) {
+		// A pass that moves on to the next node also reports what finished the previous one (the
+		// JoinService's move, its uncordon): those belong under the previous node's heading.
+		var next []string
+		for _, d := range did {
+			if strings.Contains(d, prog.Node) {
+				next = append(next, d)
+			} else {
+				p.Detail("%s", d)
+			}
+		}
+		did = next
 		p.Step("Node %s (%d of %d): kubeadm upgrade %s to %s", prog.Node, prog.Index, prog.Total, prog.Step, version)
 	}
-	if !slices.Equal(prog.Did, last.Did) {
-		for _, d := range prog.Did {
-			p.Detail("%s", d)
-		}
+	for _, d := range did {
+		p.Detail("%s", d)
 	}
 	for _, r := range prog.Reports {
 		if !slices.Contains(last.Reports, r) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -313,4 +314,31 @@ func TestWaitNodeReady(t *testing.T) {
 	canceled, cancel := context.WithCancel(ctx)
 	cancel()
 	assert.ErrorIs(t, waitNodeReady(canceled, k8s, "missing", rebooted), context.Canceled)
+}
+
+// TestReportKubernetesOrder: what finished a node (the JoinService's move, its uncordon) is printed under
+// that node's heading, although the controller reports it in the pass that moves on to the next node.
+func TestReportKubernetesOrder(t *testing.T) {
+	var out bytes.Buffer
+	p := &progress{w: &out}
+	const version = "v1.34.10"
+	last := kubeupgrade.Progress{Phase: kubeupgrade.PhaseUpgrading, Node: "cp-0", Index: 1, Total: 2, Step: "apply"}
+	reportKubernetes(p, kubeupgrade.Progress{}, last, version)
+	next := kubeupgrade.Progress{
+		Phase: kubeupgrade.PhaseUpgrading, Node: "worker-0", Index: 2, Total: 2, Step: "node", Finished: []string{"cp-0"},
+		Did: []string{"the JoinService hands joining nodes Kubernetes " + version, "uncordoned cp-0", "cordoned worker-0"},
+	}
+	reportKubernetes(p, last, next, version)
+	text := out.String()
+	order := []string{
+		"Node cp-0 (1 of 2)", "cp-0 runs the kubelet of " + version, "the JoinService hands joining nodes", "uncordoned cp-0",
+		"Node worker-0 (2 of 2)", "cordoned worker-0",
+	}
+	at := -1
+	for _, s := range order {
+		i := strings.Index(text, s)
+		require.GreaterOrEqual(t, i, 0, "%q missing from:\n%s", s, text)
+		assert.Greater(t, i, at, "%q out of order in:\n%s", s, text)
+		at = i
+	}
 }
