@@ -69,6 +69,21 @@ func restartNode(ctx context.Context, t *testing.T, ws, clusterName, name string
 	require.NoError(t, err)
 }
 
+// builtNextKubernetes is the newest Kubernetes version this release pins, and whether its components are
+// built here; a strict run fails without them (makeTarget builds them).
+func builtNextKubernetes(t *testing.T, makeTarget string) (string, bool) {
+	t.Helper()
+	supported := versions.SupportedKubernetes()
+	next := supported[len(supported)-1]
+	if versions.Built(next) {
+		return next, true
+	}
+	if testenv.Strict() {
+		t.Fatalf("the components of Kubernetes %s are not built: 'make %s' builds them", next, makeTarget)
+	}
+	return next, false
+}
+
 // nodeImages is the image directory each node runs, as the CLI last rendered the Terraform variables.
 func nodeImages(t *testing.T, ws string) map[string]string {
 	t.Helper()
@@ -445,12 +460,8 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	probe := startProbe(ctx, []string{"10.42.0.2", "10.42.0.3"})
 
 	// The Kubernetes target: the newest version this release pins, when its components are built here.
-	supported := versions.SupportedKubernetes()
-	nextKubernetes := supported[len(supported)-1]
-	if !versions.Built(nextKubernetes) {
-		if testenv.Strict() {
-			t.Fatalf("the components of Kubernetes %s are not built: 'make e2e-test' builds them", nextKubernetes)
-		}
+	nextKubernetes, built := builtNextKubernetes(t, "e2e-test")
+	if !built {
 		t.Logf("SKIPPED the Kubernetes upgrade: the components of %s are not built (make kubernetes-next)", nextKubernetes)
 		nextKubernetes = versions.DefaultKubernetes
 	}

@@ -7,9 +7,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/constellation-go/constellation/internal/testenv"
-	"github.com/constellation-go/constellation/internal/versions"
 )
 
 // TestHAControlPlane is a local cluster with two control planes and a worker (`make ha-test`): the second
@@ -42,12 +39,8 @@ func TestHAControlPlane(t *testing.T) {
 	assert.Equal(t, "cp-0 cp-1", strings.TrimSpace(kubectl(ctx, t, kubeconfig, "-n", "kube-system", "get", "pods", "-l", "component=etcd",
 		"-o", "jsonpath={range .items[*]}{.spec.nodeName} {end}")), "both control planes run an etcd member")
 
-	supported := versions.SupportedKubernetes()
-	next := supported[len(supported)-1]
-	if !versions.Built(next) {
-		if testenv.Strict() {
-			t.Fatalf("the components of Kubernetes %s are not built: 'make ha-test' builds them", next)
-		}
+	next, built := builtNextKubernetes(t, "ha-test")
+	if !built {
 		t.Skipf("the components of Kubernetes %s are not built (make kubernetes-next)", next)
 	}
 	code, stdout, stderr = c.run(ctx, "upgrade", "check", "--update-config", "--kubernetes", next)
