@@ -19,12 +19,12 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
-	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"

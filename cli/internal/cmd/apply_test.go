@@ -19,7 +19,6 @@ import (
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
-	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
@@ -28,6 +27,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"

@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
-	"github.com/constellation-go/constellation/cli/internal/clusterclient"
+	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/constellation/services"
 )

@@ -16,11 +16,11 @@ import (
 	"github.com/spf13/afero"
 	"github.com/spf13/cobra"
 
-	"github.com/constellation-go/constellation/cli/internal/clusterclient"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/internal/measurements/signed"
 	"github.com/constellation-go/constellation/internal/state"
