@@ -158,10 +158,10 @@ func (e *env) miniImageLoad(ctx context.Context, archive string, only []string) 
 	}
 	var refs []string
 	for _, t := range targets {
-		p.Step("Loading %s into %s", filepath.Base(abs), t.name)
-		if refs, err = infra.LoadImage(ctx, cfg, t.name, abs); err != nil {
+		p.Step("Loading %s into %s", filepath.Base(abs), t.Name)
+		if refs, err = infra.LoadImage(ctx, cfg, t.Name, abs); err != nil {
 			return fmt.Errorf("loading %s into %s: %w\nIs the node running? 'constellation status' shows the nodes; "+
-				"re-running loads it into every node again", abs, t.name, err)
+				"re-running loads it into every node again", abs, t.Name, err)
 		}
 		p.Done()
 	}

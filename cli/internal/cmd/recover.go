@@ -16,6 +16,7 @@ import (
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/verify/verifyproto"
 )
@@ -89,21 +90,21 @@ func (e *env) recover(ctx context.Context, only []string) error {
 		return err
 	}
 	if len(only) == 0 {
-		targets = slices.DeleteFunc(targets, func(t target) bool { return t.role != config.RoleControlPlane })
+		targets = slices.DeleteFunc(targets, func(t clusterclient.Target) bool { return t.Role != config.RoleControlPlane })
 	}
 
 	p := e.progress()
 	recovered, failed := 0, 0
 	for _, t := range targets {
-		endpoint := net.JoinHostPort(t.ip, strconv.Itoa(recoverproto.Port))
-		p.Step("Recovering %s (%s)", t.name, endpoint)
+		endpoint := net.JoinHostPort(t.IP, strconv.Itoa(recoverproto.Port))
+		p.Step("Recovering %s (%s)", t.Name, endpoint)
 		running, err := e.recoverNode(ctx, p, t, endpoint, validator, prepare)
 		switch {
 		case err != nil:
 			failed++
-			fmt.Fprintf(e.errOut, "✗ %s: %v\n", t.name, err)
+			fmt.Fprintf(e.errOut, "✗ %s: %v\n", t.Name, err)
 		case running:
-			p.Detail("%s runs normally (its VerificationService answers); left alone", t.name)
+			p.Detail("%s runs normally (its VerificationService answers); left alone", t.Name)
 			p.Done()
 		default:
 			recovered++
@@ -133,14 +134,14 @@ func waitingFor(p *progress) func(what string) {
 	return func(what string) { p.Detail("waiting for %s (the node is still booting)", what) }
 }
 
-func (e *env) recoverNode(ctx context.Context, p *progress, t target, endpoint string, validator attestation.Validator,
+func (e *env) recoverNode(ctx context.Context, p *progress, t clusterclient.Target, endpoint string, validator attestation.Validator,
 	prepare prepareRecovery,
 ) (running bool, err error) {
-	runs := func() bool { return e.deps.reachable(ctx, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port))) }
+	runs := func() bool { return e.deps.reachable(ctx, net.JoinHostPort(t.IP, strconv.Itoa(verifyproto.Port))) }
 	if runs() {
 		return true, nil
 	}
-	return e.deps.booting.Do(ctx, t.name+"'s Recovery API", waitingFor(p), func() error {
+	return e.deps.booting.Do(ctx, t.Name+"'s Recovery API", waitingFor(p), func() error {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		defer cancel()
 		return e.deps.recoverer.Recover(cctx, endpoint, validator, prepare)

@@ -18,6 +18,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
 	"github.com/constellation-go/constellation/internal/constellation/upgrade"
 	"github.com/constellation-go/constellation/internal/crypto"
@@ -157,62 +158,62 @@ func (e *env) rollout(ctx context.Context, r *imageRollout, p *progress) (err er
 		return err
 	}
 	// Control planes first: a worker rejoins through a JoinService that runs its own new image.
-	slices.SortStableFunc(nodes, func(a, b target) int {
-		return boolRank(a.role != config.RoleControlPlane) - boolRank(b.role != config.RoleControlPlane)
+	slices.SortStableFunc(nodes, func(a, b clusterclient.Target) int {
+		return boolRank(a.Role != config.RoleControlPlane) - boolRank(b.Role != config.RoleControlPlane)
 	})
 	moved := 0
 	for i, t := range nodes {
-		p.Step("Node %s (%d of %d): image %s", t.name, i+1, len(nodes), r.target)
+		p.Step("Node %s (%d of %d): image %s", t.Name, i+1, len(nodes), r.target)
 		// A node moved now must report Ready after its reboot; one moved by an interrupted run is Ready already
 		// (a kubelet that changes nothing reports only every few minutes).
 		var since time.Time
-		movedNow := r.images[t.name] != r.target
+		movedNow := r.images[t.Name] != r.target
 		if movedNow {
-			if err := e.drainNode(ctx, r.k8s, t.name, p); err != nil {
-				return fmt.Errorf("draining %s before it moves: %w\nNothing moved yet; fix the cause and re-run 'constellation apply'", t.name, err)
+			if err := e.drainNode(ctx, r.k8s, t.Name, p); err != nil {
+				return fmt.Errorf("draining %s before it moves: %w\nNothing moved yet; fix the cause and re-run 'constellation apply'", t.Name, err)
 			}
-			p.Detail("rebooting %s into the new image (its state disk is kept)", t.name)
+			p.Detail("rebooting %s into the new image (its state disk is kept)", t.Name)
 			since = time.Now()
 			moved++
 		}
 		// Also for a node whose rendered image is the target already: an interrupted run may have rendered it
 		// without Terraform applying it. Terraform changes nothing for a node that runs it.
-		if _, err := r.infra.MoveNode(ctx, r.cfg, t.name, r.target); err != nil {
-			return fmt.Errorf("moving %s to %s: %w\nRe-run 'constellation apply' to continue the roll-out", t.name, r.target, err)
+		if _, err := r.infra.MoveNode(ctx, r.cfg, t.Name, r.target); err != nil {
+			return fmt.Errorf("moving %s to %s: %w\nRe-run 'constellation apply' to continue the roll-out", t.Name, r.target, err)
 		}
-		r.images[t.name] = r.target
-		if t.role == config.RoleControlPlane {
-			endpoint := net.JoinHostPort(t.ip, strconv.Itoa(recoverproto.Port))
+		r.images[t.Name] = r.target
+		if t.Role == config.RoleControlPlane {
+			endpoint := net.JoinHostPort(t.IP, strconv.Itoa(recoverproto.Port))
 			running, err := e.recoverNode(ctx, p, t, endpoint, fresh, prepare)
 			if err != nil {
 				return fmt.Errorf("unlocking %s after it moved: %w\nIf it failed attestation, nothing was sent to it; re-run "+
-					"'constellation apply' to retry", t.name, err)
+					"'constellation apply' to retry", t.Name, err)
 			}
 			if !running {
-				p.Detail("unlocked %s with the master secret", t.name)
+				p.Detail("unlocked %s with the master secret", t.Name)
 				if err := e.waitForAPI(ctx, rolloutWait); err != nil {
-					return fmt.Errorf("%s is unlocked, but the Kubernetes API does not answer: %w", t.name, err)
+					return fmt.Errorf("%s is unlocked, but the Kubernetes API does not answer: %w", t.Name, err)
 				}
 			}
 		}
-		if err := waitNodeReady(ctx, r.k8s, t.name, since); err != nil {
+		if err := waitNodeReady(ctx, r.k8s, t.Name, since); err != nil {
 			return fmt.Errorf("%w\nRe-run 'constellation apply' to continue; 'constellation status' shows the nodes", err)
 		}
 		// Verified before it is uncordoned: the VerificationService is a DaemonSet, so it runs on a cordoned node,
 		// and a node that answers has finished its reboot.
 		if res := e.verifyMovedNode(ctx, t, memberValidator); !res.Verified {
 			return fmt.Errorf("%s runs the new image but does not verify: %s\nThe roll-out stops here; 'constellation verify' "+
-				"shows the details", t.name, res.Error)
+				"shows the details", t.Name, res.Error)
 		}
 		// The reboot emptied the node's containerd: images loaded with `mini image load` go back in before
 		// pods may be scheduled there. A node still cordoned was moved by an interrupted run.
-		if movedNow || r.cordoned(ctx, t.name) {
-			e.reloadImages(ctx, r.cfg, r.st, r.infra, t.name, p)
+		if movedNow || r.cordoned(ctx, t.Name) {
+			e.reloadImages(ctx, r.cfg, r.st, r.infra, t.Name, p)
 		}
-		if err := kubeupgrade.Cordon(ctx, r.k8s, t.name, false); err != nil {
-			return fmt.Errorf("uncordoning %s: %w", t.name, err)
+		if err := kubeupgrade.Cordon(ctx, r.k8s, t.Name, false); err != nil {
+			return fmt.Errorf("uncordoning %s: %w", t.Name, err)
 		}
-		p.Detail("%s is Ready and verified", t.name)
+		p.Detail("%s is Ready and verified", t.Name)
 		p.Done()
 	}
 	if err := r.finish(ctx, e); err != nil {
@@ -225,11 +226,11 @@ func (e *env) rollout(ctx context.Context, r *imageRollout, p *progress) (err er
 
 // verifyMovedNode verifies a node that just rebooted: its VerificationService (a DaemonSet pod) may not answer
 // yet, so a node that does not answer is asked again for a while; an answer that fails validation is final.
-func (e *env) verifyMovedNode(ctx context.Context, t target, validator attestation.Validator) nodeResult {
+func (e *env) verifyMovedNode(ctx context.Context, t clusterclient.Target, validator attestation.Validator) clusterclient.NodeResult {
 	deadline := time.Now().Add(rolloutWait)
 	for {
-		res := e.verifyNode(ctx, t, validator)
-		if !res.unreachable || time.Now().After(deadline) || ctx.Err() != nil {
+		res := clusterclient.VerifyNode(ctx, e.deps.attester, t, validator)
+		if !res.Unreachable || time.Now().After(deadline) || ctx.Err() != nil {
 			return res
 		}
 		select {

@@ -4,13 +4,11 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/afero"
@@ -87,28 +85,14 @@ the nodes' vTPMs.`,
 	return cmd
 }
 
-// nodeResult is one node's verification.
-type nodeResult struct {
-	Name       string                    `json:"name"`
-	IP         string                    `json:"ip"`
-	Role       string                    `json:"role"`
-	Verified   bool                      `json:"verified"`
-	Error      string                    `json:"error,omitempty"`
-	Mismatches []attestation.PCRMismatch `json:"mismatches,omitempty"`
-	Failures   []string                  `json:"failures,omitempty"`
-	Took       string                    `json:"took"`
-	// unreachable is set when the node's VerificationService gave no answer at all.
-	unreachable bool
-}
-
 type verifyResult struct {
 	Cluster string `json:"cluster,omitempty"`
 	// Image is the image the measurements file names, when verifying without a workspace.
-	Image     string       `json:"image,omitempty"`
-	ClusterID string       `json:"clusterID,omitempty"`
-	PCRs      []uint32     `json:"pcrs"`
-	Verified  bool         `json:"verified"`
-	Nodes     []nodeResult `json:"nodes"`
+	Image     string                     `json:"image,omitempty"`
+	ClusterID string                     `json:"clusterID,omitempty"`
+	PCRs      []uint32                   `json:"pcrs"`
+	Verified  bool                       `json:"verified"`
+	Nodes     []clusterclient.NodeResult `json:"nodes"`
 }
 
 func (e *env) verify(ctx context.Context, only []string, format string) error {
@@ -153,21 +137,12 @@ func (e *env) verify(ctx context.Context, only []string, format string) error {
 }
 
 // runVerify verifies targets with validator and reports the result.
-func (e *env) runVerify(ctx context.Context, res verifyResult, targets []target, refs measurements.M, validator attestation.Validator, format string) error {
-	res.Verified, res.Nodes = true, make([]nodeResult, len(targets))
+func (e *env) runVerify(ctx context.Context, res verifyResult, targets []clusterclient.Target, refs measurements.M, validator attestation.Validator, format string) error {
 	for idx := range refs {
 		res.PCRs = append(res.PCRs, idx)
 	}
 	slices.Sort(res.PCRs)
-	var wg sync.WaitGroup
-	for i, t := range targets {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res.Nodes[i] = e.verifyNode(ctx, t, validator)
-		}()
-	}
-	wg.Wait()
+	res.Verified, res.Nodes = true, clusterclient.VerifyNodes(ctx, e.deps.attester, targets, validator)
 	for _, n := range res.Nodes {
 		res.Verified = res.Verified && n.Verified
 	}
@@ -255,87 +230,47 @@ func (e *env) verifyWithoutWorkspace(cmd *cobra.Command, format string) error {
 	if err != nil {
 		return fmt.Errorf("building the validator for %s: %w (SEV-SNP variants need their policy: verify from the cluster's workspace)", mf.Variant, err)
 	}
-	targets := make([]target, len(endpoints))
+	targets := make([]clusterclient.Target, len(endpoints))
 	for i, ep := range endpoints {
 		if _, _, err := net.SplitHostPort(ep); err == nil {
 			return fmt.Errorf("--%s %q: pass the node's address without a port (the VerificationService listens on %d)", flagEndpoint, ep, verifyproto.Port)
 		}
 		// The answer's binding names the node that answered: an auditor's address list has no names.
-		targets[i] = target{name: endpointTarget, ip: ep}
+		targets[i] = clusterclient.Target{Name: endpointTarget, IP: ep, AnyNode: true}
 	}
 	res := verifyResult{Image: mf.Image, ClusterID: hex.EncodeToString(clusterID)}
 	return e.runVerify(cmd.Context(), res, targets, refs, validator, format)
-}
-
-type target struct {
-	name, ip, role string
 }
 
 // endpointTarget names the cluster endpoint when the state lists no nodes.
 const endpointTarget = "endpoint"
 
 // selectNodes picks the nodes to verify from the state: all, or those named (by name or address).
-func selectNodes(st *state.State, only []string) ([]target, error) {
-	var all []target
+func selectNodes(st *state.State, only []string) ([]clusterclient.Target, error) {
+	var all []clusterclient.Target
 	for name, n := range st.Infrastructure.Nodes {
-		all = append(all, target{name: name, ip: n.IP, role: n.Role})
+		all = append(all, clusterclient.Target{Name: name, IP: n.IP, Role: n.Role})
 	}
 	if len(all) == 0 {
-		all = append(all, target{name: endpointTarget, ip: st.Infrastructure.ClusterEndpoint})
+		all = append(all, clusterclient.Target{Name: endpointTarget, IP: st.Infrastructure.ClusterEndpoint, AnyNode: true})
 	}
-	slices.SortFunc(all, func(a, b target) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(all, func(a, b clusterclient.Target) int { return strings.Compare(a.Name, b.Name) })
 	if len(only) == 0 {
 		return all, nil
 	}
-	var out []target
+	var out []clusterclient.Target
 	for _, want := range only {
-		i := slices.IndexFunc(all, func(t target) bool { return t.name == want || t.ip == want })
+		i := slices.IndexFunc(all, func(t clusterclient.Target) bool { return t.Name == want || t.IP == want })
 		if i < 0 {
 			var names []string
 			for _, t := range all {
-				names = append(names, t.name)
+				names = append(names, t.Name)
 			}
 			return nil, fmt.Errorf("--%s %q: no such node; the cluster has %s", flagNode, want, strings.Join(names, ", "))
 		}
 		out = append(out, all[i])
 	}
 	return out, nil
-}
-
-func (e *env) verifyNode(ctx context.Context, t target, validator attestation.Validator) nodeResult {
-	start := time.Now()
-	r := nodeResult{Name: t.name, IP: t.ip, Role: t.role}
-	defer func() { r.Took = time.Since(start).Round(time.Millisecond).String() }()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	node := t.name
-	if t.name == endpointTarget {
-		node = "" // no node list: the endpoint's node, whichever it is
-	}
-	answered, err := clusterclient.Attest(ctx, e.deps.attester, net.JoinHostPort(t.ip, strconv.Itoa(verifyproto.Port)), node, validator)
-	if t.name == endpointTarget && answered != "" {
-		r.Name = answered // reported as the node says; Attest checked the claim through the binding
-	}
-	var verr *attestation.ValidationError
-	switch {
-	case errors.Is(err, clusterclient.ErrUnreachable):
-		r.Error = err.Error()
-		r.unreachable = true
-		return r
-	case errors.Is(err, clusterclient.ErrNotBound):
-		r.Error = fmt.Sprintf("the answer is not %s's own: its attestation is bound to another node (it says %q); "+
-			"the address answered with another node's attestation, so this node is not verified", t.name, answered)
-		return r
-	case errors.As(err, &verr):
-		r.Mismatches, r.Failures = verr.Mismatches, verr.Failures
-		r.Error = err.Error()
-		return r
-	case err != nil:
-		r.Error = err.Error()
-		return r
-	}
-	r.Verified = true
-	return r
 }
 
 func printVerify(e *env, res verifyResult) {
