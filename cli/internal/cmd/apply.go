@@ -7,18 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"path/filepath"
-	"slices"
-	"strconv"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"gopkg.in/yaml.v3"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
@@ -232,10 +227,6 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err != nil {
 		return err
 	}
-	id, err := ms.Identity()
-	if err != nil {
-		return err
-	}
 	_, initSecret, err := infra.Identity()
 	if err != nil {
 		return err
@@ -244,52 +235,23 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err != nil {
 		return err
 	}
-	validator, err := e.validator(cfg, cfg.Attestation.Measurements.WithFreshNode())
-	if err != nil {
-		return err
-	}
-	// An interrupted apply may have left the node initializing (or initialized) for this master secret:
-	// it then shows this cluster's PCR 15 and resumes instead of starting over.
-	resumeRefs, err := cfg.Attestation.Measurements.WithClusterID(id.ClusterID)
-	if err != nil {
-		return err
-	}
-	resumeValidator, err := e.validator(cfg, resumeRefs)
-	if err != nil {
-		return err
-	}
 	version, err := versions.ResolveKubernetes(cfg.KubernetesVersion)
 	if err != nil {
 		return err
 	}
-	sans := slices.Clone(st.Infrastructure.APIServerCertSANs)
-	if !slices.Contains(sans, st.Infrastructure.ClusterEndpoint) {
-		sans = append(sans, st.Infrastructure.ClusterEndpoint)
-	}
-	attestationConfig, err := yaml.Marshal(cfg.Attestation)
+	r, err := clusterclient.NewInitRequest(clusterclient.InitConfig{
+		Endpoint: st.Infrastructure.ClusterEndpoint, APIServerCertSANs: st.Infrastructure.APIServerCertSANs,
+		MasterSecret: ms, Resuming: resuming, InitSecret: initSecret, ClusterName: cfg.Name, KubernetesVersion: version,
+		Components: comps, Attestation: cfg.Attestation, KMSURI: cfg.KMS.URI(), KMSCredentials: kmsCreds,
+		Validator: func(refs measurements.M) (attestation.Validator, error) { return e.validator(cfg, refs) },
+	})
 	if err != nil {
 		return err
 	}
-	req := &initproto.InitRequest{
-		InitSecret: initSecret, MasterSecret: ms.Key, Salt: ms.Salt, KubernetesVersion: version,
-		KubernetesComponents: comps, ClusterName: cfg.Name, ApiserverCertSans: sans,
-		AttestationConfig: attestationConfig, KmsUri: cfg.KMS.URI(),
-	}
-	if kmsCreds != nil {
-		req.KmsCredentials = &initproto.AWSCredentials{
-			AccessKeyId: kmsCreds.AccessKeyID, SecretAccessKey: kmsCreds.SecretAccessKey, SessionToken: kmsCreds.SessionToken,
-		}
-	}
-	endpoint := net.JoinHostPort(st.Infrastructure.ClusterEndpoint, strconv.Itoa(initproto.Port))
+	endpoint := r.Endpoint
 	p.Step("Initializing the first control plane at %s (its attestation is checked first)", endpoint)
-	r := clusterclient.InitRequest{
-		Endpoint: endpoint, Request: req, Fresh: validator, Identity: id,
-		Progress: func(step, msg string) { p.Detail("%s: %s", step, msg) },
-		Notice:   func(msg string) { p.Detail("%s", msg) },
-	}
-	if resuming {
-		r.Resume = resumeValidator
-	}
+	r.Progress = func(step, msg string) { p.Detail("%s: %s", step, msg) }
+	r.Notice = func(msg string) { p.Detail("%s", msg) }
 	resp, err := clusterclient.Init(ctx, e.deps.initer, e.deps.booting, r)
 	if err != nil {
 		return e.initFailed(ctx, endpoint, err)
@@ -298,7 +260,7 @@ func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.Sta
 	if err := e.files.Write(AdminConfFile, resp.GetKubeconfig(), file.OptOverwrite, file.OptSecret); err != nil {
 		return err
 	}
-	st.ClusterValues = state.ClusterValues{ClusterID: id.ClusterID, OwnerID: id.OwnerID, MeasurementSalt: ms.Salt}
+	st.ClusterValues = state.ClusterValues{ClusterID: r.Identity.ClusterID, OwnerID: r.Identity.OwnerID, MeasurementSalt: ms.Salt}
 	return st.Write(e.files, state.FileName)
 }
 

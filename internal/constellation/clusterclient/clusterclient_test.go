@@ -3,6 +3,7 @@ package clusterclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/internal/attestation"
@@ -19,7 +21,11 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/variant"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm"
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
+	"github.com/constellation-go/constellation/internal/awskms"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/crypto/cryptotest"
+	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/verify/verifytest"
 )
 
@@ -236,4 +242,51 @@ func TestBootingDo(t *testing.T) {
 	cancel()
 	_, err = Booting{Wait: time.Minute, Poll: time.Minute}.Do(ctx, "x", nil, func() error { return refused }, nil)
 	require.ErrorIs(t, err, context.Canceled)
+}
+
+func TestNewInitRequest(t *testing.T) {
+	var refsAsked []measurements.M
+	cfg := func() InitConfig {
+		refsAsked = nil
+		return InitConfig{
+			Endpoint: "10.42.0.2", APIServerCertSANs: []string{"cluster.example"}, MasterSecret: *cryptotest.MasterSecret(),
+			InitSecret: []byte("init"), ClusterName: "c", KubernetesVersion: "v1.33.13", KMSURI: "kms://cluster-kms",
+			Attestation: config.AttestationConfig{Variant: "qemu-vtpm", Measurements: vtpmtest.ReferenceValues(vtpmtest.Boot)},
+			Validator: func(refs measurements.M) (attestation.Validator, error) {
+				refsAsked = append(refsAsked, refs)
+				return fakeValidator{name: fmt.Sprint(len(refsAsked))}, nil
+			},
+		}
+	}
+
+	c := cfg()
+	r, err := NewInitRequest(c)
+	require.NoError(t, err)
+	assert.Equal(t, "10.42.0.2:9000", r.Endpoint)
+	assert.Equal(t, []string{"cluster.example", "10.42.0.2"}, r.Request.ApiserverCertSans, "the endpoint is a name of the API server")
+	id, err := c.MasterSecret.Identity()
+	require.NoError(t, err)
+	assert.Equal(t, id, r.Identity)
+	assert.Nil(t, r.Resume, "a new master secret accepts only a fresh node")
+	assert.Nil(t, r.Request.KmsCredentials)
+	require.Len(t, refsAsked, 2)
+	assert.Equal(t, make(measurements.Digest, measurements.DigestSize), refsAsked[0][measurements.PCRClusterID].Expected, "a fresh node shows PCR 15 zero")
+	assert.NotEqual(t, refsAsked[0][measurements.PCRClusterID].Expected, refsAsked[1][measurements.PCRClusterID].Expected)
+	var att config.AttestationConfig
+	require.NoError(t, yaml.Unmarshal(r.Request.AttestationConfig, &att))
+	assert.Equal(t, "qemu-vtpm", att.Variant, "the node gets the admin's attestation section")
+
+	c = cfg()
+	c.Resuming, c.APIServerCertSANs = true, []string{"10.42.0.2"}
+	c.KMSCredentials = &awskms.Credentials{AccessKeyID: "AKID", SecretAccessKey: "secret"}
+	r, err = NewInitRequest(c)
+	require.NoError(t, err)
+	assert.Equal(t, fakeValidator{name: "2"}, r.Resume, "resuming accepts a node of this cluster too")
+	assert.Equal(t, []string{"10.42.0.2"}, r.Request.ApiserverCertSans)
+	assert.Equal(t, "AKID", r.Request.KmsCredentials.GetAccessKeyId())
+
+	c = cfg()
+	c.Validator = func(measurements.M) (attestation.Validator, error) { return nil, errors.New("no such variant") }
+	_, err = NewInitRequest(c)
+	require.ErrorContains(t, err, "no such variant")
 }

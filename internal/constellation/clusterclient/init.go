@@ -5,10 +5,19 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"net"
+	"slices"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/awskms"
+	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/versions/components"
 )
 
 // Initer sends one init request (GRPC does; tests fake it).
@@ -89,4 +98,71 @@ func Init(ctx context.Context, api Initer, b Booting, r InitRequest) (*initproto
 		return nil, ErrWrongIdentity
 	}
 	return resp, nil
+}
+
+// InitConfig is what an init of the first control plane sends and checks, as the admin configured it.
+type InitConfig struct {
+	// Endpoint is the cluster endpoint's host (the first control plane); APIServerCertSANs are the API
+	// server certificate's further names (the endpoint is added).
+	Endpoint          string
+	APIServerCertSANs []string
+	MasterSecret      crypto.MasterSecret
+	// Resuming says the master secret existed before this attempt: a node of this cluster, which an
+	// interrupted init left initializing or initialized, is accepted too.
+	Resuming bool
+	// InitSecret proves the request comes from the admin who created the node (its hash is in the node's
+	// metadata).
+	InitSecret        []byte
+	ClusterName       string
+	KubernetesVersion string
+	Components        []*components.Component
+	// Attestation is the admin's attestation section: the node is validated against it before anything is
+	// sent, and the JoinService enforces it.
+	Attestation    config.AttestationConfig
+	KMSURI         string
+	KMSCredentials *awskms.Credentials
+	// Validator makes the validator of the attestation section's variant for reference values.
+	Validator func(refs measurements.M) (attestation.Validator, error)
+}
+
+// NewInitRequest builds the init request of c: the node must show the configured measurements with PCR 15
+// zero, or, when resuming, this cluster's ID in PCR 15.
+func NewInitRequest(c InitConfig) (InitRequest, error) {
+	id, err := c.MasterSecret.Identity()
+	if err != nil {
+		return InitRequest{}, err
+	}
+	fresh, err := c.Validator(c.Attestation.Measurements.WithFreshNode())
+	if err != nil {
+		return InitRequest{}, err
+	}
+	resumeRefs, err := c.Attestation.Measurements.WithClusterID(id.ClusterID)
+	if err != nil {
+		return InitRequest{}, err
+	}
+	resume, err := c.Validator(resumeRefs)
+	if err != nil {
+		return InitRequest{}, err
+	}
+	sans := slices.Clone(c.APIServerCertSANs)
+	if !slices.Contains(sans, c.Endpoint) {
+		sans = append(sans, c.Endpoint)
+	}
+	attestationConfig, err := yaml.Marshal(c.Attestation)
+	if err != nil {
+		return InitRequest{}, err
+	}
+	req := &initproto.InitRequest{
+		InitSecret: c.InitSecret, MasterSecret: c.MasterSecret.Key, Salt: c.MasterSecret.Salt, KubernetesVersion: c.KubernetesVersion,
+		KubernetesComponents: c.Components, ClusterName: c.ClusterName, ApiserverCertSans: sans,
+		AttestationConfig: attestationConfig, KmsUri: c.KMSURI,
+	}
+	if k := c.KMSCredentials; k != nil {
+		req.KmsCredentials = &initproto.AWSCredentials{AccessKeyId: k.AccessKeyID, SecretAccessKey: k.SecretAccessKey, SessionToken: k.SessionToken}
+	}
+	r := InitRequest{Endpoint: net.JoinHostPort(c.Endpoint, strconv.Itoa(initproto.Port)), Request: req, Fresh: fresh, Identity: id}
+	if c.Resuming {
+		r.Resume = resume
+	}
+	return r, nil
 }
