@@ -18,8 +18,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -45,6 +47,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("kubernetesupgrade").
+		// The classic work queue: one object needs no priorities, and controller-runtime v0.24's priority
+		// queue can leave a goroutine behind after the manager stopped (a goleak failure of this package's
+		// test, once in CI).
+		WithOptions(controller.Options{UsePriorityQueue: ptr.To(false)}).
 		For(&v1alpha1.KubernetesUpgrade{}).
 		Watches(&corev1.Node{}, toUpgrade).
 		Complete(r)
