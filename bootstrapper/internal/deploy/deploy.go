@@ -49,9 +49,6 @@ const (
 	partOf                  = "constellation"
 )
 
-// Images are the services' image references, as the images were imported into containerd.
-type Images = services.Images
-
 // Config is what the services need.
 type Config struct {
 	// Kubeconfig is an admin kubeconfig of the cluster, for Helm.

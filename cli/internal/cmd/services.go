@@ -9,15 +9,6 @@ import (
 	"github.com/constellation-go/constellation/internal/versions"
 )
 
-// servicesClient is the cluster's services release, with the admin kubeconfig.
-func (e *env) servicesClient() (servicesRelease, error) {
-	kubeconfig, err := e.files.Read(AdminConfFile)
-	if err != nil {
-		return nil, err
-	}
-	return e.deps.services(kubeconfig)
-}
-
 // upgradeServices moves the services' Helm release to this CLI's chart and images, keeping the values the
 // cluster was installed with: the first part of an upgrade. changed says whether a revision was made.
 func (e *env) upgradeServices(ctx context.Context, p *progress) (changed bool, err error) {

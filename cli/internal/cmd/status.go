@@ -307,22 +307,25 @@ func (e *env) imagePlacement(cfg *config.Config, p *progress) (infra infrastruct
 	return infra, images, target, nil
 }
 
-// adminClient is a client of the cluster with the workspace's admin kubeconfig.
-func (e *env) adminClient() (kubernetes.Interface, error) {
+// withAdminKubeconfig makes a client of the cluster with dep and the workspace's admin kubeconfig.
+func withAdminKubeconfig[T any](e *env, dep func(kubeconfig []byte) (T, error)) (T, error) {
 	kubeconfig, err := e.files.Read(AdminConfFile)
 	if err != nil {
-		return nil, err
+		var none T
+		return none, err
 	}
-	return e.deps.kube(kubeconfig)
+	return dep(kubeconfig)
 }
 
+// adminClient is a client of the cluster with the workspace's admin kubeconfig.
+func (e *env) adminClient() (kubernetes.Interface, error) { return withAdminKubeconfig(e, e.deps.kube) }
+
 // upgradeClient is a client of the cluster's KubernetesUpgrade, with the admin kubeconfig.
-func (e *env) upgradeClient() (client.Client, error) {
-	kubeconfig, err := e.files.Read(AdminConfFile)
-	if err != nil {
-		return nil, err
-	}
-	return e.deps.upgrades(kubeconfig)
+func (e *env) upgradeClient() (client.Client, error) { return withAdminKubeconfig(e, e.deps.upgrades) }
+
+// servicesClient is the cluster's services release, with the admin kubeconfig.
+func (e *env) servicesClient() (servicesRelease, error) {
+	return withAdminKubeconfig(e, e.deps.services)
 }
 
 // nodesAtTarget counts the nodes in the cluster whose kubelet runs version (resolved like the

@@ -171,8 +171,6 @@ type Release struct {
 	Revision                 int
 	Status                   string
 	Updated                  time.Time
-	// manifest is what the release applied.
-	manifest string
 }
 
 func (r Release) String() string {
@@ -249,7 +247,11 @@ func (c *Client) Install(ctx context.Context, v Values) (Release, error) {
 	case err != nil:
 		return Release{}, err
 	case existing.Info.Status == releasecommon.StatusDeployed || existing.Version > 1:
-		return c.upgrade(ctx, ch, v.asMap(), false)
+		rel, err := c.upgrade(ctx, ch, v.asMap(), false)
+		if err != nil {
+			return Release{}, err
+		}
+		return describe(rel), nil
 	default:
 		// Only a first install that did not finish: nothing depends on it yet, so it is removed and done again.
 		un := action.NewUninstall(c.helm)
@@ -309,7 +311,7 @@ func (c *Client) Upgrade(ctx context.Context, change Change) (rel Release, chang
 	if change.KMSURI != "" {
 		override["kmsURI"] = change.KMSURI
 	}
-	values := mergeValues(current.Config, override)
+	values := loader.MergeMaps(current.Config, override)
 	if err := c.applyCRD(ctx); err != nil {
 		return Release{}, false, err
 	}
@@ -317,15 +319,18 @@ func (c *Client) Upgrade(ctx context.Context, change Change) (rel Release, chang
 	if err != nil {
 		return Release{}, false, err
 	}
-	if planned.manifest != current.Manifest || current.Chart == nil || current.Chart.Metadata.Version != ch.Metadata.Version {
-		rel, err := c.upgrade(ctx, ch, values, false)
-		return rel, true, err
+	if planned.Manifest != current.Manifest || current.Chart == nil || current.Chart.Metadata.Version != ch.Metadata.Version {
+		upgraded, err := c.upgrade(ctx, ch, values, false)
+		if err != nil {
+			return Release{}, false, err
+		}
+		return describe(upgraded), true, nil
 	}
 	return describe(current), false, nil
 }
 
 // upgrade upgrades the release to ch with values (replacing the values it had); dryRun only renders it.
-func (c *Client) upgrade(ctx context.Context, ch *chartv2.Chart, values map[string]any, dryRun bool) (Release, error) {
+func (c *Client) upgrade(ctx context.Context, ch *chartv2.Chart, values map[string]any, dryRun bool) (*releasev1.Release, error) {
 	up := action.NewUpgrade(c.helm)
 	up.Namespace, up.MaxHistory, up.ResetValues = Namespace, maxHistory, true
 	up.WaitStrategy = kube.HookOnlyStrategy
@@ -335,15 +340,9 @@ func (c *Client) upgrade(ctx context.Context, ch *chartv2.Chart, values map[stri
 	}
 	got, err := up.RunWithContext(ctx, ReleaseName, ch, values)
 	if err != nil {
-		return Release{}, fmt.Errorf("upgrading the services' chart: %w", err)
+		return nil, fmt.Errorf("upgrading the services' chart: %w", err)
 	}
-	rel, err := asV1(got)
-	if err != nil {
-		return Release{}, err
-	}
-	r := describe(rel)
-	r.manifest = rel.Manifest
-	return r, nil
+	return asV1(got)
 }
 
 func describe(rel *releasev1.Release) Release {
@@ -363,24 +362,6 @@ func asV1(r helmrelease.Releaser) (*releasev1.Release, error) {
 		return nil, fmt.Errorf("helm returned a release of type %T", r)
 	}
 	return rel, nil
-}
-
-// mergeValues returns base with override merged in (maps recursively; override wins).
-func mergeValues(base, override map[string]any) map[string]any {
-	out := make(map[string]any, len(base))
-	for k, v := range base {
-		out[k] = v
-	}
-	for k, v := range override {
-		if ov, ok := v.(map[string]any); ok {
-			if bv, ok := out[k].(map[string]any); ok {
-				out[k] = mergeValues(bv, ov)
-				continue
-			}
-		}
-		out[k] = v
-	}
-	return out
 }
 
 // applyCRD applies the upgrade controller's resource type by server-side apply (through the REST client:
