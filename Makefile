@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup kubernetes-next build services libvirt-provider run test lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test fault-test kms-test qemu-test check-generated generate protos bench clean
+.PHONY: setup kubernetes-next build services libvirt-provider run test test-stages lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test fault-test kms-test qemu-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (the host tools of bazel/hosttools.sh, Terraform, Bazel in a
 ## chroot, Go modules, the Kubernetes binaries integration tests run); idempotent and cached
@@ -52,8 +52,16 @@ libvirt-provider: setup
 run: build
 	$(CLI) -C $(WORKSPACE_DIR) mini up
 
-## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster
-test: setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test kms-test ha-test qemu-test
+## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster;
+## one stage after another, each timed (bazel/stages.sh prints the table, also when CI's time limit stops it)
+TEST_STAGES := setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test kms-test ha-test qemu-test
+test:
+	@bazel/stages.sh $(TEST_STAGES)
+
+# The stages in one make run (shared prerequisites run once), each followed by a mark that records its end.
+test-stages: $(foreach s,$(TEST_STAGES),$(s) stage-done-$(s))
+stage-done-%:
+	@bazel/stages.sh --done $*
 
 ## image: build the node image (UKI, erofs root + dm-verity, QEMU disk) into out/image; cached by inputs.
 ## Packages come from Debian's archive as it is today; a difference from image/mkosi/packages.lock is a notice

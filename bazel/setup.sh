@@ -234,6 +234,9 @@ write_system_bazelrc() {
     done
     echo "common --override_module=rules_shell=/usr/share/bazel/rules/shell"
     echo "build --disk_cache=$BAZEL_DISK_CACHE"
+    # Without a bound the disk cache only grows (every dependency bump adds gigabytes) until the machine's
+    # disk is full; Bazel trims it to this size, least recently used first, once its server is idle.
+    echo "build --experimental_disk_cache_gc_max_size=8G"
     echo "common --repo_env=GO_REPOSITORY_USE_HOST_MODCACHE=1"
     echo "common --repo_env=GOMODCACHE=$GOMODCACHE_DIR"
     echo "common --repo_env=GOPROXY=$(go env GOPROXY)"
@@ -241,9 +244,30 @@ write_system_bazelrc() {
   mv "$tmp" "$rc"
 }
 
+# Each checkout has its own output base (several GiB) under the shared output root. Those of checkouts that
+# no longer exist and were not used for two days (clones, removed worktrees) are dead weight on the disk and
+# are removed. A path that only exists while its run does (CI clones the same path each time) is used more
+# often than that and keeps its output base. Bazel names the checkout in the output base's README and
+# touches its lock file at every command.
+remove_orphaned_output_bases() {
+  local base ws pid
+  for base in "$BAZEL_OUTPUT_ROOT"/*/; do
+    [ -f "$base/README" ] || continue
+    ws=$(sed -n 's/^WORKSPACE: //p' "$base/README" | head -n 1)
+    [ -n "$ws" ] && [ ! -e "$ws" ] || continue
+    [ -z "$(find "$base/lock" -mmin -2880 2>/dev/null)" ] || continue
+    pid=$(cat "$base/server/server.pid.txt" 2>/dev/null || true)
+    [ -z "$pid" ] || [ ! -e "/proc/$pid" ] || continue
+    log "removing the Bazel output base of $ws, which no longer exists"
+    chmod -R u+w "$base" 2>/dev/null || true
+    rm -rf "$base"
+  done
+}
+
 main() {
   need_root
   mkdir -p "$BAZEL_CACHE" "$BAZEL_OUTPUT_ROOT" "$BAZEL_DISK_CACHE"
+  remove_orphaned_output_bases
   ensure_host_packages
   build_chroot
   # Modules live inside the chroot: only Bazel reads them.

@@ -138,8 +138,37 @@ save_bundle_of() {
   "$imagepackages" bundle-save --lock "$1/packages.lock" --debs "$1/bundle/debs" --out "$save_bundle" >&2
 }
 
+# The cache keeps the images used most recently and drops the others: each is about 1 GiB, and a machine
+# that builds two per commit (CI builds image A and B) otherwise fills its disk until a build fails deep
+# inside mkosi. Work directories of builds that were killed go too; a live one is younger than any build.
+keep_images=${CONSTELLATION_KEEP_IMAGES:-4}
+prune_cache() {
+  local old=()
+  mapfile -t old < <(ls -1dt "$MKOSI_IMAGES"/*/ 2>/dev/null | tail -n +$((keep_images + 1)))
+  if [ ${#old[@]} -gt 0 ]; then
+    log "removing ${#old[@]} image(s) not used recently from the cache (it keeps $keep_images)"
+    rm -rf "${old[@]}"
+  fi
+  find "$MKOSI_CACHE" -mindepth 1 -maxdepth 1 -type d \( -name 'build.*' -o -name 'rebuild.*' \) \
+    ! -path "$work" -mmin +180 -exec rm -rf {} +
+}
+
+# An image build needs about this much room for its workspace and result. Checked up front, because mkosi
+# out of space fails late, and once hung until CI's time limit.
+need_gib=6
+check_disk() {
+  local free_kib
+  free_kib=$(df -Pk "$MKOSI_CACHE" | awk 'NR == 2 { print $4 }')
+  if [ "$free_kib" -lt $((need_gib * 1024 * 1024)) ]; then
+    log "only $((free_kib / 1024)) MiB are free on the file system of $MKOSI_CACHE; an image build needs about ${need_gib} GiB"
+    log "free some space (every cache under ${CONSTELLATION_CACHE:-/var/cache/constellation} may be deleted: it is rebuilt when needed), then run this again"
+    exit 1
+  fi
+}
+
 if [ "$use_cache" = 1 ] && [ -f "$dest/SHA256SUMS" ]; then
   log "image for these inputs already built: $dest"
+  touch "$dest" # most recently used: pruning keeps it
   if ! check_lock "$dest"; then
     log "this image came from the cache; if the archive serves the lock's versions again, rebuild with --no-cache --locked"
     exit 1
@@ -153,6 +182,8 @@ fi
 # Builds run one at a time: they share the package cache.
 exec 9>"$MKOSI_CACHE/.build.lock"
 flock 9
+prune_cache
+check_disk
 
 mkdir -p "$work/out" "$work/ws" "$work/extra/usr/bin"
 install -m 0755 "$bootstrapper" "$work/extra/usr/bin/bootstrapper"
@@ -250,6 +281,7 @@ mv "$img" "$dest.tmp"
 rm -rf "$dest"
 mv "$dest.tmp" "$dest"
 log "image ready: $dest (UKI $((size / 1024 / 1024)) MiB)"
+prune_cache
 cat "$dest/SHA256SUMS" >&2
 [ "$locked" = 1 ] || [ "$update_lock" = 1 ] || check_lock "$dest"
 save_bundle_of "$dest"
