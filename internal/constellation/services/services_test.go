@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	releasecommon "helm.sh/helm/v4/pkg/release/common"
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -140,4 +141,76 @@ func TestInstallAndUpgrade(t *testing.T) {
 	key := daemonSet(ctx, t, cluster, KeyServiceName)
 	assert.Contains(t, key.Spec.Template.Spec.Containers[0].Args, "--kms-uri="+uri)
 	assert.True(t, *key.Spec.Template.Spec.AutomountServiceAccountToken, "the user-managed KeyService gets its account's token")
+}
+
+// setStatus makes the release's latest revision look as an interrupted Helm operation leaves it; with
+// newRevision, as a new revision (an upgrade that stopped after it recorded itself).
+func setStatus(t *testing.T, c *Client, status releasecommon.Status, newRevision bool) {
+	t.Helper()
+	current, err := c.current()
+	require.NoError(t, err)
+	rel := *current
+	info := *current.Info
+	info.Status = status
+	rel.Info = &info
+	if newRevision {
+		rel.Version++
+		require.NoError(t, c.helm.Releases.Create(&rel))
+		return
+	}
+	require.NoError(t, c.helm.Releases.Update(&rel))
+}
+
+// TestInterruptedReleases: an init that stopped during the chart's first install, and an upgrade that
+// stopped halfway, leave a pending release; running the command again finishes the job instead of failing
+// with Helm's "another operation is in progress".
+func TestInterruptedReleases(t *testing.T) {
+	cluster := kubetest.Start(t)
+	ctx := context.Background()
+	client, err := NewClient(cluster.Kubeconfig, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+
+	_, err = client.Install(ctx, testValues())
+	require.NoError(t, err)
+	setStatus(t, client, releasecommon.StatusPendingInstall, false)
+	// The unfinished install is removed and done again: one revision, deployed, with every service.
+	rel, err := client.Install(ctx, testValues())
+	require.NoError(t, err)
+	assert.Equal(t, 1, rel.Revision)
+	assert.Equal(t, "deployed", rel.Status)
+	history, err := client.helm.Releases.History(ReleaseName)
+	require.NoError(t, err)
+	assert.Len(t, history, 1, "the unfinished revision is gone")
+	for _, name := range []string{JoinServiceName, KeyServiceName, VerificationServiceName, OperatorName} {
+		daemonSet(ctx, t, cluster, name)
+	}
+
+	// An upgrade that recorded revision 2 and stopped: the next one rolls it back, then upgrades.
+	setStatus(t, client, releasecommon.StatusPendingUpgrade, true)
+	_, err = client.Current(ctx)
+	require.NoError(t, err)
+	images := DefaultImages()
+	images.KeyService = "docker.io/constellation/keyservice:v9.9.9"
+	rel, changed, err := client.Upgrade(ctx, Change{Images: images})
+	require.NoError(t, err)
+	assert.True(t, changed)
+	assert.Equal(t, "deployed", rel.Status)
+	assert.Equal(t, 4, rel.Revision, "2 pending, 3 its roll-back, 4 the upgrade")
+	assert.Equal(t, images.KeyService, daemonSet(ctx, t, cluster, KeyServiceName).Spec.Template.Spec.Containers[0].Image)
+
+	// A failed upgrade the same way.
+	setStatus(t, client, releasecommon.StatusFailed, false)
+	rel, changed, err = client.Upgrade(ctx, Change{Images: images})
+	require.NoError(t, err)
+	assert.True(t, changed, "the roll-back went back to revision 3; the change is applied again")
+	assert.Equal(t, "deployed", rel.Status)
+	assert.Equal(t, 6, rel.Revision, "5 the roll-back of the failed 4, 6 the upgrade")
+	assert.Equal(t, images.KeyService, daemonSet(ctx, t, cluster, KeyServiceName).Spec.Template.Spec.Containers[0].Image)
+
+	// An install run again on a deployed release (an init resumed after the chart was in) upgrades it.
+	rel, err = client.Install(ctx, testValues())
+	require.NoError(t, err)
+	assert.Equal(t, "deployed", rel.Status)
+	assert.Equal(t, DefaultImages().KeyService, daemonSet(ctx, t, cluster, KeyServiceName).Spec.Template.Spec.Containers[0].Image,
+		"install sets exactly the values it is given")
 }
