@@ -5,7 +5,7 @@ BAZEL := bazel/bazel
 WORKSPACE_DIR ?= workspace
 CLI := out/constellation
 
-.PHONY: setup kubernetes-next build services libvirt-provider run test test-stages lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test fault-test kms-test qemu-test check-generated generate protos bench clean
+.PHONY: setup kubernetes-next build services libvirt-provider run test test-stages lint go-test bazel-test image image-b image-locked reproduce image-test cluster-test e2e-test fault-test kms-test ha-test terraform-test qemu-test check-generated generate protos bench clean
 
 ## setup: install what a fresh machine lacks (the host tools of bazel/hosttools.sh, Terraform, Bazel in a
 ## chroot, Go modules, the Kubernetes binaries integration tests run); idempotent and cached
@@ -128,6 +128,13 @@ kms-test: build
 ha-test: build kubernetes-next
 	@bazel/hosttools.sh check ha-test
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestHAControlPlane ./cli/e2e/
+
+## terraform-test: terraform/examples/local with real Terraform and the built provider (offline, through a
+## filesystem mirror): two nodes Ready from the kubeconfig output, `constellation verify` from the outputs,
+## a plan without changes, an upgrade refused with the way out, a destroy that leaves nothing
+terraform-test: build
+	@bazel/hosttools.sh check terraform-test
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestTerraformCluster ./cli/e2e/
 
 ## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
 qemu-test: build libvirt-provider

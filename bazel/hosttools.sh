@@ -18,11 +18,11 @@ dpkg-deb                                      | dpkg                  | all
 debootstrap                                   | debootstrap           | all
 wget                                          | wget                  | image image-test build
 protoc                                        | protobuf-compiler     | check-generated protos generate
-swtpm                                         | swtpm                 | go-test image-test cluster-test e2e-test fault-test kms-test ha-test qemu-test build
-containerd                                    | containerd            | go-test cluster-test e2e-test fault-test kms-test ha-test build
-ctr                                           | containerd            | go-test cluster-test e2e-test fault-test kms-test ha-test
-ip                                            | iproute2              | go-test cluster-test e2e-test fault-test kms-test ha-test
-mkfs.ext4                                     | e2fsprogs             | go-test cluster-test e2e-test fault-test kms-test ha-test
+swtpm                                         | swtpm                 | go-test image-test cluster-test e2e-test fault-test kms-test ha-test terraform-test qemu-test build
+containerd                                    | containerd            | go-test cluster-test e2e-test fault-test kms-test ha-test terraform-test build
+ctr                                           | containerd            | go-test cluster-test e2e-test fault-test kms-test ha-test terraform-test
+ip                                            | iproute2              | go-test cluster-test e2e-test fault-test kms-test ha-test terraform-test
+mkfs.ext4                                     | e2fsprogs             | go-test cluster-test e2e-test fault-test kms-test ha-test terraform-test
 openssl                                       | openssl               | go-test
 /usr/lib/systemd/systemd-measure              | systemd               | go-test
 systemd-repart                                | systemd               | go-test
@@ -95,7 +95,7 @@ check)
     echo "Install them with 'make setup' (or apt-get install the packages named)." >&2
     exit 1
   fi
-  if [[ " $* " == *" go-test "* || " $* " == *" e2e-test "* || " $* " == *" fault-test "* || " $* " == *" kms-test "* || " $* " == *" ha-test "* || " $* " == *" qemu-test "* ]] && ! have terraform; then
+  if [[ " $* " == *" go-test "* || " $* " == *" e2e-test "* || " $* " == *" fault-test "* || " $* " == *" kms-test "* || " $* " == *" ha-test "* || " $* " == *" terraform-test "* || " $* " == *" qemu-test "* ]] && ! have terraform; then
     echo "make $*: terraform is missing; 'make setup' builds v1.5.7 from the Go module proxy" >&2
     exit 1
   fi

@@ -1,8 +1,10 @@
 package crypto
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io/fs"
 
 	"github.com/constellation-go/constellation/internal/file"
 )
@@ -85,4 +87,36 @@ func WriteMasterSecret(fh file.Handler, name string, m MasterSecret) error {
 		return err
 	}
 	return fh.WriteJSON(name, m, file.OptSecret)
+}
+
+// NewMasterSecret returns a master secret and salt from the system's random source.
+func NewMasterSecret() (MasterSecret, error) {
+	m := MasterSecret{Key: make([]byte, MasterSecretLength), Salt: make([]byte, SaltLength)}
+	if _, err := rand.Read(m.Key); err != nil {
+		return MasterSecret{}, err
+	}
+	if _, err := rand.Read(m.Salt); err != nil {
+		return MasterSecret{}, err
+	}
+	return m, nil
+}
+
+// LoadOrCreateMasterSecret reads the master secret file name, or generates one and writes it first (0600).
+// An init that is run again after an interruption gets the same secret: a node that took its lock with it
+// accepts no other. created says whether the secret was generated now.
+func LoadOrCreateMasterSecret(fh file.Handler, name string) (m MasterSecret, created bool, err error) {
+	m, err = ReadMasterSecret(fh, name)
+	if err == nil {
+		return m, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return MasterSecret{}, false, err
+	}
+	if m, err = NewMasterSecret(); err != nil {
+		return MasterSecret{}, false, err
+	}
+	if err := WriteMasterSecret(fh, name, m); err != nil {
+		return MasterSecret{}, false, err
+	}
+	return m, true, nil
 }

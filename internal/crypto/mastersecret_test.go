@@ -63,3 +63,22 @@ func TestMasterSecretNeverPrinted(t *testing.T) {
 func b64(b []byte) string {
 	return base64.StdEncoding.EncodeToString(b)
 }
+
+func TestLoadOrCreateMasterSecret(t *testing.T) {
+	fh := file.NewHandler(afero.NewMemMapFs())
+	created, isNew, err := crypto.LoadOrCreateMasterSecret(fh, "ms.json")
+	require.NoError(t, err)
+	assert.True(t, isNew)
+	require.NoError(t, created.Validate())
+	again, isNew, err := crypto.LoadOrCreateMasterSecret(fh, "ms.json")
+	require.NoError(t, err)
+	assert.False(t, isNew, "an existing secret is read, never replaced")
+	assert.Equal(t, created, again)
+	other, err := crypto.NewMasterSecret()
+	require.NoError(t, err)
+	assert.NotEqual(t, created.Key, other.Key)
+
+	require.NoError(t, fh.Write("bad.json", []byte(`{"key":"AA=="}`)))
+	_, _, err = crypto.LoadOrCreateMasterSecret(fh, "bad.json")
+	assert.Error(t, err, "an invalid file is an error, not replaced")
+}

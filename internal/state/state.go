@@ -21,6 +21,8 @@ import (
 const (
 	// FileName is the state file's name in the workspace.
 	FileName = "constellation-state.yaml"
+	// AdminConfFileName is the admin kubeconfig's name in the workspace, which init writes.
+	AdminConfFileName = "constellation-admin.conf"
 	// Version1 is the current schema version.
 	Version1 = "v1"
 )

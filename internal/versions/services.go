@@ -59,3 +59,18 @@ func ComponentsAt(base, kubernetesVersion string, extra []ExtraSet) ([]*componen
 	}
 	return out, notices, nil
 }
+
+// ClusterComponents are what a local cluster's first control plane installs and hands on to joining nodes:
+// the Kubernetes version's pinned set and the services' images in servicesDir, with URLs on the component
+// server at base. The notices say where this machine's build of the set differs from its pins.
+func ClusterComponents(base, kubernetesVersion, servicesDir string) ([]*components.Component, []string, error) {
+	services, err := ServiceSet(servicesDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	version, err := ResolveKubernetes(kubernetesVersion)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ComponentsAt(base, version, []ExtraSet{services})
+}

@@ -6,6 +6,8 @@
 //	constellation_local_node     a node: registered with the metadata API, then started (package node)
 //	constellation_platform_ca    a CA that certifies a cluster's vTPMs (qemu)
 //	constellation_qemu_vtpm      a VM's certified vTPM for libvirt's external TPM backend (package qemuvtpm)
+//	constellation_cluster        an initialized cluster on the nodes: init over aTLS, every node verified
+//	                             on each refresh, import of a CLI workspace (clusterclient, as the CLI)
 //
 // and data sources:
 //
@@ -48,7 +50,7 @@ func (p *constellationProvider) Configure(context.Context, provider.ConfigureReq
 }
 
 func (p *constellationProvider) Resources(context.Context) []func() resource.Resource {
-	return []func() resource.Resource{newNetworkResource, newNodeResource, newPlatformCAResource, newQEMUVTPMResource}
+	return []func() resource.Resource{newNetworkResource, newNodeResource, newPlatformCAResource, newQEMUVTPMResource, newClusterResource}
 }
 
 func (p *constellationProvider) DataSources(context.Context) []func() datasource.DataSource {

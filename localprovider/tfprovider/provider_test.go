@@ -61,6 +61,18 @@ func TestSchema(t *testing.T) {
 		assert.True(t, vtpm[a].Required, a)
 	}
 	assert.True(t, vtpm["socket_owner"].Optional)
+
+	cluster := attrs("constellation_cluster")
+	for _, a := range []string{"name", "endpoint", "init_secret", "kubernetes_version", "component_url", "services_dir", "attestation", "nodes"} {
+		assert.True(t, cluster[a].Required, a)
+	}
+	for _, a := range []string{"init_secret", "master_secret", "master_secret_salt", "kubeconfig"} {
+		assert.True(t, cluster[a].Sensitive, "%s must never show in plans or logs", a)
+	}
+	for _, a := range []string{"kubeconfig", "cluster_id", "owner_id", "master_secret", "master_secret_salt"} {
+		assert.True(t, cluster[a].Computed, a)
+	}
+	assert.False(t, cluster["master_secret"].Required, "generated when not given")
 }
 
 func TestOneOf(t *testing.T) {

@@ -134,3 +134,23 @@ output "verified" {
 	assert.Equal(t, true, outputs["verified"].Value)
 	assert.Equal(t, measurements.DigestSize*2, len(outputs["pcr4"].Value.(string)))
 }
+
+// TestExampleValidates checks terraform/examples/local against the provider's schema with real Terraform
+// (init and validate; the acceptance test applies it).
+func TestExampleValidates(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join("..", "..", "terraform", "examples", "local")
+	entries, err := os.ReadDir(src)
+	require.NoError(t, err)
+	for _, e := range entries {
+		if filepath.Ext(e.Name()) != ".tf" {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(src, e.Name()))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, e.Name()), data, 0o644))
+	}
+	terraform := withTerraform(t, dir)
+	terraform("init", "-input=false", "-no-color")
+	assert.Contains(t, terraform("validate", "-no-color"), "The configuration is valid")
+}

@@ -3,7 +3,6 @@ package cmd
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -30,7 +29,7 @@ import (
 
 // Workspace files apply writes.
 const (
-	AdminConfFile  = "constellation-admin.conf"
+	AdminConfFile  = state.AdminConfFileName
 	ClusterLogFile = "constellation-cluster.log"
 )
 
@@ -192,25 +191,14 @@ func (e *env) checkInfrastructure(ctx context.Context, cfg *config.Config, st *s
 // masterSecret reads the workspace's master secret, or generates and writes one. An interrupted apply
 // reuses it: a node that already took its lock with it must get the same secret again.
 func (e *env) masterSecret(p *progress) (ms crypto.MasterSecret, existed bool, err error) {
-	ms, err = crypto.ReadMasterSecret(e.files, crypto.MasterSecretFileName)
-	if err == nil {
-		return ms, true, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
+	ms, created, err := crypto.LoadOrCreateMasterSecret(e.files, crypto.MasterSecretFileName)
+	if err != nil {
 		return crypto.MasterSecret{}, false, err
 	}
-	ms = crypto.MasterSecret{Key: make([]byte, crypto.MasterSecretLength), Salt: make([]byte, crypto.SaltLength)}
-	if _, err := rand.Read(ms.Key); err != nil {
-		return crypto.MasterSecret{}, false, err
+	if created {
+		p.Detail("wrote %s (mode 0600): back it up, it is the only way to recover the nodes' keys", e.path(crypto.MasterSecretFileName))
 	}
-	if _, err := rand.Read(ms.Salt); err != nil {
-		return crypto.MasterSecret{}, false, err
-	}
-	if err := crypto.WriteMasterSecret(e.files, crypto.MasterSecretFileName, ms); err != nil {
-		return crypto.MasterSecret{}, false, err
-	}
-	p.Detail("wrote %s (mode 0600): back it up, it is the only way to recover the nodes' keys", e.path(crypto.MasterSecretFileName))
-	return ms, false, nil
+	return ms, !created, nil
 }
 
 func (e *env) initCluster(ctx context.Context, cfg *config.Config, st *state.State, p *progress) error {
@@ -305,15 +293,7 @@ func (e *env) components(ctx context.Context, cfg *config.Config, infra infrastr
 	if err != nil {
 		return nil, err
 	}
-	services, err := versions.ServiceSet(a.ServicesDir())
-	if err != nil {
-		return nil, err
-	}
-	version, err := versions.ResolveKubernetes(cfg.KubernetesVersion)
-	if err != nil {
-		return nil, err
-	}
-	comps, notices, err := versions.ComponentsAt(out.ComponentURL, version, []versions.ExtraSet{services})
+	comps, notices, err := versions.ClusterComponents(out.ComponentURL, cfg.KubernetesVersion, a.ServicesDir())
 	for _, n := range notices {
 		fmt.Fprintf(e.errOut, "Notice: %s\n", n)
 	}

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// terraformCluster is the cluster name the Terraform test gives the example.
+const terraformCluster = "tf-e2e"
+
+// TestTerraformCluster applies terraform/examples/local with real Terraform and the provider of the build,
+// installed offline through a filesystem mirror (`make terraform-test`): both nodes become Ready with the
+// kubeconfig output, `constellation verify` accepts both from the outputs alone (an auditor's view: signed
+// measurements of the image, the cluster ID, the platform CA), a plan shows no changes (its refresh verified
+// every node), a new Kubernetes version is refused with the way out, and a destroy leaves nothing.
+func TestTerraformCluster(t *testing.T) {
+	c, ctx := newCLI(t, "terraform-test")
+	out := filepath.Dir(c.bin)
+	bin := os.Getenv("CONSTELLATION_TERRAFORM")
+	if bin == "" {
+		bin = "terraform"
+	}
+	dir, mirror := t.TempDir(), t.TempDir()
+	example := filepath.Join("..", "..", "terraform", "examples", "local")
+	files, err := filepath.Glob(filepath.Join(example, "*.tf"))
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644))
+	}
+	providerDir := filepath.Join(mirror, "registry.terraform.io", "constellation-go", "constellation", "0.1.0", "linux_amd64")
+	require.NoError(t, os.MkdirAll(providerDir, 0o755))
+	provider, err := os.ReadFile(filepath.Join(out, "terraform-provider-constellation"))
+	require.NoError(t, err, "make build puts the provider beside the CLI")
+	require.NoError(t, os.WriteFile(filepath.Join(providerDir, "terraform-provider-constellation"), provider, 0o755))
+	rc := filepath.Join(mirror, "terraformrc")
+	require.NoError(t, os.WriteFile(rc, fmt.Appendf(nil, "provider_installation {\n  filesystem_mirror {\n    path = %q\n  }\n}\n", mirror), 0o600))
+	secret := make([]byte, 16)
+	_, err = rand.Read(secret)
+	require.NoError(t, err)
+	image, err := filepath.EvalSymlinks(filepath.Join(out, "image"))
+	require.NoError(t, err)
+	env := append(os.Environ(), "TF_CLI_CONFIG_FILE="+rc, "CHECKPOINT_DISABLE=1", "TF_IN_AUTOMATION=1",
+		"TF_VAR_name="+terraformCluster, "TF_VAR_image_dir="+image, "TF_VAR_services_dir="+filepath.Join(out, "services"),
+		"TF_VAR_init_secret="+hex.EncodeToString(secret))
+	terraform := func(ctx context.Context, args ...string) (string, error) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, bin, append(args, "-no-color")...)
+		cmd.Dir, cmd.Env = dir, env
+		var buf bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &buf, &buf
+		err := cmd.Run()
+		shown := buf.String()
+		if args[0] == "output" {
+			shown = "(the outputs, secrets among them, are not logged)"
+		}
+		fmt.Fprintf(c.logs, "$ terraform %s\n%s\n", strings.Join(args, " "), shown)
+		return buf.String(), err
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.nodeLogs = nodeLogTails(terraformCluster, 25)
+		}
+		// Whatever happened: the nodes go, even one that no longer verifies.
+		_, err := terraform(context.Background(), "destroy", "-auto-approve", "-input=false", "-refresh=false")
+		assert.NoError(t, err, "terraform destroy")
+		assertNothingLeft(t, terraformCluster)
+	})
+
+	_, err = terraform(ctx, "init", "-input=false")
+	require.NoError(t, err, "terraform init (offline, from the mirror)")
+	start := time.Now()
+	_, err = terraform(ctx, "apply", "-auto-approve", "-input=false")
+	require.NoError(t, err, "terraform apply of the example")
+	t.Logf("FIGURES terraform apply of the example (network, 2 nodes, cluster): %s", time.Since(start).Round(100*time.Millisecond))
+
+	outputs := terraformOutputs(ctx, t, terraform)
+	kubeconfig := filepath.Join(t.TempDir(), "admin.conf")
+	require.NoError(t, os.WriteFile(kubeconfig, []byte(outputs["kubeconfig"].(string)), 0o600))
+	var nodes string
+	require.Eventually(t, func() bool {
+		nodes = kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "json")
+		return readyNodes(nodes) == 2
+	}, 10*time.Minute, 2*time.Second, "the 2 nodes are not Ready:\n%s", nodes)
+
+	// An auditor's check from the outputs: the image's signed measurements, the cluster ID, the platform CA.
+	t.Setenv("COSIGN_PASSWORD", "")
+	keys := t.TempDir()
+	code, _, stderr := c.run(ctx, "image", "keygen", "--output-prefix", filepath.Join(keys, "cosign"))
+	require.Zero(t, code, "image keygen: %s", stderr)
+	measurements := filepath.Join(keys, "measurements.json")
+	code, _, stderr = c.run(ctx, "image", "measure", filepath.Join(image, "constellation.efi"), "--out", measurements,
+		"--sign-key", filepath.Join(keys, "cosign.key"))
+	require.Zero(t, code, "image measure: %s", stderr)
+	ca := filepath.Join(keys, "platform-ca.pem")
+	require.NoError(t, os.WriteFile(ca, []byte(outputs["platform_ca_certificate"].(string)), 0o644))
+	args := []string{"verify", "--cluster-id", outputs["cluster_id"].(string), "--measurements", measurements,
+		"--public-key", filepath.Join(keys, "cosign.pub"), "--platform-ca", ca}
+	for _, ip := range outputs["nodes"].(map[string]any) {
+		args = append(args, "--endpoint", ip.(string))
+	}
+	var verifyOut string
+	require.Eventually(t, func() bool {
+		code, verifyOut, _ = c.run(ctx, args...)
+		return code == 0
+	}, 5*time.Minute, 3*time.Second, "constellation verify does not accept both nodes:\n%s", verifyOut)
+	assert.Contains(t, verifyOut, "All 2 nodes verified.")
+
+	// The refresh verifies every node; nothing differs from the configuration.
+	plan, err := terraform(ctx, "plan", "-detailed-exitcode", "-input=false")
+	require.NoError(t, err, "terraform plan shows changes or failed:\n%s", plan)
+	assert.Contains(t, plan, "No changes.")
+
+	// An upgrade through Terraform is not built yet: refused, with the way out, and nothing changed.
+	upgrade, err := terraform(ctx, "apply", "-auto-approve", "-input=false", "-var", "kubernetes_version=v1.34.10")
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "an upgrade through Terraform must be refused for now:\n%s", upgrade)
+	assert.Contains(t, upgrade, "Upgrades through Terraform are not supported yet")
+	assert.Contains(t, upgrade, "constellation apply")
+	plan, err = terraform(ctx, "plan", "-detailed-exitcode", "-input=false")
+	require.NoError(t, err, "after the refused upgrade:\n%s", plan)
+
+	for _, secret := range []string{hex.EncodeToString(secret), outputs["master_secret"].(string)} {
+		assert.NotContains(t, c.logs.String(), secret, "a secret in Terraform's output")
+	}
+}
+
+// terraformOutputs reads every output, sensitive ones included, as Terraform's JSON values.
+func terraformOutputs(ctx context.Context, t *testing.T, terraform func(context.Context, ...string) (string, error)) map[string]any {
+	t.Helper()
+	raw, err := terraform(ctx, "output", "-json")
+	require.NoError(t, err)
+	var outputs map[string]struct {
+		Value any `json:"value"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(raw), &outputs), raw)
+	values := map[string]any{}
+	for name, o := range outputs {
+		values[name] = o.Value
+	}
+	return values
+}

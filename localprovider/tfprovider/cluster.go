@@ -1,0 +1,586 @@
+package tfprovider
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/terraform-plugin-framework/attr"
+	"github.com/hashicorp/terraform-plugin-framework/diag"
+	"github.com/hashicorp/terraform-plugin-framework/path"
+	"github.com/hashicorp/terraform-plugin-framework/resource"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/planmodifier"
+	"github.com/hashicorp/terraform-plugin-framework/resource/schema/stringplanmodifier"
+	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
+	"github.com/hashicorp/terraform-plugin-framework/types"
+	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
+	"github.com/spf13/afero"
+
+	"github.com/constellation-go/constellation/internal/attestation"
+	"github.com/constellation-go/constellation/internal/attestation/choose"
+	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
+	"github.com/constellation-go/constellation/internal/crypto"
+	"github.com/constellation-go/constellation/internal/file"
+	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/role"
+	"github.com/constellation-go/constellation/internal/state"
+	"github.com/constellation-go/constellation/internal/versions"
+	"github.com/constellation-go/constellation/localprovider/node"
+)
+
+const (
+	// clusterSecretsDir holds, per cluster name, the pending secret below; under the local provider's state
+	// root, with a name that no cluster's directory there can have (it is not a DNS label).
+	clusterSecretsDir = "_clusters"
+	// pendingSecretFile keeps a generated master secret between the start of an init and the state that
+	// Terraform saves after it: an init interrupted in between is resumed with the same secret.
+	pendingSecretFile = "master-secret.json"
+)
+
+// clusterResource initializes a cluster on nodes that the infrastructure resources made, through the same
+// library as `constellation apply` (clusterclient): the first control plane is attested before it gets the
+// master secret; Read verifies every node again, so a node that no longer shows the measurements is an error
+// in the plan.
+type clusterResource struct {
+	initer   clusterclient.Initer
+	attester clusterclient.Attester
+	booting  clusterclient.Booting
+	// fs holds the pending master secrets under stateRoot and the workspaces that are imported.
+	fs        afero.Fs
+	stateRoot string
+	// logger gives the log of a cluster's init (the local provider's provider.log).
+	logger func(cluster string) (*slog.Logger, func())
+	// validator makes the validator of an attestation section for reference values (choose.ForConfig).
+	validator func(att config.AttestationConfig, refs measurements.M) (attestation.Validator, error)
+}
+
+func newClusterResource() resource.Resource {
+	return &clusterResource{
+		initer: clusterclient.GRPC{}, attester: clusterclient.GRPC{}, booting: clusterclient.DefaultBooting,
+		fs: afero.NewOsFs(), stateRoot: filepath.Join(node.DefaultStateRoot, clusterSecretsDir),
+		logger: logger,
+		validator: func(att config.AttestationConfig, refs measurements.M) (attestation.Validator, error) {
+			return choose.ForConfig(att, refs, slog.New(slog.DiscardHandler))
+		},
+	}
+}
+
+type clusterModel struct {
+	ID                types.String `tfsdk:"id"`
+	Name              types.String `tfsdk:"name"`
+	Endpoint          types.String `tfsdk:"endpoint"`
+	APIServerCertSANs types.List   `tfsdk:"api_server_cert_sans"`
+	InitSecret        types.String `tfsdk:"init_secret"`
+	KubernetesVersion types.String `tfsdk:"kubernetes_version"`
+	ComponentURL      types.String `tfsdk:"component_url"`
+	ServicesDir       types.String `tfsdk:"services_dir"`
+	Attestation       types.Object `tfsdk:"attestation"`
+	Nodes             types.List   `tfsdk:"nodes"`
+	MasterSecret      types.String `tfsdk:"master_secret"`
+	MasterSecretSalt  types.String `tfsdk:"master_secret_salt"`
+	Kubeconfig        types.String `tfsdk:"kubeconfig"`
+	ClusterID         types.String `tfsdk:"cluster_id"`
+	OwnerID           types.String `tfsdk:"owner_id"`
+}
+
+type clusterAttestation struct {
+	Variant      types.String `tfsdk:"variant"`
+	Measurements types.Map    `tfsdk:"measurements"`
+	PlatformCA   types.String `tfsdk:"platform_ca_certificate"`
+}
+
+type clusterNode struct {
+	Name types.String `tfsdk:"name"`
+	IP   types.String `tfsdk:"ip"`
+	Role types.String `tfsdk:"role"`
+}
+
+var (
+	clusterAttestationType = types.ObjectType{AttrTypes: map[string]attr.Type{
+		"variant": types.StringType, "measurements": types.MapType{ElemType: measurementType}, "platform_ca_certificate": types.StringType,
+	}}
+	clusterNodeType = types.ObjectType{AttrTypes: map[string]attr.Type{"name": types.StringType, "ip": types.StringType, "role": types.StringType}}
+)
+
+func (r *clusterResource) Metadata(_ context.Context, req resource.MetadataRequest, resp *resource.MetadataResponse) {
+	resp.TypeName = req.ProviderTypeName + "_cluster"
+}
+
+func (r *clusterResource) Schema(_ context.Context, _ resource.SchemaRequest, resp *resource.SchemaResponse) {
+	fixed := []planmodifier.String{immutableString{}}
+	computed := []planmodifier.String{stringplanmodifier.UseStateForUnknown()}
+	secret := []planmodifier.String{immutableString{}, stringplanmodifier.UseStateForUnknown()}
+	resp.Schema = schema.Schema{
+		Description: "An initialized Constellation cluster on nodes the infrastructure resources made: Create attests the " +
+			"first control plane and initializes it (resuming an interrupted init); Read verifies every node again, so a " +
+			"node that no longer shows the measurements is an error in the plan. Destroying it leaves the nodes to their " +
+			"own resources.",
+		Attributes: map[string]schema.Attribute{
+			"id":   schema.StringAttribute{Computed: true, PlanModifiers: computed, Description: "The cluster ID (hex)."},
+			"name": schema.StringAttribute{Required: true, PlanModifiers: fixed, Description: "Cluster name (a DNS label)."},
+			"endpoint": schema.StringAttribute{Required: true, PlanModifiers: fixed,
+				Description: "The first control plane's address, e.g. constellation_local_node.cp0.ip: it is initialized, and " +
+					"the API server is reached there."},
+			"api_server_cert_sans": schema.ListAttribute{Optional: true, ElementType: types.StringType,
+				PlanModifiers: []planmodifier.List{immutableList{}},
+				Description:   "Further names of the API server's certificate (the endpoint is always one)."},
+			"init_secret": schema.StringAttribute{Required: true, Sensitive: true,
+				Description: "The infrastructure's init secret (the constellation_local_network's): it proves the init " +
+					"request comes from whoever created the nodes."},
+			"kubernetes_version": schema.StringAttribute{Required: true,
+				Description: "Pinned Kubernetes version the cluster is initialized with (see `constellation upgrade check`)."},
+			"component_url": schema.StringAttribute{Required: true,
+				Description: "Where the nodes download the Kubernetes components: the constellation_local_network's component_url."},
+			"services_dir": schema.StringAttribute{Required: true,
+				Description: "Directory with the services' image archives, as for the constellation_local_network."},
+			"attestation": schema.SingleNestedAttribute{Required: true,
+				Description: "What every node must show: the variant and the measurements, e.g. from data.constellation_image " +
+					"or data.constellation_attestation.",
+				Attributes: map[string]schema.Attribute{
+					"variant": schema.StringAttribute{Required: true,
+						Validators:  []validator.String{oneOf{"qemu-vtpm", "aws-sev-snp", "gcp-sev-snp", "azure-sev-snp"}},
+						Description: "Attestation variant (qemu-vtpm for local nodes)."},
+					"measurements": schema.MapNestedAttribute{Required: true, Description: "Reference values by PCR index.",
+						NestedObject: schema.NestedAttributeObject{Attributes: map[string]schema.Attribute{
+							"expected":  schema.StringAttribute{Required: true, Description: "SHA-256 PCR value (hex)."},
+							"warn_only": schema.BoolAttribute{Required: true, Description: "Report a mismatch instead of refusing."},
+						}}},
+					"platform_ca_certificate": schema.StringAttribute{Optional: true,
+						Description: "PEM certificate of the CA that certifies the nodes' vTPMs (qemu-vtpm): the " +
+							"constellation_local_network's platform_ca_certificate. Required for qemu-vtpm."},
+				},
+			},
+			"nodes": schema.ListNestedAttribute{Required: true,
+				Description: "Every node of the cluster: Read verifies each of them.",
+				NestedObject: schema.NestedAttributeObject{Attributes: map[string]schema.Attribute{
+					"name": schema.StringAttribute{Required: true},
+					"ip":   schema.StringAttribute{Required: true},
+					"role": schema.StringAttribute{Required: true,
+						Validators: []validator.String{oneOf{string(role.ControlPlane), string(role.Worker)}}},
+				}}},
+			"master_secret": schema.StringAttribute{Optional: true, Computed: true, Sensitive: true, PlanModifiers: secret,
+				Description: "The master secret (hex, 32 bytes); generated when not given. Whoever holds it can decrypt every " +
+					"node's state: keep the Terraform state as safe as the cluster. `constellation recover` needs it."},
+			"master_secret_salt": schema.StringAttribute{Optional: true, Computed: true, Sensitive: true, PlanModifiers: secret,
+				Description: "The master secret's salt (hex, 32 bytes); generated when not given."},
+			"kubeconfig": schema.StringAttribute{Computed: true, Sensitive: true, PlanModifiers: computed,
+				Description: "The admin kubeconfig."},
+			"cluster_id": schema.StringAttribute{Computed: true, PlanModifiers: computed,
+				Description: "The cluster ID (hex): what every node's PCR 15 holds once it belongs to the cluster."},
+			"owner_id": schema.StringAttribute{Computed: true, PlanModifiers: computed, Description: "The owner ID (hex)."},
+		},
+	}
+}
+
+// attributeDiag turns an *attributeError into an error on its attribute.
+func attributeDiag(summary string, err error) diag.Diagnostic {
+	var attrErr *attributeError
+	if errors.As(err, &attrErr) {
+		return diag.NewAttributeErrorDiagnostic(path.Root(attrErr.attribute), summary, attrErr.Error())
+	}
+	return diag.NewErrorDiagnostic(summary, err.Error())
+}
+
+// attestationConfig is the model's attestation section in the configuration's form.
+func (m *clusterModel) attestationConfig(ctx context.Context) (config.AttestationConfig, error) {
+	var a clusterAttestation
+	if d := m.Attestation.As(ctx, &a, basetypes.ObjectAsOptions{}); d.HasError() {
+		return config.AttestationConfig{}, attrErrorf("attestation", "%s", diagText(d))
+	}
+	refs := measurements.M{}
+	var values map[string]struct {
+		Expected string `tfsdk:"expected"`
+		WarnOnly bool   `tfsdk:"warn_only"`
+	}
+	if d := a.Measurements.ElementsAs(ctx, &values, false); d.HasError() {
+		return config.AttestationConfig{}, attrErrorf("attestation", "measurements: %s", diagText(d))
+	}
+	for idx, v := range values {
+		i, err := strconv.ParseUint(idx, 10, 32)
+		if err != nil {
+			return config.AttestationConfig{}, attrErrorf("attestation", "measurements: PCR index %q is not a number", idx)
+		}
+		expected, err := measurements.ParseDigest(v.Expected)
+		if err != nil {
+			return config.AttestationConfig{}, attrErrorf("attestation", "measurements[%q]: %w", idx, err)
+		}
+		refs[uint32(i)] = measurements.Measurement{Expected: expected, WarnOnly: v.WarnOnly}
+	}
+	if err := refs.Validate(); err != nil {
+		return config.AttestationConfig{}, attrErrorf("attestation", "measurements: %w", err)
+	}
+	att := config.AttestationConfig{Variant: a.Variant.ValueString(), Measurements: refs, PlatformCA: a.PlatformCA.ValueString()}
+	if att.Variant == "qemu-vtpm" && att.PlatformCA == "" {
+		return config.AttestationConfig{}, attrErrorf("attestation", "platform_ca_certificate is required for qemu-vtpm: "+
+			"without it any software TPM could pass as a node (use the constellation_local_network's platform_ca_certificate)")
+	}
+	return att, nil
+}
+
+func diagText(d diag.Diagnostics) string {
+	var parts []string
+	for _, e := range d.Errors() {
+		parts = append(parts, e.Summary()+": "+e.Detail())
+	}
+	return strings.Join(parts, "; ")
+}
+
+// targets are the model's nodes to verify.
+func (m *clusterModel) targets(ctx context.Context) ([]clusterclient.Target, error) {
+	var nodes []clusterNode
+	if d := m.Nodes.ElementsAs(ctx, &nodes, false); d.HasError() {
+		return nil, attrErrorf("nodes", "%s", diagText(d))
+	}
+	targets := make([]clusterclient.Target, 0, len(nodes))
+	for _, n := range nodes {
+		targets = append(targets, clusterclient.Target{Name: n.Name.ValueString(), IP: n.IP.ValueString(), Role: n.Role.ValueString()})
+	}
+	return targets, nil
+}
+
+// masterSecret is the configured master secret, or the one a previous attempt generated for this cluster,
+// or a new one (written before it is sent). resuming says whether a node may already hold it.
+func (r *clusterResource) masterSecret(m *clusterModel) (ms crypto.MasterSecret, resuming bool, err error) {
+	if !m.MasterSecret.IsNull() && !m.MasterSecret.IsUnknown() {
+		if ms.Key, err = hex.DecodeString(m.MasterSecret.ValueString()); err != nil {
+			return ms, false, attrErrorf("master_secret", "not hex: %w", err)
+		}
+		if ms.Salt, err = hex.DecodeString(m.MasterSecretSalt.ValueString()); err != nil || m.MasterSecretSalt.IsUnknown() {
+			return ms, false, attrErrorf("master_secret_salt", "must be given (hex) with master_secret")
+		}
+		if err := ms.Validate(); err != nil {
+			return ms, false, attrErrorf("master_secret", "%w", err)
+		}
+		// Given by the admin, so it existed before this attempt.
+		return ms, true, nil
+	}
+	if !m.MasterSecretSalt.IsNull() && !m.MasterSecretSalt.IsUnknown() {
+		return ms, false, attrErrorf("master_secret", "must be given with master_secret_salt")
+	}
+	dir := filepath.Join(r.stateRoot, m.Name.ValueString())
+	if err := r.fs.MkdirAll(dir, 0o700); err != nil {
+		return ms, false, err
+	}
+	ms, created, err := crypto.LoadOrCreateMasterSecret(file.NewHandler(r.fs), filepath.Join(dir, pendingSecretFile))
+	return ms, !created, err
+}
+
+func (r *clusterResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
+	var m clusterModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &m)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	att, err := m.attestationConfig(ctx)
+	if err != nil {
+		resp.Diagnostics.Append(attributeDiag("Invalid attestation", err))
+		return
+	}
+	ms, resuming, err := r.masterSecret(&m)
+	if err != nil {
+		resp.Diagnostics.Append(attributeDiag("The master secret", err))
+		return
+	}
+	comps, notices, err := versions.ClusterComponents(m.ComponentURL.ValueString(), m.KubernetesVersion.ValueString(), m.ServicesDir.ValueString())
+	if err != nil {
+		resp.Diagnostics.AddError("The cluster's components", err.Error())
+		return
+	}
+	for _, n := range notices {
+		resp.Diagnostics.AddWarning("Kubernetes components", n)
+	}
+	var sans []string
+	resp.Diagnostics.Append(m.APIServerCertSANs.ElementsAs(ctx, &sans, true)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	version, err := versions.ResolveKubernetes(m.KubernetesVersion.ValueString())
+	if err != nil {
+		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Invalid Kubernetes version", err.Error())
+		return
+	}
+	initReq, err := clusterclient.NewInitRequest(clusterclient.InitConfig{
+		Endpoint: m.Endpoint.ValueString(), APIServerCertSANs: sans, MasterSecret: ms, Resuming: resuming,
+		InitSecret: []byte(m.InitSecret.ValueString()), ClusterName: m.Name.ValueString(), KubernetesVersion: version,
+		Components: comps, Attestation: att,
+		Validator: func(refs measurements.M) (attestation.Validator, error) { return r.validator(att, refs) },
+	})
+	if err != nil {
+		resp.Diagnostics.AddError("Preparing the init request", err.Error())
+		return
+	}
+	log, done := r.logger(m.Name.ValueString())
+	defer done()
+	initReq.Progress = func(step, msg string) { log.Info("init", "step", step, "message", msg) }
+	initReq.Notice = func(msg string) { log.Info(msg) }
+	res, err := clusterclient.Init(ctx, r.initer, r.booting, initReq)
+	if err != nil {
+		resp.Diagnostics.AddError("Initializing the cluster", initErrorDetail(initReq.Endpoint, err))
+		return
+	}
+	m.MasterSecret, m.MasterSecretSalt = types.StringValue(hex.EncodeToString(ms.Key)), types.StringValue(hex.EncodeToString(ms.Salt))
+	m.ClusterID, m.OwnerID = types.StringValue(hex.EncodeToString(res.GetClusterId())), types.StringValue(hex.EncodeToString(res.GetOwnerId()))
+	m.ID = m.ClusterID
+	m.Kubeconfig = types.StringValue(string(res.GetKubeconfig()))
+	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+}
+
+// initErrorDetail says what went wrong and what to do, as `constellation apply` does.
+func initErrorDetail(endpoint string, err error) string {
+	var failed *clusterclient.InitFailedError
+	switch {
+	case errors.As(err, &failed):
+		logs := string(failed.Logs)
+		if len(logs) > 4000 {
+			logs = "…" + logs[len(logs)-4000:]
+		}
+		return fmt.Sprintf("%v\nFix the cause and run terraform apply again. The end of the node's log:\n%s", err, logs)
+	case errors.Is(err, clusterclient.ErrInitCutOff):
+		return fmt.Sprintf("initializing the node at %s: %v\nThe node restarted or lost power during its init; run terraform "+
+			"apply again: the node redoes the cut-off init with the same master secret.", endpoint, err)
+	case errors.Is(err, clusterclient.ErrWrongIdentity):
+		return err.Error()
+	default:
+		return fmt.Sprintf("initializing the node at %s: %v\nIf the node failed attestation, nothing was sent to it: check "+
+			"the attestation's measurements and the node image. Run terraform apply again to retry.", endpoint, err)
+	}
+}
+
+func (r *clusterResource) Read(ctx context.Context, req resource.ReadRequest, resp *resource.ReadResponse) {
+	var m clusterModel
+	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	resp.Diagnostics.Append(r.verify(ctx, &m)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+}
+
+// verify verifies every node against the attestation with the cluster's ID in PCR 15. A node that answers
+// with other measurements, or with another node's attestation, is an error; one that does not answer is a
+// warning (it may be stopped, and a destroy must still be planned).
+func (r *clusterResource) verify(ctx context.Context, m *clusterModel) diag.Diagnostics {
+	var diags diag.Diagnostics
+	att, err := m.attestationConfig(ctx)
+	if err != nil {
+		diags.Append(attributeDiag("Invalid attestation", err))
+		return diags
+	}
+	clusterID, err := hex.DecodeString(m.ClusterID.ValueString())
+	if err != nil {
+		diags.AddAttributeError(path.Root("cluster_id"), "Invalid cluster ID", err.Error())
+		return diags
+	}
+	refs, err := att.Measurements.WithClusterID(clusterID)
+	if err != nil {
+		diags.AddError("Verifying the nodes", err.Error())
+		return diags
+	}
+	validator, err := r.validator(att, refs)
+	if err != nil {
+		diags.AddError("Verifying the nodes", err.Error())
+		return diags
+	}
+	targets, err := m.targets(ctx)
+	if err != nil {
+		diags.Append(attributeDiag("Invalid nodes", err))
+		return diags
+	}
+	for _, res := range clusterclient.VerifyNodes(ctx, r.attester, targets, validator) {
+		switch {
+		case res.Verified:
+		case res.Unreachable:
+			diags.AddWarning("Node "+res.Name+" did not answer", fmt.Sprintf("%s (%s) was not verified: %s", res.Name, res.IP, res.Error))
+		default:
+			diags.AddError("Node "+res.Name+" no longer verifies", fmt.Sprintf("%s (%s) does not show what the attestation "+
+				"requires: %s\nDo not trust it: find out what changed (constellation verify -o json lists the differing PCRs), "+
+				"then replace the node. To destroy the cluster anyway, run terraform destroy -refresh=false.", res.Name, res.IP, res.Error))
+		}
+	}
+	return diags
+}
+
+func (r *clusterResource) Update(ctx context.Context, req resource.UpdateRequest, resp *resource.UpdateResponse) {
+	var plan, prior clusterModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	// Changing what the nodes run is an upgrade, which only `constellation apply` does so far.
+	if !plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
+		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Upgrades through Terraform are not supported yet",
+			fmt.Sprintf("the cluster runs %s; moving it to %s is done by `constellation apply` in a workspace for now. Set "+
+				"kubernetes_version back to %s.", prior.KubernetesVersion.ValueString(), plan.KubernetesVersion.ValueString(),
+				prior.KubernetesVersion.ValueString()))
+	}
+	if !plan.Attestation.Equal(prior.Attestation) {
+		resp.Diagnostics.AddAttributeError(path.Root("attestation"), "Image roll-outs through Terraform are not supported yet",
+			"new measurements are a roll-out to another node image, which only `constellation apply` does so far; set the "+
+				"attestation back to the cluster's")
+	}
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	// What is left changes nothing on the cluster: the node list (verified from now on), the component URL,
+	// the services directory and the init secret (used only at init).
+	plan.ID, plan.Kubeconfig, plan.ClusterID, plan.OwnerID = prior.ID, prior.Kubeconfig, prior.ClusterID, prior.OwnerID
+	plan.MasterSecret, plan.MasterSecretSalt = prior.MasterSecret, prior.MasterSecretSalt
+	resp.Diagnostics.Append(r.verify(ctx, &plan)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
+}
+
+func (r *clusterResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {
+	var m clusterModel
+	resp.Diagnostics.Append(req.State.Get(ctx, &m)...)
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	// The nodes belong to their own resources; only the pending secret of an earlier init is removed here.
+	if err := r.fs.RemoveAll(filepath.Join(r.stateRoot, m.Name.ValueString())); err != nil {
+		resp.Diagnostics.AddError("Removing the cluster's pending master secret", err.Error())
+	}
+}
+
+// ImportState adopts a cluster that `constellation apply` initialized, from its workspace directory:
+// terraform import constellation_cluster.x <workspace dir>.
+func (r *clusterResource) ImportState(ctx context.Context, req resource.ImportStateRequest, resp *resource.ImportStateResponse) {
+	m, err := r.importWorkspace(ctx, req.ID)
+	if err != nil {
+		resp.Diagnostics.AddError("Importing the cluster", fmt.Sprintf("%s: %v\nThe ID to import is the directory of the "+
+			"CLI workspace of an initialized cluster (where constellation-state.yaml is).", req.ID, err))
+		return
+	}
+	resp.Diagnostics.Append(resp.State.Set(ctx, m)...)
+}
+
+func (r *clusterResource) importWorkspace(ctx context.Context, dir string) (*clusterModel, error) {
+	fh := file.NewHandler(afero.NewBasePathFs(r.fs, dir))
+	st, err := state.Read(fh, state.FileName)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsInitialized() {
+		return nil, errors.New("the workspace's cluster is not initialized: initialize it with constellation apply, or let Terraform create it")
+	}
+	cfg, err := config.Load(fh, config.FileName)
+	if err != nil {
+		return nil, err
+	}
+	ms, err := crypto.ReadMasterSecret(fh, crypto.MasterSecretFileName)
+	if err != nil {
+		return nil, err
+	}
+	kubeconfig, err := fh.Read(state.AdminConfFileName)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	measured, d := measurementsValue(cfg.Attestation.Measurements)
+	if d.HasError() {
+		return nil, errors.New(diagText(d))
+	}
+	platformCA := types.StringNull()
+	if cfg.Attestation.PlatformCA != "" {
+		platformCA = types.StringValue(cfg.Attestation.PlatformCA)
+	}
+	att, d := types.ObjectValue(clusterAttestationType.AttrTypes, map[string]attr.Value{
+		"variant": types.StringValue(cfg.Attestation.Variant), "measurements": measured, "platform_ca_certificate": platformCA,
+	})
+	if d.HasError() {
+		return nil, errors.New(diagText(d))
+	}
+	var nodes []attr.Value
+	for _, name := range slices.Sorted(maps.Keys(st.Infrastructure.Nodes)) {
+		n := st.Infrastructure.Nodes[name]
+		v, d := types.ObjectValue(clusterNodeType.AttrTypes, map[string]attr.Value{
+			"name": types.StringValue(name), "ip": types.StringValue(n.IP), "role": types.StringValue(n.Role),
+		})
+		if d.HasError() {
+			return nil, errors.New(diagText(d))
+		}
+		nodes = append(nodes, v)
+	}
+	nodeList, d := types.ListValue(clusterNodeType, nodes)
+	if d.HasError() {
+		return nil, errors.New(diagText(d))
+	}
+	sans := types.ListNull(types.StringType)
+	if len(st.Infrastructure.APIServerCertSANs) > 0 {
+		if sans, d = types.ListValueFrom(ctx, types.StringType, st.Infrastructure.APIServerCertSANs); d.HasError() {
+			return nil, errors.New(diagText(d))
+		}
+	}
+	version, err := versions.ResolveKubernetes(cfg.KubernetesVersion)
+	if err != nil {
+		return nil, err
+	}
+	clusterID := hex.EncodeToString(st.ClusterValues.ClusterID)
+	return &clusterModel{
+		ID: types.StringValue(clusterID), Name: types.StringValue(st.Infrastructure.Name),
+		Endpoint: types.StringValue(st.Infrastructure.ClusterEndpoint), APIServerCertSANs: sans,
+		// Used only at init: the configuration's values are taken as they are.
+		InitSecret: types.StringNull(), ComponentURL: types.StringNull(), ServicesDir: types.StringNull(),
+		KubernetesVersion: types.StringValue(version), Attestation: att, Nodes: nodeList,
+		MasterSecret: types.StringValue(hex.EncodeToString(ms.Key)), MasterSecretSalt: types.StringValue(hex.EncodeToString(ms.Salt)),
+		Kubeconfig: types.StringValue(string(kubeconfig)), ClusterID: types.StringValue(clusterID),
+		OwnerID: types.StringValue(hex.EncodeToString(st.ClusterValues.OwnerID)),
+	}, nil
+}
+
+// immutableString refuses, when the plan is made, a new value for what an initialized cluster was made with
+// (its name, endpoint, master secret): such a change would need a new cluster, and Terraform must never
+// replace a cluster on its own.
+type immutableString struct{}
+
+func (immutableString) Description(context.Context) string {
+	return "Cannot change once the cluster is initialized."
+}
+
+func (m immutableString) MarkdownDescription(ctx context.Context) string { return m.Description(ctx) }
+
+func (immutableString) PlanModifyString(_ context.Context, req planmodifier.StringRequest, resp *planmodifier.StringResponse) {
+	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() || req.StateValue.IsNull() || req.PlanValue.IsUnknown() ||
+		req.PlanValue.Equal(req.StateValue) {
+		return
+	}
+	resp.Diagnostics.Append(immutableDiag(req.Path))
+}
+
+// immutableList is immutableString for lists.
+type immutableList struct{}
+
+func (immutableList) Description(context.Context) string {
+	return "Cannot change once the cluster is initialized."
+}
+
+func (m immutableList) MarkdownDescription(ctx context.Context) string { return m.Description(ctx) }
+
+func (immutableList) PlanModifyList(_ context.Context, req planmodifier.ListRequest, resp *planmodifier.ListResponse) {
+	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() || req.StateValue.IsNull() || req.PlanValue.IsUnknown() ||
+		req.PlanValue.Equal(req.StateValue) {
+		return
+	}
+	resp.Diagnostics.Append(immutableDiag(req.Path))
+}
+
+func immutableDiag(p path.Path) diag.Diagnostic {
+	return diag.NewAttributeErrorDiagnostic(p, "Cannot change "+p.String()+" of an initialized cluster",
+		"The cluster was initialized with another value. Set it back; a cluster with the new value is a new cluster "+
+			"(destroy this one first, which does not happen on its own: its data would be lost).")
+}
