@@ -131,8 +131,9 @@ ha-test: build kubernetes-next
 
 ## terraform-test: terraform/examples/local with real Terraform and the built provider (offline, through a
 ## filesystem mirror): two nodes Ready from the kubeconfig output, `constellation verify` from the outputs,
-## a plan without changes, an upgrade refused with the way out, a destroy that leaves nothing
-terraform-test: build
+## a plan without changes, an upgrade to the next Kubernetes version by terraform apply, a destroy that leaves
+## nothing
+terraform-test: build kubernetes-next
 	@bazel/hosttools.sh check terraform-test
 	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestTerraformCluster ./cli/e2e/
 

@@ -26,7 +26,8 @@ const terraformCluster = "tf-e2e"
 // installed offline through a filesystem mirror (`make terraform-test`): both nodes become Ready with the
 // kubeconfig output, `constellation verify` accepts both from the outputs alone (an auditor's view: signed
 // measurements of the image, the cluster ID, the platform CA), a plan shows no changes (its refresh verified
-// every node), a new Kubernetes version is refused with the way out, and a destroy leaves nothing.
+// every node), a new kubernetes_version upgrades both nodes (and going back is refused), and a destroy leaves
+// nothing.
 func TestTerraformCluster(t *testing.T) {
 	c, ctx := newCLI(t, "terraform-test")
 	out := filepath.Dir(c.bin)
@@ -127,14 +128,24 @@ func TestTerraformCluster(t *testing.T) {
 	require.NoError(t, err, "terraform plan shows changes or failed:\n%s", plan)
 	assert.Contains(t, plan, "No changes.")
 
-	// An upgrade through Terraform is not built yet: refused, with the way out, and nothing changed.
-	upgrade, err := terraform(ctx, "apply", "-auto-approve", "-input=false", "-var", "kubernetes_version=v1.34.10")
-	var exit *exec.ExitError
-	require.True(t, errors.As(err, &exit), "an upgrade through Terraform must be refused for now:\n%s", upgrade)
-	assert.Contains(t, upgrade, "Upgrades through Terraform are not supported yet")
-	assert.Contains(t, upgrade, "constellation apply")
-	plan, err = terraform(ctx, "plan", "-detailed-exitcode", "-input=false")
-	require.NoError(t, err, "after the refused upgrade:\n%s", plan)
+	// An upgrade: the next Kubernetes version through the library the CLI uses; the plan after it is empty.
+	next, built := builtNextKubernetes(t, "terraform-test")
+	if built {
+		start = time.Now()
+		_, err = terraform(ctx, "apply", "-auto-approve", "-input=false", "-var", "kubernetes_version="+next)
+		require.NoError(t, err, "terraform apply of kubernetes_version %s", next)
+		t.Logf("FIGURES terraform apply upgrading the 2 nodes to Kubernetes %s: %s", next, time.Since(start).Round(100*time.Millisecond))
+		kubelets := kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.nodeInfo.kubeletVersion} {end}")
+		assert.Equal(t, "cp-0="+next+" worker-0="+next, strings.TrimSpace(kubelets))
+		plan, err = terraform(ctx, "plan", "-detailed-exitcode", "-input=false", "-var", "kubernetes_version="+next)
+		require.NoError(t, err, "terraform plan after the upgrade shows changes or failed:\n%s", plan)
+		// Back is a downgrade: refused in the apply, naming the attribute, with nothing changed.
+		downgrade, err := terraform(ctx, "apply", "-auto-approve", "-input=false")
+		var exit *exec.ExitError
+		require.True(t, errors.As(err, &exit), "a downgrade must be refused:\n%s", downgrade)
+		assert.Contains(t, downgrade, "downgrades are not supported")
+		assert.Contains(t, downgrade, "kubernetes_version")
+	}
 
 	for _, secret := range []string{hex.EncodeToString(secret), outputs["master_secret"].(string)} {
 		assert.NotContains(t, c.logs.String(), secret, "a secret in Terraform's output")

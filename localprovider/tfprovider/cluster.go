@@ -24,11 +24,15 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
 	"github.com/spf13/afero"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/choose"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
+	"github.com/constellation-go/constellation/internal/constellation/clusterupgrade"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
@@ -62,6 +66,12 @@ type clusterResource struct {
 	logger func(cluster string) (*slog.Logger, func())
 	// validator makes the validator of an attestation section for reference values (choose.ForConfig).
 	validator func(att config.AttestationConfig, refs measurements.M) (attestation.Validator, error)
+	// kube and upgrades are clients of the cluster of an admin kubeconfig; follow times an upgrade.
+	kube     func(kubeconfig []byte) (kubernetes.Interface, error)
+	upgrades func(kubeconfig []byte) (client.Client, error)
+	follow   clusterupgrade.Options
+	// built tells whether this machine built the components of a Kubernetes version (versions.Built).
+	built func(version string) bool
 }
 
 func newClusterResource() resource.Resource {
@@ -72,6 +82,8 @@ func newClusterResource() resource.Resource {
 		validator: func(att config.AttestationConfig, refs measurements.M) (attestation.Validator, error) {
 			return choose.ForConfig(att, refs, slog.New(slog.DiscardHandler))
 		},
+		kube: clusterupgrade.NewKubeClient, upgrades: clusterupgrade.NewUpgradeClient, follow: clusterupgrade.DefaultOptions,
+		built: versions.Built,
 	}
 }
 
@@ -420,13 +432,7 @@ func (r *clusterResource) Update(ctx context.Context, req resource.UpdateRequest
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	// Changing what the nodes run is an upgrade, which only `constellation apply` does so far.
-	if !plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
-		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Upgrades through Terraform are not supported yet",
-			fmt.Sprintf("the cluster runs %s; moving it to %s is done by `constellation apply` in a workspace for now. Set "+
-				"kubernetes_version back to %s.", prior.KubernetesVersion.ValueString(), plan.KubernetesVersion.ValueString(),
-				prior.KubernetesVersion.ValueString()))
-	}
+	// New measurements are an image roll-out, which only the CLI does so far.
 	if !plan.Attestation.Equal(prior.Attestation) {
 		resp.Diagnostics.AddAttributeError(path.Root("attestation"), "Image roll-outs through Terraform are not supported yet",
 			"new measurements are a roll-out to another node image, which only `constellation apply` does so far; set the "+
@@ -435,15 +441,91 @@ func (r *clusterResource) Update(ctx context.Context, req resource.UpdateRequest
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	// What is left changes nothing on the cluster: the node list (verified from now on), the component URL,
-	// the services directory and the init secret (used only at init).
 	plan.ID, plan.Kubeconfig, plan.ClusterID, plan.OwnerID = prior.ID, prior.Kubeconfig, prior.ClusterID, prior.OwnerID
 	plan.MasterSecret, plan.MasterSecretSalt = prior.MasterSecret, prior.MasterSecretSalt
+	if !plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
+		log, done := r.logger(plan.Name.ValueString())
+		err := r.upgradeKubernetes(ctx, &plan, log)
+		done()
+		if err != nil {
+			resp.Diagnostics.Append(attributeDiag("Upgrading Kubernetes", err))
+			return
+		}
+	}
+	// What is left changes nothing on the cluster: the node list (verified from now on), the component URL,
+	// the services directory and the init secret (used only at init).
 	resp.Diagnostics.Append(r.verify(ctx, &plan)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
+}
+
+// upgradeKubernetes moves the cluster to m's Kubernetes version through its upgrade controller, as
+// `constellation apply` does (clusterupgrade): it refuses a downgrade or a skipped minor version before
+// anything changes, and follows the controller until every node runs the version. An apply that stopped
+// halfway is run again: the controller went on meanwhile, and the same target is followed to its end.
+func (r *clusterResource) upgradeKubernetes(ctx context.Context, m *clusterModel, log *slog.Logger) error {
+	to, err := versions.ResolveKubernetes(m.KubernetesVersion.ValueString())
+	if err != nil {
+		return attrErrorf("kubernetes_version", "%w", err)
+	}
+	kubeconfig := []byte(m.Kubeconfig.ValueString())
+	k8s, err := r.kube(kubeconfig)
+	if err != nil {
+		return fmt.Errorf("the kubeconfig in the state: %w", err)
+	}
+	plan, err := clusterupgrade.PlanKubernetes(ctx, k8s, to)
+	if refused := (*clusterupgrade.RefusedError)(nil); errors.As(err, &refused) {
+		return attrErrorf("kubernetes_version", "%s: %v; set kubernetes_version back to %s", to, refused, refused.From)
+	}
+	if errors.Is(err, clusterupgrade.ErrNotAnswering) {
+		return fmt.Errorf("%w: start the nodes (terraform apply starts stopped local nodes) and run terraform apply again", err)
+	}
+	if err != nil || plan == nil {
+		return err
+	}
+	if !r.built(to) {
+		return attrErrorf("kubernetes_version", "the components of Kubernetes %s are not built on this machine, so the nodes "+
+			"could not install them: build them with 'bazel/kubernetes/build.sh --version %s all' (from the source tree), "+
+			"then run terraform apply again", to, to)
+	}
+	joinComps, _, err := versions.ClusterComponents(m.ComponentURL.ValueString(), to, m.ServicesDir.ValueString())
+	if err != nil {
+		return err
+	}
+	comps, err := clusterupgrade.KubernetesOnly(joinComps, to)
+	if err != nil {
+		return err
+	}
+	cr, err := r.upgrades(kubeconfig)
+	if err != nil {
+		return err
+	}
+	spec := kubeupgrade.Spec{Version: to, Components: comps, JoinComponents: joinComps}
+	if err := clusterupgrade.Submit(ctx, cr, spec); errors.Is(err, clusterupgrade.ErrNoController) {
+		return fmt.Errorf("%w (an earlier release created it): upgrade it with 'constellation apply' in its workspace", err)
+	} else if err != nil {
+		return fmt.Errorf("handing the upgrade to the cluster's upgrade controller: %w", err)
+	}
+	log.Info("Kubernetes upgrade handed to the cluster's upgrade controller", "from", plan.From, "to", to)
+	err = clusterupgrade.Follow(ctx, cr, to, r.follow, func(last, prog kubeupgrade.Progress) {
+		if clusterupgrade.Progressed(last, prog) {
+			log.Info("Kubernetes upgrade", "phase", prog.Phase, "node", prog.Node, "step", prog.Step, "waiting", prog.Waiting)
+		}
+	})
+	var failed *clusterupgrade.StepFailedError
+	var stalled *clusterupgrade.StalledError
+	switch {
+	case errors.As(err, &failed):
+		return fmt.Errorf("%w\nThe node keeps what it ran; fix the cause and run terraform apply again to retry", err)
+	case errors.As(err, &stalled):
+		return fmt.Errorf("%w\nThe upgrade controller goes on in the cluster; run terraform apply again to follow it", err)
+	case err != nil:
+		return fmt.Errorf("%w\nThe upgrade controller goes on in the cluster; run terraform apply again to follow it", err)
+	}
+	log.Info("Kubernetes upgrade done", "version", to)
+	return nil
 }
 
 func (r *clusterResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

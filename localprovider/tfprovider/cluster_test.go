@@ -23,7 +23,15 @@ import (
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/version"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	"k8s.io/client-go/kubernetes"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
+	"github.com/constellation-go/constellation/bootstrapper/agentapi"
 	"github.com/constellation-go/constellation/bootstrapper/initproto"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/attestation/variant"
@@ -31,6 +39,10 @@ import (
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
+	"github.com/constellation-go/constellation/internal/constellation/clusterupgrade"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/kubeupgradetest"
+	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
 	"github.com/constellation-go/constellation/internal/measurements"
@@ -343,19 +355,72 @@ func TestClusterRead(t *testing.T) {
 	}
 }
 
+// upgradeCluster is a cluster whose API server and kubelets run from, and whose upgrade controller reports
+// result once it sees a target.
+func upgradeCluster(t *testing.T, r *clusterResource, from string, built bool, result kubeupgrade.Progress) client.Client {
+	t.Helper()
+	k8s := k8sfake.NewClientset(kubeupgradetest.Node("cp-0", from, true), kubeupgradetest.Node("worker-0", from, false))
+	k8s.Discovery().(*fakediscovery.FakeDiscovery).FakedServerVersion = &version.Info{GitVersion: from}
+	scheme := runtime.NewScheme()
+	require.NoError(t, v1alpha1.AddToScheme(scheme))
+	cr := crfake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.KubernetesUpgrade{}).Build()
+	r.kube = func([]byte) (kubernetes.Interface, error) { return k8s, nil }
+	r.upgrades = func([]byte) (client.Client, error) { return cr, nil }
+	r.built = func(string) bool { return built }
+	r.follow = clusterupgrade.Options{Poll: time.Millisecond, StepWait: 5 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			var u v1alpha1.KubernetesUpgrade
+			if err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u); err == nil {
+				u.Status.ObservedGeneration = u.Generation
+				u.Status.SetProgress(result)
+				if cr.Status().Update(ctx, &u) == nil {
+					return
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return cr
+}
+
 func TestClusterUpdate(t *testing.T) {
 	ctx := context.Background()
 	attester := fakeAttester{"cp-0": "good:cp-0", "worker-0": "good:worker-0", "worker-1": "good:worker-1"}
-	r := testClusterResource(t, &fakeIniter{}, attester, &bytes.Buffer{})
-	created, d := create(t, r, testClusterPlan(t))
-	require.False(t, d.HasError(), "%v", d)
+	done := kubeupgrade.Progress{Phase: kubeupgrade.PhaseDone, Finished: []string{"cp-0", "worker-0"}}
 
 	testCases := map[string]struct {
-		edit      func(*clusterModel)
-		attribute string
+		edit        func(*clusterModel)
+		from        string
+		notBuilt    bool
+		result      kubeupgrade.Progress
+		attribute   string
+		errContains string
+		submitted   bool
 	}{
-		"another Kubernetes version": {
-			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.34.10") }, attribute: "kubernetes_version",
+		"an upgrade to the next minor version": {
+			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.34.10") }, from: "v1.33.13", result: done,
+			submitted: true,
+		},
+		"a failed step": {
+			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.34.10") }, from: "v1.33.13",
+			result: kubeupgrade.Progress{Phase: kubeupgrade.PhaseFailed, Node: "worker-0", Step: agentapi.StepNode, Waiting: "exit status 1"},
+			errContains: "worker-0 failed 'kubeadm upgrade node' to v1.34.10: exit status 1", submitted: true,
+		},
+		"a downgrade": {
+			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.33.13") }, from: "v1.34.10",
+			attribute: "kubernetes_version", errContains: "back to v1.34.10",
+		},
+		"components not built": {
+			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.34.10") }, from: "v1.33.13", notBuilt: true,
+			attribute: "kubernetes_version", errContains: "bazel/kubernetes/build.sh --version v1.34.10 all",
 		},
 		"new measurements": {
 			edit: func(m *clusterModel) { m.Attestation = testAttestation(t, strings.Repeat("22", 32), "ca") }, attribute: "attestation",
@@ -364,6 +429,13 @@ func TestClusterUpdate(t *testing.T) {
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
+			r := testClusterResource(t, &fakeIniter{}, attester, &bytes.Buffer{})
+			created, d := create(t, r, testClusterPlan(t))
+			require.False(t, d.HasError(), "%v", d)
+			if tc.from != "" {
+				created.KubernetesVersion = types.StringValue(tc.from)
+			}
+			cr := upgradeCluster(t, r, tc.from, !tc.notBuilt, tc.result)
 			plan, st := clusterSchema(t, r)
 			require.False(t, st.Set(ctx, &created).HasError())
 			next := created
@@ -371,15 +443,31 @@ func TestClusterUpdate(t *testing.T) {
 			require.False(t, plan.Set(ctx, &next).HasError())
 			resp := &resource.UpdateResponse{State: st}
 			r.Update(ctx, resource.UpdateRequest{Plan: plan, State: st}, resp)
-			if tc.attribute != "" {
-				assert.True(t, errorOn(resp.Diagnostics, tc.attribute), "%v", resp.Diagnostics)
+
+			var u v1alpha1.KubernetesUpgrade
+			err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u)
+			assert.Equal(t, tc.submitted, err == nil, "whether the target went to the upgrade controller")
+			if tc.attribute != "" || tc.errContains != "" {
+				require.True(t, resp.Diagnostics.HasError())
+				if tc.attribute != "" {
+					assert.True(t, errorOn(resp.Diagnostics, tc.attribute), "%v", resp.Diagnostics)
+				}
+				assert.Contains(t, diagText(resp.Diagnostics), tc.errContains)
 				return
 			}
 			require.False(t, resp.Diagnostics.HasError(), "%v", resp.Diagnostics)
 			var got clusterModel
 			require.False(t, resp.State.Get(ctx, &got).HasError())
 			assert.Equal(t, next.Nodes, got.Nodes)
+			assert.Equal(t, next.KubernetesVersion, got.KubernetesVersion)
 			assert.Equal(t, created.MasterSecret, got.MasterSecret)
+			if tc.submitted {
+				spec, err := u.Spec.Decode()
+				require.NoError(t, err)
+				assert.Equal(t, "v1.34.10", spec.Version)
+				assert.NotEmpty(t, spec.JoinComponents)
+				assert.Less(t, len(spec.Components), len(spec.JoinComponents), "the nodes get the version's components only")
+			}
 		})
 	}
 }

@@ -13,14 +13,12 @@ import (
 	"time"
 
 	"golang.org/x/term"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/constellation-go/constellation/cli/internal/cloudcmd"
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
-	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
+	"github.com/constellation-go/constellation/internal/constellation/clusterupgrade"
 	"github.com/constellation-go/constellation/internal/constellation/services"
 )
 
@@ -74,26 +72,8 @@ func defaultDeps() deps {
 			_ = conn.Close()
 			return true
 		},
-		kube: func(kubeconfig []byte) (kubernetes.Interface, error) {
-			cfg, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
-			if err != nil {
-				return nil, err
-			}
-			cfg.Timeout = 30 * time.Second
-			return kubernetes.NewForConfig(cfg)
-		},
-		upgrades: func(kubeconfig []byte) (client.Client, error) {
-			cfg, err := clientcmd.RESTConfigFromKubeConfig(kubeconfig)
-			if err != nil {
-				return nil, err
-			}
-			cfg.Timeout = 30 * time.Second
-			scheme := runtime.NewScheme()
-			if err := v1alpha1.AddToScheme(scheme); err != nil {
-				return nil, err
-			}
-			return client.New(cfg, client.Options{Scheme: scheme})
-		},
+		kube:     clusterupgrade.NewKubeClient,
+		upgrades: clusterupgrade.NewUpgradeClient,
 		services: func(kubeconfig []byte) (servicesRelease, error) {
 			return services.NewClient(kubeconfig, slog.New(slog.DiscardHandler))
 		},

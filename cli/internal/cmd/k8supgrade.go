@@ -2,25 +2,19 @@ package cmd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/util/retry"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
+	"github.com/constellation-go/constellation/internal/constellation/clusterupgrade"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
-	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
-	"github.com/constellation-go/constellation/internal/constellation/upgrade"
 	"github.com/constellation-go/constellation/internal/versions"
-	"github.com/constellation-go/constellation/internal/versions/components"
 )
 
 // kubernetesStepWait bounds one node's kubeadm step (`kubeadm upgrade apply` moves etcd and every static pod
@@ -47,47 +41,32 @@ func (e *env) planKubernetes(ctx context.Context, cfg *config.Config) (*kubernet
 	if err != nil {
 		return nil, fmt.Errorf("reading the admin kubeconfig: %w", err)
 	}
+	plan, err := clusterupgrade.PlanKubernetes(ctx, k8s, to)
 	// A cluster that does not answer (its control planes stopped) must still get its infrastructure applied
 	// again, which restarts them: the versions are compared on the next run.
-	sv, err := k8s.Discovery().ServerVersion()
-	if err != nil {
-		fmt.Fprintf(e.errOut, "Notice: the cluster did not answer (%v), so its Kubernetes version is not compared with "+
-			"kubernetesVersion %s in this run; re-run 'constellation apply' once it answers.\n", err, to)
+	if errors.Is(err, clusterupgrade.ErrNotAnswering) {
+		fmt.Fprintf(e.errOut, "Notice: %v, so its Kubernetes version is not compared with kubernetesVersion %s in this "+
+			"run; re-run 'constellation apply' once it answers.\n", err, to)
 		return nil, nil
 	}
-	nodes, err := k8s.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("listing the nodes: %w", err)
+	if refused := (*clusterupgrade.RefusedError)(nil); errors.As(err, &refused) {
+		return nil, fmt.Errorf("kubernetesVersion %s: %w; set kubernetesVersion in %s back to %s", to, refused,
+			e.path(config.FileName), refused.From)
 	}
-	u := &kubernetesUpgrade{from: sv.GitVersion, to: to}
-	pending := u.from != to
-	fix := fmt.Sprintf("; set kubernetesVersion in %s back to %s", e.path(config.FileName), u.from)
-	if err := upgrade.CheckKubernetes(u.from, to); err != nil {
-		return nil, fmt.Errorf("kubernetesVersion %s: %w%s", to, err, fix)
+	if err != nil || plan == nil {
+		return nil, err
 	}
-	for _, n := range nodes.Items {
-		kubelet := n.Status.NodeInfo.KubeletVersion
-		if kubelet == to {
-			continue
-		}
-		pending = true
-		if err := upgrade.CheckKubernetes(kubelet, to); err != nil {
-			return nil, fmt.Errorf("kubernetesVersion %s: the kubelet of %s: %w%s", to, n.Name, err, fix)
-		}
-	}
-	if !pending {
-		return nil, nil
-	}
+	fix := fmt.Sprintf("; set kubernetesVersion in %s back to %s", e.path(config.FileName), plan.From)
 	if cfg.GetProvider() != cloudprovider.Local {
 		return nil, fmt.Errorf("kubernetesVersion %s differs from the cluster's %s, but upgrading Kubernetes on %s clusters "+
-			"is not implemented yet (only the local provider serves components to its nodes)%s", to, u.from, cfg.GetProvider(), fix)
+			"is not implemented yet (only the local provider serves components to its nodes)%s", to, plan.From, cfg.GetProvider(), fix)
 	}
 	if !versions.Built(to) {
 		return nil, fmt.Errorf("the components of Kubernetes %s are not built on this machine, so its nodes could not "+
 			"install them: build them with 'bazel/kubernetes/build.sh --version %s all' (from the source tree), then "+
 			"re-run 'constellation apply'", to, to)
 	}
-	return u, nil
+	return &kubernetesUpgrade{from: plan.From, to: plan.To}, nil
 }
 
 // upgradeKubernetes moves the cluster to u.to with the nodes' agents, by kubeupgrade's passes (see there for
@@ -116,7 +95,7 @@ func (e *env) upgradeKubernetes(ctx context.Context, cfg *config.Config, u *kube
 	if err != nil {
 		return err
 	}
-	comps, err := kubernetesOnly(joinComps, u.to)
+	comps, err := clusterupgrade.KubernetesOnly(joinComps, u.to)
 	if err != nil {
 		return err
 	}
@@ -141,8 +120,8 @@ func (e *env) rollKubernetes(ctx context.Context, k8s kubernetes.Interface, spec
 	if err != nil {
 		return err
 	}
-	err = submitUpgrade(ctx, cr, spec)
-	if meta.IsNoMatchError(err) {
+	err = clusterupgrade.Submit(ctx, cr, spec)
+	if errors.Is(err, clusterupgrade.ErrNoController) {
 		fmt.Fprintln(e.errOut, "Notice: the cluster has no upgrade controller (an earlier release created it): this CLI moves the nodes "+
 			"itself and must run until the upgrade is done.")
 		return e.runPasses(ctx, k8s, spec, p)
@@ -150,85 +129,20 @@ func (e *env) rollKubernetes(ctx context.Context, k8s kubernetes.Interface, spec
 	if err != nil {
 		return fmt.Errorf("handing the upgrade to the cluster's upgrade controller: %w", err)
 	}
-	return e.followUpgrade(ctx, cr, spec.Version, p)
-}
-
-// submitUpgrade writes spec into the cluster's KubernetesUpgrade; if the controller reported a failed step
-// of this version, it also asks the nodes to retry. A write that crossed the controller's is done again.
-func submitUpgrade(ctx context.Context, cr client.Client, spec kubeupgrade.Spec) error {
-	want, err := v1alpha1.EncodeSpec(spec)
-	if err != nil {
-		return err
+	err = clusterupgrade.Follow(ctx, cr, spec.Version, clusterupgrade.Options{Poll: kubernetesPoll, StepWait: kubernetesStepWait},
+		func(last, prog kubeupgrade.Progress) { reportKubernetes(p, last, prog, spec.Version) })
+	var failed *clusterupgrade.StepFailedError
+	var stalled *clusterupgrade.StalledError
+	switch {
+	case err == nil:
+		p.Done()
+		return nil
+	case errors.As(err, &failed):
+		return fmt.Errorf("%w\nThe node keeps what it ran; fix the cause and re-run 'constellation apply' to retry", err)
+	case errors.As(err, &stalled):
+		return fmt.Errorf("%w\nThe upgrade controller goes on in the cluster; re-run 'constellation apply' to follow it", err)
 	}
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		var u v1alpha1.KubernetesUpgrade
-		err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u)
-		if apierrors.IsNotFound(err) {
-			u = v1alpha1.KubernetesUpgrade{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.Name}, Spec: want}
-			return cr.Create(ctx, &u)
-		}
-		if err != nil {
-			return err
-		}
-		next := want
-		next.Retry = u.Spec.Retry
-		if u.Spec.Version == want.Version && u.Status.ObservedGeneration == u.Generation && u.Status.Phase == string(kubeupgrade.PhaseFailed) {
-			next.Retry = max(u.Spec.Retry, u.Status.Retried) + 1
-		}
-		if next == u.Spec {
-			return nil
-		}
-		u.Spec = next
-		return cr.Update(ctx, &u)
-	})
-}
-
-// followUpgrade prints what the upgrade controller reports until the upgrade is done or failed, or did not
-// move for kubernetesStepWait.
-func (e *env) followUpgrade(ctx context.Context, cr client.Client, version string, p *progress) error {
-	var last kubeupgrade.Progress
-	moved := time.Now()
-	for {
-		var u v1alpha1.KubernetesUpgrade
-		err := cr.Get(ctx, client.ObjectKey{Name: v1alpha1.Name}, &u)
-		if err != nil && ctx.Err() != nil {
-			return ctx.Err()
-		}
-		// The API server restarts during the control plane's step: an error here is waited out.
-		// A report counts once it is about this spec, and the retry it asks for.
-		if err == nil && u.Status.ObservedGeneration == u.Generation && u.Status.Retried >= u.Spec.Retry && u.Spec.Version == version {
-			prog := u.Status.Progress()
-			reportKubernetes(p, last, prog, version)
-			switch prog.Phase {
-			case kubeupgrade.PhaseDone:
-				p.Done()
-				return nil
-			case kubeupgrade.PhaseFailed:
-				if prog.Node == "" {
-					return fmt.Errorf("the upgrade controller refused the upgrade to %s: %s", version, u.Status.Error)
-				}
-				return fmt.Errorf("%s failed %s: %s\nThe node keeps what it ran; fix the cause and re-run 'constellation apply' to retry",
-					prog.Node, kubeupgrade.DescribeStep(prog.Step, version), prog.Waiting)
-			}
-			if progressed(last, prog) {
-				moved = time.Now()
-			}
-			last = prog
-		}
-		if time.Since(moved) > kubernetesStepWait {
-			waiting := last.Waiting
-			if waiting == "" {
-				waiting = "the upgrade controller to take the target up (is its pod running? kubectl -n kube-system get pods -l app.kubernetes.io/name=operator)"
-			}
-			return fmt.Errorf("the Kubernetes upgrade to %s did not move for %s, waiting for %s\nThe upgrade controller goes on in "+
-				"the cluster; re-run 'constellation apply' to follow it", version, kubernetesStepWait, waiting)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(kubernetesPoll):
-		}
-	}
+	return err
 }
 
 // runPasses runs kubeupgrade's passes every kubernetesPoll until the upgrade is done, and prints where it
@@ -273,7 +187,7 @@ func (e *env) runPasses(ctx context.Context, k8s kubernetes.Interface, spec kube
 				return fmt.Errorf("%s failed %s: %s\nThe node keeps what it ran; fix the cause and re-run 'constellation apply' to retry",
 					prog.Node, kubeupgrade.DescribeStep(prog.Step, spec.Version), prog.Waiting)
 			}
-			if progressed(last, prog) {
+			if clusterupgrade.Progressed(last, prog) {
 				moved = time.Now()
 			} else if time.Since(moved) > kubernetesStepWait {
 				return fmt.Errorf("the Kubernetes upgrade to %s did not move for %s, waiting for %s\nThe nodes' bootstrapper "+
@@ -287,12 +201,6 @@ func (e *env) runPasses(ctx context.Context, k8s kubernetes.Interface, spec kube
 		case <-time.After(kubernetesPoll):
 		}
 	}
-}
-
-// progressed tells whether the upgrade moved from one report to the next: another phase, node, awaited
-// thing, or action.
-func progressed(last, prog kubeupgrade.Progress) bool {
-	return prog.Phase != last.Phase || prog.Node != last.Node || prog.Waiting != last.Waiting || !slices.Equal(prog.Did, last.Did)
 }
 
 // reportKubernetes prints what changed from one pass to the next.
@@ -336,19 +244,4 @@ func reportKubernetes(p *progress, last, prog kubeupgrade.Progress, version stri
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
-}
-
-// kubernetesOnly returns the components of the Kubernetes version among comps.
-func kubernetesOnly(comps []*components.Component, version string) ([]*components.Component, error) {
-	set, err := versions.Components(version)
-	if err != nil {
-		return nil, err
-	}
-	var out []*components.Component
-	for _, c := range comps {
-		if _, ok := set.Component(c.GetName()); ok {
-			out = append(out, c)
-		}
-	}
-	return out, nil
 }

@@ -276,21 +276,6 @@ func TestRollKubernetesWithController(t *testing.T) {
 	})
 }
 
-// TestKubernetesOnly: an upgrade instruction carries the version's components, not the services' images
-// (a node's agent refuses what its image does not pin for the version).
-func TestKubernetesOnly(t *testing.T) {
-	comps := []*components.Component{{Name: "kubeadm"}, {Name: "joinservice.tar"}, {Name: "kube-proxy.tar"}, {Name: "kubelet"}}
-	got, err := kubernetesOnly(comps, "v1.34.10")
-	require.NoError(t, err)
-	var names []string
-	for _, c := range got {
-		names = append(names, c.GetName())
-	}
-	assert.Equal(t, []string{"kubeadm", "kube-proxy.tar", "kubelet"}, names)
-	_, err = kubernetesOnly(comps, "v1.99.0")
-	assert.Error(t, err)
-}
-
 // TestWaitNodeReady: a roll-out's node counts as back only with a Ready heartbeat from after its reboot.
 func TestWaitNodeReady(t *testing.T) {
 	oldPoll, oldWait := kubernetesPoll, rolloutWait
