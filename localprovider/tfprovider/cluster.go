@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/schema/validator"
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/hashicorp/terraform-plugin-framework/types/basetypes"
+	"github.com/hashicorp/terraform-plugin-go/tftypes"
 	"github.com/spf13/afero"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -630,39 +631,35 @@ func (r *clusterResource) importWorkspace(ctx context.Context, dir string) (*clu
 // replace a cluster on its own.
 type immutableString struct{}
 
-func (immutableString) Description(context.Context) string {
-	return "Cannot change once the cluster is initialized."
-}
+func (immutableString) Description(context.Context) string { return immutableDescription }
 
 func (m immutableString) MarkdownDescription(ctx context.Context) string { return m.Description(ctx) }
 
 func (immutableString) PlanModifyString(_ context.Context, req planmodifier.StringRequest, resp *planmodifier.StringResponse) {
-	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() || req.StateValue.IsNull() || req.PlanValue.IsUnknown() ||
-		req.PlanValue.Equal(req.StateValue) {
-		return
-	}
-	resp.Diagnostics.Append(immutableDiag(req.Path))
+	refuseChange(req.State.Raw, req.Plan.Raw, req.StateValue, req.PlanValue, req.Path, &resp.Diagnostics)
 }
 
 // immutableList is immutableString for lists.
 type immutableList struct{}
 
-func (immutableList) Description(context.Context) string {
-	return "Cannot change once the cluster is initialized."
-}
+func (immutableList) Description(context.Context) string { return immutableDescription }
 
 func (m immutableList) MarkdownDescription(ctx context.Context) string { return m.Description(ctx) }
 
 func (immutableList) PlanModifyList(_ context.Context, req planmodifier.ListRequest, resp *planmodifier.ListResponse) {
-	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() || req.StateValue.IsNull() || req.PlanValue.IsUnknown() ||
-		req.PlanValue.Equal(req.StateValue) {
-		return
-	}
-	resp.Diagnostics.Append(immutableDiag(req.Path))
+	refuseChange(req.State.Raw, req.Plan.Raw, req.StateValue, req.PlanValue, req.Path, &resp.Diagnostics)
 }
 
-func immutableDiag(p path.Path) diag.Diagnostic {
-	return diag.NewAttributeErrorDiagnostic(p, "Cannot change "+p.String()+" of an initialized cluster",
+const immutableDescription = "Cannot change once the cluster is initialized."
+
+// refuseChange adds an error on p when an initialized cluster's value (prior, in state) would change to a
+// known other one. A create or destroy (no state or no plan) and a value set for the first time (after an
+// import) are no change.
+func refuseChange(state, plan tftypes.Value, prior, next attr.Value, p path.Path, diags *diag.Diagnostics) {
+	if state.IsNull() || plan.IsNull() || prior.IsNull() || next.IsUnknown() || next.Equal(prior) {
+		return
+	}
+	diags.AddAttributeError(p, "Cannot change "+p.String()+" of an initialized cluster",
 		"The cluster was initialized with another value. Set it back; a cluster with the new value is a new cluster "+
 			"(destroy this one first, which does not happen on its own: its data would be lost).")
 }
