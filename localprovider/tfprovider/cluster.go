@@ -304,7 +304,12 @@ func (r *clusterResource) Create(ctx context.Context, req resource.CreateRequest
 		resp.Diagnostics.Append(attributeDiag("The master secret", err))
 		return
 	}
-	comps, notices, err := versions.ClusterComponents(m.ComponentURL.ValueString(), m.KubernetesVersion.ValueString(), m.ServicesDir.ValueString())
+	version, err := versions.ResolveKubernetes(m.KubernetesVersion.ValueString())
+	if err != nil {
+		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Invalid Kubernetes version", err.Error())
+		return
+	}
+	comps, notices, err := versions.ClusterComponents(m.ComponentURL.ValueString(), version, m.ServicesDir.ValueString())
 	if err != nil {
 		resp.Diagnostics.AddError("The cluster's components", err.Error())
 		return
@@ -315,11 +320,6 @@ func (r *clusterResource) Create(ctx context.Context, req resource.CreateRequest
 	var sans []string
 	resp.Diagnostics.Append(m.APIServerCertSANs.ElementsAs(ctx, &sans, true)...)
 	if resp.Diagnostics.HasError() {
-		return
-	}
-	version, err := versions.ResolveKubernetes(m.KubernetesVersion.ValueString())
-	if err != nil {
-		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Invalid Kubernetes version", err.Error())
 		return
 	}
 	initReq, err := clusterclient.NewInitRequest(clusterclient.InitConfig{

@@ -285,7 +285,7 @@ func TestClusterCreateInvalid(t *testing.T) {
 			attribute: "master_secret",
 		},
 		"unknown Kubernetes version": {
-			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.20.0") },
+			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.20.0") }, attribute: "kubernetes_version",
 		},
 		"a node that lies about its identity": {initer: &fakeIniter{lie: true}},
 	}
