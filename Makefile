@@ -54,7 +54,7 @@ run: build
 
 ## test: every check CI runs: lint, generated files, go test, bazel test, the image checks, a real cluster;
 ## one stage after another, each timed (bazel/stages.sh prints the table, also when CI's time limit stops it)
-TEST_STAGES := setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test kms-test ha-test qemu-test
+TEST_STAGES := setup lint check-generated go-test bazel-test image-test cluster-test e2e-test fault-test kms-test ha-test terraform-test qemu-test
 test:
 	@bazel/stages.sh $(TEST_STAGES)
 
