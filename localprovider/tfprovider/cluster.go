@@ -462,6 +462,43 @@ func (r *clusterResource) Update(ctx context.Context, req resource.UpdateRequest
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
 }
 
+// ModifyPlan refuses, when the plan is made, a kubernetes_version the cluster cannot move to: a downgrade,
+// a skipped minor version (both from what its API server and kubelets run), or a version whose components
+// this machine did not build. The apply would refuse it too, but only after the resources it depends on (the
+// network) changed.
+func (r *clusterResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
+	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() {
+		return
+	}
+	var plan, prior clusterModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
+	if resp.Diagnostics.HasError() || plan.KubernetesVersion.IsUnknown() || plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
+		return
+	}
+	to, err := versions.ResolveKubernetes(plan.KubernetesVersion.ValueString())
+	if err != nil {
+		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Invalid Kubernetes version", err.Error())
+		return
+	}
+	if !r.built(to) {
+		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Kubernetes "+to+" is not built here",
+			fmt.Sprintf("the nodes could not install its components: build them with 'bazel/kubernetes/build.sh --version %s all' "+
+				"(from the source tree), then plan again", to))
+		return
+	}
+	k8s, err := r.kube([]byte(prior.Kubeconfig.ValueString()))
+	if err != nil {
+		return // the apply reports it
+	}
+	_, err = clusterupgrade.PlanKubernetes(ctx, k8s, to)
+	if refused := (*clusterupgrade.RefusedError)(nil); errors.As(err, &refused) {
+		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Kubernetes version refused",
+			fmt.Sprintf("%s: %v; set kubernetes_version back to %s", to, refused, refused.From))
+	}
+	// A cluster that does not answer is planned as asked: the apply waits for it or says why not.
+}
+
 // upgradeKubernetes moves the cluster to m's Kubernetes version through its upgrade controller, as
 // `constellation apply` does (clusterupgrade): it refuses a downgrade or a skipped minor version before
 // anything changes, and follows the controller until every node runs the version. An apply that stopped

@@ -564,3 +564,42 @@ func TestClusterImport(t *testing.T) {
 	require.False(t, resp.State.Get(ctx, &got).HasError())
 	assert.Equal(t, m.ClusterID, got.ClusterID)
 }
+
+// TestClusterModifyPlan: a Kubernetes version the cluster cannot move to is an error in the plan, naming
+// the attribute; one it can move to plans normally.
+func TestClusterModifyPlan(t *testing.T) {
+	ctx := context.Background()
+	testCases := map[string]struct {
+		from, to  string
+		notBuilt  bool
+		wantError string
+	}{
+		"the next minor version": {from: "v1.33.13", to: "v1.34.10"},
+		"unchanged":              {from: "v1.33.13", to: "v1.33.13"},
+		"a downgrade":            {from: "v1.34.10", to: "v1.33.13", wantError: "back to v1.34.10"},
+		"not built here":         {from: "v1.33.13", to: "v1.34.10", notBuilt: true, wantError: "build.sh --version v1.34.10"},
+		"unknown version":        {from: "v1.33.13", to: "v1.20.0", wantError: "v1.20.0"},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			r := testClusterResource(t, &fakeIniter{}, fakeAttester{}, &bytes.Buffer{})
+			created, d := create(t, r, testClusterPlan(t))
+			require.False(t, d.HasError(), "%v", d)
+			created.KubernetesVersion = types.StringValue(tc.from)
+			upgradeCluster(t, r, tc.from, !tc.notBuilt, kubeupgrade.Progress{})
+			plan, st := clusterSchema(t, r)
+			require.False(t, st.Set(ctx, &created).HasError())
+			next := created
+			next.KubernetesVersion = types.StringValue(tc.to)
+			require.False(t, plan.Set(ctx, &next).HasError())
+			resp := &resource.ModifyPlanResponse{Plan: plan}
+			r.ModifyPlan(ctx, resource.ModifyPlanRequest{Plan: plan, State: st}, resp)
+			if tc.wantError == "" {
+				assert.False(t, resp.Diagnostics.HasError(), "%v", resp.Diagnostics)
+				return
+			}
+			assert.True(t, errorOn(resp.Diagnostics, "kubernetes_version"), "%v", resp.Diagnostics)
+			assert.Contains(t, diagText(resp.Diagnostics), tc.wantError)
+		})
+	}
+}
