@@ -411,7 +411,7 @@ func TestClusterUpdate(t *testing.T) {
 		},
 		"a failed step": {
 			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.34.10") }, from: "v1.33.13",
-			result: kubeupgrade.Progress{Phase: kubeupgrade.PhaseFailed, Node: "worker-0", Step: agentapi.StepNode, Waiting: "exit status 1"},
+			result:      kubeupgrade.Progress{Phase: kubeupgrade.PhaseFailed, Node: "worker-0", Step: agentapi.StepNode, Waiting: "exit status 1"},
 			errContains: "worker-0 failed 'kubeadm upgrade node' to v1.34.10: exit status 1", submitted: true,
 		},
 		"a downgrade": {
