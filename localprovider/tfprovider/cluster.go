@@ -476,27 +476,43 @@ func (r *clusterResource) ModifyPlan(ctx context.Context, req resource.ModifyPla
 	if resp.Diagnostics.HasError() || plan.KubernetesVersion.IsUnknown() || plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
 		return
 	}
-	to, err := versions.ResolveKubernetes(plan.KubernetesVersion.ValueString())
+	to, err := r.upgradeTarget(plan.KubernetesVersion.ValueString())
 	if err != nil {
-		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Invalid Kubernetes version", err.Error())
+		resp.Diagnostics.Append(attributeDiag("Kubernetes version refused", err))
 		return
+	}
+	// Only a refusal is reported here: a cluster that does not answer is planned as asked, and the apply
+	// waits for it or says why not.
+	if _, err := r.planKubernetes(ctx, prior.Kubeconfig.ValueString(), to); errors.As(err, new(*attributeError)) {
+		resp.Diagnostics.Append(attributeDiag("Kubernetes version refused", err))
+	}
+}
+
+// upgradeTarget resolves a configured Kubernetes version and refuses one whose components this machine did
+// not build.
+func (r *clusterResource) upgradeTarget(version string) (string, error) {
+	to, err := versions.ResolveKubernetes(version)
+	if err != nil {
+		return "", attrErrorf("kubernetes_version", "%w", err)
 	}
 	if !r.built(to) {
-		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Kubernetes "+to+" is not built here",
-			fmt.Sprintf("the nodes could not install its components: build them with 'bazel/kubernetes/build.sh --version %s all' "+
-				"(from the source tree), then plan again", to))
-		return
+		return "", attrErrorf("kubernetes_version", "%v, then run terraform again", clusterupgrade.NotBuiltError(to))
 	}
-	k8s, err := r.kube([]byte(prior.Kubeconfig.ValueString()))
+	return to, nil
+}
+
+// planKubernetes plans the move of the cluster of kubeconfig to the version to; a refusal is an error on
+// kubernetes_version that says what to set it back to.
+func (r *clusterResource) planKubernetes(ctx context.Context, kubeconfig, to string) (*clusterupgrade.Plan, error) {
+	k8s, err := r.kube([]byte(kubeconfig))
 	if err != nil {
-		return // the apply reports it
+		return nil, fmt.Errorf("the kubeconfig in the state: %w", err)
 	}
-	_, err = clusterupgrade.PlanKubernetes(ctx, k8s, to)
+	plan, err := clusterupgrade.PlanKubernetes(ctx, k8s, to)
 	if refused := (*clusterupgrade.RefusedError)(nil); errors.As(err, &refused) {
-		resp.Diagnostics.AddAttributeError(path.Root("kubernetes_version"), "Kubernetes version refused",
-			fmt.Sprintf("%s: %v; set kubernetes_version back to %s", to, refused, refused.From))
+		return nil, attrErrorf("kubernetes_version", "%s: %v; set kubernetes_version back to %s", to, refused, refused.From)
 	}
-	// A cluster that does not answer is planned as asked: the apply waits for it or says why not.
+	return plan, err
 }
 
 // upgradeKubernetes moves the cluster to m's Kubernetes version through its upgrade controller, as
@@ -504,29 +520,16 @@ func (r *clusterResource) ModifyPlan(ctx context.Context, req resource.ModifyPla
 // anything changes, and follows the controller until every node runs the version. An apply that stopped
 // halfway is run again: the controller went on meanwhile, and the same target is followed to its end.
 func (r *clusterResource) upgradeKubernetes(ctx context.Context, m *clusterModel, log *slog.Logger) error {
-	to, err := versions.ResolveKubernetes(m.KubernetesVersion.ValueString())
+	to, err := r.upgradeTarget(m.KubernetesVersion.ValueString())
 	if err != nil {
-		return attrErrorf("kubernetes_version", "%w", err)
+		return err
 	}
-	kubeconfig := []byte(m.Kubeconfig.ValueString())
-	k8s, err := r.kube(kubeconfig)
-	if err != nil {
-		return fmt.Errorf("the kubeconfig in the state: %w", err)
-	}
-	plan, err := clusterupgrade.PlanKubernetes(ctx, k8s, to)
-	if refused := (*clusterupgrade.RefusedError)(nil); errors.As(err, &refused) {
-		return attrErrorf("kubernetes_version", "%s: %v; set kubernetes_version back to %s", to, refused, refused.From)
-	}
+	plan, err := r.planKubernetes(ctx, m.Kubeconfig.ValueString(), to)
 	if errors.Is(err, clusterupgrade.ErrNotAnswering) {
 		return fmt.Errorf("%w: start the nodes (terraform apply starts stopped local nodes) and run terraform apply again", err)
 	}
 	if err != nil || plan == nil {
 		return err
-	}
-	if !r.built(to) {
-		return attrErrorf("kubernetes_version", "the components of Kubernetes %s are not built on this machine, so the nodes "+
-			"could not install them: build them with 'bazel/kubernetes/build.sh --version %s all' (from the source tree), "+
-			"then run terraform apply again", to, to)
 	}
 	joinComps, _, err := versions.ClusterComponents(m.ComponentURL.ValueString(), to, m.ServicesDir.ValueString())
 	if err != nil {
@@ -536,7 +539,7 @@ func (r *clusterResource) upgradeKubernetes(ctx context.Context, m *clusterModel
 	if err != nil {
 		return err
 	}
-	cr, err := r.upgrades(kubeconfig)
+	cr, err := r.upgrades([]byte(m.Kubeconfig.ValueString()))
 	if err != nil {
 		return err
 	}

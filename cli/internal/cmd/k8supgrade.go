@@ -62,9 +62,7 @@ func (e *env) planKubernetes(ctx context.Context, cfg *config.Config) (*kubernet
 			"is not implemented yet (only the local provider serves components to its nodes)%s", to, plan.From, cfg.GetProvider(), fix)
 	}
 	if !versions.Built(to) {
-		return nil, fmt.Errorf("the components of Kubernetes %s are not built on this machine, so its nodes could not "+
-			"install them: build them with 'bazel/kubernetes/build.sh --version %s all' (from the source tree), then "+
-			"re-run 'constellation apply'", to, to)
+		return nil, fmt.Errorf("%w, then re-run 'constellation apply'", clusterupgrade.NotBuiltError(to))
 	}
 	return &kubernetesUpgrade{from: plan.From, to: plan.To}, nil
 }

@@ -91,6 +91,13 @@ func PlanKubernetes(ctx context.Context, k8s kubernetes.Interface, to string) (*
 	return p, nil
 }
 
+// NotBuiltError says that this machine did not build the components of a Kubernetes version, so no node
+// could install them, and how to build them; the caller adds how to go on.
+func NotBuiltError(version string) error {
+	return fmt.Errorf("the components of Kubernetes %s are not built on this machine, so its nodes could not install them: "+
+		"build them with 'bazel/kubernetes/build.sh --version %s all' (from the source tree)", version, version)
+}
+
 // KubernetesOnly returns the components of the Kubernetes version among comps: an upgrade instruction
 // carries only those (a node's agent refuses what its image does not pin for the version); joining nodes
 // get all of comps.
