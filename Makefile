@@ -131,11 +131,12 @@ ha-test: build kubernetes-next
 
 ## terraform-test: terraform/examples/local with real Terraform and the built provider (offline, through a
 ## filesystem mirror): two nodes Ready from the kubeconfig output, `constellation verify` from the outputs,
-## a plan without changes, an upgrade to the next Kubernetes version by terraform apply, a destroy that leaves
-## nothing
-terraform-test: build kubernetes-next
+## a plan without changes, an upgrade to the next Kubernetes version and a roll-out to image B by terraform
+## apply, a destroy that leaves nothing
+terraform-test: build image-b kubernetes-next
 	@bazel/hosttools.sh check terraform-test
-	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) go test -count=1 -timeout 30m -v -run TestTerraformCluster ./cli/e2e/
+	CONSTELLATION_E2E_CLI=$$(readlink -f $(CLI)) CONSTELLATION_E2E_IMAGE_B=$$(readlink -f out/image-b) \
+		go test -count=1 -timeout 40m -v -run TestTerraformCluster ./cli/e2e/
 
 ## qemu-test: the qemu provider's module for real: create makes two libvirt domains, terminate removes them
 qemu-test: build libvirt-provider

@@ -17,6 +17,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/constellation-go/constellation/internal/testenv"
+	"github.com/constellation-go/constellation/localprovider/node"
 )
 
 // terraformCluster is the cluster name the Terraform test gives the example.
@@ -123,6 +126,21 @@ func TestTerraformCluster(t *testing.T) {
 	}, 5*time.Minute, 3*time.Second, "constellation verify does not accept both nodes:\n%s", verifyOut)
 	assert.Contains(t, verifyOut, "All 2 nodes verified.")
 
+	verifyWith := func(image string) (int, string) {
+		t.Helper()
+		m := filepath.Join(keys, filepath.Base(image)+"-measurements.json")
+		code, _, stderr := c.run(ctx, "image", "measure", filepath.Join(image, "constellation.efi"), "--out", m,
+			"--sign-key", filepath.Join(keys, "cosign.key"))
+		require.Zero(t, code, "image measure: %s", stderr)
+		args := []string{"verify", "--cluster-id", outputs["cluster_id"].(string), "--measurements", m,
+			"--public-key", filepath.Join(keys, "cosign.pub"), "--platform-ca", ca}
+		for _, ip := range outputs["nodes"].(map[string]any) {
+			args = append(args, "--endpoint", ip.(string))
+		}
+		code, stdout, _ := c.run(ctx, args...)
+		return code, stdout
+	}
+
 	// The refresh verifies every node; nothing differs from the configuration.
 	plan, err := terraform(ctx, "plan", "-detailed-exitcode", "-input=false")
 	require.NoError(t, err, "terraform plan shows changes or failed:\n%s", plan)
@@ -147,6 +165,35 @@ func TestTerraformCluster(t *testing.T) {
 		assert.Contains(t, downgrade, "downgrades are not supported")
 		assert.Contains(t, downgrade, "kubernetes_version")
 		assert.NotContains(t, downgrade, "Modifying...", "nothing changes for a refused plan")
+	}
+
+	// An image roll-out: image_dir names image B, whose measurements data.constellation_image computes; the
+	// cluster resource moves the nodes one at a time. Afterwards every node shows image B's measurements
+	// alone, image A's are refused, and the plan is empty.
+	imageB := os.Getenv(imageBEnv)
+	switch {
+	case imageB == "" && testenv.Strict():
+		t.Fatalf("%s must be set: 'make terraform-test' builds image B", imageBEnv)
+	case imageB == "":
+		t.Logf("SKIPPED the image roll-out: %s is not set (make terraform-test sets it)", imageBEnv)
+	default:
+		vars := []string{"-var", "image_dir=" + imageB}
+		if built {
+			vars = append(vars, "-var", "kubernetes_version="+next)
+		}
+		start = time.Now()
+		_, err = terraform(ctx, append([]string{"apply", "-auto-approve", "-input=false"}, vars...)...)
+		require.NoError(t, err, "terraform apply of image_dir %s", imageB)
+		t.Logf("FIGURES terraform apply rolling the 2 nodes out to image B: %s", time.Since(start).Round(100*time.Millisecond))
+		code, stdout := verifyWith(imageB)
+		assert.Zero(t, code, "constellation verify with image B's measurements:\n%s", stdout)
+		code, stdout = verifyWith(image)
+		assert.NotZero(t, code, "image A's measurements must no longer verify the nodes:\n%s", stdout)
+		plan, err = terraform(ctx, append([]string{"plan", "-detailed-exitcode", "-input=false"}, vars...)...)
+		require.NoError(t, err, "terraform plan after the roll-out shows changes or failed:\n%s", plan)
+		for _, name := range []string{"cp-0", "worker-0"} {
+			assert.Equal(t, imageB, node.RunningImage(node.StateDirFor(terraformCluster, name)), "%s runs image B", name)
+		}
 	}
 
 	for _, secret := range []string{hex.EncodeToString(secret), outputs["master_secret"].(string)} {

@@ -209,8 +209,8 @@ func (n *Network) Allocate(index int) (Allocation, error) {
 	return Allocation{Index: index, IP: ip, PodCIDR: pod}, nil
 }
 
-// indexOf is the inverse of Allocate for an address.
-func (n *Network) indexOf(ip netip.Addr) (int, bool) {
+// IndexOf is the inverse of Allocate for an address: the index of the node at ip.
+func (n *Network) IndexOf(ip netip.Addr) (int, bool) {
 	if !ip.Is4() || !n.cfg.BridgeCIDR.Contains(ip) {
 		return 0, false
 	}

@@ -78,7 +78,7 @@ func TestAllocate(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, tc.ip, a.IP.String())
 		assert.Equal(t, tc.pod, a.PodCIDR.String())
-		idx, ok := n.indexOf(a.IP)
+		idx, ok := n.IndexOf(a.IP)
 		assert.True(t, ok)
 		assert.Equal(t, tc.index, idx)
 	}
@@ -86,9 +86,9 @@ func TestAllocate(t *testing.T) {
 		_, err := n.Allocate(bad)
 		assert.Error(t, err, bad)
 	}
-	_, ok := n.indexOf(netip.MustParseAddr("10.42.0.1"))
+	_, ok := n.IndexOf(netip.MustParseAddr("10.42.0.1"))
 	assert.False(t, ok, "the bridge's address is no node's")
-	_, ok = n.indexOf(netip.MustParseAddr("10.42.0.255"))
+	_, ok = n.IndexOf(netip.MustParseAddr("10.42.0.255"))
 	assert.False(t, ok, "broadcast")
 
 	small := mustNew(t, Config{Cluster: "c", BridgeCIDR: netip.MustParsePrefix("10.42.0.0/29"), PodCIDR: netip.MustParsePrefix("10.244.0.0/23")})

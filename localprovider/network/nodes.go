@@ -241,7 +241,7 @@ func (n *Network) Nodes() ([]Node, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading the address of node %s: %w", name, err)
 		}
-		idx, ok := n.indexOf(ip)
+		idx, ok := n.IndexOf(ip)
 		if !ok {
 			continue
 		}

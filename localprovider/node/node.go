@@ -94,8 +94,10 @@ type runState struct {
 	Netns   string            `json:"netns"`
 	IP      string            `json:"ip"`
 	PodCIDR string            `json:"podCIDR"`
-	Started time.Time         `json:"started"`
-	Timings Timings           `json:"timings"`
+	// Image is the image directory the node booted.
+	Image   string    `json:"image,omitempty"`
+	Started time.Time `json:"started"`
+	Timings Timings   `json:"timings"`
 }
 
 func readState(l layout) (*runState, error) {
@@ -120,6 +122,19 @@ func (st *runState) save(l layout) error {
 		return err
 	}
 	return os.Rename(tmp, l.stateFile())
+}
+
+// RunningImage returns the image directory the node of stateDir booted last; empty for a node that is not
+// running or was started before node.json recorded it.
+func RunningImage(stateDir string) string {
+	if !Running(stateDir) {
+		return ""
+	}
+	st, err := readState(layout{stateDir})
+	if err != nil {
+		return ""
+	}
+	return st.Image
 }
 
 // IsStateDir tells whether dir is a node's state directory (it holds a node's files: its state disk, vTPM,
@@ -175,7 +190,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	n := &Node{Name: cfg.Name, StateDir: cfg.StateDir, Network: *netNode}
 	st := &runState{
 		Cluster: cfg.Cluster, Name: cfg.Name, Netns: netNode.Netns,
-		IP: netNode.IP.String(), PodCIDR: netNode.PodCIDR.String(), Started: t0,
+		IP: netNode.IP.String(), PodCIDR: netNode.PodCIDR.String(), Image: cfg.ImageDir, Started: t0,
 	}
 	defer func() {
 		if retErr != nil {

@@ -3,6 +3,7 @@ package tfprovider
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -33,6 +34,7 @@ import (
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/constellation/clusterupgrade"
+	"github.com/constellation-go/constellation/internal/constellation/imagerollout"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade"
 	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/file"
@@ -73,6 +75,14 @@ type clusterResource struct {
 	follow   clusterupgrade.Options
 	// built tells whether this machine built the components of a Kubernetes version (versions.Built).
 	built func(version string) bool
+	// infra finds the infrastructure of the nodes (findLocalNodes); an image roll-out moves them through it.
+	infra func(targets []clusterclient.Target) (clusterInfra, error)
+	// recoverer and reachable unlock a control plane that rebooted into a new image.
+	recoverer clusterclient.Recoverer
+	reachable func(ctx context.Context, addr string) bool
+	// measure precomputes what a node of an image directory shows before it joins, and the image's reference.
+	measure func(dir string) (measurements.M, string, error)
+	rollout imagerollout.Options
 }
 
 func newClusterResource() resource.Resource {
@@ -85,6 +95,9 @@ func newClusterResource() resource.Resource {
 		},
 		kube: clusterupgrade.NewKubeClient, upgrades: clusterupgrade.NewUpgradeClient, follow: clusterupgrade.DefaultOptions,
 		built: versions.Built,
+		infra: findLocalNodes, recoverer: clusterclient.GRPC{}, reachable: clusterclient.DialReachable,
+		measure: func(dir string) (measurements.M, string, error) { return measureImage(afero.NewOsFs(), dir, "local") },
+		rollout: imagerollout.DefaultOptions,
 	}
 }
 
@@ -99,6 +112,7 @@ type clusterModel struct {
 	ServicesDir       types.String `tfsdk:"services_dir"`
 	Attestation       types.Object `tfsdk:"attestation"`
 	Nodes             types.List   `tfsdk:"nodes"`
+	ImageDir          types.String `tfsdk:"image_dir"`
 	MasterSecret      types.String `tfsdk:"master_secret"`
 	MasterSecretSalt  types.String `tfsdk:"master_secret_salt"`
 	Kubeconfig        types.String `tfsdk:"kubeconfig"`
@@ -181,6 +195,12 @@ func (r *clusterResource) Schema(_ context.Context, _ resource.SchemaRequest, re
 					"role": schema.StringAttribute{Required: true,
 						Validators: []validator.String{oneOf{string(role.ControlPlane), string(role.Worker)}}},
 				}}},
+			"image_dir": schema.StringAttribute{Optional: true,
+				Description: "The node image the nodes run (local). Changing it, with the attestation's measurements " +
+					"changed to the new image's, rolls the nodes out to it one at a time (control planes first; each drained, " +
+					"rebooted with its state disk kept, unlocked or rejoined, verified, uncordoned) while the cluster trusts " +
+					"both images; afterwards only the new one. The nodes' own resources must then leave their image_dir to " +
+					"this resource (lifecycle { ignore_changes = [image_dir] })."},
 			"master_secret": schema.StringAttribute{Optional: true, Computed: true, Sensitive: true, PlanModifiers: secret,
 				Description: "The master secret (hex, 32 bytes); generated when not given. Whoever holds it can decrypt every " +
 					"node's state: keep the Terraform state as safe as the cluster. `constellation recover` needs it."},
@@ -345,7 +365,26 @@ func (r *clusterResource) Create(ctx context.Context, req resource.CreateRequest
 	m.ClusterID, m.OwnerID = types.StringValue(hex.EncodeToString(res.GetClusterId())), types.StringValue(hex.EncodeToString(res.GetOwnerId()))
 	m.ID = m.ClusterID
 	m.Kubeconfig = types.StringValue(string(res.GetKubeconfig()))
+	resp.Diagnostics.Append(r.claim(ctx, &m)...)
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+}
+
+// claim marks the nodes as this resource's to move to another image, so that their own resources refuse to
+// restart them into one; nodes this resource cannot find are a warning (image roll-outs need them).
+func (r *clusterResource) claim(ctx context.Context, m *clusterModel) diag.Diagnostics {
+	var diags diag.Diagnostics
+	targets, err := m.targets(ctx)
+	if err == nil {
+		var infra clusterInfra
+		if infra, err = r.infra(targets); err == nil {
+			err = infra.Claim("constellation_cluster " + m.Name.ValueString())
+		}
+	}
+	if err != nil {
+		diags.AddWarning("The nodes' infrastructure", fmt.Sprintf("%v\nImage roll-outs through image_dir need the "+
+			"nodes' constellation_local_node resources.", err))
+	}
+	return diags
 }
 
 // initErrorDetail says what went wrong and what to do, as `constellation apply` does.
@@ -375,17 +414,36 @@ func (r *clusterResource) Read(ctx context.Context, req resource.ReadRequest, re
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	resp.Diagnostics.Append(r.verify(ctx, &m)...)
+	resp.Diagnostics.Append(r.refresh(ctx, &m, req.Private)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
 }
 
-// verify verifies every node against the attestation with the cluster's ID in PCR 15. A node that answers
+// refresh verifies every node; during a roll-out that did not finish (its private record), a node may show
+// the target image's measurements instead of the state's.
+func (r *clusterResource) refresh(ctx context.Context, m *clusterModel, private privateState) diag.Diagnostics {
+	var diags diag.Diagnostics
+	var pending *pendingRollout
+	if data, d := private.GetKey(ctx, rolloutKey); !d.HasError() && len(data) > 0 {
+		pending = &pendingRollout{}
+		if err := json.Unmarshal(data, pending); err != nil {
+			diags.AddError("The cluster's unfinished image roll-out", err.Error())
+			return diags
+		}
+		diags.AddWarning("An image roll-out did not finish", fmt.Sprintf("nodes may run the image before or "+
+			"%s, and both are trusted until it finishes: run terraform apply to continue it", pending.Image))
+	}
+	diags.Append(r.verify(ctx, m, pending)...)
+	return diags
+}
+
+// verify verifies every node against the attestation with the cluster's ID in PCR 15; during an unfinished
+// roll-out (pending), a node may show the measurements of its target image instead. A node that answers
 // with other measurements, or with another node's attestation, is an error; one that does not answer is a
 // warning (it may be stopped, and a destroy must still be planned).
-func (r *clusterResource) verify(ctx context.Context, m *clusterModel) diag.Diagnostics {
+func (r *clusterResource) verify(ctx context.Context, m *clusterModel, pending *pendingRollout) diag.Diagnostics {
 	var diags diag.Diagnostics
 	att, err := m.attestationConfig(ctx)
 	if err != nil {
@@ -412,7 +470,24 @@ func (r *clusterResource) verify(ctx context.Context, m *clusterModel) diag.Diag
 		diags.Append(attributeDiag("Invalid nodes", err))
 		return diags
 	}
-	for _, res := range clusterclient.VerifyNodes(ctx, r.attester, targets, validator) {
+	results := clusterclient.VerifyNodes(ctx, r.attester, targets, validator)
+	if pending != nil {
+		att.Measurements = pending.Measurements
+		if refs, err = att.Measurements.WithClusterID(clusterID); err != nil {
+			diags.AddError("Verifying the nodes", err.Error())
+			return diags
+		}
+		if validator, err = r.validator(att, refs); err != nil {
+			diags.AddError("Verifying the nodes", err.Error())
+			return diags
+		}
+		for i, res := range results {
+			if !res.Verified && !res.Unreachable {
+				results[i] = clusterclient.VerifyNode(ctx, r.attester, targets[i], validator)
+			}
+		}
+	}
+	for _, res := range results {
 		switch {
 		case res.Verified:
 		case res.Unreachable:
@@ -433,33 +508,64 @@ func (r *clusterResource) Update(ctx context.Context, req resource.UpdateRequest
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	// New measurements are an image roll-out, which only the CLI does so far.
-	if !plan.Attestation.Equal(prior.Attestation) {
-		resp.Diagnostics.AddAttributeError(path.Root("attestation"), "Image roll-outs through Terraform are not supported yet",
-			"new measurements are a roll-out to another node image, which only `constellation apply` does so far; set the "+
-				"attestation back to the cluster's")
-	}
-	if resp.Diagnostics.HasError() {
-		return
-	}
-	plan.ID, plan.Kubeconfig, plan.ClusterID, plan.OwnerID = prior.ID, prior.Kubeconfig, prior.ClusterID, prior.OwnerID
-	plan.MasterSecret, plan.MasterSecretSalt = prior.MasterSecret, prior.MasterSecretSalt
-	if !plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
-		log, done := r.logger(plan.Name.ValueString())
-		err := r.upgradeKubernetes(ctx, &plan, log)
-		done()
-		if err != nil {
-			resp.Diagnostics.Append(attributeDiag("Upgrading Kubernetes", err))
-			return
-		}
-	}
-	// What is left changes nothing on the cluster: the node list (verified from now on), the component URL,
-	// the services directory and the init secret (used only at init).
-	resp.Diagnostics.Append(r.verify(ctx, &plan)...)
+	resp.Diagnostics.Append(r.update(ctx, &plan, &prior, resp.Private)...)
 	if resp.Diagnostics.HasError() {
 		return
 	}
 	resp.Diagnostics.Append(resp.State.Set(ctx, &plan)...)
+}
+
+// update applies plan to the cluster of prior: a Kubernetes upgrade, then an image roll-out, whose
+// unfinished state it records in private.
+func (r *clusterResource) update(ctx context.Context, plan, prior *clusterModel, private privateState) diag.Diagnostics {
+	var diags diag.Diagnostics
+	if err := attestationChange(ctx, prior, plan); err != nil {
+		diags.Append(attributeDiag("Attestation change refused", err))
+		return diags
+	}
+	plan.ID, plan.Kubeconfig, plan.ClusterID, plan.OwnerID = prior.ID, prior.Kubeconfig, prior.ClusterID, prior.OwnerID
+	plan.MasterSecret, plan.MasterSecretSalt = prior.MasterSecret, prior.MasterSecretSalt
+	log, done := r.logger(plan.Name.ValueString())
+	defer done()
+	// Kubernetes first, as `constellation apply` does: the new image's bootstrapper pins the new version.
+	if !plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
+		if err := r.upgradeKubernetes(ctx, plan, log); err != nil {
+			diags.Append(attributeDiag("Upgrading Kubernetes", err))
+			return diags
+		}
+	}
+	if !plan.Attestation.Equal(prior.Attestation) || !plan.ImageDir.Equal(prior.ImageDir) {
+		if err := r.rollImage(ctx, plan, private, log); err != nil {
+			diags.Append(attributeDiag("Rolling the nodes out to "+plan.ImageDir.ValueString(), err))
+			return diags
+		}
+	}
+	// What is left changes nothing on the cluster: the node list (verified from now on and claimed), the
+	// component URL, the services directory and the init secret (used only at init).
+	diags.Append(r.claim(ctx, plan)...)
+	diags.Append(r.verify(ctx, plan, nil)...)
+	return diags
+}
+
+// attestationChange refuses a change of the attestation other than new measurements (an image roll-out):
+// another variant or platform CA is not applied to a running cluster through Terraform yet.
+func attestationChange(ctx context.Context, prior, plan *clusterModel) error {
+	if plan.Attestation.Equal(prior.Attestation) {
+		return nil
+	}
+	before, err := prior.attestationConfig(ctx)
+	if err != nil {
+		return err
+	}
+	after, err := plan.attestationConfig(ctx)
+	if err != nil {
+		return err
+	}
+	if before.Variant != after.Variant || before.PlatformCA != after.PlatformCA {
+		return attrErrorf("attestation", "only the measurements of a running cluster change through Terraform (an image "+
+			"roll-out with image_dir); set variant and platform_ca_certificate back to %s and the cluster's CA", before.Variant)
+	}
+	return nil
 }
 
 // ModifyPlan refuses, when the plan is made, a kubernetes_version the cluster cannot move to: a downgrade,
@@ -473,7 +579,12 @@ func (r *clusterResource) ModifyPlan(ctx context.Context, req resource.ModifyPla
 	var plan, prior clusterModel
 	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
 	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
-	if resp.Diagnostics.HasError() || plan.KubernetesVersion.IsUnknown() || plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
+	if resp.Diagnostics.HasError() {
+		return
+	}
+	resp.Diagnostics.Append(unfinishedRollout(ctx, &plan, req.Private)...)
+	resp.Diagnostics.Append(r.planImage(ctx, &prior, &plan)...)
+	if plan.KubernetesVersion.IsUnknown() || plan.KubernetesVersion.Equal(prior.KubernetesVersion) {
 		return
 	}
 	to, err := r.upgradeTarget(plan.KubernetesVersion.ValueString())
@@ -486,6 +597,68 @@ func (r *clusterResource) ModifyPlan(ctx context.Context, req resource.ModifyPla
 	if _, err := r.planKubernetes(ctx, prior.Kubeconfig.ValueString(), to); errors.As(err, new(*attributeError)) {
 		resp.Diagnostics.Append(attributeDiag("Kubernetes version refused", err))
 	}
+}
+
+// unfinishedRollout refuses a plan that does not finish an image roll-out an earlier apply left halfway:
+// the cluster trusts both images until it finishes, so moving to a third image, or going back, would leave
+// nodes of the unfinished one trusted (as `constellation apply` refuses it).
+func unfinishedRollout(ctx context.Context, plan *clusterModel, private privateState) diag.Diagnostics {
+	var diags diag.Diagnostics
+	data, d := private.GetKey(ctx, rolloutKey)
+	if d.HasError() || len(data) == 0 || plan.Attestation.IsUnknown() {
+		return diags
+	}
+	var pending pendingRollout
+	if err := json.Unmarshal(data, &pending); err != nil {
+		diags.AddError("The cluster's unfinished image roll-out", err.Error())
+		return diags
+	}
+	att, err := plan.attestationConfig(ctx)
+	if err != nil {
+		diags.Append(attributeDiag("Invalid attestation", err))
+		return diags
+	}
+	if !imagerollout.Same(att.Measurements, pending.Measurements) {
+		diags.AddAttributeError(path.Root("attestation"), "An image roll-out did not finish",
+			fmt.Sprintf("an earlier apply began to move the nodes to %s and stopped; the cluster trusts that image and the "+
+				"one before until the roll-out finishes. Set image_dir to %s and the attestation to its measurements, and "+
+				"apply to finish it; then move on.", pending.Image, pending.Image))
+	}
+	return diags
+}
+
+// planImage refuses, when the plan is made, an image roll-out that the apply would refuse: an attestation
+// change other than the measurements, or an image_dir that does not boot to them.
+func (r *clusterResource) planImage(ctx context.Context, prior, plan *clusterModel) diag.Diagnostics {
+	var diags diag.Diagnostics
+	if plan.Attestation.IsUnknown() || plan.ImageDir.IsUnknown() ||
+		(plan.Attestation.Equal(prior.Attestation) && plan.ImageDir.Equal(prior.ImageDir)) {
+		return diags
+	}
+	if err := attestationChange(ctx, prior, plan); err != nil {
+		diags.Append(attributeDiag("Attestation change refused", err))
+		return diags
+	}
+	att, err := plan.attestationConfig(ctx)
+	if err != nil {
+		diags.Append(attributeDiag("Invalid attestation", err))
+		return diags
+	}
+	if plan.ImageDir.IsNull() || plan.ImageDir.ValueString() == "" {
+		if !plan.Attestation.Equal(prior.Attestation) {
+			diags.Append(attributeDiag("Image roll-out refused", attrErrorf("image_dir", "new measurements are a roll-out "+
+				"to another node image: set image_dir to the image whose measurements they are")))
+		}
+		return diags
+	}
+	image, err := filepath.Abs(plan.ImageDir.ValueString())
+	if err == nil {
+		err = r.checkImage(image, att.Measurements)
+	}
+	if err != nil {
+		diags.Append(attributeDiag("Image roll-out refused", err))
+	}
+	return diags
 }
 
 // upgradeTarget resolves a configured Kubernetes version and refuses one whose components this machine did
@@ -575,9 +748,17 @@ func (r *clusterResource) Delete(ctx context.Context, req resource.DeleteRequest
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	// The nodes belong to their own resources; only the pending secret of an earlier init is removed here.
+	// The nodes belong to their own resources; only the pending secret of an earlier init and the claim on
+	// the nodes' images are removed here.
 	if err := r.fs.RemoveAll(filepath.Join(r.stateRoot, m.Name.ValueString())); err != nil {
 		resp.Diagnostics.AddError("Removing the cluster's pending master secret", err.Error())
+	}
+	if targets, err := m.targets(ctx); err == nil {
+		if infra, err := r.infra(targets); err == nil {
+			if err := infra.Claim(""); err != nil {
+				resp.Diagnostics.AddWarning("Releasing the nodes' images", err.Error())
+			}
+		}
 	}
 }
 

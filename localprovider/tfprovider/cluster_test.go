@@ -115,6 +115,7 @@ func testClusterResource(t *testing.T, initer clusterclient.Initer, attester clu
 		validator: func(config.AttestationConfig, measurements.M) (attestation.Validator, error) {
 			return fakeValidator{}, nil
 		},
+		infra: func([]clusterclient.Target) (clusterInfra, error) { return &rolloutNodes{t: t}, nil },
 	}
 }
 
@@ -422,8 +423,10 @@ func TestClusterUpdate(t *testing.T) {
 			edit: func(m *clusterModel) { m.KubernetesVersion = types.StringValue("v1.34.10") }, from: "v1.33.13", notBuilt: true,
 			attribute: "kubernetes_version", errContains: "bazel/kubernetes/build.sh --version v1.34.10 all",
 		},
-		"new measurements": {
-			edit: func(m *clusterModel) { m.Attestation = testAttestation(t, strings.Repeat("22", 32), "ca") }, attribute: "attestation",
+		"new measurements without their image": {
+			edit: func(m *clusterModel) {
+				m.Attestation = testAttestation(t, strings.Repeat("22", 32), "-----BEGIN CERTIFICATE-----")
+			}, attribute: "image_dir",
 		},
 		"a node more": {edit: func(m *clusterModel) { m.Nodes = testNodes(t, "cp-0", "worker-0", "worker-1") }},
 	}

@@ -2,6 +2,7 @@ package tfprovider
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strconv"
 
@@ -75,16 +76,9 @@ func (d *imageDataSource) Read(ctx context.Context, req datasource.ReadRequest, 
 	if platformName == "" {
 		platformName = "local"
 	}
-	uki := filepath.Join(m.Path.ValueString(), ukiFile)
-	data, err := afero.ReadFile(d.fs, uki)
+	fresh, ref, err := measureImage(d.fs, m.Path.ValueString(), platformName)
 	if err != nil {
-		resp.Diagnostics.AddAttributeError(path.Root("path"), "Reading the image",
-			err.Error()+" (build an image with 'make image', which links out/image)")
-		return
-	}
-	_, fresh, err := precompute.FreshNode(data, precompute.Options{Platform: imagePlatforms[platformName], Path: precompute.BootDirect})
-	if err != nil {
-		resp.Diagnostics.AddAttributeError(path.Root("path"), "Measuring the image", uki+": "+err.Error())
+		resp.Diagnostics.AddAttributeError(path.Root("path"), "Measuring the image", err.Error())
 		return
 	}
 	measured, diags := measurementsValue(fresh)
@@ -92,8 +86,23 @@ func (d *imageDataSource) Read(ctx context.Context, req datasource.ReadRequest, 
 	if resp.Diagnostics.HasError() {
 		return
 	}
-	m.Reference, m.Variant, m.Measurements = types.StringValue(precompute.ImageRef(data)), types.StringValue(variant.QEMUVTPM.String()), measured
+	m.Reference, m.Variant, m.Measurements = types.StringValue(ref), types.StringValue(variant.QEMUVTPM.String()), measured
 	resp.Diagnostics.Append(resp.State.Set(ctx, &m)...)
+}
+
+// measureImage precomputes what a node booted from the image in dir shows before it joins (PCR 15 zero), on
+// the platform named platformName, and the image's reference.
+func measureImage(fs afero.Fs, dir, platformName string) (measurements.M, string, error) {
+	uki := filepath.Join(dir, ukiFile)
+	data, err := afero.ReadFile(fs, uki)
+	if err != nil {
+		return nil, "", fmt.Errorf("reading the image: %w (build an image with 'make image', which links out/image)", err)
+	}
+	_, fresh, err := precompute.FreshNode(data, precompute.Options{Platform: imagePlatforms[platformName], Path: precompute.BootDirect})
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", uki, err)
+	}
+	return fresh, precompute.ImageRef(data), nil
 }
 
 // measurementsAttribute is the data sources' measurements: reference values by PCR index (measurementType).

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema/int64planmodifier"
@@ -75,7 +76,16 @@ func (r *nodeResource) Schema(_ context.Context, _ resource.SchemaRequest, resp 
 
 // config is the node's runtime configuration; it reads the network's Spec, which must exist.
 func (m *nodeModel) config() (node.Config, metadata.Instance, error) {
-	clusterName := m.Network.ValueString()
+	var size int64
+	if !m.StateDiskSizeGB.IsNull() {
+		size = m.StateDiskSizeGB.ValueInt64() << 30
+	}
+	return localNodeConfig(m.Network.ValueString(), m.Name.ValueString(), role.Role(m.Role.ValueString()),
+		int(m.Index.ValueInt64()), m.ImageDir.ValueString(), size)
+}
+
+// localNodeConfig is the runtime configuration of the node at index of a local network, booting imageDir.
+func localNodeConfig(clusterName, name string, r role.Role, index int, imageDir string, stateDiskSize int64) (node.Config, metadata.Instance, error) {
 	spec, err := daemon.ReadSpec(clusterName)
 	if err != nil {
 		return node.Config{}, metadata.Instance{}, fmt.Errorf("the local network %s: %w", clusterName, err)
@@ -84,24 +94,19 @@ func (m *nodeModel) config() (node.Config, metadata.Instance, error) {
 	if err != nil {
 		return node.Config{}, metadata.Instance{}, err
 	}
-	index := int(m.Index.ValueInt64())
 	alloc, err := nw.Allocate(index)
 	if err != nil {
 		return node.Config{}, metadata.Instance{}, err
 	}
-	img, err := filepath.Abs(m.ImageDir.ValueString())
+	img, err := filepath.Abs(imageDir)
 	if err != nil {
 		return node.Config{}, metadata.Instance{}, err
 	}
-	var size int64
-	if !m.StateDiskSizeGB.IsNull() {
-		size = m.StateDiskSizeGB.ValueInt64() << 30
-	}
 	cfg := node.Config{
-		Cluster: clusterName, Name: m.Name.ValueString(), Index: index, Network: nw, ImageDir: img,
-		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()), StateDiskSize: size,
+		Cluster: clusterName, Name: name, Index: index, Network: nw, ImageDir: img,
+		MetadataURL: cluster.MetadataURL(nw.BridgeAddr()), StateDiskSize: stateDiskSize,
 	}
-	in := metadata.Instance{Name: cfg.Name, Role: role.Role(m.Role.ValueString()), IP: alloc.IP, PodCIDR: alloc.PodCIDR}
+	in := metadata.Instance{Name: cfg.Name, Role: r, IP: alloc.IP, PodCIDR: alloc.PodCIDR}
 	return cfg, in, nil
 }
 
@@ -112,13 +117,20 @@ func (m *nodeModel) bootConfig() (node.Config, metadata.Instance, func(), error)
 	if err != nil {
 		return node.Config{}, metadata.Instance{}, nil, fmt.Errorf("invalid local node: %w", err)
 	}
+	done, err := forBoot(&cfg)
+	return cfg, in, done, err
+}
+
+// forBoot completes the configuration of a node about to boot: the provider's log (done closes it) and the
+// cluster's platform CA, which the network resource made (a node never makes its own).
+func forBoot(cfg *node.Config) (done func(), err error) {
 	log, done := logger(cfg.Cluster)
 	cfg.Log = log.With("node", cfg.Name)
 	if cfg.PlatformCA, err = daemon.PlatformCA(cfg.Cluster, false); err != nil {
 		done()
-		return node.Config{}, metadata.Instance{}, nil, fmt.Errorf("the local network %s has no platform CA: %w", cfg.Cluster, err)
+		return nil, fmt.Errorf("the local network %s has no platform CA: %w", cfg.Cluster, err)
 	}
-	return cfg, in, done, nil
+	return done, nil
 }
 
 func (r *nodeResource) Create(ctx context.Context, req resource.CreateRequest, resp *resource.CreateResponse) {
@@ -199,17 +211,9 @@ func (r *nodeResource) Update(ctx context.Context, req resource.UpdateRequest, r
 		return
 	}
 	defer done()
-	unlock, err := lockCluster(cfg.Cluster)
-	if err != nil {
-		resp.Diagnostics.AddError("Restarting the node", err.Error())
-		return
-	}
-	defer unlock()
 	cfg.Log.Info("moving the node to another image", "from", prior.ImageDir.ValueString(), "to", cfg.ImageDir)
-	if _, err := node.Restart(ctx, cfg); err != nil {
-		resp.Diagnostics.AddError("Restarting the node with "+cfg.ImageDir,
-			fmt.Sprintf("%v\n%s\nThe node is stopped with its state disk kept; the next apply starts it again.",
-				err, logTails(node.StateDirFor(cfg.Cluster, cfg.Name))))
+	if err := restartNode(ctx, cfg); err != nil {
+		resp.Diagnostics.AddError("Restarting the node with "+cfg.ImageDir, err.Error())
 		return
 	}
 	plan.ID, plan.IP, plan.PodCIDR = prior.ID, prior.IP, prior.PodCIDR
@@ -248,6 +252,45 @@ func (r *nodeResource) Delete(ctx context.Context, req resource.DeleteRequest, r
 		if err := daemon.Reload(cfg.Cluster); err != nil {
 			resp.Diagnostics.AddError("Unregistering the node", err.Error())
 		}
+	}
+}
+
+// restartNode stops a node and boots cfg's image on the same state disk, as a reboot into an upgraded image
+// would. A node that does not come up stays stopped; the next apply starts it again (Read drops it from the
+// state).
+func restartNode(ctx context.Context, cfg node.Config) error {
+	unlock, err := lockCluster(cfg.Cluster)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := node.Restart(ctx, cfg); err != nil {
+		return fmt.Errorf("%w\n%s\nThe node is stopped with its state disk kept; the next apply starts it again",
+			err, logTails(node.StateDirFor(cfg.Cluster, cfg.Name)))
+	}
+	return nil
+}
+
+// ModifyPlan refuses, when the plan is made, to restart a node of a cluster that a constellation_cluster
+// resource initialized into another image: all nodes would reboot at once, none drained, and the cluster's
+// JoinService would not trust the new image yet. The cluster resource moves them (its image_dir).
+func (r *nodeResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
+	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() {
+		return
+	}
+	var plan, prior nodeModel
+	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
+	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
+	if resp.Diagnostics.HasError() || plan.ImageDir.IsUnknown() || plan.ImageDir.Equal(prior.ImageDir) {
+		return
+	}
+	if owner := clusterClaim(prior.Network.ValueString()); owner != "" {
+		resp.Diagnostics.AddAttributeError(path.Root("image_dir"), "The node's image moves with its cluster",
+			fmt.Sprintf("the cluster on network %s was initialized by a constellation_cluster resource (%s): it moves "+
+				"initialized nodes to another image one at a time, drained, while its JoinService trusts both images. "+
+				"Set that resource's image_dir and attestation to the new image, and add lifecycle { ignore_changes = "+
+				"[image_dir] } to this resource, so that its image_dir only names the image of nodes it creates.",
+				prior.Network.ValueString(), owner))
 	}
 }
 

@@ -3,6 +3,8 @@ package tfprovider
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/hashicorp/terraform-plugin-framework/path"
@@ -72,6 +74,7 @@ func TestSchema(t *testing.T) {
 	for _, a := range []string{"kubeconfig", "cluster_id", "owner_id", "master_secret", "master_secret_salt"} {
 		assert.True(t, cluster[a].Computed, a)
 	}
+	assert.True(t, cluster["image_dir"].Optional, "clusters without roll-outs need no image_dir")
 	assert.False(t, cluster["master_secret"].Required, "generated when not given")
 }
 
@@ -128,23 +131,46 @@ func TestNodeImageChangesInPlace(t *testing.T) {
 		})
 	}
 	prior := node("worker-0", "/images/a", true)
+	oldRoot := claimRoot
+	claimRoot = t.TempDir()
+	t.Cleanup(func() { claimRoot = oldRoot })
 
 	testCases := map[string]struct {
 		name, image string
+		// claimed: a constellation_cluster initialized the network's cluster.
+		claimed     bool
 		wantReplace []string
+		wantError   string
 	}{
 		"new image":  {name: "worker-0", image: "/images/b"},
 		"new name":   {name: "worker-1", image: "/images/a", wantReplace: []string{"name"}},
 		"no changes": {name: "worker-0", image: "/images/a"},
+		"new image of a cluster resource's node": {
+			name: "worker-0", image: "/images/b", claimed: true, wantError: "ignore_changes = [image_dir]",
+		},
+		"no changes of a cluster resource's node": {name: "worker-0", image: "/images/a", claimed: true},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {
+			nodes := localNodes{network: "c"}
+			require.NoError(t, os.MkdirAll(filepath.Join(claimRoot, "c"), 0o700))
+			if tc.claimed {
+				require.NoError(t, nodes.Claim("constellation_cluster tf"))
+				t.Cleanup(func() { require.NoError(t, nodes.Claim("")) })
+			}
 			proposed := node(tc.name, tc.image, true)
 			resp, err := srv.PlanResourceChange(ctx, &tfprotov6.PlanResourceChangeRequest{
 				TypeName: "constellation_local_node", PriorState: dynamic(prior),
 				ProposedNewState: dynamic(proposed), Config: dynamic(config(tc.name, tc.image)),
 			})
 			require.NoError(t, err)
+			if tc.wantError != "" {
+				require.Len(t, resp.Diagnostics, 1)
+				assert.Equal(t, tfprotov6.DiagnosticSeverityError, resp.Diagnostics[0].Severity)
+				assert.Contains(t, resp.Diagnostics[0].Detail, tc.wantError)
+				assert.Contains(t, resp.Diagnostics[0].Detail, "constellation_cluster tf")
+				return
+			}
 			for _, d := range resp.Diagnostics {
 				t.Errorf("diagnostic: %s: %s", d.Summary, d.Detail)
 			}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,7 +29,7 @@ type deps struct {
 	artifacts func() (cloudcmd.Artifacts, error)
 	initer    clusterclient.Initer
 	attester  clusterclient.Attester
-	recoverer recoverer
+	recoverer clusterclient.Recoverer
 	// booting bounds the wait for a node's API that does not listen yet.
 	booting clusterclient.Booting
 	// auditLog fetches a control plane's audit log.
@@ -64,16 +63,9 @@ func defaultDeps() deps {
 		recoverer: clusterclient.GRPC{},
 		booting:   clusterclient.DefaultBooting,
 		auditLog:  fetchAuditLog,
-		reachable: func(ctx context.Context, addr string) bool {
-			conn, err := (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, "tcp", addr)
-			if err != nil {
-				return false
-			}
-			_ = conn.Close()
-			return true
-		},
-		kube:     clusterupgrade.NewKubeClient,
-		upgrades: clusterupgrade.NewUpgradeClient,
+		reachable: clusterclient.DialReachable,
+		kube:      clusterupgrade.NewKubeClient,
+		upgrades:  clusterupgrade.NewUpgradeClient,
 		services: func(kubeconfig []byte) (servicesRelease, error) {
 			return services.NewClient(kubeconfig, slog.New(slog.DiscardHandler))
 		},

@@ -276,31 +276,6 @@ func TestRollKubernetesWithController(t *testing.T) {
 	})
 }
 
-// TestWaitNodeReady: a roll-out's node counts as back only with a Ready heartbeat from after its reboot.
-func TestWaitNodeReady(t *testing.T) {
-	oldPoll, oldWait := kubernetesPoll, rolloutWait
-	kubernetesPoll, rolloutWait = 10*time.Millisecond, 200*time.Millisecond
-	t.Cleanup(func() { kubernetesPoll, rolloutWait = oldPoll, oldWait })
-	rebooted := time.Now()
-	n := kubeupgradetest.Node("worker-0", "v1.34.10", false)
-	n.Status.Conditions[0].LastHeartbeatTime = metav1.NewTime(rebooted.Add(-time.Minute))
-	k8s := k8sfake.NewClientset(n)
-	ctx := context.Background()
-
-	err := waitNodeReady(ctx, k8s, "worker-0", rebooted)
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "worker-0 was not Ready again within 200ms: Ready=True")
-
-	n.Status.Conditions[0].LastHeartbeatTime = metav1.NewTime(rebooted.Add(time.Second))
-	_, err = k8s.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
-	require.NoError(t, err)
-	require.NoError(t, waitNodeReady(ctx, k8s, "worker-0", rebooted))
-
-	canceled, cancel := context.WithCancel(ctx)
-	cancel()
-	assert.ErrorIs(t, waitNodeReady(canceled, k8s, "missing", rebooted), context.Canceled)
-}
-
 // TestReportKubernetesOrder: what finished a node (the JoinService's move, its uncordon) is printed under
 // that node's heading, although the controller reports it in the pass that moves on to the next node.
 func TestReportKubernetesOrder(t *testing.T) {

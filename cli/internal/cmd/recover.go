@@ -11,24 +11,17 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/constellation-go/constellation/bootstrapper/recoverproto"
 	"github.com/constellation-go/constellation/internal/attestation"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
+	"github.com/constellation-go/constellation/internal/constellation/imagerollout"
 	"github.com/constellation-go/constellation/internal/crypto"
-	"github.com/constellation-go/constellation/verify/verifyproto"
 )
 
-// recoverer unlocks a restarted node over aTLS (the handshake checks the node first): it asks the node to
-// describe its disk, prepares the request from that, and sends it.
-type recoverer interface {
-	Recover(ctx context.Context, endpoint string, validator attestation.Validator, prepare prepareRecovery) error
-}
-
 // prepareRecovery makes the request that unlocks the node a DescribeResponse describes.
-type prepareRecovery = func(ctx context.Context, desc *recoverproto.DescribeResponse) (*recoverproto.RecoverRequest, error)
+type prepareRecovery = clusterclient.PrepareRecovery
 
 func newRecoverCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
@@ -94,11 +87,11 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	}
 
 	p := e.progress()
+	recovery := e.recovery(p, validator, prepare)
 	recovered, failed := 0, 0
 	for _, t := range targets {
-		endpoint := net.JoinHostPort(t.IP, strconv.Itoa(recoverproto.Port))
-		p.Step("Recovering %s (%s)", t.Name, endpoint)
-		running, err := e.recoverNode(ctx, p, t, endpoint, validator, prepare)
+		p.Step("Recovering %s (%s)", t.Name, net.JoinHostPort(t.IP, strconv.Itoa(recoverproto.Port)))
+		running, err := recovery.RecoverNode(ctx, t)
 		switch {
 		case err != nil:
 			failed++
@@ -126,26 +119,17 @@ func (e *env) recover(ctx context.Context, only []string) error {
 	return nil
 }
 
-// recoverNode sends the master secret to one node. A node whose VerificationService answers runs normally (it
-// is a pod, which needs the unlocked state disk): it is left alone. A node whose Recovery API refuses
-// connections is still booting: wait for it.
 // waitingFor tells the user that a command waits for a booting node's API.
 func waitingFor(p *progress) func(what string) {
 	return func(what string) { p.Detail("waiting for %s (the node is still booting)", what) }
 }
 
-func (e *env) recoverNode(ctx context.Context, p *progress, t clusterclient.Target, endpoint string, validator attestation.Validator,
-	prepare prepareRecovery,
-) (running bool, err error) {
-	runs := func() bool { return e.deps.reachable(ctx, net.JoinHostPort(t.IP, strconv.Itoa(verifyproto.Port))) }
-	if runs() {
-		return true, nil
+// recovery unlocks restarted control planes whose attestation validator accepts.
+func (e *env) recovery(p *progress, validator attestation.Validator, prepare prepareRecovery) clusterclient.Recovery {
+	return clusterclient.Recovery{
+		API: e.deps.recoverer, Booting: e.deps.booting, Reachable: e.deps.reachable,
+		Validator: validator, Prepare: prepare, Waiting: waitingFor(p),
 	}
-	return e.deps.booting.Do(ctx, t.Name+"'s Recovery API", waitingFor(p), func() error {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		defer cancel()
-		return e.deps.recoverer.Recover(cctx, endpoint, validator, prepare)
-	}, runs)
 }
 
 // waitForAPI waits until the cluster's API server lists its nodes.
@@ -154,17 +138,5 @@ func (e *env) waitForAPI(ctx context.Context, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	for {
-		_, err := k8s.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		case <-time.After(2 * time.Second):
-		}
-	}
+	return imagerollout.WaitForAPI(ctx, k8s, timeout, 2*time.Second)
 }

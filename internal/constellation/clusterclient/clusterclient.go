@@ -77,7 +77,7 @@ func (GRPC) Init(ctx context.Context, endpoint string, validator attestation.Val
 // attestation: it asks the node to describe its disk, prepares the request from that (the master secret,
 // and with user-managed keys the disk key the admin's KMS unwrapped), and sends it.
 func (GRPC) Recover(ctx context.Context, endpoint string, validator attestation.Validator,
-	prepare func(context.Context, *recoverproto.DescribeResponse) (*recoverproto.RecoverRequest, error),
+	prepare PrepareRecovery,
 ) error {
 	conn, err := dialAttested(endpoint, validator)
 	if err != nil {

@@ -27,6 +27,12 @@ resource "constellation_local_node" "node" {
   role      = each.value
   index     = each.key == "cp-0" ? 0 : 1
   image_dir = var.image_dir
+  # image_dir is the image a new node boots. Once the cluster is initialized, constellation_cluster moves its
+  # nodes to a new image (its image_dir), one at a time, drained, while the cluster trusts both images; a
+  # node resource restarting every node at once into it is refused.
+  lifecycle {
+    ignore_changes = [image_dir]
+  }
 }
 
 # What a node booted from the image shows before it joins (PCR 15 zero), precomputed from the image. For a
@@ -50,4 +56,6 @@ resource "constellation_cluster" "this" {
     platform_ca_certificate = constellation_local_network.this.platform_ca_certificate
   }
   nodes = [for name, n in constellation_local_node.node : { name = n.name, ip = n.ip, role = n.role }]
+  # A new image_dir (with the measurements above, which follow it) rolls the nodes out to that image.
+  image_dir = var.image_dir
 }
