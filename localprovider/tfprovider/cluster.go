@@ -573,13 +573,8 @@ func attestationChange(ctx context.Context, prior, plan *clusterModel) error {
 // this machine did not build. The apply would refuse it too, but only after the resources it depends on (the
 // network) changed.
 func (r *clusterResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
-	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() {
-		return
-	}
-	var plan, prior clusterModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
-	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
-	if resp.Diagnostics.HasError() {
+	plan, prior, ok := plannedUpdate[clusterModel](ctx, req, &resp.Diagnostics)
+	if !ok {
 		return
 	}
 	resp.Diagnostics.Append(unfinishedRollout(ctx, &plan, req.Private)...)

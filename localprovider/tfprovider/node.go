@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hashicorp/terraform-plugin-framework/diag"
 	"github.com/hashicorp/terraform-plugin-framework/path"
 	"github.com/hashicorp/terraform-plugin-framework/resource"
 	"github.com/hashicorp/terraform-plugin-framework/resource/schema"
@@ -275,13 +276,8 @@ func restartNode(ctx context.Context, cfg node.Config) error {
 // resource initialized into another image: all nodes would reboot at once, none drained, and the cluster's
 // JoinService would not trust the new image yet. The cluster resource moves them (its image_dir).
 func (r *nodeResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRequest, resp *resource.ModifyPlanResponse) {
-	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() {
-		return
-	}
-	var plan, prior nodeModel
-	resp.Diagnostics.Append(req.Plan.Get(ctx, &plan)...)
-	resp.Diagnostics.Append(req.State.Get(ctx, &prior)...)
-	if resp.Diagnostics.HasError() || plan.ImageDir.IsUnknown() || plan.ImageDir.Equal(prior.ImageDir) {
+	plan, prior, ok := plannedUpdate[nodeModel](ctx, req, &resp.Diagnostics)
+	if !ok || plan.ImageDir.IsUnknown() || plan.ImageDir.Equal(prior.ImageDir) {
 		return
 	}
 	if owner := clusterClaim(prior.Network.ValueString()); owner != "" {
@@ -292,6 +288,17 @@ func (r *nodeResource) ModifyPlan(ctx context.Context, req resource.ModifyPlanRe
 				"[image_dir] } to this resource, so that its image_dir only names the image of nodes it creates.",
 				prior.Network.ValueString(), owner))
 	}
+}
+
+// plannedUpdate reads the plan and the prior state of an update being planned; ok is false for a create or
+// a destroy, and when reading them failed (the errors are in diags).
+func plannedUpdate[T any](ctx context.Context, req resource.ModifyPlanRequest, diags *diag.Diagnostics) (plan, prior T, ok bool) {
+	if req.State.Raw.IsNull() || req.Plan.Raw.IsNull() {
+		return plan, prior, false
+	}
+	diags.Append(req.Plan.Get(ctx, &plan)...)
+	diags.Append(req.State.Get(ctx, &prior)...)
+	return plan, prior, !diags.HasError()
 }
 
 // lockCluster serializes node starts and removals of a cluster across goroutines and processes: Terraform

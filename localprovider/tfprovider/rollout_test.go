@@ -16,8 +16,6 @@ import (
 	"github.com/hashicorp/terraform-plugin-framework/types"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"gopkg.in/yaml.v3"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
@@ -28,7 +26,7 @@ import (
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/constellation/imagerollout"
-	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/kubeupgradetest"
+	"github.com/constellation-go/constellation/internal/constellation/imagerollout/imagerollouttest"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
 	"github.com/constellation-go/constellation/verify/verifyproto"
@@ -233,7 +231,7 @@ func TestClusterImageRollout(t *testing.T) {
 			assert.Equal(t, tc.wantMoves, nodes.moves)
 			assert.Equal(t, tc.wantUnlocked, rec.n, "control planes unlocked with the master secret")
 			assert.Equal(t, tc.wantPending, len(private[rolloutKey]) > 0, "the unfinished roll-out's private record")
-			f := rolloutClusterFile(t, k8s)
+			f := imagerollouttest.File(t, k8s)
 			if tc.wantErr != "" {
 				require.True(t, diags.HasError())
 				assert.Contains(t, diagText(diags), tc.wantErr)
@@ -263,7 +261,7 @@ func TestClusterImageRollout(t *testing.T) {
 				diags = r.update(ctx, &got, &prior, private)
 				require.False(t, diags.HasError(), "%v", diags)
 				assert.Equal(t, []string{"cp-0=/images/b", "worker-0=/images/b"}, nodes.moves)
-				f = rolloutClusterFile(t, k8s)
+				f = imagerollouttest.File(t, k8s)
 			} else {
 				assert.False(t, planRefused, "%v", mp.Diagnostics)
 				require.False(t, diags.HasError(), "%v", diags)
@@ -300,23 +298,7 @@ func TestClusterAttestationChangeRefused(t *testing.T) {
 // rolloutCluster is a cluster whose JoinService trusts PCR 4 pcr4, with a Ready control plane and worker.
 func rolloutCluster(t *testing.T, pcr4, ca string) *k8sfake.Clientset {
 	t.Helper()
-	data, err := yaml.Marshal(attestconfig.File{AttestationConfig: config.AttestationConfig{
+	return imagerollouttest.Cluster(t, attestconfig.File{AttestationConfig: config.AttestationConfig{
 		Variant: "qemu-vtpm", Measurements: imageMeasurements(t, pcr4), PlatformCA: ca,
 	}})
-	require.NoError(t, err)
-	return k8sfake.NewClientset(
-		&corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: attestconfig.ConfigMapName, Namespace: metav1.NamespaceSystem},
-			Data:       map[string]string{attestconfig.FileName: string(data)},
-		},
-		kubeupgradetest.Node("cp-0", "v1.33.13", true),
-		kubeupgradetest.Node("worker-0", "v1.33.13", false),
-	)
-}
-
-func rolloutClusterFile(t *testing.T, k8s kubernetes.Interface) attestconfig.File {
-	t.Helper()
-	c, err := imagerollout.ReadCluster(context.Background(), k8s)
-	require.NoError(t, err)
-	return c.File()
 }

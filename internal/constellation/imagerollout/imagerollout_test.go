@@ -12,8 +12,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
-	"gopkg.in/yaml.v3"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
@@ -21,6 +19,7 @@ import (
 	"github.com/constellation-go/constellation/internal/attestation/vtpm/vtpmtest"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
+	"github.com/constellation-go/constellation/internal/constellation/imagerollout/imagerollouttest"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/kubeupgradetest"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/joinservice/attestconfig"
@@ -49,23 +48,7 @@ func fakeCluster(t *testing.T, current measurements.M, previous measurements.M) 
 	if previous != nil {
 		f.Rollout = &attestconfig.Rollout{PreviousMeasurements: previous}
 	}
-	data, err := yaml.Marshal(f)
-	require.NoError(t, err)
-	return k8sfake.NewClientset(
-		&corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: attestconfig.ConfigMapName, Namespace: metav1.NamespaceSystem},
-			Data:       map[string]string{attestconfig.FileName: string(data)},
-		},
-		kubeupgradetest.Node("cp-0", "v1.33.13", true),
-		kubeupgradetest.Node("worker-0", "v1.33.13", false),
-	)
-}
-
-func clusterFile(t *testing.T, k8s kubernetes.Interface) attestconfig.File {
-	t.Helper()
-	c, err := ReadCluster(context.Background(), k8s)
-	require.NoError(t, err)
-	return c.File()
+	return imagerollouttest.Cluster(t, f)
 }
 
 // fakeInfra reboots nodes: a moved node reports a Ready heartbeat from after its reboot.
@@ -240,7 +223,7 @@ func TestRun(t *testing.T) {
 			res, err := r.Run(ctx)
 			assert.Equal(t, tc.wantEvents, infra.events)
 			assert.Equal(t, tc.wantMoved, res.Moved)
-			f := clusterFile(t, k8s)
+			f := imagerollouttest.File(t, k8s)
 			if tc.wantStep != "" {
 				var rerr *Error
 				require.ErrorAs(t, err, &rerr)
