@@ -7,10 +7,12 @@
 # API (/readyz, every 0.5 s) did not. Goals: the upgrade <= 5 min, the workload unanswered <= 10 s.
 # Needs root, `make build`, `make kubernetes-next` and the workload image (out/e2e-workload.tar, `make bench`
 # builds it).
+# Each run also prints where the time went: the CLI's steps with their durations, and the moments of
+# `kubeadm upgrade apply` on the control plane (from its bootstrapper's log), relative to its start.
 # Usage: bench/k8supgrade.sh [runs]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-runs=${1:-2}
+runs=${1:-3}
 cli=$(readlink -f out/constellation)
 workload=$(readlink -f out/e2e-workload.tar)
 next=$(sed -n 's/^KUBERNETES_NEXT := //p' Makefile)
@@ -44,6 +46,20 @@ gaps() {
     sleep "$interval"
   done
 }
+# kubeadm_moments LOG: the milestones of `kubeadm upgrade apply` in a bootstrapper's log (slog text, one
+# record per line kubeadm printed), in seconds after the first of them.
+kubeadm_moments() {
+  local first="" t text
+  grep 'msg=kubeadm' "$1" |
+    grep -E 'line="\[(upgrade|addons)[^]]*\] .*(Preparing for|upgraded successfully|Waiting for etcd to become|SUCCESS|Applied essential addon)' |
+    while IFS= read -r l; do
+      t=$(date -d "$(sed -n 's/^time=\([^ ]*\).*/\1/p' <<<"$l")" +%s.%N)
+      [ -n "$first" ] || first=$t
+      text=$(sed -n 's/.* line="\(.*\)"$/\1/p' <<<"$l")
+      printf '      +%6s s  %s\n' "$(sub "$t" "$first")" "${text//\\\"/\"}"
+    done
+}
+
 # answered: some node's NodePort answers.
 answered() {
   curl -sf -m 1 http://10.42.0.2:31080/ >/dev/null || curl -sf -m 1 http://10.42.0.3:31080/ >/dev/null
@@ -114,6 +130,14 @@ for run in $(seq "$runs"); do
   times+=("$took")
   printf '  run %d: mini up %s s; upgrade %s s (%.1f x mini up); workload unanswered for at most %s s, Kubernetes API for at most %s s\n' \
     "$run" "$up" "$took" "$(awk -v a="$took" -v b="$up" 'BEGIN { print a / b }')" "$(cat "$ws.gaps")" "$(cat "$ws.apigaps")"
+  echo "    the CLI's steps:"
+  grep '✓' "$ws.err" | sed 's/^/      /' || true
+  cluster=$(sed -n 's/^name: *//p' "$ws/constellation-conf.yaml" | head -1)
+  cplog=/var/lib/constellation/local/$cluster/cp-0/logs/bootstrapper.log
+  if [ -f "$cplog" ]; then
+    echo "    kubeadm upgrade apply on cp-0 (seconds after its first milestone):"
+    kubeadm_moments "$cplog" || true
+  fi
   cleanup
   ws=""
 done
