@@ -46,18 +46,26 @@ gaps() {
     sleep "$interval"
   done
 }
-# kubeadm_moments LOG: the milestones of `kubeadm upgrade apply` in a bootstrapper's log (slog text, one
-# record per line kubeadm printed), in seconds after the first of them.
+# kubeadm_moments LOG: the milestones of `kubeadm upgrade apply` in a bootstrapper's log (JSON records, one
+# per line kubeadm printed: msg "kubeadm", the text in "line"), in seconds after the first of them.
 kubeadm_moments() {
-  local first="" t text
-  grep 'msg=kubeadm' "$1" |
-    grep -E 'line="\[(upgrade|addons)[^]]*\] .*(Preparing for|upgraded successfully|Waiting for etcd to become|SUCCESS|Applied essential addon)' |
-    while IFS= read -r l; do
-      t=$(date -d "$(sed -n 's/^time=\([^ ]*\).*/\1/p' <<<"$l")" +%s.%N)
-      [ -n "$first" ] || first=$t
-      text=$(sed -n 's/.* line="\(.*\)"$/\1/p' <<<"$l")
-      printf '      +%6s s  %s\n' "$(sub "$t" "$first")" "${text//\\\"/\"}"
-    done
+  python3 - "$1" <<'PY'
+import json, re, sys
+from datetime import datetime
+milestone = re.compile(r"^\[(upgrade|addons)[^]]*\] .*(Preparing for|upgraded successfully|Waiting for etcd to become|SUCCESS|Applied essential addon)")
+first = None
+for raw in open(sys.argv[1], errors="replace"):
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        continue
+    line = rec.get("line", "")
+    if rec.get("msg") != "kubeadm" or not milestone.search(line):
+        continue
+    t = datetime.fromisoformat(rec["time"].replace("Z", "+00:00")).timestamp()
+    first = t if first is None else first
+    print(f"      +{t - first:6.1f} s  {line}")
+PY
 }
 
 # answered: some node's NodePort answers.
