@@ -281,21 +281,29 @@ func (m *clusterModel) targets(ctx context.Context) ([]clusterclient.Target, err
 	return targets, nil
 }
 
+// givenMasterSecret is the master secret and salt of m, if m holds one (configured, or in the state).
+func (m *clusterModel) givenMasterSecret() (ms crypto.MasterSecret, given bool, err error) {
+	if m.MasterSecret.IsNull() || m.MasterSecret.IsUnknown() {
+		return ms, false, nil
+	}
+	if ms.Key, err = hex.DecodeString(m.MasterSecret.ValueString()); err != nil {
+		return ms, true, attrErrorf("master_secret", "not hex: %w", err)
+	}
+	if ms.Salt, err = hex.DecodeString(m.MasterSecretSalt.ValueString()); err != nil || m.MasterSecretSalt.IsUnknown() {
+		return ms, true, attrErrorf("master_secret_salt", "must be given (hex) with master_secret")
+	}
+	if err := ms.Validate(); err != nil {
+		return ms, true, attrErrorf("master_secret", "%w", err)
+	}
+	return ms, true, nil
+}
+
 // masterSecret is the configured master secret, or the one a previous attempt generated for this cluster,
 // or a new one (written before it is sent). resuming says whether a node may already hold it.
 func (r *clusterResource) masterSecret(m *clusterModel) (ms crypto.MasterSecret, resuming bool, err error) {
-	if !m.MasterSecret.IsNull() && !m.MasterSecret.IsUnknown() {
-		if ms.Key, err = hex.DecodeString(m.MasterSecret.ValueString()); err != nil {
-			return ms, false, attrErrorf("master_secret", "not hex: %w", err)
-		}
-		if ms.Salt, err = hex.DecodeString(m.MasterSecretSalt.ValueString()); err != nil || m.MasterSecretSalt.IsUnknown() {
-			return ms, false, attrErrorf("master_secret_salt", "must be given (hex) with master_secret")
-		}
-		if err := ms.Validate(); err != nil {
-			return ms, false, attrErrorf("master_secret", "%w", err)
-		}
-		// Given by the admin, so it existed before this attempt.
-		return ms, true, nil
+	if ms, given, err := m.givenMasterSecret(); given || err != nil {
+		// Given by the admin (or kept in the state), so it existed before this attempt.
+		return ms, true, err
 	}
 	if !m.MasterSecretSalt.IsNull() && !m.MasterSecretSalt.IsUnknown() {
 		return ms, false, attrErrorf("master_secret", "must be given with master_secret_salt")
@@ -439,6 +447,19 @@ func (r *clusterResource) refresh(ctx context.Context, m *clusterModel, private 
 	return diags
 }
 
+// memberValidator validates nodes of m's cluster that show refs, with the cluster's ID in PCR 15.
+func (r *clusterResource) memberValidator(m *clusterModel, att config.AttestationConfig, refs measurements.M) (attestation.Validator, error) {
+	clusterID, err := hex.DecodeString(m.ClusterID.ValueString())
+	if err != nil {
+		return nil, attrErrorf("cluster_id", "invalid cluster ID: %w", err)
+	}
+	joined, err := refs.WithClusterID(clusterID)
+	if err != nil {
+		return nil, err
+	}
+	return r.validator(att, joined)
+}
+
 // verify verifies every node against the attestation with the cluster's ID in PCR 15; during an unfinished
 // roll-out (pending), a node may show the measurements of its target image instead. A node that answers
 // with other measurements, or with another node's attestation, is an error; one that does not answer is a
@@ -450,19 +471,9 @@ func (r *clusterResource) verify(ctx context.Context, m *clusterModel, pending *
 		diags.Append(attributeDiag("Invalid attestation", err))
 		return diags
 	}
-	clusterID, err := hex.DecodeString(m.ClusterID.ValueString())
+	validator, err := r.memberValidator(m, att, att.Measurements)
 	if err != nil {
-		diags.AddAttributeError(path.Root("cluster_id"), "Invalid cluster ID", err.Error())
-		return diags
-	}
-	refs, err := att.Measurements.WithClusterID(clusterID)
-	if err != nil {
-		diags.AddError("Verifying the nodes", err.Error())
-		return diags
-	}
-	validator, err := r.validator(att, refs)
-	if err != nil {
-		diags.AddError("Verifying the nodes", err.Error())
+		diags.Append(attributeDiag("Verifying the nodes", err))
 		return diags
 	}
 	targets, err := m.targets(ctx)
@@ -472,13 +483,8 @@ func (r *clusterResource) verify(ctx context.Context, m *clusterModel, pending *
 	}
 	results := clusterclient.VerifyNodes(ctx, r.attester, targets, validator)
 	if pending != nil {
-		att.Measurements = pending.Measurements
-		if refs, err = att.Measurements.WithClusterID(clusterID); err != nil {
-			diags.AddError("Verifying the nodes", err.Error())
-			return diags
-		}
-		if validator, err = r.validator(att, refs); err != nil {
-			diags.AddError("Verifying the nodes", err.Error())
+		if validator, err = r.memberValidator(m, att, pending.Measurements); err != nil {
+			diags.Append(attributeDiag("Verifying the nodes", err))
 			return diags
 		}
 		for i, res := range results {

@@ -2,7 +2,6 @@ package tfprovider
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"github.com/constellation-go/constellation/internal/constellation/clusterclient"
 	"github.com/constellation-go/constellation/internal/constellation/imagerollout"
 	"github.com/constellation-go/constellation/internal/constellation/upgrade"
-	"github.com/constellation-go/constellation/internal/crypto"
 	"github.com/constellation-go/constellation/internal/measurements"
 	"github.com/constellation-go/constellation/localprovider/daemon"
 	"github.com/constellation-go/constellation/localprovider/metadata"
@@ -208,12 +206,6 @@ func (l logReporter) Detail(format string, args ...any) {
 }
 func (l logReporter) Done() {}
 
-type verifierFunc func(ctx context.Context, t clusterclient.Target) clusterclient.NodeResult
-
-func (f verifierFunc) Verify(ctx context.Context, t clusterclient.Target) clusterclient.NodeResult {
-	return f(ctx, t)
-}
-
 // rollImage moves every node of m's cluster to m's image_dir, as `constellation apply` does
 // (imagerollout): the image must boot to m's measurements; the JoinService trusts both images until the last
 // node moved and verified. An apply that stops halfway leaves both trusted; the next apply continues.
@@ -264,23 +256,18 @@ func (r *clusterResource) rollImage(ctx context.Context, m *clusterModel, privat
 	if !needed && !slices.ContainsFunc(names, func(n string) bool { return running[n] != "" && running[n] != image }) {
 		return nil
 	}
-	ms, err := m.masterSecretValue()
+	ms, given, err := m.givenMasterSecret()
 	if err != nil {
 		return err
+	}
+	if !given {
+		return errors.New("the state holds no master secret, which restarted control planes need")
 	}
 	fresh, err := r.validator(att, att.Measurements.WithFreshNode())
 	if err != nil {
 		return err
 	}
-	clusterID, err := hex.DecodeString(m.ClusterID.ValueString())
-	if err != nil {
-		return fmt.Errorf("the cluster ID in the state: %w", err)
-	}
-	joined, err := att.Measurements.WithClusterID(clusterID)
-	if err != nil {
-		return err
-	}
-	member, err := r.validator(att, joined)
+	member, err := r.memberValidator(m, att, att.Measurements)
 	if err != nil {
 		return err
 	}
@@ -294,9 +281,7 @@ func (r *clusterResource) rollImage(ctx context.Context, m *clusterModel, privat
 				return &recoverproto.RecoverRequest{MasterSecret: ms.Key, Salt: ms.Salt}, nil
 			},
 		},
-		Verifier: verifierFunc(func(ctx context.Context, t clusterclient.Target) clusterclient.NodeResult {
-			return clusterclient.VerifyNode(ctx, r.attester, t, member)
-		}),
+		Verifier: clusterclient.Verifier{API: r.attester, Validator: member},
 		Recorder: privateRecord{ctx: ctx, private: private, target: att.Measurements},
 		Reporter: logReporter{log: log},
 		Options:  r.rollout,
@@ -333,18 +318,4 @@ func rolloutFailed(err error) error {
 	}
 	return fmt.Errorf("%w\nNodes already moved stay on the new image and both images stay trusted; run terraform "+
 		"apply again to continue the roll-out", err)
-}
-
-// masterSecretValue is the master secret in the state.
-func (m *clusterModel) masterSecretValue() (crypto.MasterSecret, error) {
-	key, err := hex.DecodeString(m.MasterSecret.ValueString())
-	if err != nil {
-		return crypto.MasterSecret{}, fmt.Errorf("the master secret in the state: %w", err)
-	}
-	salt, err := hex.DecodeString(m.MasterSecretSalt.ValueString())
-	if err != nil {
-		return crypto.MasterSecret{}, fmt.Errorf("the master secret's salt in the state: %w", err)
-	}
-	ms := crypto.MasterSecret{Key: key, Salt: salt}
-	return ms, ms.Validate()
 }

@@ -138,9 +138,7 @@ func (e *env) rollout(ctx context.Context, r *imageRollout, p *progress) error {
 			return err
 		}),
 		Unlocker: e.recovery(p, fresh, prepare),
-		Verifier: verifierFunc(func(ctx context.Context, t clusterclient.Target) clusterclient.NodeResult {
-			return clusterclient.VerifyNode(ctx, e.deps.attester, t, memberValidator)
-		}),
+		Verifier: clusterclient.Verifier{API: e.deps.attester, Validator: memberValidator},
 		Recorder: stateRecord{e: e, st: r.st},
 		Reporter: p,
 		Moved:    func(ctx context.Context, node string) { e.reloadImages(ctx, r.cfg, r.st, r.infra, node, p) },
@@ -180,12 +178,6 @@ type moverFunc func(ctx context.Context, node, image string) error
 
 func (f moverFunc) MoveNode(ctx context.Context, node, image string) error {
 	return f(ctx, node, image)
-}
-
-type verifierFunc func(ctx context.Context, t clusterclient.Target) clusterclient.NodeResult
-
-func (f verifierFunc) Verify(ctx context.Context, t clusterclient.Target) clusterclient.NodeResult {
-	return f(ctx, t)
 }
 
 // stateRecord keeps the roll-out in constellation-state.yaml, so that `verify` accepts nodes of both images

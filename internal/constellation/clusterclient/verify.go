@@ -72,6 +72,17 @@ func VerifyNode(ctx context.Context, api Attester, t Target, validator attestati
 	return r
 }
 
+// Verifier verifies one node at a time with Validator (for an image roll-out's moved nodes).
+type Verifier struct {
+	API       Attester
+	Validator attestation.Validator
+}
+
+// Verify is VerifyNode.
+func (v Verifier) Verify(ctx context.Context, t Target) NodeResult {
+	return VerifyNode(ctx, v.API, t, v.Validator)
+}
+
 // VerifyNodes verifies the targets at once; the results are in the targets' order.
 func VerifyNodes(ctx context.Context, api Attester, targets []Target, validator attestation.Validator) []NodeResult {
 	results := make([]NodeResult, len(targets))

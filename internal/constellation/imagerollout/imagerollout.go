@@ -236,9 +236,10 @@ type Result struct {
 // new image): cordon and drain it, reboot it into the image with its state disk kept, unlock it if it is a
 // control plane, wait until it is Ready with a heartbeat from after the reboot, verify its attestation,
 // uncordon it. Every step is idempotent, so a re-run after an interruption continues where it stopped.
-func (r *Rollout) Run(ctx context.Context) (Result, error) {
+func (r *Rollout) Run(ctx context.Context) (res Result, err error) {
 	start := time.Now()
-	res := Result{}
+	// On the named result: a deferred change to a local would come after the return copied it.
+	defer func() { res.Took = time.Since(start) }()
 	o := r.Options
 	if o.Wait == 0 {
 		o = DefaultOptions
@@ -269,20 +270,16 @@ func (r *Rollout) Run(ctx context.Context) (Result, error) {
 			res.Moved++
 		}
 		if err != nil {
-			res.Took = time.Since(start)
 			return res, err
 		}
 		r.Reporter.Done()
 	}
 	if err := r.Cluster.finish(ctx); err != nil {
-		res.Took = time.Since(start)
 		return res, &Error{Step: StepFinish, Err: err}
 	}
 	if err := r.Recorder.Finish(); err != nil {
-		res.Took = time.Since(start)
 		return res, &Error{Step: StepFinish, Err: fmt.Errorf("the cluster trusts only the new image, but updating the record of the roll-out failed: %w", err)}
 	}
-	res.Took = time.Since(start)
 	return res, nil
 }
 
