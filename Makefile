@@ -178,7 +178,7 @@ protos:
 	bazel/protos.sh
 
 ## bench: print the performance figures (attestation, aTLS, JoinService, PCR precomputation, cluster, CLI,
-## image roll-out, Kubernetes upgrade)
+## image roll-out, Kubernetes upgrade, the full upgrade of Kubernetes and image)
 bench: setup build image-b kubernetes-next
 	$(BAZEL) build //cli/e2e/workload:image
 	install -m 0644 bazel-bin/cli/e2e/workload/image.tar out/e2e-workload.tar
@@ -190,6 +190,7 @@ bench: setup build image-b kubernetes-next
 	bench/cli.sh
 	bench/upgrade.sh
 	bench/k8supgrade.sh
+	bench/k8supgrade.sh --image
 
 clean:
 	rm -rf out

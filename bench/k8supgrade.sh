@@ -9,9 +9,17 @@
 # builds it).
 # Each run also prints where the time went: the CLI's steps with their durations, and the moments of
 # `kubeadm upgrade apply` on the control plane (from its bootstrapper's log), relative to its start.
-# Usage: bench/k8supgrade.sh [runs]
+# With --image, the full upgrade: the next Kubernetes version and image B (out/image-b, `make image-b`) in one
+# `upgrade apply`, as the upgrade end-to-end test does it.
+# Usage: bench/k8supgrade.sh [--image] [runs]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+image_b=""
+if [ "${1:-}" = --image ]; then
+  image_b=$(readlink -f out/image-b)
+  [ -d "$image_b" ] || { echo "no image B: run make image-b first" >&2; exit 1; }
+  shift
+fi
 runs=${1:-3}
 cli=$(readlink -f out/constellation)
 workload=$(readlink -f out/e2e-workload.tar)
@@ -111,7 +119,9 @@ spec:
   ports: [{port: 80, targetPort: 8080, nodePort: 31080}]
 EOF
 
-echo "== Kubernetes upgrade of the 2-node mini cluster to $next ($runs run(s), each on a fresh cluster)"
+what="Kubernetes upgrade of the 2-node mini cluster to $next"
+[ -z "$image_b" ] || what="full upgrade of the 2-node mini cluster to Kubernetes $next and image B"
+echo "== $what ($runs run(s), each on a fresh cluster)"
 times=() ups=()
 for run in $(seq "$runs"); do
   ws=$(mktemp -d)
@@ -125,7 +135,7 @@ for run in $(seq "$runs"); do
   k apply -f "$manifest" >/dev/null
   until [ "$(k get deployment bench-workload -o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 2 ]; do sleep 0.5; done
   until answered; do sleep 0.2; done
-  "$cli" -C "$ws" upgrade check --update-config --kubernetes "$next" >/dev/null 2>"$ws.err" || { cat "$ws.err" >&2; exit 1; }
+  "$cli" -C "$ws" upgrade check --update-config --kubernetes "$next" ${image_b:+--image "$image_b"} >/dev/null 2>"$ws.err" || { cat "$ws.err" >&2; exit 1; }
   gaps "$ws.gaps" 0.2 answered &
   workload_probe=$!
   gaps "$ws.apigaps" 0.5 k --request-timeout 2s get --raw /readyz &

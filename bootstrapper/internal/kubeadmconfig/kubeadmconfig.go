@@ -295,6 +295,15 @@ func GenerateInit(c Init) ([]byte, error) {
 		KubernetesVersion:    c.KubernetesVersion,
 		ControlPlaneEndpoint: endpoint,
 		APIServer: kubeadmv1beta4.APIServer{
+			ControlPlaneComponent: kubeadmv1beta4.ControlPlaneComponent{
+				ExtraArgs: []kubeadmv1beta4.Arg{
+					// On SIGTERM, drain the requests in flight and stop within 2 s. Without it, the server waits
+					// up to its request timeout (60 s) for open watches and is killed after the pod's 30 s grace
+					// period: every restart kubeadm makes (upgrades, certificate renewals) would keep the one
+					// control plane's API away 30 s longer than its start takes.
+					{Name: "shutdown-send-retry-after", Value: "true"},
+				},
+			},
 			CertSANs: sans,
 		},
 		ControllerManager: kubeadmv1beta4.ControlPlaneComponent{

@@ -69,7 +69,8 @@ type Agent struct {
 	// KubeadmTail, if set, returns the last lines kubeadm printed, for a failure's report.
 	KubeadmTail func() string
 	Log         *slog.Logger
-	// Interval between looks at the Node object; zero means 5 s.
+	// Interval between looks at the Node object; zero means 2 s (one GET of one object: each instruction
+	// of an upgrade waits for it, and an upgrade has three per node).
 	Interval time.Duration
 	// now is time.Now, or a test's clock.
 	now func() time.Time
@@ -79,7 +80,7 @@ type Agent struct {
 func (a *Agent) Run(ctx context.Context) {
 	interval := a.Interval
 	if interval == 0 {
-		interval = 5 * time.Second
+		interval = 2 * time.Second
 	}
 	var lastErr string
 	for {

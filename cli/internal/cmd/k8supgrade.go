@@ -209,7 +209,8 @@ func reportKubernetes(p *progress, last, prog kubeupgrade.Progress, version stri
 		}
 	}
 	if prog.Phase != last.Phase && prog.Phase == kubeupgrade.PhaseStaging {
-		p.Step("Kubernetes %s: verifying and installing its components on %d node(s)", version, prog.Staging)
+		// Not a count: the first pass the CLI sees may come after a node finished staging.
+		p.Step("Kubernetes %s: verifying and installing its components on the nodes", version)
 	}
 	did := prog.Did
 	if slices.Equal(prog.Did, last.Did) {

@@ -135,7 +135,7 @@ func TestRollKubernetes(t *testing.T) {
 		require.NoError(t, e.rollKubernetes(context.Background(), k8s, spec, e.progress()))
 		assert.Contains(t, errOut.String(), "the cluster has no upgrade controller")
 		for _, want := range []string{
-			"Kubernetes v1.34.10: verifying and installing its components on 2 node(s)",
+			"Kubernetes v1.34.10: verifying and installing its components on the nodes",
 			"Node cp-0 (1 of 2): kubeadm upgrade apply to v1.34.10",
 			"the JoinService hands joining nodes Kubernetes v1.34.10",
 			"Node worker-0 (2 of 2): kubeadm upgrade node to v1.34.10",

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 	releasecommon "helm.sh/helm/v4/pkg/release/common"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -104,6 +105,12 @@ func TestInstallAndUpgrade(t *testing.T) {
 		}
 		assert.Equal(t, []string{fieldManager}, managers, name)
 	}
+
+	// The upgrade controller holds its Lease in its pod's name (operator --leader-identity), so a restarted
+	// leader does not wait out its own Lease.
+	operator := daemonSet(ctx, t, cluster, OperatorName)
+	assert.Contains(t, operator.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "OPERATOR_LEADER_IDENTITY",
+		ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: "metadata.name"}}})
 
 	// The upgrade controller restarts the JoinService for a new join config.
 	_, err = cluster.Client.AppsV1().DaemonSets(Namespace).Patch(ctx, JoinServiceName, types.StrategicMergePatchType,

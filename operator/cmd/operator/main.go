@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -22,6 +23,7 @@ import (
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/v1alpha1"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/operator/internal/controller"
+	"github.com/constellation-go/constellation/operator/internal/leader"
 )
 
 // HealthPort serves /healthz and /readyz on every control plane.
@@ -38,6 +40,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("operator", flag.ContinueOnError)
 	healthAddr := fs.String("health-addr", ":"+strconv.Itoa(HealthPort), "address of /healthz and /readyz")
 	leaderElect := fs.Bool("leader-elect", true, "take the kube-system Lease before acting (more than one control plane runs the controller)")
+	identity := fs.String("leader-identity", "", "the name this replica holds the Lease in: its pod's name, so a restarted container leads again at once (empty: hostname and a random ID, as controller-runtime does)")
 	interval := fs.Duration("interval", 0, "how often a moving upgrade is looked at (0: 2s)")
 	logLevel, logFormat := service.LogFlags(fs)
 	if err := service.ParseFlags(fs, "OPERATOR", args); err != nil {
@@ -60,18 +63,28 @@ func run(args []string) error {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		return err
 	}
+	const leaseNamespace, leaseName, renewDeadline = "kube-system", "constellation-operator", 100 * time.Second
+	var lock resourcelock.Interface
+	if *leaderElect && *identity != "" {
+		if lock, err = leader.Lock(restConfig, leaseNamespace, leaseName, *identity, renewDeadline); err != nil {
+			return err
+		}
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress:  *healthAddr,
 		LeaderElection:          *leaderElect,
-		LeaderElectionID:        "constellation-operator",
-		LeaderElectionNamespace: "kube-system",
+		LeaderElectionID:        leaseName,
+		LeaderElectionNamespace: leaseNamespace,
+		// Named by the pod (leader.Lock): the leader exits while kubeadm moves etcd and the API server on a
+		// single control plane, and its restarted container must not wait out its own Lease.
+		LeaderElectionResourceLockInterface: lock,
 		// A new leader must not act while the old one may still finish a pass.
 		LeaderElectionReleaseOnCancel: true,
 		// The API server is away for tens of seconds while kubeadm moves it (one control plane): a leader that
 		// cannot renew for that long exits. Only a dead leader's node makes the others wait this long.
-		LeaseDuration: ptr.To(2 * time.Minute), RenewDeadline: ptr.To(100 * time.Second), RetryPeriod: ptr.To(5 * time.Second),
+		LeaseDuration: ptr.To(2 * time.Minute), RenewDeadline: ptr.To(renewDeadline), RetryPeriod: ptr.To(5 * time.Second),
 	})
 	if err != nil {
 		return fmt.Errorf("starting the controller manager: %w", err)
