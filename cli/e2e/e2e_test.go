@@ -560,7 +560,9 @@ const (
 	workloadRef  = "docker.io/constellation/e2e-workload:v1"
 	workloadData = "/var/lib/kubelet/e2e-workload/workload.txt"
 	// workloadManifest runs the workload once per node (the control plane's taint tolerated), its data in a
-	// directory of the state disk, behind NodePort 31080.
+	// directory of the state disk, behind NodePort 31080. Its PodDisruptionBudget keeps one replica serving
+	// through the upgrade's drains, as a user's highly available workload declares it: without it, the drain
+	// of the second node may evict the one ready replica while the first node's is still starting.
 	workloadManifest = `apiVersion: apps/v1
 kind: Deployment
 metadata: {name: e2e-workload, namespace: default}
@@ -587,6 +589,13 @@ spec:
         readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
         volumeMounts: [{name: data, mountPath: /data}]
       volumes: [{name: data, hostPath: {path: /var/lib/kubelet/e2e-workload, type: DirectoryOrCreate}}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: e2e-workload, namespace: default}
+spec:
+  minAvailable: 1
+  selector: {matchLabels: {app: e2e-workload}}
 ---
 apiVersion: v1
 kind: Service
