@@ -8,8 +8,11 @@ import (
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/constellation-go/constellation/cli/internal/terraform"
 	"github.com/constellation-go/constellation/internal/cloudprovider"
 	"github.com/constellation-go/constellation/internal/config"
 	"github.com/constellation-go/constellation/internal/constellation/clusterupgrade"
@@ -23,6 +26,9 @@ var kubernetesStepWait = 15 * time.Minute
 
 // kubernetesPoll is how often an upgrade or a roll-out looks at a node again.
 var kubernetesPoll = 2 * time.Second
+
+// nodesJoinWait bounds the wait for the configuration's nodes to be Ready members before an upgrade starts.
+var nodesJoinWait = 5 * time.Minute
 
 // kubernetesUpgrade moves an initialized cluster from one Kubernetes version to the next.
 type kubernetesUpgrade struct {
@@ -95,6 +101,13 @@ func (e *env) upgradeKubernetes(ctx context.Context, cfg *config.Config, u *kube
 	}
 	comps, err := clusterupgrade.KubernetesOnly(joinComps, u.to)
 	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(terraform.Nodes(cfg)))
+	for _, n := range terraform.Nodes(cfg) {
+		names = append(names, n.Name)
+	}
+	if err := waitNodesJoined(ctx, k8s, names, nodesJoinWait, kubernetesPoll, p); err != nil {
 		return err
 	}
 	spec := kubeupgrade.Spec{Version: u.to, Components: comps, JoinComponents: joinComps}
@@ -243,4 +256,52 @@ func reportKubernetes(p *progress, last, prog kubeupgrade.Progress, version stri
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
+}
+
+// waitNodesJoined waits until every node of names is a Ready node of the cluster, for at most timeout. `mini up`
+// returns before its workers joined: a node that joins while the upgrade runs misses the staging, and kubeadm's
+// preflight Job may land on it before it has the new version's images (`upgrade apply` then fails).
+func waitNodesJoined(ctx context.Context, k8s kubernetes.Interface, names []string, timeout, poll time.Duration, p *progress) error {
+	deadline := time.Now().Add(timeout)
+	stepped := false
+	for {
+		missing, err := notReadyNodes(ctx, k8s, names)
+		if err != nil {
+			return fmt.Errorf("listing the cluster's nodes: %w", err)
+		}
+		if len(missing) == 0 {
+			if stepped {
+				p.Done()
+			}
+			return nil
+		}
+		if !stepped {
+			p.Step("Waiting until %s is a Ready node of the cluster (a node may still be joining) before the upgrade starts", strings.Join(missing, ", "))
+			stepped = true
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not become a Ready node of the cluster within %s; an upgrade now would leave it behind. "+
+				"Check it with 'constellation status' and re-run 'constellation apply'", strings.Join(missing, ", "), timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(poll):
+		}
+	}
+}
+
+// notReadyNodes returns the names that are no Ready node of the cluster, in their order.
+func notReadyNodes(ctx context.Context, k8s kubernetes.Interface, names []string) ([]string, error) {
+	list, err := k8s.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, name := range names {
+		if !slices.ContainsFunc(list.Items, func(n corev1.Node) bool { return n.Name == name && kubeupgrade.NodeReady(&n) }) {
+			missing = append(missing, name)
+		}
+	}
+	return missing, nil
 }

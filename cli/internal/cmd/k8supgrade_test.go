@@ -3,6 +3,7 @@ package cmd
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/afero"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -19,6 +21,7 @@ import (
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	"k8s.io/client-go/kubernetes"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -300,5 +303,69 @@ func TestReportKubernetesOrder(t *testing.T) {
 		require.GreaterOrEqual(t, i, 0, "%q missing from:\n%s", s, text)
 		assert.Greater(t, i, at, "%q out of order in:\n%s", s, text)
 		at = i
+	}
+}
+
+// TestWaitNodesJoined: an upgrade starts only once every node of the configuration is a Ready node of the
+// cluster (mini up returns before its worker joined), and says what it waits for.
+func TestWaitNodesJoined(t *testing.T) {
+	node := func(name string, ready bool) *corev1.Node {
+		status := corev1.ConditionFalse
+		if ready {
+			status = corev1.ConditionTrue
+		}
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: status}}}}
+	}
+	testCases := map[string]struct {
+		nodes []*corev1.Node
+		// joinAfter adds worker-0, Ready, after that many lists.
+		joinAfter int
+		listErr   bool
+		wantErr   []string
+		wantOut   string
+	}{
+		"every node Ready: no wait, nothing said": {nodes: []*corev1.Node{node("cp-0", true), node("worker-0", true)}},
+		"the worker joins while the CLI waits":    {nodes: []*corev1.Node{node("cp-0", true)}, joinAfter: 2, wantOut: "Waiting until worker-0 is a Ready node"},
+		"a node that stays NotReady stops the upgrade with the way on": {
+			nodes:   []*corev1.Node{node("cp-0", true), node("worker-0", false)},
+			wantErr: []string{"worker-0 did not become a Ready node", "re-run 'constellation apply'"}, wantOut: "Waiting until worker-0",
+		},
+		"the API does not answer": {listErr: true, wantErr: []string{"listing the cluster's nodes"}},
+	}
+	for name, tc := range testCases {
+		t.Run(name, func(t *testing.T) {
+			k8s := k8sfake.NewClientset()
+			for _, n := range tc.nodes {
+				_, err := k8s.CoreV1().Nodes().Create(context.Background(), n, metav1.CreateOptions{})
+				require.NoError(t, err)
+			}
+			lists := 0
+			k8s.PrependReactor("list", "nodes", func(k8stesting.Action) (bool, runtime.Object, error) {
+				lists++
+				if tc.listErr {
+					return true, nil, errors.New("connection refused")
+				}
+				if tc.joinAfter > 0 && lists == tc.joinAfter {
+					require.NoError(t, k8s.Tracker().Add(node("worker-0", true)))
+				}
+				return false, nil, nil
+			})
+			var out bytes.Buffer
+			err := waitNodesJoined(context.Background(), k8s, []string{"cp-0", "worker-0"}, 50*time.Millisecond, time.Millisecond, &progress{w: &out})
+			if len(tc.wantErr) > 0 {
+				require.Error(t, err)
+				for _, want := range tc.wantErr {
+					assert.Contains(t, err.Error(), want)
+				}
+			} else {
+				require.NoError(t, err)
+			}
+			if tc.wantOut == "" {
+				assert.Empty(t, out.String())
+			} else {
+				assert.Contains(t, out.String(), tc.wantOut)
+			}
+		})
 	}
 }
