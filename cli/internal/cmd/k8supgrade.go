@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/cli/internal/terraform"
@@ -103,7 +104,7 @@ func (e *env) upgradeKubernetes(ctx context.Context, cfg *config.Config, u *kube
 	if err != nil {
 		return err
 	}
-	names := make([]string, 0, len(terraform.Nodes(cfg)))
+	var names []string
 	for _, n := range terraform.Nodes(cfg) {
 		names = append(names, n.Name)
 	}
@@ -262,33 +263,27 @@ func firstLine(s string) string {
 // returns before its workers joined: a node that joins while the upgrade runs misses the staging, and kubeadm's
 // preflight Job may land on it before it has the new version's images (`upgrade apply` then fails).
 func waitNodesJoined(ctx context.Context, k8s kubernetes.Interface, names []string, timeout, poll time.Duration, p *progress) error {
-	deadline := time.Now().Add(timeout)
+	var missing []string
 	stepped := false
-	for {
-		missing, err := notReadyNodes(ctx, k8s, names)
-		if err != nil {
-			return fmt.Errorf("listing the cluster's nodes: %w", err)
+	err := wait.PollUntilContextTimeout(ctx, poll, timeout, true, func(ctx context.Context) (bool, error) {
+		var err error
+		if missing, err = notReadyNodes(ctx, k8s, names); err != nil {
+			return false, fmt.Errorf("listing the cluster's nodes: %w", err)
 		}
-		if len(missing) == 0 {
-			if stepped {
-				p.Done()
-			}
-			return nil
-		}
-		if !stepped {
+		if len(missing) > 0 && !stepped {
 			p.Step("Waiting until %s is a Ready node of the cluster (a node may still be joining) before the upgrade starts", strings.Join(missing, ", "))
 			stepped = true
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not become a Ready node of the cluster within %s; an upgrade now would leave it behind. "+
-				"Check it with 'constellation status' and re-run 'constellation apply'", strings.Join(missing, ", "), timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(poll):
-		}
+		return len(missing) == 0, nil
+	})
+	switch {
+	case err == nil && stepped:
+		p.Done()
+	case err != nil && len(missing) > 0 && ctx.Err() == nil:
+		return fmt.Errorf("%s did not become a Ready node of the cluster within %s; an upgrade now would leave it behind. "+
+			"Check it with 'constellation status' and re-run 'constellation apply'", strings.Join(missing, ", "), timeout)
 	}
+	return err
 }
 
 // notReadyNodes returns the names that are no Ready node of the cluster, in their order.
