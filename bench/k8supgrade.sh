@@ -82,51 +82,9 @@ answered() {
   curl -sf -m 1 http://10.42.0.2:31080/ >/dev/null || curl -sf -m 1 http://10.42.0.3:31080/ >/dev/null
 }
 
-manifest=$(mktemp)
-trap 'cleanup; rm -f "$manifest"' EXIT
-# The e2e test's workload (cli/e2e): one replica per node, the control plane's taint tolerated.
-cat >"$manifest" <<'EOF'
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: bench-workload, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: bench-workload}}
-  template:
-    metadata: {labels: {app: bench-workload}}
-    spec:
-      tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]
-      affinity:
-        podAntiAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-          - {labelSelector: {matchLabels: {app: bench-workload}}, topologyKey: kubernetes.io/hostname}
-      containers:
-      - name: workload
-        image: docker.io/constellation/e2e-workload:v1
-        imagePullPolicy: Never
-        securityContext: {runAsUser: 0}
-        command: [/usr/bin/workload, --data, /data/workload.txt]
-        ports: [{containerPort: 8080}]
-        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
-        volumeMounts: [{name: data, mountPath: /data}]
-      volumes: [{name: data, hostPath: {path: /var/lib/kubelet/bench-workload, type: DirectoryOrCreate}}]
----
-# One replica stays up through the drains (the upgrade's drain honors PodDisruptionBudgets).
-apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata: {name: bench-workload, namespace: default}
-spec:
-  minAvailable: 1
-  selector: {matchLabels: {app: bench-workload}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: bench-workload, namespace: default}
-spec:
-  type: NodePort
-  selector: {app: bench-workload}
-  ports: [{port: 80, targetPort: 8080, nodePort: 31080}]
-EOF
+# The end-to-end test's workload: one replica per node, a PodDisruptionBudget of one, NodePort 31080.
+manifest=cli/e2e/workload.yaml
+trap cleanup EXIT
 
 what="Kubernetes upgrade of the 2-node mini cluster to $next"
 [ -z "$image_b" ] || what="full upgrade of the 2-node mini cluster to Kubernetes $next and image B"
@@ -142,7 +100,7 @@ for run in $(seq "$runs"); do
   ups+=("$up")
   "$cli" -C "$ws" mini image load "$workload" >/dev/null 2>"$ws.err" || { cat "$ws.err" >&2; exit 1; }
   k apply -f "$manifest" >/dev/null
-  until [ "$(k get deployment bench-workload -o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 2 ]; do sleep 0.5; done
+  until [ "$(k get deployment e2e-workload -o 'jsonpath={.status.readyReplicas}' 2>/dev/null)" = 2 ]; do sleep 0.5; done
   until answered; do sleep 0.2; done
   "$cli" -C "$ws" upgrade check --update-config --kubernetes "$next" ${image_b:+--image "$image_b"} >/dev/null 2>"$ws.err" || { cat "$ws.err" >&2; exit 1; }
   gaps "$ws.gaps" 0.2 answered &

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -440,6 +441,7 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	require.Zero(t, code, "mini image load failed:\n%s\n%s", stdout, stderr)
 	assert.Contains(t, stdout, workloadRef)
 	manifest := filepath.Join(t.TempDir(), "workload.yaml")
+	require.Contains(t, workloadManifest, "image: "+workloadRef, "workload.yaml runs the image the test loads")
 	require.NoError(t, os.WriteFile(manifest, []byte(workloadManifest), 0o644))
 	t.Log(kubectl(ctx, t, kubeconfig, "apply", "-f", manifest))
 	waitWorkload := func(what string) {
@@ -556,55 +558,15 @@ func testImageRollout(ctx context.Context, t *testing.T, c *cli, cluster, kubeco
 	assert.NotContains(t, readySince(kubectl(ctx, t, kubeconfig, "get", "nodes", "-o", "json"), since), "worker-0")
 }
 
+// workloadManifest is the workload's Deployment, PodDisruptionBudget and Service (workload.yaml, which
+// bench/k8supgrade.sh runs too).
+//
+//go:embed workload.yaml
+var workloadManifest string
+
 const (
 	workloadRef  = "docker.io/constellation/e2e-workload:v1"
 	workloadData = "/var/lib/kubelet/e2e-workload/workload.txt"
-	// workloadManifest runs the workload once per node (the control plane's taint tolerated), its data in a
-	// directory of the state disk, behind NodePort 31080. Its PodDisruptionBudget keeps one replica serving
-	// through the upgrade's drains, as a user's highly available workload declares it: without it, the drain
-	// of the second node may evict the one ready replica while the first node's is still starting.
-	workloadManifest = `apiVersion: apps/v1
-kind: Deployment
-metadata: {name: e2e-workload, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: e2e-workload}}
-  template:
-    metadata: {labels: {app: e2e-workload}}
-    spec:
-      tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]
-      affinity:
-        podAntiAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-          - {labelSelector: {matchLabels: {app: e2e-workload}}, topologyKey: kubernetes.io/hostname}
-      containers:
-      - name: workload
-        image: ` + workloadRef + `
-        imagePullPolicy: Never
-        # The hostPath directory the kubelet creates belongs to root.
-        securityContext: {runAsUser: 0}
-        command: [/usr/bin/workload, --data, /data/workload.txt]
-        env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
-        ports: [{containerPort: 8080}]
-        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
-        volumeMounts: [{name: data, mountPath: /data}]
-      volumes: [{name: data, hostPath: {path: /var/lib/kubelet/e2e-workload, type: DirectoryOrCreate}}]
----
-apiVersion: policy/v1
-kind: PodDisruptionBudget
-metadata: {name: e2e-workload, namespace: default}
-spec:
-  minAvailable: 1
-  selector: {matchLabels: {app: e2e-workload}}
----
-apiVersion: v1
-kind: Service
-metadata: {name: e2e-workload, namespace: default}
-spec:
-  type: NodePort
-  selector: {app: e2e-workload}
-  ports: [{port: 80, targetPort: 8080, nodePort: 31080}]
-`
 )
 
 // probe asks the workload's NodePort on every node address every 200 ms; a round in which some node answers
