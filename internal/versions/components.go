@@ -105,6 +105,19 @@ func Components(kubernetesVersion string) (ComponentSet, error) {
 	return out, nil
 }
 
+// ForNode returns the components a node installs of a list its cluster hands every node: for a node that is
+// not a control plane, without the images only control planes run (kubeadm's static pods). A worker never
+// runs them, and verifying and importing them into containerd cost it seconds at every join, upgrade and
+// restart (a restarted node imports its images again before its pods can start).
+func ForNode(comps []*components.Component, controlPlane bool) []*components.Component {
+	if controlPlane {
+		return comps
+	}
+	return slices.DeleteFunc(slices.Clone(comps), func(c *components.Component) bool {
+		return c.GetImage() != "" && slices.Contains(controlPlaneImages, c.GetName())
+	})
+}
+
 // Component returns the named component of the set.
 func (s ComponentSet) Component(name string) (Component, bool) {
 	for _, c := range s.Components {

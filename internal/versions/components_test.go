@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/constellation-go/constellation/internal/testenv"
+	"github.com/constellation-go/constellation/internal/versions/components"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -123,6 +124,27 @@ func TestNodeComponentsAndProto(t *testing.T) {
 	minor, err := Components(strings.Join(strings.Split(DefaultKubernetes, ".")[:2], "."))
 	require.NoError(t, err)
 	assert.Equal(t, DefaultKubernetes, minor.Kubernetes)
+}
+
+// TestForNode: a worker installs the components its cluster hands every node without the control planes'
+// images; a control plane installs all of them.
+func TestForNode(t *testing.T) {
+	set, err := Components(DefaultKubernetes)
+	require.NoError(t, err)
+	all := set.Proto("http://10.42.0.1:8080", set.NodeComponents(true))
+	// The services' images, which the JoinService adds, stay too.
+	all = append(all, &components.Component{Name: "joinservice.tar", Image: "docker.io/constellation/joinservice:v1"})
+	names := func(cs []*components.Component) []string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.GetName())
+		}
+		return out
+	}
+	assert.Equal(t, names(all), names(ForNode(all, true)))
+	assert.ElementsMatch(t, []string{"kubeadm", "kubelet", "kubectl", "kube-proxy.tar", "coredns.tar", "pause.tar", "joinservice.tar"},
+		names(ForNode(all, false)))
+	assert.Len(t, all, 11, "the caller's list is left as it was")
 }
 
 // TestPinsMatchCache checks the components bazel/kubernetes/build.sh built on this machine against the pins.

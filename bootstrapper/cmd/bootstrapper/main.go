@@ -92,6 +92,7 @@ import (
 	"github.com/constellation-go/constellation/internal/components/install"
 	"github.com/constellation-go/constellation/internal/constellation/services"
 	"github.com/constellation-go/constellation/internal/measurements"
+	"github.com/constellation-go/constellation/internal/role"
 	"github.com/constellation-go/constellation/internal/service"
 	"github.com/constellation-go/constellation/internal/statedisk"
 	"github.com/constellation-go/constellation/internal/tpm"
@@ -235,7 +236,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}}
 	installer := protoInstaller{in: &install.Installer{
 		ContainerdAddress: f.containerdSocket, SandboxImage: f.sandboxImage, Log: log.With("component", "installer"),
-	}, disk: disk}
+	}, disk: disk, controlPlane: self.Role == role.ControlPlane}
 	kubeadmOut := &nodelog.LineLogger{Log: log.With("component", "kubeadm"), Msg: "kubeadm"}
 	supervisor := kubelet.NewSupervisor(kubelet.ExecStarter{Path: filepath.Join(f.binDir, "kubelet"), Env: env},
 		kubelet.Paths{}, nil, kubeletLog, log.With("component", "kubelet"))
@@ -322,11 +323,12 @@ func pathEnv() string {
 	return "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 }
 
-// protoInstaller installs components and records them on the (unlocked) state disk, from which a
-// recovered node installs them again.
+// protoInstaller installs components (a worker skips the control planes' images, versions.ForNode) and
+// records them on the (unlocked) state disk, from which a recovered node installs them again.
 type protoInstaller struct {
-	in   *install.Installer
-	disk *nodestate.Disk
+	in           *install.Installer
+	disk         *nodestate.Disk
+	controlPlane bool
 }
 
 func (p protoInstaller) Install(ctx context.Context, comps []*components.Component) error {
@@ -342,7 +344,7 @@ func (p protoInstaller) Install(ctx context.Context, comps []*components.Compone
 
 // Stage installs components without recording them (an upgrade records them once the kubelet moved).
 func (p protoInstaller) Stage(ctx context.Context, comps []*components.Component) error {
-	cs, err := install.FromProto(comps)
+	cs, err := install.FromProto(versions.ForNode(comps, p.controlPlane))
 	if err != nil {
 		return err
 	}

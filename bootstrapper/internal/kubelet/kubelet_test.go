@@ -243,6 +243,26 @@ func TestSupervisorStableKubeletResetsBackoff(t *testing.T) {
 	assert.Less(t, time.Since(start), 2*time.Second, "restarted after the initial delay")
 }
 
+// TestSupervisorWaitsForTheBinary: a kubelet binary that is not installed yet is looked for every
+// PollInterval, however long that takes, not with the growing restart back-off (an hour here).
+func TestSupervisorWaitsForTheBinary(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	root := t.TempDir()
+	writeKubeadmFiles(t, root, "")
+	script := filepath.Join(root, "bin/kubelet")
+	s := newTestSupervisor(ExecStarter{Path: script}, root, io.Discard)
+	s.Backoff = Backoff{Initial: time.Hour, Max: time.Hour, Stable: time.Hour}
+	run(t, s)
+	time.Sleep(50 * time.Millisecond) // several looks find nothing
+	assert.Zero(t, s.Starts())
+	require.NoError(t, os.MkdirAll(filepath.Dir(script), 0o755))
+	require.NoError(t, os.WriteFile(script, []byte("#!"+sh+"\nexec sleep 60\n"), 0o755))
+	assert.Eventually(t, func() bool { return s.Starts() == 1 }, 5*time.Second, 5*time.Millisecond)
+}
+
 // TestExecStarter runs a real process through the supervisor: a shell script standing in for the kubelet
 // that exits once, then stays up until stopped.
 func TestExecStarter(t *testing.T) {

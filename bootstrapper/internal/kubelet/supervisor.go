@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -99,6 +100,9 @@ type pause struct {
 // errPaused ends a kubelet run that WhileStopped stopped.
 var errPaused = errors.New("stopped on request")
 
+// errNotInstalled is a start that found no kubelet binary.
+var errNotInstalled = errors.New("the kubelet is not installed yet")
+
 // NewSupervisor returns a supervisor that starts the kubelet through starter with kubeadm's files under
 // paths, plus extraArgs; the kubelet's output goes to out.
 func NewSupervisor(starter Starter, paths Paths, extraArgs []string, out io.Writer, log *slog.Logger) *Supervisor {
@@ -159,12 +163,33 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return nil
 	}
 	delay := s.Backoff.Initial
+	waitingForBinary := false
 	for {
 		started := time.Now()
 		err := s.runOnce(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, errNotInstalled) {
+			// Not a crash: the installer has not put the binary there yet (a node installs it after the images its
+			// pods need, internal/components/install). Looked for every PollInterval, without the back-off, which
+			// had grown to 8 s by the time a restarted control plane's images were in.
+			if !waitingForBinary {
+				s.log.Info("waiting for the kubelet binary to be installed", "error", err)
+				waitingForBinary = true
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case req := <-s.pauses:
+				if !paused(ctx, req) {
+					return nil
+				}
+			case <-time.After(s.PollInterval):
+			}
+			continue
+		}
+		waitingForBinary = false
 		if errors.Is(err, errPaused) {
 			s.log.Info("kubelet stopped on request (kubeadm reset or a kubelet upgrade); waiting for kubeadm's configuration to start it again")
 			if !s.waitForConfig(ctx) {
@@ -193,6 +218,9 @@ func (s *Supervisor) runOnce(ctx context.Context) error {
 		return err
 	}
 	p, err := s.starter.Start(args, s.out)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %w", errNotInstalled, err)
+	}
 	if err != nil {
 		return fmt.Errorf("starting kubelet: %w", err)
 	}

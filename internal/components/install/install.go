@@ -124,14 +124,28 @@ const (
 	namespace = "k8s.io"
 )
 
-// Install installs the components in order and stops at the first failure.
+// Install installs the images, then the other files, each group in order, and stops at the first failure.
+// Images first: a file's arrival may start a program whose work needs them (the bootstrapper's kubelet
+// supervisor starts the kubelet as soon as its binary is there, and a pod whose image is not imported yet
+// fails and waits out the kubelet's back-off, 10 s and more, since nodes reach no registry).
 func (in *Installer) Install(ctx context.Context, comps []Component) error {
-	for _, c := range comps {
+	ordered := slices.Clone(comps)
+	slices.SortStableFunc(ordered, func(a, b Component) int {
+		return imageRank(a) - imageRank(b)
+	})
+	for _, c := range ordered {
 		if err := in.InstallOne(ctx, c); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func imageRank(c Component) int {
+	if c.Image != "" {
+		return 0
+	}
+	return 1
 }
 
 // InstallOne installs one component (and imports it if it is an image).

@@ -265,6 +265,30 @@ func TestImagesAreImportedAfterVerification(t *testing.T) {
 	assert.ErrorContains(t, err, "importing image registry.k8s.io/pause:3.10")
 }
 
+// TestImagesBeforeFiles: images are installed and imported before any other file, whatever the list's order,
+// since a binary's arrival may start the program that needs them (the kubelet supervisor).
+func TestImagesBeforeFiles(t *testing.T) {
+	content := []byte("content")
+	fs := newFileServer(t, content)
+	root := t.TempDir()
+	kubelet := component(fs, content)
+	var kubeletThere []bool
+	in := &Installer{Root: root, importImage: func(context.Context, string, Component) error {
+		_, err := os.Stat(filepath.Join(root, kubelet.InstallPath))
+		kubeletThere = append(kubeletThere, err == nil)
+		return nil
+	}}
+	image := func(name string) Component {
+		c := component(fs, content)
+		c.Name, c.InstallPath, c.Mode, c.Image = name, "/var/lib/constellation/images/"+name, 0, "registry.k8s.io/"+name
+		return c
+	}
+	require.NoError(t, in.Install(context.Background(), []Component{kubelet, image("pause.tar"), image("etcd.tar")}))
+	assert.Equal(t, []bool{false, false}, kubeletThere, "the kubelet was there before an image was imported")
+	_, err := os.Stat(filepath.Join(root, kubelet.InstallPath))
+	assert.NoError(t, err)
+}
+
 func TestValidate(t *testing.T) {
 	good := Component{Name: "kubelet", URL: "http://x/y", SHA256: strings.Repeat("a", 64), InstallPath: "/usr/bin/kubelet"}
 	for name, mutate := range map[string]func(*Component){

@@ -8,11 +8,13 @@
 // The order (see agentapi for what a node does at each step):
 //
 //  1. Every node that has not moved yet stages the version's components.
-//  2. The first control plane (control planes sort first, by name) is cordoned, drained, then runs
-//     `kubeadm upgrade apply`; once its kubelet and control plane run the version and are Ready, the
-//     JoinService hands joining nodes the new version, and the node is uncordoned.
-//  3. Each other node in turn is cordoned, drained, runs `kubeadm upgrade node`, and is uncordoned once its
-//     new kubelet is Ready (control planes also wait for their static pods).
+//  2. The first control plane (control planes sort first, by name) is cordoned, its pods are evicted, then
+//     it runs `kubeadm upgrade apply`; once its kubelet and control plane run the version and are Ready, the
+//     JoinService hands joining nodes the new version, and the node is uncordoned (after the evicted pods
+//     terminated: the step does not wait for them, see Evict).
+//  3. Each other node in turn is cordoned, its pods are evicted, it runs `kubeadm upgrade node`, and is
+//     uncordoned once its new kubelet is Ready and the evicted pods are gone (control planes also wait for
+//     their static pods).
 //
 // A node reporting a failed step stops the upgrade (PhaseFailed, with the node's reason); ClearFailures asks
 // the nodes to try again.
@@ -31,8 +33,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/kubectl/pkg/drain"
 
@@ -176,6 +180,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, spec Spec) (Progress, error)
 			}
 		}
 		if _, ours := n.Annotations[CordonAnnotation]; ours {
+			left, err := Evicting(ctx, r.Client, n.Name)
+			if err != nil {
+				return prog, fmt.Errorf("listing the pods evicted from %s: %w", n.Name, err)
+			}
+			if len(left) > 0 {
+				prog.Waiting = fmt.Sprintf("the pods evicted from %s to terminate (%s)", n.Name, strings.Join(left, ", "))
+				return prog, nil
+			}
 			if err := r.uncordon(ctx, n); err != nil {
 				return prog, err
 			}
@@ -213,7 +225,8 @@ func (r *Reconciler) advance(ctx context.Context, prog Progress, n *corev1.Node,
 	if timeout == 0 {
 		timeout = DefaultDrainTimeout
 	}
-	if err := Drain(ctx, r.Client, n.Name, timeout); err != nil {
+	// The step does not wait for the evicted pods to terminate, the uncordon does (see Evict).
+	if err := Evict(ctx, r.Client, n.Name, timeout); err != nil {
 		return prog, fmt.Errorf("draining %s before its upgrade: %w", n.Name, err)
 	}
 	prog.Did = append(prog.Did, "evicted the pods on "+n.Name)
@@ -360,21 +373,104 @@ func (r *Reconciler) uncordon(ctx context.Context, n *corev1.Node) error {
 	return err
 }
 
-// Drain cordons a node and evicts its pods (DaemonSet pods stay: they run on every node anyway), within
-// timeout.
+// evictRetry is how often an eviction that a PodDisruptionBudget refused is asked again (kubectl drain waits
+// 5 s; a replica that became Ready elsewhere is what the budget waits for, and a retry is one small request).
+var evictRetry = time.Second
+
+// drainHelper is kubectl drain's configuration for the upgrade's drains: DaemonSet pods stay (they run on
+// every node anyway), emptyDir data goes with its pod, each pod gets its own grace period.
+func drainHelper(ctx context.Context, k8s kubernetes.Interface, timeout time.Duration, errOut io.Writer) *drain.Helper {
+	return &drain.Helper{
+		Ctx: ctx, Client: k8s, IgnoreAllDaemonSets: true, DeleteEmptyDirData: true, GracePeriodSeconds: -1,
+		Timeout: timeout, EvictErrorRetryDelay: evictRetry, Out: io.Discard, ErrOut: errOut,
+	}
+}
+
+// Drain cordons a node, evicts its pods and waits until they terminated, within timeout.
 func Drain(ctx context.Context, k8s kubernetes.Interface, name string, timeout time.Duration) error {
 	if err := Cordon(ctx, k8s, name, true); err != nil {
 		return err
 	}
 	var out strings.Builder
-	h := &drain.Helper{
-		Ctx: ctx, Client: k8s, IgnoreAllDaemonSets: true, DeleteEmptyDirData: true, GracePeriodSeconds: -1,
-		Timeout: timeout, Out: io.Discard, ErrOut: &out,
-	}
-	if err := drain.RunNodeDrain(h, name); err != nil {
-		return fmt.Errorf("%w %s", err, strings.TrimSpace(out.String()))
+	if err := drain.RunNodeDrain(drainHelper(ctx, k8s, timeout, &out), name); err != nil {
+		// The helper writes a line per refused eviction; the last says why it still waited.
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		return fmt.Errorf("%w %s", err, lines[len(lines)-1])
 	}
 	return nil
+}
+
+// Evict cordons a node and evicts the pods Drain would, through the Eviction API (so PodDisruptionBudgets
+// hold), asking again for those a budget refuses until timeout; unlike Drain, it returns once every eviction
+// was accepted, without waiting for the pods to terminate (Evicting lists those still there).
+//
+// Why: the kubelet of a node that follows the control plane in an upgrade sees the evictions only after the
+// API server came back from the control plane's step and its watch's backoff (up to a minute) ran out, so
+// waiting for the pods to terminate before the node's own step stalled the upgrade; the node's step replaces
+// its kubelet, and the new one terminates the evicted pods (each within its grace period) as soon as it
+// starts.
+func Evict(ctx context.Context, k8s kubernetes.Interface, name string, timeout time.Duration) error {
+	if err := Cordon(ctx, k8s, name, true); err != nil {
+		return err
+	}
+	h := drainHelper(ctx, k8s, timeout, io.Discard)
+	list, errs := h.GetPodsForDeletion(name)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	var pending []corev1.Pod
+	for _, p := range list.Pods() {
+		if p.DeletionTimestamp == nil {
+			pending = append(pending, p)
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	gv, err := drain.CheckEvictionSupport(k8s)
+	if err != nil {
+		return fmt.Errorf("looking for the Eviction API: %w", err)
+	}
+	if gv.Empty() {
+		return errors.New("the API server offers no Eviction API, which honours PodDisruptionBudgets")
+	}
+	var refused error
+	err = wait.PollUntilContextTimeout(ctx, evictRetry, timeout, true, func(context.Context) (bool, error) {
+		var next []corev1.Pod
+		for _, p := range pending {
+			err := h.EvictPod(p, gv)
+			switch {
+			case err == nil, apierrors.IsNotFound(err):
+			case apierrors.IsTooManyRequests(err):
+				// A PodDisruptionBudget that allows no disruption now.
+				next, refused = append(next, p), err
+			default:
+				return false, fmt.Errorf("evicting %s/%s: %w", p.Namespace, p.Name, err)
+			}
+		}
+		pending = next
+		return len(pending) == 0, nil
+	})
+	if wait.Interrupted(err) && ctx.Err() == nil {
+		return fmt.Errorf("%d pod(s) on %s were not evicted within %s (check their PodDisruptionBudgets): %w", len(pending), name, timeout, refused)
+	}
+	return err
+}
+
+// Evicting lists, as namespace/name, the pods of the kinds Evict evicts that are still terminating on a node.
+// A pod placed there after the eviction (one that tolerates the cordon) is not waited for.
+func Evicting(ctx context.Context, k8s kubernetes.Interface, name string) ([]string, error) {
+	list, errs := drainHelper(ctx, k8s, 0, io.Discard).GetPodsForDeletion(name)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	var left []string
+	for _, p := range list.Pods() {
+		if p.DeletionTimestamp != nil {
+			left = append(left, p.Namespace+"/"+p.Name)
+		}
+	}
+	return left, nil
 }
 
 // Cordon marks a node (un)schedulable.

@@ -2,15 +2,21 @@ package kubeupgrade
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/constellation-go/constellation/bootstrapper/agentapi"
 	"github.com/constellation-go/constellation/internal/constellation/kubeupgrade/kubeupgradetest"
@@ -196,6 +202,125 @@ func TestReconcileStops(t *testing.T) {
 		k8s := k8sfake.NewClientset(kubeupgradetest.Node("worker-0", oldVersion, false))
 		_, err := (&Reconciler{Client: k8s}).Reconcile(ctx, spec)
 		assert.ErrorContains(t, err, "no control plane")
+	})
+}
+
+// TestEvictionDoesNotHoldTheStep: a node gets its step once the evictions of its pods were accepted, not
+// once the pods terminated (its kubelet may see the evictions a minute late, see Evict); it is uncordoned
+// only once they are gone. An eviction a PodDisruptionBudget refuses is asked again, within DrainTimeout.
+func TestEvictionDoesNotHoldTheStep(t *testing.T) {
+	ctx := context.Background()
+	oldRetry := evictRetry
+	evictRetry = time.Millisecond
+	t.Cleanup(func() { evictRetry = oldRetry })
+
+	// workload is a ReplicaSet's pod on worker-0, beside a pod of the JoinService's DaemonSet, which stays.
+	workload := func() []runtime.Object {
+		rs, ds := true, true
+		return []runtime.Object{
+			&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "default", OwnerReferences: []metav1.OwnerReference{
+				{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web", Controller: &rs},
+			}}, Spec: corev1.PodSpec{NodeName: "worker-0"}},
+			&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "joinservice-w", Namespace: metav1.NamespaceSystem, OwnerReferences: []metav1.OwnerReference{
+				{APIVersion: "apps/v1", Kind: "DaemonSet", Name: joinproto.DaemonSetName, Controller: &ds},
+			}}, Spec: corev1.PodSpec{NodeName: "worker-0"}},
+			kubeupgradetest.Node("worker-0", oldVersion, false),
+		}
+	}
+	// withEviction serves the Eviction API as the API server does for a pod with a budget: it refuses the
+	// first refusals evictions of each pod (429), then marks the pod terminating. It records the evictions.
+	withEviction := func(k8s *k8sfake.Clientset, refusals int) *[]string {
+		k8s.Resources = []*metav1.APIResourceList{{GroupVersion: "v1", APIResources: []metav1.APIResource{
+			{Name: "pods/eviction", Kind: "Eviction", Group: "policy", Version: "v1"},
+		}}}
+		// The fake ignores field selectors; drains list the pods of one node.
+		k8s.PrependReactor("list", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
+			obj, err := k8s.Tracker().List(corev1.SchemeGroupVersion.WithResource("pods"), corev1.SchemeGroupVersion.WithKind("Pod"), action.GetNamespace())
+			if err != nil {
+				return true, nil, err
+			}
+			node, _ := action.(k8stesting.ListAction).GetListRestrictions().Fields.RequiresExactMatch("spec.nodeName")
+			list := obj.(*corev1.PodList)
+			list.Items = slices.DeleteFunc(list.Items, func(p corev1.Pod) bool { return node != "" && p.Spec.NodeName != node })
+			return true, list, nil
+		})
+		var mu sync.Mutex
+		var evicted []string
+		tried := map[string]int{}
+		k8s.PrependReactor("create", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
+			if action.GetSubresource() != "eviction" {
+				return false, nil, nil
+			}
+			ev := action.(k8stesting.CreateAction).GetObject().(*policyv1.Eviction)
+			mu.Lock()
+			defer mu.Unlock()
+			if tried[ev.Name]++; tried[ev.Name] <= refusals {
+				return true, nil, apierrors.NewTooManyRequests("Cannot evict pod as it would violate the pod's disruption budget.", 0)
+			}
+			obj, err := k8s.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), ev.Namespace, ev.Name)
+			if err != nil {
+				return true, nil, err
+			}
+			pod := obj.(*corev1.Pod)
+			pod.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+			evicted = append(evicted, ev.Namespace+"/"+ev.Name)
+			return true, nil, k8s.Tracker().Update(corev1.SchemeGroupVersion.WithResource("pods"), pod, ev.Namespace)
+		})
+		return &evicted
+	}
+
+	t.Run("the step runs while the evicted pod terminates; the uncordon waits for it", func(t *testing.T) {
+		k8s := cluster(newVersion, workload()...)
+		evicted := withEviction(k8s, 2)
+		agents := &kubeupgradetest.Agents{K8s: k8s}
+		agents.Start(t)
+		r := &Reconciler{Client: k8s}
+		var prog Progress
+		require.Eventually(t, func() bool {
+			var err error
+			prog, err = r.Reconcile(ctx, spec)
+			require.NoError(t, err)
+			return prog.Waiting == "the pods evicted from worker-0 to terminate (default/web-1)"
+		}, 10*time.Second, 2*time.Millisecond, "last pass: %+v", prog)
+		assert.Equal(t, []string{"default/web-1"}, *evicted, "the budget's refusals were asked again; the DaemonSet's pod stays")
+		// (The fake agent writes the kubelet's version before it records the step.)
+		assert.Eventually(t, func() bool { return slices.Contains(agents.CarriedOut(), "worker-0 node") }, 5*time.Second,
+			time.Millisecond, "the step did not wait for the pod")
+		node, err := k8s.CoreV1().Nodes().Get(ctx, "worker-0", metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.True(t, node.Spec.Unschedulable, "cordoned while an evicted pod is still there")
+
+		// A pod that tolerates the cordon is placed there meanwhile: it is not waited for.
+		late := workload()[0].(*corev1.Pod)
+		late.Name = "late-1"
+		_, err = k8s.CoreV1().Pods("default").Create(ctx, late, metav1.CreateOptions{})
+		require.NoError(t, err)
+		prog, err = r.Reconcile(ctx, spec)
+		require.NoError(t, err)
+		assert.Equal(t, "the pods evicted from worker-0 to terminate (default/web-1)", prog.Waiting)
+		// The kubelet ends the evicted pod.
+		require.NoError(t, k8s.CoreV1().Pods("default").Delete(ctx, "web-1", metav1.DeleteOptions{}))
+		last, _ := untilDone(ctx, t, r)
+		require.Equal(t, PhaseDone, last.Phase)
+		node, err = k8s.CoreV1().Nodes().Get(ctx, "worker-0", metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.False(t, node.Spec.Unschedulable)
+	})
+
+	t.Run("a budget that never allows the eviction stops the node's step, saying so", func(t *testing.T) {
+		k8s := cluster(newVersion, workload()...)
+		withEviction(k8s, 1<<30)
+		agents := &kubeupgradetest.Agents{K8s: k8s}
+		agents.Start(t)
+		r := &Reconciler{Client: k8s, DrainTimeout: 50 * time.Millisecond}
+		var err error
+		require.Eventually(t, func() bool {
+			_, err = r.Reconcile(ctx, spec)
+			return err != nil
+		}, 10*time.Second, 2*time.Millisecond)
+		assert.ErrorContains(t, err, "draining worker-0 before its upgrade: 1 pod(s) on worker-0 were not evicted within 50ms (check their PodDisruptionBudgets)")
+		assert.True(t, apierrors.IsTooManyRequests(err), "the budget's refusal is wrapped: %v", err)
+		assert.NotContains(t, agents.CarriedOut(), "worker-0 node")
 	})
 }
 
