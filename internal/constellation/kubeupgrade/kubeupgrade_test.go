@@ -75,6 +75,23 @@ func untilDone(ctx context.Context, t *testing.T, r *Reconciler) (Progress, []Pr
 	return Progress{}, nil
 }
 
+// untilWaiting runs passes until one waits for waiting, and returns that pass.
+func untilWaiting(ctx context.Context, t *testing.T, r *Reconciler, waiting string) Progress {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		prog, err := r.Reconcile(ctx, spec)
+		require.NoError(t, err)
+		if prog.Waiting == waiting {
+			return prog
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no pass waited for %q; the last one: %+v", waiting, prog)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // TestReconcile: every node stages first; then the first control plane runs kubeadm upgrade apply, the
 // JoinService moves to the new version, and every other node (control planes first) runs kubeadm upgrade
 // node, drained first and uncordoned after. A pass after the end changes nothing.
@@ -164,13 +181,7 @@ func TestReconcileStops(t *testing.T) {
 		agents := &kubeupgradetest.Agents{K8s: k8s}
 		agents.Start(t)
 		r := &Reconciler{Client: k8s}
-		var prog Progress
-		require.Eventually(t, func() bool {
-			var err error
-			prog, err = r.Reconcile(ctx, spec)
-			require.NoError(t, err)
-			return prog.Waiting == "kube-apiserver on cp-0 to run v1.34.10"
-		}, 10*time.Second, 5*time.Millisecond, "last pass: %+v", prog)
+		prog := untilWaiting(ctx, t, r, "kube-apiserver on cp-0 to run v1.34.10")
 		assert.Equal(t, "cp-0", prog.Node)
 		assert.NotContains(t, agents.CarriedOut(), "cp-1 node")
 		ds, err := k8s.AppsV1().DaemonSets(metav1.NamespaceSystem).Get(ctx, joinproto.DaemonSetName, metav1.GetOptions{})
@@ -275,13 +286,7 @@ func TestEvictionDoesNotHoldTheStep(t *testing.T) {
 		agents := &kubeupgradetest.Agents{K8s: k8s}
 		agents.Start(t)
 		r := &Reconciler{Client: k8s}
-		var prog Progress
-		require.Eventually(t, func() bool {
-			var err error
-			prog, err = r.Reconcile(ctx, spec)
-			require.NoError(t, err)
-			return prog.Waiting == "the pods evicted from worker-0 to terminate (default/web-1)"
-		}, 10*time.Second, 2*time.Millisecond, "last pass: %+v", prog)
+		prog := untilWaiting(ctx, t, r, "the pods evicted from worker-0 to terminate (default/web-1)")
 		assert.Equal(t, []string{"default/web-1"}, *evicted, "the budget's refusals were asked again; the DaemonSet's pod stays")
 		// (The fake agent writes the kubelet's version before it records the step.)
 		assert.Eventually(t, func() bool { return slices.Contains(agents.CarriedOut(), "worker-0 node") }, 5*time.Second,
