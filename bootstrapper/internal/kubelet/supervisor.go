@@ -178,14 +178,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				s.log.Info("waiting for the kubelet binary to be installed", "error", err)
 				waitingForBinary = true
 			}
-			select {
-			case <-ctx.Done():
+			if !s.idle(ctx, s.PollInterval) {
 				return nil
-			case req := <-s.pauses:
-				if !paused(ctx, req) {
-					return nil
-				}
-			case <-time.After(s.PollInterval):
 			}
 			continue
 		}
@@ -272,15 +266,22 @@ func (s *Supervisor) waitForConfig(ctx context.Context) bool {
 			s.log.Info("waiting for kubeadm to write the kubelet configuration", "files", []string{ConfigFile, FlagsEnvFile})
 			logged = true
 		}
-		select {
-		case <-ctx.Done():
+		if !s.idle(ctx, s.PollInterval) {
 			return false
-		case req := <-s.pauses:
-			if !paused(ctx, req) {
-				return false
-			}
-		case <-time.After(s.PollInterval):
 		}
+	}
+}
+
+// idle waits d while no kubelet runs, carrying out WhileStopped's requests meanwhile (a request ends the wait
+// early); false once ctx ended.
+func (s *Supervisor) idle(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case req := <-s.pauses:
+		return paused(ctx, req)
+	case <-time.After(d):
+		return true
 	}
 }
 

@@ -414,12 +414,12 @@ func Evict(ctx context.Context, k8s kubernetes.Interface, name string, timeout t
 		return err
 	}
 	h := drainHelper(ctx, k8s, timeout, io.Discard)
-	list, errs := h.GetPodsForDeletion(name)
-	if len(errs) > 0 {
-		return errors.Join(errs...)
+	pods, err := drainable(h, name)
+	if err != nil {
+		return err
 	}
 	var pending []corev1.Pod
-	for _, p := range list.Pods() {
+	for _, p := range pods {
 		if p.DeletionTimestamp == nil {
 			pending = append(pending, p)
 		}
@@ -457,15 +457,25 @@ func Evict(ctx context.Context, k8s kubernetes.Interface, name string, timeout t
 	return err
 }
 
-// Evicting lists, as namespace/name, the pods of the kinds Evict evicts that are still terminating on a node.
-// A pod placed there after the eviction (one that tolerates the cordon) is not waited for.
-func Evicting(ctx context.Context, k8s kubernetes.Interface, name string) ([]string, error) {
-	list, errs := drainHelper(ctx, k8s, 0, io.Discard).GetPodsForDeletion(name)
+// drainable lists the pods on a node that a drain evicts (kubectl's filters: DaemonSet and mirror pods stay),
+// or why the node cannot be drained (a pod no controller would recreate).
+func drainable(h *drain.Helper, name string) ([]corev1.Pod, error) {
+	list, errs := h.GetPodsForDeletion(name)
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	return list.Pods(), nil
+}
+
+// Evicting lists, as namespace/name, the pods of the kinds Evict evicts that are still terminating on a node.
+// A pod placed there after the eviction (one that tolerates the cordon) is not waited for.
+func Evicting(ctx context.Context, k8s kubernetes.Interface, name string) ([]string, error) {
+	pods, err := drainable(drainHelper(ctx, k8s, 0, io.Discard), name)
+	if err != nil {
+		return nil, err
+	}
 	var left []string
-	for _, p := range list.Pods() {
+	for _, p := range pods {
 		if p.DeletionTimestamp != nil {
 			left = append(left, p.Namespace+"/"+p.Name)
 		}
