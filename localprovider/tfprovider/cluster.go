@@ -713,6 +713,9 @@ func (r *clusterResource) upgradeKubernetes(ctx context.Context, m *clusterModel
 	if err != nil {
 		return err
 	}
+	if err := r.waitNodesJoined(ctx, m, log); err != nil {
+		return err
+	}
 	cr, err := r.upgrades([]byte(m.Kubeconfig.ValueString()))
 	if err != nil {
 		return err
@@ -741,6 +744,32 @@ func (r *clusterResource) upgradeKubernetes(ctx context.Context, m *clusterModel
 	}
 	log.Info("Kubernetes upgrade done", "version", to)
 	return nil
+}
+
+// waitNodesJoined waits until m's nodes are Ready nodes of the cluster, as `constellation apply` does before an
+// upgrade: workers join on their own after Create returned, and a node that joins while the upgrade runs
+// misses its staging.
+func (r *clusterResource) waitNodesJoined(ctx context.Context, m *clusterModel, log *slog.Logger) error {
+	targets, err := m.targets(ctx)
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(targets))
+	for _, t := range targets {
+		names = append(names, t.Name)
+	}
+	k8s, err := r.kube([]byte(m.Kubeconfig.ValueString()))
+	if err != nil {
+		return err
+	}
+	err = clusterupgrade.WaitNodesJoined(ctx, k8s, names, r.follow, func(missing []string) {
+		log.Info("waiting until the nodes are Ready nodes of the cluster before the upgrade starts (a node may still be joining)", "nodes", missing)
+	})
+	if notJoined := (*clusterupgrade.NotJoinedError)(nil); errors.As(err, &notJoined) {
+		return fmt.Errorf("%w. Start or fix it (a local node logs to logs/bootstrapper.log in its state directory, "+
+			"/var/lib/constellation/local/<network>/<node>) and run terraform apply again", err)
+	}
+	return err
 }
 
 func (r *clusterResource) Delete(ctx context.Context, req resource.DeleteRequest, resp *resource.DeleteResponse) {

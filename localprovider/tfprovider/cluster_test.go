@@ -368,7 +368,7 @@ func upgradeCluster(t *testing.T, r *clusterResource, from string, built bool, r
 	r.kube = func([]byte) (kubernetes.Interface, error) { return k8s, nil }
 	r.upgrades = func([]byte) (client.Client, error) { return cr, nil }
 	r.built = func(string) bool { return built }
-	r.follow = clusterupgrade.Options{Poll: time.Millisecond, StepWait: 5 * time.Second}
+	r.follow = clusterupgrade.Options{Poll: time.Millisecond, StepWait: 5 * time.Second, JoinWait: 50 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.Cleanup(func() {
@@ -429,6 +429,13 @@ func TestClusterUpdate(t *testing.T) {
 			}, attribute: "image_dir",
 		},
 		"a node more": {edit: func(m *clusterModel) { m.Nodes = testNodes(t, "cp-0", "worker-0", "worker-1") }},
+		"an upgrade while a node is not a Ready member": {
+			edit: func(m *clusterModel) {
+				m.KubernetesVersion = types.StringValue("v1.34.10")
+				m.Nodes = testNodes(t, "cp-0", "worker-0", "worker-1")
+			},
+			from: "v1.33.13", errContains: "worker-1 did not become a Ready node of the cluster",
+		},
 	}
 	for name, tc := range testCases {
 		t.Run(name, func(t *testing.T) {

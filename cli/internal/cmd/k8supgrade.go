@@ -8,9 +8,6 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/constellation-go/constellation/cli/internal/terraform"
@@ -259,44 +256,19 @@ func firstLine(s string) string {
 	return line
 }
 
-// waitNodesJoined waits until every node of names is a Ready node of the cluster, for at most timeout. `mini up`
-// returns before its workers joined: a node that joins while the upgrade runs misses the staging, and kubeadm's
-// preflight Job may land on it before it has the new version's images (`upgrade apply` then fails).
+// waitNodesJoined waits until every node of names is a Ready node of the cluster, for at most timeout, and
+// says so while it waits: `mini up` returns before its workers joined (clusterupgrade.WaitNodesJoined).
 func waitNodesJoined(ctx context.Context, k8s kubernetes.Interface, names []string, timeout, poll time.Duration, p *progress) error {
-	var missing []string
 	stepped := false
-	err := wait.PollUntilContextTimeout(ctx, poll, timeout, true, func(ctx context.Context) (bool, error) {
-		var err error
-		if missing, err = notReadyNodes(ctx, k8s, names); err != nil {
-			return false, fmt.Errorf("listing the cluster's nodes: %w", err)
-		}
-		if len(missing) > 0 && !stepped {
-			p.Step("Waiting until %s is a Ready node of the cluster (a node may still be joining) before the upgrade starts", strings.Join(missing, ", "))
-			stepped = true
-		}
-		return len(missing) == 0, nil
+	err := clusterupgrade.WaitNodesJoined(ctx, k8s, names, clusterupgrade.Options{Poll: poll, JoinWait: timeout}, func(missing []string) {
+		p.Step("Waiting until %s is a Ready node of the cluster (a node may still be joining) before the upgrade starts", strings.Join(missing, ", "))
+		stepped = true
 	})
-	switch {
-	case err == nil && stepped:
+	if notJoined := (*clusterupgrade.NotJoinedError)(nil); errors.As(err, &notJoined) {
+		return fmt.Errorf("%w. Check it with 'constellation status' and re-run 'constellation apply'", err)
+	}
+	if err == nil && stepped {
 		p.Done()
-	case err != nil && len(missing) > 0 && ctx.Err() == nil:
-		return fmt.Errorf("%s did not become a Ready node of the cluster within %s; an upgrade now would leave it behind. "+
-			"Check it with 'constellation status' and re-run 'constellation apply'", strings.Join(missing, ", "), timeout)
 	}
 	return err
-}
-
-// notReadyNodes returns the names that are no Ready node of the cluster, in their order.
-func notReadyNodes(ctx context.Context, k8s kubernetes.Interface, names []string) ([]string, error) {
-	list, err := k8s.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	var missing []string
-	for _, name := range names {
-		if !slices.ContainsFunc(list.Items, func(n corev1.Node) bool { return n.Name == name && kubeupgrade.NodeReady(&n) }) {
-			missing = append(missing, name)
-		}
-	}
-	return missing, nil
 }

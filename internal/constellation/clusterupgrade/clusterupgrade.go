@@ -10,12 +10,15 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
@@ -179,15 +182,67 @@ func (e *StalledError) Error() string {
 	return fmt.Sprintf("the Kubernetes upgrade to %s did not move for %s, waiting for %s", e.Version, e.For, e.Waiting)
 }
 
-// Options are Follow's timing.
+// Options are Follow's and WaitNodesJoined's timing.
 type Options struct {
-	// Poll is how often the report is read; StepWait how long it may stay the same (one node's kubeadm step
-	// moves etcd and every static pod one after the other).
-	Poll, StepWait time.Duration
+	// Poll is how often the report (or the node list) is read; StepWait how long the report may stay the same
+	// (one node's kubeadm step moves etcd and every static pod one after the other); JoinWait how long the
+	// nodes may take to be Ready members before an upgrade starts (a worker joins after its control plane).
+	Poll, StepWait, JoinWait time.Duration
 }
 
 // DefaultOptions suit a real cluster.
-var DefaultOptions = Options{Poll: 2 * time.Second, StepWait: 15 * time.Minute}
+var DefaultOptions = Options{Poll: 2 * time.Second, StepWait: 15 * time.Minute, JoinWait: 5 * time.Minute}
+
+// NotJoinedError names the nodes that were no Ready nodes of the cluster when WaitNodesJoined gave up.
+type NotJoinedError struct {
+	Nodes []string
+	For   time.Duration
+}
+
+func (e *NotJoinedError) Error() string {
+	return fmt.Sprintf("%s did not become a Ready node of the cluster within %s; an upgrade now would leave it behind",
+		strings.Join(e.Nodes, ", "), e.For)
+}
+
+// WaitNodesJoined waits until every node of names is a Ready node of the cluster, for at most o.JoinWait
+// (then *NotJoinedError), reading the node list every o.Poll. waiting is called once, with the missing nodes,
+// if there are any at the first look. A node that joins while an upgrade runs misses its staging, and
+// kubeadm's preflight Job may land on it before it has the new version's images (`upgrade apply` then fails);
+// nodes join on their own after init, so a cluster just created may still lack its workers.
+func WaitNodesJoined(ctx context.Context, k8s kubernetes.Interface, names []string, o Options, waiting func(missing []string)) error {
+	var missing []string
+	told := false
+	err := wait.PollUntilContextTimeout(ctx, o.Poll, o.JoinWait, true, func(ctx context.Context) (bool, error) {
+		var err error
+		if missing, err = notReadyNodes(ctx, k8s, names); err != nil {
+			return false, fmt.Errorf("listing the cluster's nodes: %w", err)
+		}
+		if len(missing) > 0 && !told {
+			waiting(missing)
+			told = true
+		}
+		return len(missing) == 0, nil
+	})
+	if err != nil && len(missing) > 0 && ctx.Err() == nil {
+		return &NotJoinedError{Nodes: missing, For: o.JoinWait}
+	}
+	return err
+}
+
+// notReadyNodes returns the names that are no Ready node of the cluster, in their order.
+func notReadyNodes(ctx context.Context, k8s kubernetes.Interface, names []string) ([]string, error) {
+	list, err := k8s.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, name := range names {
+		if !slices.ContainsFunc(list.Items, func(n corev1.Node) bool { return n.Name == name && kubeupgrade.NodeReady(&n) }) {
+			missing = append(missing, name)
+		}
+	}
+	return missing, nil
+}
 
 // Follow reads what the upgrade controller reports about the upgrade to version until it is done (nil), a
 // step failed (*StepFailedError), the controller refused it (*RefusedByControllerError) or it did not move
