@@ -281,6 +281,15 @@ func (m *clusterModel) targets(ctx context.Context) ([]clusterclient.Target, err
 	return targets, nil
 }
 
+// targetNames returns the nodes' names, in their order.
+func targetNames(targets []clusterclient.Target) []string {
+	names := make([]string, 0, len(targets))
+	for _, t := range targets {
+		names = append(names, t.Name)
+	}
+	return names
+}
+
 // givenMasterSecret is the master secret and salt of m, if m holds one (configured, or in the state).
 func (m *clusterModel) givenMasterSecret() (ms crypto.MasterSecret, given bool, err error) {
 	if m.MasterSecret.IsNull() || m.MasterSecret.IsUnknown() {
@@ -754,15 +763,11 @@ func (r *clusterResource) waitNodesJoined(ctx context.Context, m *clusterModel, 
 	if err != nil {
 		return err
 	}
-	names := make([]string, 0, len(targets))
-	for _, t := range targets {
-		names = append(names, t.Name)
-	}
 	k8s, err := r.kube([]byte(m.Kubeconfig.ValueString()))
 	if err != nil {
-		return err
+		return fmt.Errorf("the kubeconfig in the state: %w", err)
 	}
-	err = clusterupgrade.WaitNodesJoined(ctx, k8s, names, r.follow, func(missing []string) {
+	err = clusterupgrade.WaitNodesJoined(ctx, k8s, targetNames(targets), r.follow, func(missing []string) {
 		log.Info("waiting until the nodes are Ready nodes of the cluster before the upgrade starts (a node may still be joining)", "nodes", missing)
 	})
 	if notJoined := (*clusterupgrade.NotJoinedError)(nil); errors.As(err, &notJoined) {

@@ -246,10 +246,7 @@ func (r *clusterResource) rollImage(ctx context.Context, m *clusterModel, privat
 		return attrErrorf("attestation", "%v: set image_dir and the attestation back to that image and apply, "+
 			"which finishes it; then move on", err)
 	}
-	names := make([]string, 0, len(targets))
-	for _, t := range targets {
-		names = append(names, t.Name)
-	}
+	names := targetNames(targets)
 	running := infra.RunningImages(names)
 	// With the trusted measurements unchanged, only nodes known to run another directory move (to the same
 	// image there); a node whose image is not recorded (started by an earlier provider) is left alone.
